@@ -1,1 +1,167 @@
-fn main() {}
+//! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one.
+
+mod trigger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use iii_engine::{ConfigSource, EngineConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "iii",
+    about = "Process communication engine",
+    long_about = "Process communication engine.\n\nWith no subcommand, `iii` starts the engine: workers connect over WebSocket \
+(default ws://127.0.0.1:49134), register functions and triggers, and call each other. Without a config file it runs \
+the embedded defaults: the worker socket on 127.0.0.1:49134 and the REST trigger server on 127.0.0.1:3111.",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Path to the config file [default: config.yaml; if it does not exist, the embedded defaults run]
+    #[arg(
+        short,
+        long,
+        value_name = "CONFIG",
+        conflicts_with = "use_default_config"
+    )]
+    config: Option<PathBuf>,
+    /// Print version and exit
+    #[arg(short = 'v', long = "version")]
+    version: bool,
+    /// Run with built-in defaults instead of a config file. Cannot be combined with --config
+    #[arg(long)]
+    use_default_config: bool,
+    /// Disable background update and security advisory checks (this engine makes none; accepted for compatibility)
+    #[arg(long)]
+    no_update_check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Invoke a function on a running iii engine
+    #[command(visible_alias = "t", disable_help_flag = true)]
+    Trigger(trigger::TriggerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("iii {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let result = match cli.command {
+        Some(Command::Trigger(args)) => return trigger::main(args),
+        None => run_engine(cli.config, cli.use_default_config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(
+    path: Option<PathBuf>,
+    use_default: bool,
+) -> anyhow::Result<(EngineConfig, Option<String>)> {
+    if use_default {
+        return Ok((
+            EngineConfig::embedded(),
+            Some("running with the embedded defaults (--use-default-config)".into()),
+        ));
+    }
+    match path {
+        Some(p) => {
+            if !p.exists() {
+                anyhow::bail!(
+                    "config file {} does not exist (omit --config to run the embedded defaults)",
+                    p.display()
+                );
+            }
+            Ok((EngineConfig::load(&p)?, None))
+        }
+        None => {
+            let p = PathBuf::from("config.yaml");
+            if p.exists() {
+                Ok((EngineConfig::load(&p)?, None))
+            } else {
+                Ok((
+                    EngineConfig::embedded(),
+                    Some("no config.yaml found in the current directory: running with the embedded defaults".into()),
+                ))
+            }
+        }
+    }
+}
+
+fn run_engine(config: Option<PathBuf>, use_default: bool) -> anyhow::Result<()> {
+    let (cfg, note) = load_config(config, use_default)?;
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cfg.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    if let Some(n) = note {
+        tracing::info!("{n}");
+    }
+    if let ConfigSource::File(p) = &cfg.source {
+        // Spawned workers find the engine's config through this (spec §7.1).
+        std::env::set_var("III_CONFIG_PATH", p);
+        tracing::info!(config = %p.display(), "configuration loaded");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = iii_engine::start(cfg).await?;
+        for a in &running.worker_addrs {
+            tracing::info!("worker socket listening on ws://{a}");
+        }
+        if let Some(a) = running.http_addr {
+            tracing::info!("REST trigger server listening on http://{a}");
+        }
+        tracing::info!("iii engine {} ready", env!("CARGO_PKG_VERSION"));
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,230 @@
+//! Data channels (spec §6): byte/stream pipes between workers outside the JSON messages.
+//! A channel is a bounded queue of items; each side (reader, writer) can be taken once, either by
+//! a WebSocket at `/ws/channels/{id}` or by the engine itself (HTTP request/response bodies).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::engine::{new_id, Engine};
+
+pub const DEFAULT_BUFFER: usize = 64;
+pub const MAX_BUFFER: usize = 1024;
+/// A channel at least one side of which never connected is removed after this long.
+pub const UNUSED_TTL: Duration = Duration::from_secs(300);
+
+/// Result of [`Channels::check`]: unknown channel or wrong key is `NotFound`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideState {
+    Available,
+    Taken,
+    NotFound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChanItem {
+    Text(String),
+    Binary(Bytes),
+}
+
+pub struct Channel {
+    pub id: String,
+    read_key: String,
+    write_key: String,
+    tx: Mutex<Option<mpsc::Sender<ChanItem>>>,
+    rx: Mutex<Option<mpsc::Receiver<ChanItem>>>,
+    created: Instant,
+    /// Sides that have finished; the record is dropped when both have.
+    finished: AtomicU8,
+}
+
+impl Channel {
+    /// `{"channel_id","access_key","direction"}` for the holder of the given side.
+    pub fn reference(&self, dir: Direction) -> Value {
+        match dir {
+            Direction::Read => {
+                json!({"channel_id": self.id, "access_key": self.read_key, "direction": "read"})
+            }
+            Direction::Write => {
+                json!({"channel_id": self.id, "access_key": self.write_key, "direction": "write"})
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Channels {
+    map: Mutex<HashMap<String, Arc<Channel>>>,
+}
+
+impl Channels {
+    pub fn create(&self, buffer: usize) -> Arc<Channel> {
+        let (tx, rx) = mpsc::channel(buffer.clamp(1, MAX_BUFFER));
+        let ch = Arc::new(Channel {
+            id: iii_protocol::format_uuid(new_id()),
+            read_key: iii_protocol::format_uuid(new_id()),
+            write_key: iii_protocol::format_uuid(new_id()),
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(Some(rx)),
+            created: Instant::now(),
+            finished: AtomicU8::new(0),
+        });
+        self.map.lock().insert(ch.id.clone(), ch.clone());
+        ch
+    }
+
+    /// Whether a socket may take the given side of a channel.
+    pub fn check(&self, id: &str, key: &str, dir: Direction) -> SideState {
+        let map = self.map.lock();
+        let Some(ch) = map.get(id) else {
+            return SideState::NotFound;
+        };
+        let free = match dir {
+            Direction::Read if ch.read_key == key => ch.rx.lock().is_some(),
+            Direction::Write if ch.write_key == key => ch.tx.lock().is_some(),
+            _ => return SideState::NotFound,
+        };
+        if free {
+            SideState::Available
+        } else {
+            SideState::Taken
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Channel>> {
+        self.map.lock().get(id).cloned()
+    }
+
+    pub fn take_writer(&self, ch: &Channel) -> Option<mpsc::Sender<ChanItem>> {
+        ch.tx.lock().take()
+    }
+
+    pub fn take_reader(&self, ch: &Channel) -> Option<mpsc::Receiver<ChanItem>> {
+        ch.rx.lock().take()
+    }
+
+    /// Marks one side finished; drops the record once both are.
+    pub fn side_finished(&self, ch: &Channel) {
+        if ch.finished.fetch_add(1, Ordering::SeqCst) + 1 >= 2 {
+            self.map.lock().remove(&ch.id);
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map.lock().remove(id);
+    }
+
+    /// Removes channels older than the TTL that never had both sides taken.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.map.lock();
+        let before = map.len();
+        map.retain(|_, ch| {
+            ch.created.elapsed() < UNUSED_TTL || (ch.tx.lock().is_none() && ch.rx.lock().is_none())
+        });
+        before - map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Serves one side of a channel over a WebSocket.
+pub async fn run_socket<S>(engine: Engine, mut ws: WebSocketStream<S>, id: String, dir: Direction)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let channels = engine.channels();
+    let Some(ch) = channels.get(&id) else {
+        let _ = ws.close(None).await;
+        return;
+    };
+    match dir {
+        Direction::Write => {
+            let Some(tx) = channels.take_writer(&ch) else {
+                let _ = ws.close(None).await;
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                let item = match msg {
+                    Message::Text(t) => ChanItem::Text(t.as_str().to_string()),
+                    Message::Binary(b) => ChanItem::Binary(b),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                // Back-pressure: while the queue is full we stop reading the writer's socket.
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = ws.close(None).await;
+        }
+        Direction::Read => {
+            let Some(mut rx) = channels.take_reader(&ch) else {
+                let _ = ws.close(None).await;
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            loop {
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(ChanItem::Text(t)) => { if sink.send(Message::text(t)).await.is_err() { break; } }
+                        Some(ChanItem::Binary(b)) => { if sink.send(Message::binary(b)).await.is_err() { break; } }
+                        None => { let _ = sink.close().await; break; }
+                    },
+                    msg = stream.next() => match msg {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    channels.side_finished(&ch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_are_taken_once_and_keys_checked() {
+        let c = Channels::default();
+        let ch = c.create(4);
+        let r = ch.reference(Direction::Read);
+        let w = ch.reference(Direction::Write);
+        let rk = r["access_key"].as_str().unwrap();
+        let wk = w["access_key"].as_str().unwrap();
+        assert_eq!(c.check(&ch.id, rk, Direction::Read), SideState::Available);
+        assert_eq!(c.check(&ch.id, wk, Direction::Read), SideState::NotFound);
+        assert_eq!(c.check("nope", rk, Direction::Read), SideState::NotFound);
+        assert!(c.take_reader(&ch).is_some());
+        assert_eq!(c.check(&ch.id, rk, Direction::Read), SideState::Taken);
+        assert!(c.take_reader(&ch).is_none());
+        c.side_finished(&ch);
+        assert_eq!(c.len(), 1);
+        c.side_finished(&ch);
+        assert_eq!(c.len(), 0);
+    }
+}

@@ -1,0 +1,919 @@
+//! The engine: function registry, invocation router and worker lifecycle.
+//!
+//! Everything a listener needs goes through [`Engine`], a cheap clonable handle.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iii_protocol::{out, ErrorBody, Frame};
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::channels::Channels;
+use crate::config::EngineConfig;
+use crate::conn::Conn;
+use crate::http::HttpRoutes;
+use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
+use crate::triggers::TriggerRegistry;
+
+pub const DEFAULT_NS: &str = "default";
+
+/// Context of a call into an in-process function.
+#[derive(Clone)]
+pub struct CallCtx {
+    /// The worker connection that made the call, if any.
+    pub caller: Option<Arc<Conn>>,
+    pub namespace: String,
+    pub function_id: String,
+    pub metadata: Option<Value>,
+}
+
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type BuiltinFn =
+    Arc<dyn Fn(Engine, CallCtx, Value) -> BoxFut<Result<Value, ErrorBody>> + Send + Sync>;
+
+pub enum Handler {
+    Remote(Arc<Conn>),
+    Builtin(BuiltinFn),
+}
+
+pub struct FunctionEntry {
+    pub id: String,
+    pub namespace: String,
+    pub description: Option<String>,
+    pub request_format: Option<Value>,
+    pub response_format: Option<Value>,
+    pub metadata: Option<Value>,
+    pub handler: Handler,
+    /// For in-process functions: the in-process worker that provides them.
+    pub engine_worker: Option<&'static str>,
+}
+
+impl FunctionEntry {
+    pub fn worker_name(&self) -> String {
+        match (&self.handler, self.engine_worker) {
+            (_, Some(w)) => w.to_string(),
+            (Handler::Remote(c), None) => c.name().unwrap_or_else(|| self.fallback_worker_name()),
+            (Handler::Builtin(_), None) => self.fallback_worker_name(),
+        }
+    }
+
+    fn fallback_worker_name(&self) -> String {
+        self.id.split("::").next().unwrap_or(&self.id).to_string()
+    }
+
+    pub fn owner_conn(&self) -> Option<&Arc<Conn>> {
+        match &self.handler {
+            Handler::Remote(c) => Some(c),
+            Handler::Builtin(_) => None,
+        }
+    }
+
+    pub fn is_internal(&self) -> bool {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get("internal"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+type FunctionMap = HashMap<String, HashMap<String, Arc<FunctionEntry>>>;
+
+pub(crate) struct Inner {
+    pub cfg: EngineConfig,
+    pub functions: RwLock<FunctionMap>,
+    pub conns: RwLock<HashMap<u128, Arc<Conn>>>,
+    /// Live worker names: (namespace, name) → connection id.
+    pub names: Mutex<HashMap<(String, String), u128>>,
+    pub pending: PendingTable,
+    pub triggers: Mutex<TriggerRegistry>,
+    pub channels: Channels,
+    pub http_routes: Arc<HttpRoutes>,
+    pub in_process_workers: Vec<&'static str>,
+    pub started_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn not_found_message(id: &str, ns: &str, elsewhere: &[String]) -> String {
+    if elsewhere.is_empty() {
+        format!("Function {id} not found in namespace {ns}.")
+    } else {
+        format!(
+            "Function {id} not found in namespace {ns}. It is registered in namespace(s): {}.",
+            elsewhere.join(", ")
+        )
+    }
+}
+
+pub fn new_id() -> u128 {
+    uuid::Uuid::new_v4().as_u128()
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        let mut in_process = vec![
+            "iii-worker-manager",
+            "iii-engine-functions",
+            "iii-observability",
+            "configuration",
+            "iii-telemetry",
+        ];
+        if cfg.http.is_some() {
+            in_process.push("iii-http");
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                cfg,
+                functions: RwLock::new(HashMap::new()),
+                conns: RwLock::new(HashMap::new()),
+                names: Mutex::new(HashMap::new()),
+                pending: PendingTable::default(),
+                triggers: Mutex::new(TriggerRegistry::default()),
+                channels: Channels::default(),
+                http_routes: Arc::new(HttpRoutes::default()),
+                in_process_workers: in_process,
+                started_ms: crate::conn::now_ms(),
+            }),
+        };
+        crate::builtins::install(&engine);
+        engine
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    // ---- functions -------------------------------------------------------------------------
+
+    /// Registers an in-process function in `default`.
+    pub fn register_builtin(
+        &self,
+        worker: &'static str,
+        id: &str,
+        description: &str,
+        metadata: Option<Value>,
+        f: BuiltinFn,
+    ) {
+        let entry = FunctionEntry {
+            id: id.to_string(),
+            namespace: DEFAULT_NS.into(),
+            description: Some(description.to_string()),
+            request_format: None,
+            response_format: None,
+            metadata,
+            handler: Handler::Builtin(f),
+            engine_worker: Some(worker),
+        };
+        self.inner
+            .functions
+            .write()
+            .entry(DEFAULT_NS.into())
+            .or_default()
+            .insert(id.to_string(), Arc::new(entry));
+    }
+
+    pub fn lookup(&self, ns: &str, id: &str) -> Option<Arc<FunctionEntry>> {
+        self.inner.functions.read().get(ns)?.get(id).cloned()
+    }
+
+    /// Namespaces other than `ns` where `id` is registered (for the not-found hint).
+    fn namespaces_with(&self, id: &str, ns: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .functions
+            .read()
+            .iter()
+            .filter(|(n, m)| n.as_str() != ns && m.contains_key(id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn all_functions(&self) -> Vec<Arc<FunctionEntry>> {
+        let f = self.inner.functions.read();
+        let mut v: Vec<_> = f.values().flat_map(|m| m.values().cloned()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id).then(a.namespace.cmp(&b.namespace)));
+        v
+    }
+
+    /// Applies a `registerfunction` from a worker into its namespace.
+    pub(crate) async fn register_remote_function(&self, conn: &Arc<Conn>, ns: &str, f: &Frame<'_>) {
+        let Some(id) = f.id.as_deref() else { return };
+        if f.invocation.is_some() {
+            tracing::error!(function_id = id, "HTTP-invoked function registration ignored: the iii-http-functions service is not available in this engine");
+            return;
+        }
+        if ns != DEFAULT_NS && id.starts_with("engine::") {
+            let _ = conn.send(out::function_conflict(ns, id, "")).await;
+            return;
+        }
+        let parse =
+            |r: Option<&RawValue>| r.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
+        let entry = Arc::new(FunctionEntry {
+            id: id.to_string(),
+            namespace: ns.to_string(),
+            description: f.description.as_deref().map(str::to_string),
+            request_format: parse(f.request_format),
+            response_format: parse(f.response_format),
+            metadata: parse(f.metadata),
+            handler: Handler::Remote(conn.clone()),
+            engine_worker: None,
+        });
+        let conflict = {
+            let mut map = self.inner.functions.write();
+            let slot = map.entry(ns.to_string()).or_default();
+            let conflict = match slot.get(id).map(|e| &e.handler) {
+                // Engine-owned ids cannot be shadowed: a worker leaving must not take a builtin with it.
+                Some(Handler::Builtin(_)) => Some(String::new()),
+                Some(Handler::Remote(owner)) if owner.id != conn.id && !owner.is_closing() => {
+                    Some(owner.id_str.clone())
+                }
+                _ => None,
+            };
+            if conflict.is_none() {
+                slot.insert(id.to_string(), entry);
+            }
+            conflict
+        };
+        match conflict {
+            Some(owner) => {
+                tracing::warn!(function_id = id, namespace = ns, owner = %owner, "function registration rejected: id already owned");
+                let _ = conn.send(out::function_conflict(ns, id, &owner)).await;
+            }
+            None => {
+                tracing::info!(function_id = id, namespace = ns, worker_id = %conn.id_str, "[REGISTERED] function")
+            }
+        }
+    }
+
+    pub(crate) fn unregister_remote_function(&self, conn: &Arc<Conn>, ns: &str, id: &str) {
+        let mut map = self.inner.functions.write();
+        if let Some(slot) = map.get_mut(ns) {
+            if slot
+                .get(id)
+                .and_then(|e| e.owner_conn())
+                .is_some_and(|c| c.id == conn.id)
+            {
+                slot.remove(id);
+                tracing::info!(function_id = id, namespace = ns, "[UNREGISTERED] function");
+            }
+        }
+    }
+
+    // ---- invocation ------------------------------------------------------------------------
+
+    /// Routes an `invokefunction` received from a worker.
+    pub(crate) async fn invoke_from_worker(&self, conn: &Arc<Conn>, f: Frame<'_>) {
+        let fid = f.function_id.as_deref().unwrap_or_default();
+        let invocation_id = f.invocation_id.as_deref();
+        let is_void =
+            matches!(f.action, Some(iii_protocol::Action::Void)) || invocation_id.is_none();
+        let ns = f.namespace.as_deref().unwrap_or(DEFAULT_NS);
+        let reply_to = if matches!(f.action, Some(iii_protocol::Action::Void)) {
+            None
+        } else {
+            invocation_id
+        };
+
+        let reply = |outcome: Result<Option<&str>, &ErrorBody>| {
+            reply_to.map(|id| {
+                out::invocation_result(
+                    id,
+                    fid,
+                    outcome,
+                    f.traceparent.as_deref(),
+                    f.baggage.as_deref(),
+                )
+            })
+        };
+
+        if ns.trim().is_empty() {
+            let e = ErrorBody::new("INVALID_NAMESPACE", "namespace must not be blank");
+            if let Some(fr) = reply(Err(&e)) {
+                let _ = conn.send(fr).await;
+            }
+            return;
+        }
+
+        if let Some(iii_protocol::Action::Enqueue { queue }) = &f.action {
+            self.enqueue_from_worker(conn, &f, queue, ns).await;
+            return;
+        }
+
+        let Some(entry) = self.lookup(ns, fid) else {
+            let e = ErrorBody::new(
+                "function_not_found",
+                not_found_message(fid, ns, &self.namespaces_with(fid, ns)),
+            );
+            if let Some(fr) = reply(Err(&e)) {
+                let _ = conn.send(fr).await;
+            }
+            return;
+        };
+
+        match &entry.handler {
+            Handler::Remote(target) => {
+                let id = match invocation_id {
+                    Some(s) => {
+                        iii_protocol::parse_uuid("invocation_id", s).unwrap_or_else(|_| new_id())
+                    }
+                    None => new_id(),
+                };
+                let fn_arc: Arc<str> = Arc::from(fid);
+                let waiter = match reply_to {
+                    Some(_) => Waiter::Conn {
+                        conn: conn.clone(),
+                        function_id: fn_arc,
+                        traceparent: f.traceparent.as_deref().map(str::to_string),
+                        baggage: f.baggage.as_deref().map(str::to_string),
+                    },
+                    None => Waiter::Discard {
+                        function_id: fn_arc,
+                    },
+                };
+                // Record before forwarding: the reply may come back before `send` returns.
+                if !self.inner.pending.insert(
+                    id,
+                    PendingCall {
+                        waiter,
+                        caller: Some(conn.id),
+                        target: target.id,
+                    },
+                ) {
+                    let e = ErrorBody::new(
+                        "invocation_error",
+                        "an invocation with this invocation_id is already in flight",
+                    );
+                    if let Some(fr) = reply(Err(&e)) {
+                        let _ = conn.send(fr).await;
+                    }
+                    return;
+                }
+                let data = f.data.map(RawValue::get).unwrap_or("null");
+                let data = iii_protocol::inject_caller_worker_id(data, &conn.id_str);
+                let id_owned;
+                let id_str = match invocation_id {
+                    Some(s) if !is_void => s,
+                    _ => {
+                        id_owned = iii_protocol::format_uuid(id);
+                        &id_owned
+                    }
+                };
+                let frame = out::invoke_function(&out::Invoke {
+                    invocation_id: id_str,
+                    function_id: fid,
+                    data: &data,
+                    metadata: f.metadata.map(RawValue::get),
+                    traceparent: f.traceparent.as_deref(),
+                    baggage: f.baggage.as_deref(),
+                });
+                if target.send(frame).await.is_err() {
+                    if let Take::Found(call) = self.inner.pending.take(id, None) {
+                        self.resolve(
+                            id,
+                            call,
+                            Err(ErrorBody::new(
+                                "channel_send_failed",
+                                "target worker connection closed while sending",
+                            )),
+                        )
+                        .await;
+                    }
+                }
+            }
+            Handler::Builtin(func) => {
+                let func = func.clone();
+                let data: Value = match f.data.map(|d| serde_json::from_str(d.get())) {
+                    None => Value::Null,
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => {
+                        let e = ErrorBody::new(
+                            "deserialization_error",
+                            format!("Failed to deserialize input for {fid}: {e}"),
+                        );
+                        if let Some(fr) = reply(Err(&e)) {
+                            let _ = conn.send(fr).await;
+                        }
+                        return;
+                    }
+                };
+                let ctx = CallCtx {
+                    caller: Some(conn.clone()),
+                    namespace: ns.to_string(),
+                    function_id: fid.to_string(),
+                    metadata: f.metadata.and_then(|m| serde_json::from_str(m.get()).ok()),
+                };
+                let reply_id = reply_to.map(str::to_string);
+                let tp = f.traceparent.as_deref().map(str::to_string);
+                let bg = f.baggage.as_deref().map(str::to_string);
+                let conn = conn.clone();
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let res = func(engine, ctx.clone(), data).await;
+                    match (&res, reply_id) {
+                        (_, Some(id)) => {
+                            let text = res.as_ref().ok().map(|v| v.to_string());
+                            let outcome = match &res {
+                                Ok(Value::Null) => Ok(None),
+                                Ok(_) => Ok(text.as_deref()),
+                                Err(e) => Err(e),
+                            };
+                            let _ = conn
+                                .send(out::invocation_result(
+                                    &id,
+                                    &ctx.function_id,
+                                    outcome,
+                                    tp.as_deref(),
+                                    bg.as_deref(),
+                                ))
+                                .await;
+                        }
+                        (Err(e), None) => {
+                            tracing::warn!(function_id = %ctx.function_id, error = %e, "fire-and-forget call failed")
+                        }
+                        _ => {}
+                    }
+                });
+            }
+        }
+    }
+
+    async fn enqueue_from_worker(&self, conn: &Arc<Conn>, f: &Frame<'_>, queue: &str, ns: &str) {
+        let fid = f.function_id.as_deref().unwrap_or_default();
+        let receipt = iii_protocol::format_uuid(new_id());
+        let mut payload = json!({
+            "queue": queue,
+            "function_id": fid,
+            "data": f.data.and_then(|d| serde_json::from_str::<Value>(d.get()).ok()).unwrap_or(Value::Null),
+            "messageReceiptId": receipt,
+            "traceparent": f.traceparent.as_deref(),
+            "baggage": f.baggage.as_deref(),
+        });
+        if ns != DEFAULT_NS {
+            payload["namespace"] = json!(ns);
+        }
+        let res = if self.lookup(DEFAULT_NS, "engine::queue::enqueue").is_none() {
+            Err(ErrorBody::new("enqueue_error", "No queue provider is installed. `TriggerAction::Enqueue` routes through the `engine::queue::enqueue` provider, and no worker provides it; start a queue worker that registers it."))
+        } else {
+            match self
+                .call(
+                    DEFAULT_NS,
+                    "engine::queue::enqueue",
+                    &payload.to_string(),
+                    None,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => Ok(json!({ "messageReceiptId": receipt }).to_string()),
+                Err(e) => Err(ErrorBody::new("enqueue_error", e.message)),
+            }
+        };
+        if let Some(id) = f.invocation_id.as_deref() {
+            let frame = match &res {
+                Ok(r) => out::invocation_result(
+                    id,
+                    fid,
+                    Ok(Some(r)),
+                    f.traceparent.as_deref(),
+                    f.baggage.as_deref(),
+                ),
+                Err(e) => out::invocation_result(
+                    id,
+                    fid,
+                    Err(e),
+                    f.traceparent.as_deref(),
+                    f.baggage.as_deref(),
+                ),
+            };
+            let _ = conn.send(frame).await;
+        }
+    }
+
+    /// Calls a function from inside the engine (HTTP trigger, trigger fire, builtin).
+    /// There is no engine timeout: the call ends when the target answers or disconnects.
+    pub async fn call(
+        &self,
+        ns: &str,
+        function_id: &str,
+        data: &str,
+        metadata: Option<&str>,
+        caller: Option<&Arc<Conn>>,
+    ) -> Outcome {
+        let Some(entry) = self.lookup(ns, function_id) else {
+            return Err(ErrorBody::new(
+                "function_not_found",
+                format!("Function {function_id} not found in namespace {ns}"),
+            ));
+        };
+        match &entry.handler {
+            Handler::Remote(target) => {
+                let id = new_id();
+                let (tx, rx) = oneshot::channel();
+                if !self.inner.pending.insert(
+                    id,
+                    PendingCall {
+                        waiter: Waiter::Oneshot(tx),
+                        caller: caller.map(|c| c.id),
+                        target: target.id,
+                    },
+                ) {
+                    return Err(ErrorBody::new(
+                        "invocation_error",
+                        "invocation id collision",
+                    ));
+                }
+                let data = match caller {
+                    Some(c) => iii_protocol::inject_caller_worker_id(data, &c.id_str),
+                    None => std::borrow::Cow::Borrowed(data),
+                };
+                let frame = out::invoke_function(&out::Invoke {
+                    invocation_id: &iii_protocol::format_uuid(id),
+                    function_id,
+                    data: &data,
+                    metadata,
+                    traceparent: None,
+                    baggage: None,
+                });
+                if target.send(frame).await.is_err() {
+                    self.inner.pending.take(id, None);
+                    return Err(ErrorBody::new(
+                        "channel_send_failed",
+                        "target worker connection closed while sending",
+                    ));
+                }
+                rx.await.unwrap_or_else(|_| Err(stopped()))
+            }
+            Handler::Builtin(func) => {
+                let value: Value = serde_json::from_str(data).map_err(|e| {
+                    ErrorBody::new(
+                        "deserialization_error",
+                        format!("Failed to deserialize input for {function_id}: {e}"),
+                    )
+                })?;
+                let ctx = CallCtx {
+                    caller: caller.cloned(),
+                    namespace: ns.to_string(),
+                    function_id: function_id.to_string(),
+                    metadata: metadata.and_then(|m| serde_json::from_str(m).ok()),
+                };
+                let v = func(self.clone(), ctx, value).await?;
+                if v.is_null() {
+                    Ok(None)
+                } else {
+                    Ok(RawValue::from_string(v.to_string()).ok())
+                }
+            }
+        }
+    }
+
+    /// Fire-and-forget call from inside the engine: errors are logged.
+    pub fn call_void(
+        &self,
+        ns: String,
+        function_id: String,
+        data: String,
+        metadata: Option<String>,
+    ) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine
+                .call(&ns, &function_id, &data, metadata.as_deref(), None)
+                .await
+            {
+                tracing::warn!(function_id = %function_id, error = %e, "trigger call failed");
+            }
+        });
+    }
+
+    /// Applies an `invocationresult` from a worker.
+    pub(crate) async fn on_result(&self, conn: &Arc<Conn>, f: Frame<'_>) {
+        let Some(id_str) = f.invocation_id.as_deref() else {
+            return;
+        };
+        let Ok(id) = iii_protocol::parse_uuid("invocation_id", id_str) else {
+            return;
+        };
+        match self.inner.pending.take(id, Some(conn.id)) {
+            Take::Found(call) => {
+                let outcome: Result<Option<&RawValue>, ErrorBody> = match f.error {
+                    Some(e) => Err(e),
+                    None => Ok(f.result),
+                };
+                match call.waiter {
+                    Waiter::Conn {
+                        conn: caller,
+                        function_id,
+                        traceparent,
+                        baggage,
+                    } => {
+                        let frame = match &outcome {
+                            Ok(r) => out::invocation_result(
+                                id_str,
+                                &function_id,
+                                Ok(r.map(RawValue::get)),
+                                traceparent.as_deref(),
+                                baggage.as_deref(),
+                            ),
+                            Err(e) => out::invocation_result(
+                                id_str,
+                                &function_id,
+                                Err(e),
+                                traceparent.as_deref(),
+                                baggage.as_deref(),
+                            ),
+                        };
+                        let _ = caller.send(frame).await;
+                    }
+                    Waiter::Oneshot(tx) => {
+                        let _ = tx.send(outcome.map(|r| r.map(RawValue::to_owned)));
+                    }
+                    Waiter::Discard { function_id } => {
+                        if let Err(e) = outcome {
+                            tracing::warn!(function_id = %function_id, error = %e, "fire-and-forget call failed");
+                        }
+                    }
+                }
+            }
+            Take::Unknown => tracing::debug!(
+                invocation_id = id_str,
+                "result for an unknown or finished invocation ignored"
+            ),
+            Take::WrongSender => {
+                tracing::warn!(invocation_id = id_str, worker_id = %conn.id_str, "result ignored: this worker is not serving that invocation")
+            }
+        }
+    }
+
+    async fn resolve(&self, id: u128, call: PendingCall, outcome: Result<(), ErrorBody>) {
+        let err = match outcome {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        match call.waiter {
+            Waiter::Conn {
+                conn,
+                function_id,
+                traceparent,
+                baggage,
+            } => {
+                let frame = out::invocation_result(
+                    &iii_protocol::format_uuid(id),
+                    &function_id,
+                    Err(&err),
+                    traceparent.as_deref(),
+                    baggage.as_deref(),
+                );
+                let _ = conn.send(frame).await;
+            }
+            Waiter::Oneshot(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            Waiter::Discard { .. } => {}
+        }
+    }
+
+    // ---- connections ------------------------------------------------------------------------
+
+    pub(crate) fn add_conn(&self, conn: Arc<Conn>) {
+        self.inner.conns.write().insert(conn.id, conn);
+    }
+
+    pub fn conn(&self, id: u128) -> Option<Arc<Conn>> {
+        self.inner.conns.read().get(&id).cloned()
+    }
+
+    pub fn conns(&self) -> Vec<Arc<Conn>> {
+        let mut v: Vec<_> = self.inner.conns.read().values().cloned().collect();
+        v.sort_by_key(|c| c.connected_at_ms);
+        v
+    }
+
+    pub fn active_invocations(&self, conn: u128) -> usize {
+        self.inner.pending.active_for(conn)
+    }
+
+    /// Tears a connection down (spec §3.6). Runs once; later callers return at once.
+    pub(crate) async fn cleanup_conn(&self, conn: &Arc<Conn>) {
+        if !conn.begin_cleanup() {
+            return;
+        }
+        conn.mark_closing();
+        // 1. Stop namespace resolution: buffered registrations are discarded.
+        conn.state.lock().buffer.clear();
+        // 2. Release its functions.
+        {
+            let mut map = self.inner.functions.write();
+            for slot in map.values_mut() {
+                slot.retain(|_, e| e.owner_conn().is_none_or(|c| c.id != conn.id));
+            }
+            map.retain(|_, slot| !slot.is_empty());
+        }
+        // 3. Halt every call it made or serves.
+        for (id, call) in self.inner.pending.drain_conn(conn.id) {
+            let to_self = matches!(&call.waiter, Waiter::Conn { conn: c, .. } if c.id == conn.id);
+            if !to_self {
+                self.resolve(id, call, Err(stopped())).await;
+            }
+        }
+        // 4-5. Its triggers and trigger types.
+        let sends = self.inner.triggers.lock().conn_closed(self, conn);
+        crate::triggers::deliver(sends).await;
+        // 6. Channels it owns, its name lease, its record.
+        self.inner.names.lock().retain(|_, id| *id != conn.id);
+        self.inner.conns.write().remove(&conn.id);
+        conn.finish_cleanup();
+        tracing::info!(worker_id = %conn.id_str, "worker disconnected");
+        // 7.
+        self.fire_workers_available("worker_disconnected", &conn.id_str);
+    }
+
+    pub(crate) fn fire_workers_available(&self, event: &str, worker_id: &str) {
+        let payload = json!({ "event": event, "worker_id": worker_id }).to_string();
+        self.fire_builtin_trigger("engine::workers-available", &payload);
+    }
+
+    /// Invokes every function bound to an engine-provided trigger type (fire-and-forget).
+    pub(crate) fn fire_builtin_trigger(&self, trigger_type: &str, payload: &str) {
+        let targets = self.inner.triggers.lock().active_bindings_of(trigger_type);
+        for (ns, fid, meta) in targets {
+            self.call_void(ns, fid, payload.to_string(), meta);
+        }
+    }
+
+    /// Applies `engine::workers::register` for a connection (spec §2.4, §3.8). Returns the result
+    /// JSON, or an error; closes the connection on a worker-name conflict.
+    pub(crate) async fn register_worker(
+        &self,
+        conn: &Arc<Conn>,
+        data: &Value,
+    ) -> Result<Value, ErrorBody> {
+        let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let requested_ns = s("namespace");
+        if requested_ns.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ErrorBody::new(
+                "INVALID_NAMESPACE",
+                "namespace must not be blank",
+            ));
+        }
+        // A namespace fixed by the grace period cannot be moved by a late declaration.
+        let ns = conn
+            .namespace()
+            .or(requested_ns)
+            .unwrap_or_else(|| DEFAULT_NS.to_string());
+        let name = s("name")
+            .map(|n| sanitize_name(&n))
+            .filter(|n| !n.is_empty());
+        if let Some(name) = &name {
+            let conflict = {
+                let mut names = self.inner.names.lock();
+                let key = (ns.clone(), name.clone());
+                let holder = names.get(&key).copied().filter(|id| *id != conn.id);
+                match holder
+                    .and_then(|id| self.conn(id))
+                    .filter(|c| !c.is_closing())
+                {
+                    Some(owner) => Some(owner),
+                    None => {
+                        names.retain(|_, id| *id != conn.id);
+                        names.insert(key, conn.id);
+                        None
+                    }
+                }
+            };
+            if let Some(owner) = conflict {
+                tracing::warn!(worker = %name, namespace = %ns, "worker name already in use in this namespace; closing the new connection");
+                let _ = conn
+                    .send(out::worker_conflict(&ns, name, &owner.id_str))
+                    .await;
+                conn.close();
+                return Ok(json!({ "success": false }));
+            }
+        }
+        let buffered = {
+            let mut st = conn.state.lock();
+            st.meta.runtime = s("runtime");
+            st.meta.version = s("version");
+            st.meta.name = name.clone();
+            st.meta.description = s("description").map(|d| sanitize_name(&d));
+            st.meta.os = s("os");
+            st.meta.pid = data.get("pid").and_then(Value::as_u64);
+            st.meta.isolation = data.get("isolation").cloned().filter(|v| !v.is_null());
+            st.meta.telemetry = data.get("telemetry").cloned().filter(|v| !v.is_null());
+            let first = st.namespace.is_none();
+            st.namespace = Some(ns.clone());
+            if first {
+                std::mem::take(&mut st.buffer)
+            } else {
+                Vec::new()
+            }
+        };
+        for text in buffered {
+            crate::session::apply_registration(self, conn, &ns, &text).await;
+        }
+        tracing::info!(worker_id = %conn.id_str, name = name.as_deref().unwrap_or(""), namespace = %ns, "worker registered");
+        self.fire_workers_available("worker_metadata_updated", &conn.id_str);
+        Ok(json!({ "success": true }))
+    }
+
+    /// Fixes the namespace to `default` when the grace period ends without a declaration.
+    pub(crate) async fn namespace_grace_expired(&self, conn: &Arc<Conn>) {
+        let buffered = {
+            let mut st = conn.state.lock();
+            if st.namespace.is_some() {
+                return;
+            }
+            st.namespace = Some(DEFAULT_NS.into());
+            std::mem::take(&mut st.buffer)
+        };
+        if !buffered.is_empty() {
+            tracing::info!(worker_id = %conn.id_str, count = buffered.len(), "no namespace declared within the grace period; applying registrations in `default`");
+        }
+        for text in buffered {
+            crate::session::apply_registration(self, conn, DEFAULT_NS, &text).await;
+        }
+    }
+
+    /// `reattach`: retire the previous connection of a reconnecting worker (spec §2.3).
+    pub(crate) async fn reattach(&self, conn: &Arc<Conn>, f: &Frame<'_>) {
+        let (Some(prev), Some(token)) =
+            (f.previous_worker_id.as_deref(), f.reattach_token.as_deref())
+        else {
+            tracing::debug!("reattach without previous_worker_id or token ignored");
+            return;
+        };
+        let (Ok(prev_id), Ok(tok)) = (
+            iii_protocol::parse_uuid("previous_worker_id", prev),
+            iii_protocol::parse_uuid("reattach_token", token),
+        ) else {
+            tracing::warn!("reattach with malformed ids ignored");
+            return;
+        };
+        if prev_id == conn.id {
+            return;
+        }
+        let Some(old) = self.conn(prev_id) else {
+            tracing::debug!(
+                previous_worker_id = prev,
+                "reattach: previous connection already gone"
+            );
+            return;
+        };
+        if old.token != tok {
+            tracing::warn!(
+                previous_worker_id = prev,
+                "reattach refused: token does not match"
+            );
+            return;
+        }
+        tracing::info!(previous_worker_id = prev, worker_id = %conn.id_str, "reattach: evicting previous connection");
+        old.close();
+        if !old.wait_cleaned(Duration::from_secs(5)).await {
+            tracing::warn!(
+                previous_worker_id = prev,
+                "reattach: previous connection cleanup did not finish within 5 s"
+            );
+        }
+    }
+
+    pub fn channels(&self) -> &Channels {
+        &self.inner.channels
+    }
+
+    pub fn http_routes(&self) -> &Arc<HttpRoutes> {
+        &self.inner.http_routes
+    }
+
+    pub fn in_process_workers(&self) -> &[&'static str] {
+        &self.inner.in_process_workers
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.inner.pending.len()
+    }
+}
+
+pub fn stopped() -> ErrorBody {
+    ErrorBody::new("invocation_stopped", "Invocation stopped")
+}
+
+/// Strips control and bidi characters and caps the length (spec §2.4).
+pub fn sanitize_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() && !matches!(*c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .take(280)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}

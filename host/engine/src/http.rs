@@ -1,0 +1,679 @@
+//! The `http` trigger type and the REST trigger server (spec §4.6.1).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use parking_lot::RwLock;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::channels::{ChanItem, Direction};
+use crate::config::HttpConfig;
+use crate::engine::Engine;
+use crate::triggers::{Binding, BuiltinTriggerType};
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: String,
+    /// The registered path without its leading slash (`users/:id`).
+    pub path: String,
+    segs: Vec<Seg>,
+    pub trigger_id: String,
+    pub function_id: String,
+    pub namespace: String,
+    pub metadata: Option<Value>,
+    pub condition_function_id: Option<String>,
+}
+
+impl Route {
+    fn same_shape(&self, other: &Route) -> bool {
+        self.method == other.method
+            && self.segs.len() == other.segs.len()
+            && self
+                .segs
+                .iter()
+                .zip(&other.segs)
+                .all(|(a, b)| match (a, b) {
+                    (Seg::Lit(x), Seg::Lit(y)) => x == y,
+                    (Seg::Param(_), Seg::Param(_)) => true,
+                    _ => false,
+                })
+    }
+
+    fn matches(&self, parts: &[&str]) -> Option<HashMap<String, String>> {
+        if parts.len() != self.segs.len() {
+            return None;
+        }
+        let mut params = HashMap::new();
+        for (seg, part) in self.segs.iter().zip(parts) {
+            match seg {
+                Seg::Lit(l) if l == part => {}
+                Seg::Lit(_) => return None,
+                Seg::Param(name) => {
+                    params.insert(name.clone(), percent_decode(part));
+                }
+            }
+        }
+        Some(params)
+    }
+
+    fn literal_count(&self) -> usize {
+        self.segs
+            .iter()
+            .filter(|s| matches!(s, Seg::Lit(_)))
+            .count()
+    }
+}
+
+fn split_path(p: &str) -> Vec<&str> {
+    p.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// The route table; also the provider of the `http` trigger type.
+#[derive(Default)]
+pub struct HttpRoutes {
+    routes: RwLock<Vec<Route>>,
+}
+
+impl HttpRoutes {
+    fn route_from(b: &Binding) -> Result<Route, String> {
+        let cfg = &b.config;
+        let api_path = cfg
+            .get("api_path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| "http trigger config requires a non-empty `api_path`".to_string())?;
+        let method = match cfg.get("http_method") {
+            None | Some(Value::Null) => "GET".to_string(),
+            Some(Value::String(m)) => m.to_ascii_uppercase(),
+            Some(other) => return Err(format!("`http_method` must be a string, found {other}")),
+        };
+        if !METHODS.contains(&method.as_str()) {
+            return Err(format!(
+                "unsupported http_method `{method}` (expected one of {})",
+                METHODS.join(", ")
+            ));
+        }
+        let path = split_path(api_path).join("/");
+        let segs = split_path(api_path)
+            .into_iter()
+            .map(|s| match s.strip_prefix(':') {
+                Some(name) if !name.is_empty() => Seg::Param(name.to_string()),
+                _ => Seg::Lit(s.to_string()),
+            })
+            .collect();
+        Ok(Route {
+            method,
+            path,
+            segs,
+            trigger_id: b.id.clone(),
+            function_id: b.function_id.clone(),
+            namespace: b.namespace.clone(),
+            metadata: b.metadata.clone(),
+            condition_function_id: cfg
+                .get("condition_function_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    /// Finds the route for a request; literal segments win over parameters.
+    pub fn find(&self, method: &str, path: &str) -> Option<(Route, HashMap<String, String>)> {
+        let parts = split_path(path);
+        let routes = self.routes.read();
+        routes
+            .iter()
+            .filter(|r| r.method == method)
+            .filter_map(|r| r.matches(&parts).map(|p| (r, p)))
+            .max_by_key(|(r, _)| r.literal_count())
+            .map(|(r, p)| (r.clone(), p))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl BuiltinTriggerType for HttpRoutes {
+    fn register(&self, b: &Binding) -> Result<(), String> {
+        let route = Self::route_from(b)?;
+        let mut routes = self.routes.write();
+        if let Some(c) = routes.iter().find(|r| {
+            r.trigger_id != route.trigger_id && r.same_shape(&route) && r.path != route.path
+        }) {
+            return Err(format!(
+                "Route '{} {}' conflicts with already-registered route '{} {}'",
+                route.method, route.path, c.method, c.path
+            ));
+        }
+        // Same key (method + path) replaces; the same trigger id re-registering replaces its route.
+        routes.retain(|r| {
+            r.trigger_id != route.trigger_id && !(r.method == route.method && r.path == route.path)
+        });
+        tracing::info!(method = %route.method, path = %route.path, function_id = %route.function_id, "[REGISTERED] HTTP route");
+        routes.push(route);
+        Ok(())
+    }
+
+    fn unregister(&self, b: &Binding) {
+        self.routes.write().retain(|r| r.trigger_id != b.id);
+    }
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query string → map; one value per key, the last one wins.
+pub fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn envelope(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = json!({"error": {"code": code, "message": message}}).to_string();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .expect("valid response")
+}
+
+struct Server {
+    engine: Engine,
+    cfg: HttpConfig,
+    limit: Semaphore,
+}
+
+pub async fn bind(cfg: &HttpConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind((cfg.host.as_str(), cfg.port)).await
+}
+
+pub async fn serve(engine: Engine, listener: TcpListener, cfg: HttpConfig) {
+    let server = Arc::new(Server {
+        engine,
+        limit: Semaphore::new(cfg.concurrency_request_limit),
+        cfg,
+    });
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+impl Server {
+    fn cors_origin(&self, req_origin: Option<&str>) -> Option<String> {
+        match &self.cfg.cors {
+            None => Some("*".into()),
+            Some(c) => {
+                if c.allowed_origins.iter().any(|o| o == "*") {
+                    Some("*".into())
+                } else {
+                    req_origin
+                        .filter(|o| c.allowed_origins.iter().any(|a| a == o))
+                        .map(str::to_string)
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let origin = req
+            .headers()
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut resp = match self.limit.acquire().await {
+            Ok(_permit) => self.handle_inner(req).await,
+            Err(_) => envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "INTERNAL_ERROR",
+                "server is shutting down",
+            ),
+        };
+        if let Some(o) = self.cors_origin(origin.as_deref()) {
+            if let Ok(v) = o.parse() {
+                resp.headers_mut().insert("access-control-allow-origin", v);
+            }
+        }
+        resp
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().as_str().to_ascii_uppercase();
+        let path = req.uri().path().to_string();
+        let found = self.engine.http_routes().find(&method, &path);
+        let Some((route, path_params)) = found else {
+            if method == "OPTIONS" {
+                return self.preflight(&req);
+            }
+            return envelope(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                &format!("No route for {method} {path}"),
+            );
+        };
+        let query_params = parse_query(req.uri().query().unwrap_or(""));
+        let mut headers = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            headers.insert(
+                k.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            );
+        }
+        let is_json = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("application/json"));
+        let raw_body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return envelope(
+                    StatusCode::BAD_REQUEST,
+                    "INTERNAL_ERROR",
+                    &format!("could not read the request body: {e}"),
+                )
+            }
+        };
+        let body: Value = if is_json {
+            serde_json::from_slice(&raw_body).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+
+        let mut request = json!({
+            "query_params": query_params,
+            "path_params": path_params,
+            "headers": headers,
+            "path": route.path,
+            "method": method,
+            "body": body,
+            "trigger": {"type": "http", "path": route.path, "method": method},
+        });
+        let metadata = route.metadata.as_ref().map(Value::to_string);
+
+        if let Some(cond) = &route.condition_function_id {
+            match self
+                .engine
+                .call(
+                    &route.namespace,
+                    cond,
+                    &request.to_string(),
+                    metadata.as_deref(),
+                    None,
+                )
+                .await
+            {
+                Ok(Some(r)) if r.get().trim() == "false" => {
+                    let body = json!({"error": {"code": "CONDITION_NOT_MET", "message": "Request condition not met"}, "skipped": true});
+                    return Response::builder()
+                        .status(StatusCode::UNPROCESSABLE_ENTITY)
+                        .header("content-type", "application/json")
+                        .body(full(body.to_string()))
+                        .expect("valid response");
+                }
+                Ok(_) => {}
+                Err(e) => return envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.code, &e.message),
+            }
+        }
+
+        let channels = self.engine.channels();
+        let req_ch = channels.create(crate::channels::DEFAULT_BUFFER);
+        let resp_ch = channels.create(crate::channels::DEFAULT_BUFFER);
+        request["request_body"] = req_ch.reference(Direction::Read);
+        request["response"] = resp_ch.reference(Direction::Write);
+        if let Some(tx) = channels.take_writer(&req_ch) {
+            tokio::spawn(async move {
+                for chunk in raw_body.chunks(64 * 1024) {
+                    if tx
+                        .send(ChanItem::Binary(Bytes::copy_from_slice(chunk)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            channels.side_finished(&req_ch);
+        }
+        let rx = channels.take_reader(&resp_ch);
+        channels.side_finished(&resp_ch);
+
+        let data = request.to_string();
+        let work = self.run(&route, data, metadata, rx);
+        let resp = match tokio::time::timeout(self.cfg.default_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Response::builder()
+                .status(StatusCode::GATEWAY_TIMEOUT)
+                .body(full(Bytes::new()))
+                .expect("valid response"),
+        };
+        // Channels whose other side never connected are not left behind.
+        channels.remove(&req_ch.id);
+        resp
+    }
+
+    /// Waits for whichever comes first: a non-null return value (the full response) or the first
+    /// body chunk on the response channel (a streamed response).
+    async fn run(
+        &self,
+        route: &Route,
+        data: String,
+        metadata: Option<String>,
+        rx: Option<mpsc::Receiver<ChanItem>>,
+    ) -> Response<Body> {
+        let call = self.engine.call(
+            &route.namespace,
+            &route.function_id,
+            &data,
+            metadata.as_deref(),
+            None,
+        );
+        tokio::pin!(call);
+        let mut rx = rx;
+        let mut status = 200u16;
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut returned_null = false;
+        loop {
+            tokio::select! {
+                res = &mut call, if !returned_null => match res {
+                    Err(e) => return envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.code, &e.message),
+                    Ok(Some(v)) => {
+                        let v: Value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
+                        if !v.is_null() {
+                            return build_response(&v);
+                        }
+                        returned_null = true;
+                        if rx.is_none() { return stream_response(status, &headers, None, None); }
+                    }
+                    Ok(None) => {
+                        returned_null = true;
+                        if rx.is_none() { return stream_response(status, &headers, None, None); }
+                    }
+                },
+                item = async { match rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => match item {
+                    Some(ChanItem::Text(t)) => apply_control(&t, &mut status, &mut headers),
+                    Some(ChanItem::Binary(b)) => return stream_response(status, &headers, Some(b), rx.take()),
+                    None => {
+                        // Writer closed without a body chunk.
+                        rx = None;
+                        if returned_null { return stream_response(status, &headers, None, None); }
+                    }
+                },
+            }
+        }
+    }
+
+    fn preflight(&self, req: &Request<Incoming>) -> Response<Body> {
+        let methods = match &self.cfg.cors {
+            Some(c) if !c.allowed_methods.is_empty() => c.allowed_methods.join(", "),
+            _ => METHODS.join(", "),
+        };
+        let allow_headers = req
+            .headers()
+            .get("access-control-request-headers")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("*")
+            .to_string();
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header("access-control-allow-methods", methods)
+            .header("access-control-allow-headers", allow_headers)
+            .body(full(Bytes::new()))
+            .expect("valid response")
+    }
+}
+
+fn apply_control(text: &str, status: &mut u16, headers: &mut Vec<(String, String)>) {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("set_status") => {
+            if let Some(s) = v.get("status_code").and_then(Value::as_u64) {
+                *status = s as u16;
+            }
+        }
+        Some("set_headers") => {
+            if let Some(h) = v.get("headers").and_then(Value::as_object) {
+                for (k, val) in h {
+                    let val = val
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| val.to_string());
+                    headers.push((k.clone(), val));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn stream_response(
+    status: u16,
+    headers: &[(String, String)],
+    first: Option<Bytes>,
+    rx: Option<mpsc::Receiver<ChanItem>>,
+) -> Response<Body> {
+    let mut b = Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+    for (k, v) in headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let (tx, body_rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        if let Some(f) = first {
+            if tx.send(Ok(Frame::data(f))).await.is_err() {
+                return;
+            }
+        }
+        if let Some(mut rx) = rx {
+            while let Some(item) = rx.recv().await {
+                if let ChanItem::Binary(b) = item {
+                    if tx.send(Ok(Frame::data(b))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = tokio_stream_from(body_rx);
+    b.body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| {
+            envelope(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "invalid response headers",
+            )
+        })
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Maps a handler's `{status_code, headers, body}` to a response (spec §4.6.1 body rules).
+pub fn build_response(v: &Value) -> Response<Body> {
+    let status = v.get("status_code").and_then(Value::as_u64).unwrap_or(200);
+    let mut headers: Vec<(String, String)> = Vec::new();
+    match v.get("headers") {
+        Some(Value::Object(m)) => {
+            for (k, val) in m {
+                headers.push((
+                    k.clone(),
+                    val.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| val.to_string()),
+                ));
+            }
+        }
+        Some(Value::Array(items)) => {
+            for it in items.iter().filter_map(Value::as_str) {
+                if let Some((k, val)) = it.split_once(':') {
+                    headers.push((k.trim().to_string(), val.trim().to_string()));
+                }
+            }
+        }
+        _ => {}
+    }
+    let has_ct = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    let body = match v.get("body") {
+        None => Bytes::from_static(b"{}"),
+        Some(Value::Null) => Bytes::new(),
+        Some(Value::String(s)) if has_ct => Bytes::from(s.clone()),
+        Some(other) => Bytes::from(other.to_string()),
+    };
+    if !has_ct && !body.is_empty() {
+        headers.push(("content-type".into(), "application/json".into()));
+    }
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (k, val) in &headers {
+        b = b.header(k.as_str(), val.as_str());
+    }
+    b.body(full(body)).unwrap_or_else(|e| {
+        envelope(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            &format!("handler returned an invalid response: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(id: &str, path: &str, method: &str) -> Binding {
+        Binding {
+            id: id.into(),
+            trigger_type: "http".into(),
+            function_id: format!("fn::{id}"),
+            config: json!({"api_path": path, "http_method": method}),
+            metadata: None,
+            owner: None,
+            namespace: "default".into(),
+            trigger_namespace: None,
+            home_namespace: "default".into(),
+            provider: None,
+        }
+    }
+
+    #[test]
+    fn routes_match_conflict_and_replace() {
+        let r = HttpRoutes::default();
+        r.register(&binding("a", "/users/:id", "get")).unwrap();
+        r.register(&binding("b", "users/me", "GET")).unwrap();
+        let (route, params) = r.find("GET", "/users/42").unwrap();
+        assert_eq!(route.trigger_id, "a");
+        assert_eq!(params["id"], "42");
+        assert_eq!(r.find("GET", "/users/me").unwrap().0.trigger_id, "b");
+        assert!(r.find("POST", "/users/42").is_none());
+        let e = r
+            .register(&binding("c", "users/:userId", "GET"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "Route 'GET users/:userId' conflicts with already-registered route 'GET users/:id'"
+        );
+        // Same key from another trigger replaces it.
+        r.register(&binding("d", "users/:id", "GET")).unwrap();
+        assert_eq!(r.find("GET", "/users/1").unwrap().0.trigger_id, "d");
+        // Unregistering a trigger that no longer holds the route leaves it alone.
+        r.unregister(&binding("a", "users/:id", "GET"));
+        assert!(r.find("GET", "/users/1").is_some());
+        assert!(HttpRoutes::route_from(&binding("x", "", "GET")).is_err());
+        assert!(HttpRoutes::route_from(&binding("x", "/a", "FETCH")).is_err());
+    }
+
+    #[test]
+    fn query_and_decoding() {
+        let q = parse_query("a=1&b=hello%20world&a=2&c");
+        assert_eq!(q["a"], "2");
+        assert_eq!(q["b"], "hello world");
+        assert_eq!(q["c"], "");
+        assert_eq!(percent_decode("%E2%9C%93%zz"), "✓%zz");
+    }
+}

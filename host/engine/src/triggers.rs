@@ -1,0 +1,507 @@
+//! Trigger types and bindings (spec §4): provider resolution, parking of bindings whose type
+//! does not exist yet, replay to a (re)registering provider, re-homing, worker-provided types.
+//!
+//! Methods run under the registry lock and never await: frames for worker providers are
+//! returned as [`Sends`] and delivered by the caller after the lock is released, in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use iii_protocol::{out, ErrorBody, Frame};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::conn::Conn;
+use crate::engine::{Engine, DEFAULT_NS};
+
+pub type Sends = Vec<(Arc<Conn>, String)>;
+
+pub async fn deliver(sends: Sends) {
+    for (conn, frame) in sends {
+        let _ = conn.send(frame).await;
+    }
+}
+
+/// A trigger type implemented inside the engine (`http`, `engine::workers-available`, …).
+pub trait BuiltinTriggerType: Send + Sync {
+    /// Arms a binding; an error is reported to the originator as `trigger_registration_failed`.
+    fn register(&self, binding: &Binding) -> Result<(), String>;
+    fn unregister(&self, binding: &Binding);
+}
+
+#[derive(Clone)]
+pub enum Provider {
+    Builtin(Arc<dyn BuiltinTriggerType>),
+    Remote(Arc<Conn>),
+}
+
+#[derive(Clone)]
+pub struct TriggerTypeEntry {
+    pub namespace: String,
+    pub id: String,
+    pub description: String,
+    pub trigger_request_format: Option<Value>,
+    pub call_request_format: Option<Value>,
+    pub provider: Provider,
+}
+
+impl TriggerTypeEntry {
+    pub fn worker_name(&self) -> String {
+        match &self.provider {
+            Provider::Remote(c) => c.name().unwrap_or_else(|| c.id_str.clone()),
+            Provider::Builtin(_) => match self.id.as_str() {
+                "http" => "iii-http".into(),
+                _ => "iii-engine-functions".into(),
+            },
+        }
+    }
+}
+
+type TypeKey = (String, String);
+
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub id: String,
+    pub trigger_type: String,
+    pub function_id: String,
+    pub config: Value,
+    pub metadata: Option<Value>,
+    /// Connection that registered it; `None` for `engine::register_trigger` bindings.
+    pub owner: Option<u128>,
+    /// Namespace the target function resolves in.
+    pub namespace: String,
+    pub trigger_namespace: Option<String>,
+    pub home_namespace: String,
+    /// Resolved provider, `None` while parked.
+    pub provider: Option<TypeKey>,
+}
+
+#[derive(Default)]
+pub struct TriggerRegistry {
+    types: BTreeMap<TypeKey, TriggerTypeEntry>,
+    bindings: HashMap<String, Binding>,
+}
+
+fn raw_value(r: Option<&RawValue>) -> Option<Value> {
+    r.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+impl TriggerRegistry {
+    pub fn register_builtin_type(
+        &mut self,
+        id: &str,
+        description: &str,
+        provider: Arc<dyn BuiltinTriggerType>,
+    ) {
+        let key = (DEFAULT_NS.to_string(), id.to_string());
+        self.types.insert(
+            key,
+            TriggerTypeEntry {
+                namespace: DEFAULT_NS.into(),
+                id: id.into(),
+                description: description.into(),
+                trigger_request_format: None,
+                call_request_format: None,
+                provider: Provider::Builtin(provider),
+            },
+        );
+    }
+
+    pub fn types(&self) -> Vec<TriggerTypeEntry> {
+        self.types.values().cloned().collect()
+    }
+
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut v: Vec<_> = self.bindings.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn binding(&self, id: &str) -> Option<Binding> {
+        self.bindings.get(id).cloned()
+    }
+
+    pub fn instance_count(&self, key: &TypeKey) -> usize {
+        self.bindings
+            .values()
+            .filter(|b| b.provider.as_ref() == Some(key))
+            .count()
+    }
+
+    /// (target namespace, function id, metadata JSON) of every armed binding of an engine type.
+    pub fn active_bindings_of(&self, trigger_type: &str) -> Vec<(String, String, Option<String>)> {
+        self.bindings
+            .values()
+            .filter(|b| b.trigger_type == trigger_type && b.provider.is_some())
+            .map(|b| {
+                (
+                    b.namespace.clone(),
+                    b.function_id.clone(),
+                    b.metadata.as_ref().map(Value::to_string),
+                )
+            })
+            .collect()
+    }
+
+    fn resolve(&self, b: &Binding) -> Option<TypeKey> {
+        let ty = &b.trigger_type;
+        if let Some(ns) = &b.trigger_namespace {
+            let k = (ns.clone(), ty.clone());
+            return self.types.contains_key(&k).then_some(k);
+        }
+        let home = (b.home_namespace.clone(), ty.clone());
+        if self.types.contains_key(&home) {
+            return Some(home);
+        }
+        let dflt = (DEFAULT_NS.to_string(), ty.clone());
+        self.types.contains_key(&dflt).then_some(dflt)
+    }
+
+    /// Tells a binding's provider to disarm it.
+    fn disarm(&self, b: &Binding, sends: &mut Sends) {
+        let Some(key) = &b.provider else { return };
+        match self.types.get(key).map(|t| &t.provider) {
+            Some(Provider::Builtin(p)) => p.unregister(b),
+            Some(Provider::Remote(c)) => {
+                sends.push((c.clone(), out::unregister_trigger(&b.id, &b.trigger_type)))
+            }
+            None => {}
+        }
+    }
+
+    /// Arms a binding at `key`. Builtin errors are returned; remote providers answer later.
+    fn arm(&self, b: &Binding, key: &TypeKey, sends: &mut Sends) -> Result<(), String> {
+        match self.types.get(key).map(|t| &t.provider) {
+            Some(Provider::Builtin(p)) => p.register(b),
+            Some(Provider::Remote(c)) => {
+                if c.is_closing() {
+                    return Err("provider is disconnecting".into());
+                }
+                let config = b.config.to_string();
+                let metadata = b.metadata.as_ref().map(Value::to_string);
+                sends.push((
+                    c.clone(),
+                    out::register_trigger(&out::RegisterTrigger {
+                        id: &b.id,
+                        trigger_type: &b.trigger_type,
+                        function_id: &b.function_id,
+                        config: &config,
+                        metadata: metadata.as_deref(),
+                        namespace: (b.namespace != DEFAULT_NS).then_some(b.namespace.as_str()),
+                        trigger_namespace: (key.0 != DEFAULT_NS).then_some(key.0.as_str()),
+                    }),
+                ));
+                Ok(())
+            }
+            None => Err("no provider".into()),
+        }
+    }
+
+    fn failure_to_owner(
+        &self,
+        engine: &Engine,
+        b: &Binding,
+        code: &str,
+        message: &str,
+        sends: &mut Sends,
+    ) {
+        if let Some(owner) = b.owner.and_then(|id| engine.conn(id)) {
+            let e = ErrorBody::new(code, message);
+            sends.push((
+                owner,
+                out::trigger_registration_result(&b.id, &b.trigger_type, &b.function_id, Some(&e)),
+            ));
+        }
+    }
+
+    /// Adds or replaces a binding. On a synchronous provider error the previous binding with
+    /// that id is kept and the error is returned.
+    pub fn upsert(&mut self, b: Binding, sends: &mut Sends) -> Result<(), ErrorBody> {
+        let old = self.bindings.get(&b.id).cloned();
+        let mut b = b;
+        let key = self.resolve(&b);
+        match &key {
+            Some(k) => {
+                let builtin = matches!(
+                    self.types.get(k).map(|t| &t.provider),
+                    Some(Provider::Builtin(_))
+                );
+                if builtin {
+                    if let Err(msg) = self.arm(&b, k, sends) {
+                        return Err(ErrorBody::new("trigger_registration_failed", msg));
+                    }
+                    if let Some(old) = &old {
+                        if old.provider.as_ref() != Some(k) {
+                            self.disarm(old, sends);
+                        }
+                    }
+                } else {
+                    if let Some(old) = &old {
+                        if old.provider.as_ref() != Some(k) {
+                            self.disarm(old, sends);
+                        }
+                    }
+                    if self.arm(&b, k, sends).is_err() {
+                        b.provider = None;
+                        tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, "[PENDING] provider disconnecting; binding parked");
+                        self.bindings.insert(b.id.clone(), b);
+                        return Ok(());
+                    }
+                }
+                b.provider = key.clone();
+                tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, function_id = %b.function_id, "[REGISTERED] trigger");
+            }
+            None => {
+                if let Some(old) = &old {
+                    self.disarm(old, sends);
+                }
+                b.provider = None;
+                let hint = match b.trigger_type.as_str() {
+                    "http" => " (enable the `iii-http` worker)",
+                    "cron" | "state" | "stream" | "subscribe" | "durable:subscriber" => {
+                        " (this engine does not provide it yet; a worker may register it)"
+                    }
+                    _ => "",
+                };
+                tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, "[PENDING] no provider for this trigger type yet; binding parked{hint}");
+            }
+        }
+        self.bindings.insert(b.id.clone(), b);
+        Ok(())
+    }
+
+    pub fn register_from_worker(
+        &mut self,
+        _engine: &Engine,
+        conn: &Arc<Conn>,
+        conn_ns: &str,
+        f: &Frame<'_>,
+    ) -> Sends {
+        let mut sends = Sends::new();
+        let (Some(id), Some(ty), Some(fid)) = (
+            f.id.as_deref(),
+            f.trigger_type.as_deref(),
+            f.function_id.as_deref(),
+        ) else {
+            return sends;
+        };
+        let blank = |s: &Option<std::borrow::Cow<'_, str>>| {
+            s.as_deref().is_some_and(|n| n.trim().is_empty())
+        };
+        if blank(&f.namespace) || blank(&f.trigger_namespace) {
+            let e = ErrorBody::new("INVALID_NAMESPACE", "namespace must not be blank");
+            sends.push((
+                conn.clone(),
+                out::trigger_registration_result(id, ty, fid, Some(&e)),
+            ));
+            return sends;
+        }
+        let b = Binding {
+            id: id.to_string(),
+            trigger_type: ty.to_string(),
+            function_id: fid.to_string(),
+            config: raw_value(f.config).unwrap_or(Value::Null),
+            metadata: raw_value(f.metadata),
+            owner: Some(conn.id),
+            namespace: f.namespace.as_deref().unwrap_or(DEFAULT_NS).to_string(),
+            trigger_namespace: f.trigger_namespace.as_deref().map(str::to_string),
+            home_namespace: conn_ns.to_string(),
+            provider: None,
+        };
+        if let Err(e) = self.upsert(b, &mut sends) {
+            tracing::warn!(trigger_id = id, trigger_type = ty, error = %e.message, "trigger registration failed");
+            sends.push((
+                conn.clone(),
+                out::trigger_registration_result(id, ty, fid, Some(&e)),
+            ));
+        }
+        sends
+    }
+
+    pub fn unregister(&mut self, id: &str) -> Sends {
+        let mut sends = Sends::new();
+        if let Some(b) = self.bindings.remove(id) {
+            self.disarm(&b, &mut sends);
+            tracing::info!(trigger_id = id, "[UNREGISTERED] trigger");
+        }
+        sends
+    }
+
+    pub fn register_remote_type(
+        &mut self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        conn_ns: &str,
+        f: &Frame<'_>,
+    ) -> Sends {
+        let mut sends = Sends::new();
+        let Some(id) = f.id.as_deref() else {
+            return sends;
+        };
+        let ns = match f.namespace.as_deref() {
+            Some(n) if n.trim().is_empty() => {
+                tracing::warn!(
+                    trigger_type = id,
+                    "trigger type registration with a blank namespace refused"
+                );
+                return sends;
+            }
+            Some(n) => n.to_string(),
+            None => conn_ns.to_string(),
+        };
+        let key = (ns.clone(), id.to_string());
+        let fmt = |r: Option<&RawValue>| raw_value(r);
+        let entry = TriggerTypeEntry {
+            namespace: ns,
+            id: id.into(),
+            description: f.description.as_deref().unwrap_or_default().to_string(),
+            trigger_request_format: fmt(f.trigger_request_format),
+            call_request_format: fmt(f.call_request_format),
+            provider: Provider::Remote(conn.clone()),
+        };
+        self.types.insert(key.clone(), entry);
+        tracing::info!(trigger_type = id, namespace = %key.0, worker_id = %conn.id_str, "[REGISTERED] trigger type");
+        // Replay: every binding this key serves, parked ones that now resolve here, and
+        // bindings that fell back to `default` but whose home namespace is this one (re-home).
+        let ids: Vec<String> = self.bindings.keys().cloned().collect();
+        for bid in ids {
+            let b = self.bindings[&bid].clone();
+            if b.trigger_type != id {
+                continue;
+            }
+            let target = self.resolve(&b);
+            if target.as_ref() != Some(&key) {
+                continue;
+            }
+            if let Some(old) = &b.provider {
+                if old != &key {
+                    self.disarm(&b, &mut sends);
+                }
+            }
+            let mut nb = b.clone();
+            match self.arm(&nb, &key, &mut sends) {
+                Ok(()) => nb.provider = Some(key.clone()),
+                Err(_) => nb.provider = None,
+            }
+            self.bindings.insert(bid, nb);
+        }
+        let _ = engine;
+        sends
+    }
+
+    pub fn unregister_remote_type(
+        &mut self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        conn_ns: &str,
+        f: &Frame<'_>,
+    ) -> Sends {
+        let Some(id) = f.id.as_deref() else {
+            return Sends::new();
+        };
+        let ns = f
+            .namespace
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or(conn_ns)
+            .to_string();
+        let key = (ns, id.to_string());
+        let owned = matches!(self.types.get(&key).map(|t| &t.provider), Some(Provider::Remote(c)) if c.id == conn.id);
+        if !owned {
+            return Sends::new();
+        }
+        self.remove_type(engine, &key)
+    }
+
+    /// Removes a type and re-resolves the bindings it served (fallback provider or parked).
+    fn remove_type(&mut self, engine: &Engine, key: &TypeKey) -> Sends {
+        let mut sends = Sends::new();
+        self.types.remove(key);
+        tracing::info!(trigger_type = %key.1, namespace = %key.0, "[UNREGISTERED] trigger type");
+        let ids: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.provider.as_ref() == Some(key))
+            .map(|b| b.id.clone())
+            .collect();
+        for bid in ids {
+            let mut b = self.bindings[&bid].clone();
+            b.provider = None;
+            match self.resolve(&b) {
+                Some(k) => match self.arm(&b, &k, &mut sends) {
+                    Ok(()) => b.provider = Some(k),
+                    Err(msg) => {
+                        self.failure_to_owner(
+                            engine,
+                            &b,
+                            "trigger_registration_failed",
+                            &msg,
+                            &mut sends,
+                        );
+                    }
+                },
+                None => {
+                    tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, "[DISABLED] provider left; binding parked until it returns")
+                }
+            }
+            self.bindings.insert(bid, b);
+        }
+        sends
+    }
+
+    pub fn on_registration_result(
+        &mut self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        f: &Frame<'_>,
+    ) -> Sends {
+        let mut sends = Sends::new();
+        let Some(id) = f.id.as_deref() else {
+            return sends;
+        };
+        let Some(b) = self.bindings.get(id).cloned() else {
+            return sends;
+        };
+        let from_provider = b
+            .provider
+            .as_ref()
+            .and_then(|k| self.types.get(k))
+            .is_some_and(|t| matches!(&t.provider, Provider::Remote(c) if c.id == conn.id));
+        if !from_provider {
+            return sends;
+        }
+        if let Some(e) = &f.error {
+            tracing::warn!(trigger_id = id, error = %e, "provider rejected the trigger; binding parked");
+            let mut nb = b.clone();
+            nb.provider = None;
+            self.bindings.insert(id.to_string(), nb);
+            self.failure_to_owner(engine, &b, &e.code, &e.message, &mut sends);
+        }
+        sends
+    }
+
+    pub fn conn_closed(&mut self, engine: &Engine, conn: &Arc<Conn>) -> Sends {
+        let mut sends = Sends::new();
+        let owned: Vec<String> = self
+            .bindings
+            .values()
+            .filter(|b| b.owner == Some(conn.id))
+            .map(|b| b.id.clone())
+            .collect();
+        for id in owned {
+            sends.extend(self.unregister(&id));
+        }
+        let provided: Vec<TypeKey> = self
+            .types
+            .iter()
+            .filter(|(_, t)| matches!(&t.provider, Provider::Remote(c) if c.id == conn.id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in provided {
+            sends.extend(self.remove_type(engine, &key));
+        }
+        // Frames to the departing connection itself are pointless.
+        sends.retain(|(c, _)| c.id != conn.id);
+        sends
+    }
+}

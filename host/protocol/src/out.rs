@@ -1,0 +1,253 @@
+//! Builders for engine → worker frames. Each returns the complete JSON text of one frame.
+//! Optional fields are omitted when absent (spec §2.1).
+
+use std::fmt::Write;
+
+use crate::ErrorBody;
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+fn field_str(out: &mut String, key: &str, value: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    push_json_str(out, value);
+}
+
+fn field_opt_str(out: &mut String, key: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        field_str(out, key, v);
+    }
+}
+
+fn field_raw(out: &mut String, key: &str, raw: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    out.push_str(raw);
+}
+
+fn start(kind: &str, cap: usize) -> String {
+    let mut s = String::with_capacity(cap + 64);
+    s.push_str("{\"type\":\"");
+    s.push_str(kind);
+    s.push('"');
+    s
+}
+
+fn error_json(e: &ErrorBody) -> String {
+    serde_json::to_string(e).unwrap_or_else(|_| "{\"code\":\"UNKNOWN\",\"message\":\"\"}".into())
+}
+
+pub fn worker_registered(worker_id: &str, reattach_token: &str) -> String {
+    let mut s = start("workerregistered", 96);
+    field_str(&mut s, "worker_id", worker_id);
+    field_str(&mut s, "reattach_token", reattach_token);
+    s.push('}');
+    s
+}
+
+pub fn pong() -> String {
+    "{\"type\":\"pong\"}".to_string()
+}
+
+/// What an engine → worker `invokefunction` carries.
+pub struct Invoke<'a> {
+    pub invocation_id: &'a str,
+    pub function_id: &'a str,
+    /// Raw JSON of the payload (already with `_caller_worker_id` where it applies).
+    pub data: &'a str,
+    pub metadata: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub baggage: Option<&'a str>,
+}
+
+pub fn invoke_function(i: &Invoke<'_>) -> String {
+    let mut s = start("invokefunction", i.data.len() + i.function_id.len() + 160);
+    field_str(&mut s, "invocation_id", i.invocation_id);
+    field_str(&mut s, "function_id", i.function_id);
+    field_raw(&mut s, "data", i.data);
+    if let Some(m) = i.metadata {
+        field_raw(&mut s, "metadata", m);
+    }
+    field_opt_str(&mut s, "traceparent", i.traceparent);
+    field_opt_str(&mut s, "baggage", i.baggage);
+    s.push('}');
+    s
+}
+
+/// An `invocationresult`: `Ok(raw result JSON or None for null)` or `Err(error)`.
+pub fn invocation_result(
+    invocation_id: &str,
+    function_id: &str,
+    outcome: Result<Option<&str>, &ErrorBody>,
+    traceparent: Option<&str>,
+    baggage: Option<&str>,
+) -> String {
+    let len = match outcome {
+        Ok(Some(r)) => r.len(),
+        _ => 0,
+    };
+    let mut s = start("invocationresult", len + function_id.len() + 128);
+    field_str(&mut s, "invocation_id", invocation_id);
+    field_str(&mut s, "function_id", function_id);
+    match outcome {
+        Ok(Some(r)) => field_raw(&mut s, "result", r),
+        Ok(None) => {}
+        Err(e) => field_raw(&mut s, "error", &error_json(e)),
+    }
+    field_opt_str(&mut s, "traceparent", traceparent);
+    field_opt_str(&mut s, "baggage", baggage);
+    s.push('}');
+    s
+}
+
+pub fn function_conflict(namespace: &str, function_id: &str, owner_worker_id: &str) -> String {
+    let mut s = start("registrationrejected", 160);
+    field_str(&mut s, "code", "FUNCTION_NAMESPACE_CONFLICT");
+    field_str(&mut s, "namespace", namespace);
+    field_str(&mut s, "function_id", function_id);
+    field_str(&mut s, "owner_worker_id", owner_worker_id);
+    s.push('}');
+    s
+}
+
+pub fn worker_conflict(namespace: &str, worker_name: &str, owner_worker_id: &str) -> String {
+    let mut s = start("registrationrejected", 160);
+    field_str(&mut s, "code", "WORKER_NAMESPACE_CONFLICT");
+    field_str(&mut s, "namespace", namespace);
+    field_str(&mut s, "worker_name", worker_name);
+    field_str(&mut s, "owner_worker_id", owner_worker_id);
+    s.push('}');
+    s
+}
+
+/// What the engine sends a worker that provides a trigger type, so it arms a binding.
+pub struct RegisterTrigger<'a> {
+    pub id: &'a str,
+    pub trigger_type: &'a str,
+    pub function_id: &'a str,
+    pub config: &'a str,
+    pub metadata: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub trigger_namespace: Option<&'a str>,
+}
+
+pub fn register_trigger(r: &RegisterTrigger<'_>) -> String {
+    let mut s = start("registertrigger", r.config.len() + 160);
+    field_str(&mut s, "id", r.id);
+    field_str(&mut s, "trigger_type", r.trigger_type);
+    field_str(&mut s, "function_id", r.function_id);
+    field_raw(&mut s, "config", r.config);
+    if let Some(m) = r.metadata {
+        field_raw(&mut s, "metadata", m);
+    }
+    field_opt_str(&mut s, "namespace", r.namespace);
+    field_opt_str(&mut s, "trigger_namespace", r.trigger_namespace);
+    s.push('}');
+    s
+}
+
+pub fn unregister_trigger(id: &str, trigger_type: &str) -> String {
+    let mut s = start("unregistertrigger", 96);
+    field_str(&mut s, "id", id);
+    field_str(&mut s, "trigger_type", trigger_type);
+    s.push('}');
+    s
+}
+
+pub fn trigger_registration_result(
+    id: &str,
+    trigger_type: &str,
+    function_id: &str,
+    error: Option<&ErrorBody>,
+) -> String {
+    let mut s = start("triggerregistrationresult", 160);
+    field_str(&mut s, "id", id);
+    field_str(&mut s, "trigger_type", trigger_type);
+    field_str(&mut s, "function_id", function_id);
+    if let Some(e) = error {
+        field_raw(&mut s, "error", &error_json(e));
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).expect(s)
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\n\u{1}é");
+        assert_eq!(parse(&s), Value::String("a\"b\\c\n\u{1}é".into()));
+    }
+
+    #[test]
+    fn frames_are_valid_json() {
+        let v = parse(&invoke_function(&Invoke {
+            invocation_id: "i",
+            function_id: "f",
+            data: "{\"a\":1}",
+            metadata: Some("{\"m\":true}"),
+            traceparent: Some("00-x"),
+            baggage: None,
+        }));
+        assert_eq!(v["type"], "invokefunction");
+        assert_eq!(v["data"]["a"], 1);
+        assert_eq!(v["metadata"]["m"], true);
+        assert!(v.get("baggage").is_none());
+
+        let e = ErrorBody::new("boom", "it \"broke\"");
+        let v = parse(&invocation_result("i", "f", Err(&e), None, None));
+        assert_eq!(v["error"]["message"], "it \"broke\"");
+        assert!(v.get("result").is_none());
+        let v = parse(&invocation_result("i", "f", Ok(None), None, None));
+        assert!(v.get("result").is_none() && v.get("error").is_none());
+        let v = parse(&worker_conflict("ns", "w", "o"));
+        assert_eq!(v["code"], "WORKER_NAMESPACE_CONFLICT");
+        let v = parse(&register_trigger(&RegisterTrigger {
+            id: "t",
+            trigger_type: "webhook",
+            function_id: "f",
+            config: "null",
+            metadata: None,
+            namespace: None,
+            trigger_namespace: Some("x"),
+        }));
+        assert_eq!(v["trigger_namespace"], "x");
+        assert!(v["config"].is_null());
+    }
+}
