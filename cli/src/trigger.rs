@@ -15,7 +15,7 @@ pub struct TriggerArgs {
     pub function: Option<String>,
     /// Key=value payload tokens (a=10 b="hello world"); values are parsed as JSON when they are valid JSON.
     /// Combinable with --json: kv pairs override individual keys of the json object
-    #[arg(value_name = "KV", allow_hyphen_values = true)]
+    #[arg(value_name = "KV")]
     pub kv: Vec<String>,
     /// JSON payload (--json '{"a":1}'). When combined with kv pairs the json must be an object; kv pairs override its keys (shallow merge)
     #[arg(long)]

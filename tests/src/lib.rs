@@ -1,1 +1,397 @@
-//! Black-box test support.
+//! Support for the black-box tests: start the real `iii` binary on free ports, speak the worker
+//! protocol with a raw WebSocket client, and make plain HTTP/1.1 requests.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The `iii` binary under test: `$III_BIN`, else `target/{debug,release}/iii` of this workspace.
+pub fn iii_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("III_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("iii");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "the iii binary was not found under {}; run `cargo build -p iii-cli` first or set III_BIN",
+        target.display()
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running engine in its own temporary directory; killed on drop.
+pub struct EngineProc {
+    pub child: Child,
+    pub ws_port: u16,
+    pub http_port: u16,
+    pub dir: PathBuf,
+}
+
+impl EngineProc {
+    /// Starts the engine with a config that puts the worker socket and the REST server on free
+    /// ports; `extra` is appended to the `workers:` list (YAML, indented by two spaces).
+    pub fn start(extra: &str) -> EngineProc {
+        Self::start_with(|ws, http| {
+            format!(
+                "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}, handshake_timeout_ms: 2000}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}, default_timeout: 5000}}\n{extra}"
+            )
+        })
+    }
+
+    pub fn start_with(config: impl Fn(u16, u16) -> String) -> EngineProc {
+        let ws_port = free_port();
+        let http_port = free_port();
+        let dir = std::env::temp_dir().join(format!("iii-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("config.yaml"), config(ws_port, http_port)).expect("write config");
+        let log = std::fs::File::create(dir.join("engine.log")).expect("log file");
+        let child = Command::new(iii_bin())
+            .current_dir(&dir)
+            .env("RUST_LOG", "info")
+            .env("III_NAMESPACE_GRACE_MS", "1000")
+            .stdout(Stdio::from(log.try_clone().expect("clone")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn iii");
+        let mut e = EngineProc {
+            child,
+            ws_port,
+            http_port,
+            dir,
+        };
+        e.wait_ready();
+        e
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.ws_port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("engine exited early with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "engine did not accept connections within 20 s:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.ws_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
+
+/// A hand-written worker speaking the raw protocol.
+pub struct RawWorker {
+    pub ws: Ws,
+    pub worker_id: String,
+    pub reattach_token: String,
+    /// Frames received while waiting for something else.
+    backlog: Vec<Value>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl RawWorker {
+    pub async fn connect(url: &str) -> RawWorker {
+        // Like the SDKs, accept messages up to 64 MiB in frames of any size.
+        let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+        cfg.max_message_size = Some(64 << 20);
+        cfg.max_frame_size = Some(64 << 20);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), false)
+            .await
+            .expect("connect");
+        let mut w = RawWorker {
+            ws,
+            worker_id: String::new(),
+            reattach_token: String::new(),
+            backlog: Vec::new(),
+        };
+        let first = w.recv().await;
+        assert_eq!(
+            first["type"], "workerregistered",
+            "first frame must be workerregistered: {first}"
+        );
+        assert!(
+            first.get("features").is_none(),
+            "a 0.23-compatible engine must not advertise features"
+        );
+        w.worker_id = first["worker_id"].as_str().expect("worker_id").to_string();
+        w.reattach_token = first["reattach_token"]
+            .as_str()
+            .expect("reattach_token")
+            .to_string();
+        w
+    }
+
+    /// Connects and declares itself (name, pid, optional namespace) so registrations apply at once.
+    pub async fn connect_named(url: &str, name: &str, namespace: Option<&str>) -> RawWorker {
+        let mut w = Self::connect(url).await;
+        w.declare(name, namespace).await;
+        w
+    }
+
+    pub async fn declare(&mut self, name: &str, namespace: Option<&str>) {
+        let mut data =
+            json!({"runtime": "rust-raw", "version": "0", "name": name, "pid": std::process::id()});
+        if let Some(ns) = namespace {
+            data["namespace"] = json!(ns);
+        }
+        self.send(json!({"type": "invokefunction", "function_id": "engine::workers::register", "data": data, "action": {"type": "void"}})).await;
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws
+            .send(Message::text(t.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Next protocol frame (JSON), skipping control frames; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        if !self.backlog.is_empty() {
+            return self.backlog.remove(0);
+        }
+        self.recv_raw(WAIT)
+            .await
+            .expect("timed out waiting for a frame")
+    }
+
+    /// Next JSON frame from the socket within `limit`, or `None`.
+    pub async fn recv_raw(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match msg.ok()? {
+                Message::Text(t) => {
+                    return Some(
+                        serde_json::from_str(t.as_str()).expect("engine sent invalid JSON"),
+                    )
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for a frame matching `pred`, keeping the others for later `recv` calls.
+    pub async fn recv_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self
+                .recv_raw(left)
+                .await
+                .expect("timed out waiting for a matching frame");
+            if pred(&v) {
+                return v;
+            }
+            self.backlog.push(v);
+        }
+    }
+
+    /// Asserts that no frame matching `pred` arrives within `limit`.
+    pub async fn expect_none(&mut self, limit: Duration, pred: impl Fn(&Value) -> bool) {
+        assert!(
+            !self.backlog.iter().any(&pred),
+            "unexpected frame already received"
+        );
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.recv_raw(left).await {
+                Some(v) if pred(&v) => panic!("unexpected frame: {v}"),
+                Some(v) => self.backlog.push(v),
+                None => return,
+            }
+        }
+    }
+
+    pub async fn register_function(&mut self, id: &str, extra: Value) {
+        let mut f = json!({"type": "registerfunction", "id": id});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                f[k] = v;
+            }
+        }
+        self.send(f).await;
+    }
+
+    /// Sends a request/response call and returns its `invocationresult`.
+    pub async fn call(&mut self, function_id: &str, data: Value) -> Value {
+        self.call_with(function_id, data, json!({})).await
+    }
+
+    pub async fn call_with(&mut self, function_id: &str, data: Value, extra: Value) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut f = json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                f[k] = v;
+            }
+        }
+        self.send(f).await;
+        let idc = id.clone();
+        self.recv_where(move |v| {
+            v["type"] == "invocationresult" && v["invocation_id"] == idc.as_str()
+        })
+        .await
+    }
+
+    /// Answers one incoming `invokefunction` with `f(data)`; returns the invocation frame.
+    pub async fn serve_one(&mut self, f: impl Fn(&Value) -> Value) -> Value {
+        let inv = self.recv_where(|v| v["type"] == "invokefunction").await;
+        let result = f(&inv["data"]);
+        self.send(json!({"type": "invocationresult", "invocation_id": inv["invocation_id"], "function_id": inv["function_id"], "result": result})).await;
+        inv
+    }
+
+    /// Round trip through `engine::functions::list` to make sure earlier frames were applied.
+    pub async fn sync(&mut self) {
+        let r = self.call("engine::functions::list", json!({})).await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+}
+
+/// A minimal HTTP/1.1 client: returns (status, lowercase headers, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Runs `iii` with arguments; returns (exit code, stdout, stderr).
+pub fn run_iii(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
+    let mut c = Command::new(iii_bin());
+    c.args(args);
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    let out = c.output().expect("run iii");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
