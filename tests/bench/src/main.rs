@@ -1,0 +1,577 @@
+//! `iii-bench`: measures the engine (release build) and, in the same run, a minimal two-hop
+//! WebSocket relay doing no routing work at all, so the table shows the engine's cost as a ratio
+//! over that floor. Run with `cargo run --release -p iii-bench` after
+//! `cargo build --release -p iii-cli`.
+//!
+//! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    c.max_message_size = Some(64 << 20);
+    c.max_frame_size = Some(64 << 20);
+    c
+}
+
+// ---- the relay floor ------------------------------------------------------------------------
+
+/// Forwards every frame from `/caller` to `/callee` and back: the least any broker can do.
+// The handshake callback's error type is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
+async fn relay(port: u16) -> Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let (to_callee_tx, to_callee_rx) = mpsc::channel::<Message>(4096);
+    let (to_caller_tx, to_caller_rx) = mpsc::channel::<Message>(4096);
+    let mut to_callee_rx = Some(to_callee_rx);
+    let mut to_caller_rx = Some(to_caller_rx);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let mut path = String::new();
+        let ws = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                path = req.uri().path().to_string();
+                Ok(resp)
+            },
+            Some(ws_config()),
+        )
+        .await;
+        // Port probes and broken handshakes are skipped.
+        let Ok(ws) = ws else { continue };
+        let (mut sink, mut stream) = ws.split();
+        let (fwd, rx) = if path == "/callee" {
+            (to_caller_tx.clone(), to_callee_rx.take())
+        } else {
+            (to_callee_tx.clone(), to_caller_rx.take())
+        };
+        let Some(mut rx) = rx else {
+            bail!("relay takes one caller and one callee")
+        };
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+                while let Ok(m) = rx.try_recv() {
+                    if sink.feed(m).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_text() || m.is_binary() {
+                    let _ = fwd.send(m).await;
+                }
+            }
+        });
+    }
+}
+
+// ---- processes ------------------------------------------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn iii_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("III_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name("iii");
+    if p.exists() {
+        return Ok(p);
+    }
+    bail!(
+        "{} not found: run `cargo build --release -p iii-cli` first or set III_BIN",
+        p.display()
+    )
+}
+
+struct Proc {
+    child: Child,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn start_engine(port: u16) -> Result<Proc> {
+    let dir = std::env::temp_dir().join(format!("iii-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n"),
+    )?;
+    let child = Command::new(iii_bin()?)
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc {
+        child,
+        dir: Some(dir),
+    })
+}
+
+fn start_relay(port: u16) -> Result<Proc> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(["relay", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(Proc { child, dir: None })
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("port {port} never opened")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn clk_tck() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+// ---- load -----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Engine,
+    Relay,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Result<Ws> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
+    Ok(ws)
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    invocation_id: Option<&'a str>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A callee that echoes `data` back as the result.
+async fn start_callee(target: Target, port: u16) -> Result<()> {
+    let url = match target {
+        Target::Engine => format!("ws://127.0.0.1:{port}/"),
+        Target::Relay => format!("ws://127.0.0.1:{port}/callee"),
+    };
+    let mut ws = connect(&url).await?;
+    if target == Target::Engine {
+        ws.next().await; // workerregistered
+        ws.send(Message::text(
+            r#"{"type":"registerfunction","id":"bench::echo"}"#,
+        ))
+        .await?;
+        ws.send(Message::text(r#"{"type":"invokefunction","function_id":"engine::workers::register","data":{"name":"bench-callee","pid":1},"action":{"type":"void"}}"#)).await?;
+    }
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(inc) = serde_json::from_str::<Incoming>(t.as_str()) else {
+                continue;
+            };
+            if inc.kind != "invokefunction" {
+                continue;
+            }
+            let id = inc.invocation_id.unwrap_or("");
+            let data = inc.data.map(RawValue::get).unwrap_or("null");
+            let reply = format!(
+                r#"{{"type":"invocationresult","invocation_id":"{id}","function_id":"bench::echo","result":{data}}}"#
+            );
+            if sink.send(Message::text(reply)).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Make sure the registration is applied before load starts.
+    if target == Target::Engine {
+        let mut probe = connect(&format!("ws://127.0.0.1:{port}/")).await?;
+        probe.next().await;
+        for _ in 0..200 {
+            probe.send(Message::text(r#"{"type":"invokefunction","invocation_id":"00000000-0000-4000-8000-000000000001","function_id":"engine::functions::list","data":{}}"#)).await?;
+            if let Some(Ok(Message::Text(t))) = probe.next().await {
+                if t.as_str().contains("bench::echo") {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("callee registration never appeared");
+    }
+    Ok(())
+}
+
+struct LoadResult {
+    calls: usize,
+    elapsed: Duration,
+    lat: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn per_sec(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut v = self.lat.clone();
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p) as usize]
+    }
+}
+
+async fn load(
+    target: Target,
+    port: u16,
+    concurrency: usize,
+    calls: usize,
+    payload: &str,
+) -> Result<LoadResult> {
+    let url = match target {
+        Target::Engine => format!("ws://127.0.0.1:{port}/"),
+        Target::Relay => format!("ws://127.0.0.1:{port}/caller"),
+    };
+    let ws = connect(&url).await?;
+    let (mut sink, mut stream) = ws.split();
+    let ids: Vec<String> = (0..calls)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    let frame = |i: usize| {
+        format!(
+            r#"{{"type":"invokefunction","invocation_id":"{}","function_id":"bench::echo","data":{payload}}}"#,
+            ids[i]
+        )
+    };
+    let mut sent_at = vec![Instant::now(); calls];
+    let mut lat = Vec::with_capacity(calls);
+    let start = Instant::now();
+    let mut next = 0;
+    while next < concurrency.min(calls) {
+        sent_at[next] = Instant::now();
+        sink.feed(Message::text(frame(next))).await?;
+        next += 1;
+    }
+    sink.flush().await?;
+    let mut done = 0;
+    while done < calls {
+        let m = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .context("no reply for 30 s")?;
+        let Some(Ok(Message::Text(t))) = m else {
+            continue;
+        };
+        let Ok(inc) = serde_json::from_str::<Incoming>(t.as_str()) else {
+            continue;
+        };
+        if inc.kind != "invokefunction" && inc.kind != "invocationresult" {
+            continue;
+        }
+        let Some(&i) = inc.invocation_id.and_then(|id| index.get(id)) else {
+            continue;
+        };
+        lat.push(sent_at[i].elapsed());
+        done += 1;
+        if next < calls {
+            sent_at[next] = Instant::now();
+            sink.send(Message::text(frame(next))).await?;
+            next += 1;
+        }
+    }
+    Ok(LoadResult {
+        calls,
+        elapsed: start.elapsed(),
+        lat,
+    })
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+struct Row {
+    what: String,
+    engine: String,
+    relay: String,
+    ratio: String,
+}
+
+fn ratio(e: f64, r: f64, higher_is_better: bool) -> String {
+    if r == 0.0 || e == 0.0 {
+        return "—".into();
+    }
+    if higher_is_better {
+        format!("{:.2}× of floor", e / r)
+    } else {
+        format!("{:.2}× floor", e / r)
+    }
+}
+
+async fn bench() -> Result<()> {
+    let quick = std::env::var("III_BENCH_QUICK").is_ok();
+    let scale = |n: usize| if quick { (n / 10).max(50) } else { n };
+    let mut rows: Vec<Row> = Vec::new();
+    let tck = clk_tck();
+
+    // Cold start: spawn → WebSocket session established (workerregistered received).
+    let mut starts = Vec::new();
+    for _ in 0..if quick { 3 } else { 10 } {
+        let port = free_port();
+        let t = Instant::now();
+        let p = start_engine(port)?;
+        loop {
+            if let Ok(mut ws) = connect(&format!("ws://127.0.0.1:{port}/")).await {
+                ws.next().await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("engine did not start");
+            }
+        }
+        starts.push(t.elapsed());
+        drop(p);
+    }
+    starts.sort();
+    let rport = free_port();
+    let relay = start_relay(rport)?;
+    let rt = Instant::now();
+    wait_port(rport)?;
+    let relay_start = rt.elapsed();
+    rows.push(Row {
+        what: "cold start → accepting connections (median)".into(),
+        engine: format!("{:.1} ms", starts[starts.len() / 2].as_secs_f64() * 1e3),
+        relay: format!("{:.1} ms", relay_start.as_secs_f64() * 1e3),
+        ratio: "".into(),
+    });
+
+    let eport = free_port();
+    let engine = start_engine(eport)?;
+    wait_port(eport)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_rss = rss_kib(engine.child.id());
+    let relay_rss = rss_kib(relay.child.id());
+    start_callee(Target::Engine, eport).await?;
+    start_callee(Target::Relay, rport).await?;
+
+    let tiny = r#"{"n":1}"#;
+    // Warm-up.
+    load(Target::Engine, eport, 16, scale(5000), tiny).await?;
+    // The relay takes exactly one caller connection, so every relay run reuses one pattern:
+    // we reconnect a fresh caller per run by restarting the relay.
+    let mut relay = relay;
+    let mut rport = rport;
+    let mut relay_run = |c: usize, n: usize, payload: String| {
+        let res = (|| -> Result<LoadResult> {
+            drop(std::mem::replace(
+                &mut relay,
+                start_relay({
+                    rport = free_port();
+                    rport
+                })?,
+            ));
+            wait_port(rport)?;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| {
+                rt.block_on(async {
+                    start_callee(Target::Relay, rport).await?;
+                    load(Target::Relay, rport, c, n, &payload).await
+                })
+            })
+        })();
+        res
+    };
+
+    let e = load(Target::Engine, eport, 1, scale(20000), tiny).await?;
+    let r = relay_run(1, scale(20000), tiny.to_string())?;
+    rows.push(Row {
+        what: "round trip p50, tiny payload (c=1)".into(),
+        engine: us(e.pct(0.5)),
+        relay: us(r.pct(0.5)),
+        ratio: ratio(e.pct(0.5).as_secs_f64(), r.pct(0.5).as_secs_f64(), false),
+    });
+    rows.push(Row {
+        what: "round trip p99, tiny payload (c=1)".into(),
+        engine: us(e.pct(0.99)),
+        relay: us(r.pct(0.99)),
+        ratio: ratio(e.pct(0.99).as_secs_f64(), r.pct(0.99).as_secs_f64(), false),
+    });
+    for (c, n) in [(1usize, 20000usize), (16, 100000), (256, 200000)] {
+        let t0 = cpu_ticks(engine.child.id());
+        let e = load(Target::Engine, eport, c, scale(n), tiny).await?;
+        let t1 = cpu_ticks(engine.child.id());
+        let r = relay_run(c, scale(n), tiny.to_string())?;
+        rows.push(Row {
+            what: format!("throughput c={c}"),
+            engine: format!("{:.0} calls/s", e.per_sec()),
+            relay: format!("{:.0} calls/s", r.per_sec()),
+            ratio: ratio(e.per_sec(), r.per_sec(), true),
+        });
+        if c == 256 {
+            let cpu_us = (t1 - t0) as f64 * 1e6 / tck as f64 / e.calls as f64;
+            rows.push(Row {
+                what: "engine CPU per call (c=256)".into(),
+                engine: format!("{cpu_us:.1} µs"),
+                relay: "".into(),
+                ratio: "".into(),
+            });
+        }
+    }
+    for (label, size, c, n) in [
+        ("1 KiB", 1024usize, 16usize, 20000usize),
+        ("64 KiB", 64 << 10, 16, 4000),
+        ("1 MiB", 1 << 20, 4, 300),
+    ] {
+        let payload = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
+        let e = load(Target::Engine, eport, c, scale(n), &payload).await?;
+        let r = relay_run(c, scale(n), payload.clone())?;
+        let mb = |l: &LoadResult| l.per_sec() * size as f64 * 2.0 / (1 << 20) as f64;
+        rows.push(Row {
+            what: format!("payload {label} each way (c={c})"),
+            engine: format!(
+                "{:.0} calls/s, {:.0} MiB/s, p50 {}",
+                e.per_sec(),
+                mb(&e),
+                us(e.pct(0.5))
+            ),
+            relay: format!(
+                "{:.0} calls/s, {:.0} MiB/s, p50 {}",
+                r.per_sec(),
+                mb(&r),
+                us(r.pct(0.5))
+            ),
+            ratio: ratio(e.per_sec(), r.per_sec(), true),
+        });
+    }
+
+    // RSS: idle (measured above), then with 1000 registered functions.
+    let mut w = connect(&format!("ws://127.0.0.1:{eport}/")).await?;
+    w.next().await;
+    for i in 0..1000 {
+        w.feed(Message::text(format!(r#"{{"type":"registerfunction","id":"bench::f{i}","description":"function number {i}","request_format":{{"type":"object","properties":{{"a":{{"type":"number"}}}}}}}}"#))).await?;
+    }
+    w.send(Message::text(r#"{"type":"invokefunction","function_id":"engine::workers::register","data":{"name":"bench-many","pid":2},"action":{"type":"void"}}"#)).await?;
+    w.send(Message::text(r#"{"type":"invokefunction","invocation_id":"00000000-0000-4000-8000-000000000002","function_id":"engine::functions::list","data":{}}"#)).await?;
+    while let Some(Ok(m)) = w.next().await {
+        if m.to_text()
+            .map(|t| t.contains("bench::f999"))
+            .unwrap_or(false)
+        {
+            break;
+        }
+    }
+    let many_rss = rss_kib(engine.child.id());
+    rows.push(Row {
+        what: "RSS idle".into(),
+        engine: format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        relay: format!("{:.1} MiB", relay_rss as f64 / 1024.0),
+        ratio: "".into(),
+    });
+    rows.push(Row {
+        what: "RSS with 1000 registered functions (after load)".into(),
+        engine: format!("{:.1} MiB", many_rss as f64 / 1024.0),
+        relay: "".into(),
+        ratio: "".into(),
+    });
+
+    println!(
+        "\niii engine benchmark ({} cores; engine and floor measured in this run)\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!("| measurement | iii engine | floor: two-hop WebSocket relay | engine vs floor |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} |", r.what, r.engine, r.relay, r.ratio);
+    }
+    println!("\nTargets (issue #2): p50 ≤ 75 µs, ≥ 100k calls/s at c=256, idle RSS ≤ 20 MiB, cold start ≤ 10 ms.");
+    drop(engine);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if args.get(1).map(String::as_str) == Some("relay") {
+        let port: u16 = args.get(2).context("relay <port>")?.parse()?;
+        return rt.block_on(relay(port));
+    }
+    rt.block_on(bench())
+}
