@@ -898,3 +898,32 @@ async fn enqueue_without_a_queue_provider_is_a_clear_error() {
         inv["data"]["messageReceiptId"]
     );
 }
+
+#[tokio::test]
+async fn register_trigger_function_waits_for_a_worker_providers_answer() {
+    let e = EngineProc::start("");
+    let mut prov = RawWorker::connect_named(&e.url(), "hooks", None).await;
+    prov.send(json!({"type": "registertriggertype", "id": "webhook", "description": "Webhooks"}))
+        .await;
+    prov.sync().await;
+    let mut admin = RawWorker::connect(&e.url()).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    admin.send(json!({"type": "invokefunction", "invocation_id": id, "function_id": "engine::register_trigger",
+        "data": {"trigger_type": "webhook", "function_id": "x::y", "config": {"bad": true}}})).await;
+    let reg = prov.recv_where(|v| v["type"] == "registertrigger").await;
+    prov.send(json!({"type": "triggerregistrationresult", "id": reg["id"], "trigger_type": "webhook", "function_id": "x::y",
+        "error": {"code": "trigger_registration_failed", "message": "no such hook"}})).await;
+    let r = admin.recv_where(|v| v["type"] == "invocationresult").await;
+    assert_eq!(
+        r["error"],
+        json!({"code": "trigger_registration_failed", "message": "no such hook"})
+    );
+    // An accepted one returns its id once the provider acknowledges.
+    let id = uuid::Uuid::new_v4().to_string();
+    admin.send(json!({"type": "invokefunction", "invocation_id": id, "function_id": "engine::register_trigger",
+        "data": {"trigger_type": "webhook", "function_id": "x::y", "config": {}}})).await;
+    let reg = prov.recv_where(|v| v["type"] == "registertrigger").await;
+    prov.send(json!({"type": "triggerregistrationresult", "id": reg["id"], "trigger_type": "webhook", "function_id": "x::y"})).await;
+    let r = admin.recv_where(|v| v["type"] == "invocationresult").await;
+    assert_eq!(r["result"]["id"], reg["id"]);
+}

@@ -379,9 +379,23 @@ pub fn install(engine: &Engine) {
                 provider: None,
             };
             let mut sends = Vec::new();
-            let r = e.inner.triggers.lock().upsert(b, &mut sends);
+            let ack = {
+                let mut t = e.inner.triggers.lock();
+                t.upsert(b, &mut sends)?;
+                t.expect_ack(&id)
+            };
             crate::triggers::deliver(sends).await;
-            r.map(|_| json!({ "id": id }))
+            // A worker provider's rejection is returned synchronously; no answer in 10 s = accepted.
+            if let Some(rx) = ack {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), rx).await {
+                    Ok(Ok(Some(err))) => {
+                        return Err(ErrorBody::new("trigger_registration_failed", err.message))
+                    }
+                    Ok(_) => {}
+                    Err(_) => e.inner.triggers.lock().forget_ack(&id),
+                }
+            }
+            Ok(json!({ "id": id }))
         }),
     );
     engine.register_builtin(

@@ -80,6 +80,8 @@ pub struct Binding {
 pub struct TriggerRegistry {
     types: BTreeMap<TypeKey, TriggerTypeEntry>,
     bindings: HashMap<String, Binding>,
+    /// `engine::register_trigger` calls waiting for a worker provider's answer, by binding id.
+    ack_waiters: HashMap<String, tokio::sync::oneshot::Sender<Option<ErrorBody>>>,
 }
 
 fn raw_value(r: Option<&RawValue>) -> Option<Value> {
@@ -119,6 +121,27 @@ impl TriggerRegistry {
 
     pub fn binding(&self, id: &str) -> Option<Binding> {
         self.bindings.get(id).cloned()
+    }
+
+    /// If the binding is armed by a worker provider, returns a receiver for its answer.
+    pub fn expect_ack(
+        &mut self,
+        id: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<ErrorBody>>> {
+        let key = self.bindings.get(id)?.provider.clone()?;
+        if !matches!(
+            self.types.get(&key).map(|t| &t.provider),
+            Some(Provider::Remote(_))
+        ) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ack_waiters.insert(id.to_string(), tx);
+        Some(rx)
+    }
+
+    pub fn forget_ack(&mut self, id: &str) {
+        self.ack_waiters.remove(id);
     }
 
     pub fn instance_count(&self, key: &TypeKey) -> usize {
@@ -469,6 +492,9 @@ impl TriggerRegistry {
             .is_some_and(|t| matches!(&t.provider, Provider::Remote(c) if c.id == conn.id));
         if !from_provider {
             return sends;
+        }
+        if let Some(waiter) = self.ack_waiters.remove(id) {
+            let _ = waiter.send(f.error.clone());
         }
         if let Some(e) = &f.error {
             tracing::warn!(trigger_id = id, error = %e, "provider rejected the trigger; binding parked");
