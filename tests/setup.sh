@@ -9,6 +9,7 @@ command -v cargo >/dev/null || { echo "setup: cargo is required (install Rust wi
 # WebAssembly components (plugins/) are built for this target.
 if command -v rustup >/dev/null; then
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    rustup target add wasm32-wasip2
+    # A concurrent rustup (another build on this machine) can make one attempt fail; retry once.
+    rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
   fi
 fi
