@@ -6,10 +6,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v cargo >/dev/null || { echo "setup: cargo is required (install Rust with rustup)" >&2; exit 1; }
 
-# WebAssembly components (plugins/) are built for this target.
-if command -v rustup >/dev/null; then
-  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    # A concurrent rustup (another build on this machine) can make one attempt fail; retry once.
-    rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
-  fi
+# WebAssembly components (plugins/) are built for this target. Check the files, not rustup's
+# bookkeeping, which can disagree with what is on disk.
+has_wasip2() {
+  local dir
+  dir="$(rustc --print target-libdir --target wasm32-wasip2 2>/dev/null)" || return 1
+  compgen -G "$dir/libstd-*.rlib" >/dev/null
+}
+if ! has_wasip2; then
+  command -v rustup >/dev/null || { echo "setup: the wasm32-wasip2 target is missing and rustup is not available to add it" >&2; exit 1; }
+  # A concurrent rustup (another build on this machine) can make one attempt fail; retry once.
+  rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
+  has_wasip2 || { echo "setup: wasm32-wasip2 still missing after rustup target add" >&2; exit 1; }
 fi
