@@ -241,6 +241,11 @@ fn embedded_defaults_run_without_a_config_file() {
     let (code, out, _) = run_iii(&["trigger", "engine::health::check"], None);
     terminate(&mut child);
     let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "SIGTERM is a clean shutdown (exit 0), got {:?}",
+        output.status
+    );
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(
         up,
@@ -268,5 +273,5 @@ fn terminate(child: &mut std::process::Child) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = child.kill();
+    panic!("the engine did not exit within 2 s of SIGTERM");
 }

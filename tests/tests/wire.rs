@@ -927,3 +927,29 @@ async fn register_trigger_function_waits_for_a_worker_providers_answer() {
     let r = admin.recv_where(|v| v["type"] == "invocationresult").await;
     assert_eq!(r["result"]["id"], reg["id"]);
 }
+
+#[tokio::test]
+async fn functions_available_trigger_fires_when_the_set_changes() {
+    let e = EngineProc::start("");
+    let mut watcher = RawWorker::connect_named(&e.url(), "watcher", None).await;
+    watcher
+        .register_function("watch::functions", json!({}))
+        .await;
+    watcher.send(json!({"type": "registertrigger", "id": "f1", "trigger_type": "engine::functions-available", "function_id": "watch::functions", "config": null})).await;
+    watcher.sync().await;
+    // The engine polls every 5 s; let one poll see the current set first.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let mut other = RawWorker::connect_named(&e.url(), "other", None).await;
+    other
+        .register_function("new::fn", json!({"description": "fresh"}))
+        .await;
+    other.sync().await;
+    let inv = watcher.serve_one(|_| Value::Null).await;
+    assert_eq!(inv["data"]["event"], "functions_changed");
+    let fns = inv["data"]["functions"].as_array().unwrap();
+    assert!(
+        fns.iter()
+            .any(|f| f["function_id"] == "new::fn" && f["worker_name"] == "other"),
+        "{inv}"
+    );
+}

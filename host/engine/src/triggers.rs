@@ -151,6 +151,18 @@ impl TriggerRegistry {
             .count()
     }
 
+    /// Every armed binding of a type, with its config (for engine types that filter on it).
+    pub fn armed_bindings(&self, trigger_type: &str) -> Vec<Binding> {
+        let mut v: Vec<Binding> = self
+            .bindings
+            .values()
+            .filter(|b| b.trigger_type == trigger_type && b.provider.is_some())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// (target namespace, function id, metadata JSON) of every armed binding of an engine type.
     pub fn active_bindings_of(&self, trigger_type: &str) -> Vec<(String, String, Option<String>)> {
         self.bindings
