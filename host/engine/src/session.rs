@@ -118,7 +118,12 @@ where
     }
     conn.close();
     engine.cleanup_conn(&conn).await;
-    let _ = writer_task.await;
+    // The writer ends on the queued Close; if the queue was full it may not see it while some
+    // task still holds the connection, so do not wait on it forever.
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), writer_task).await.is_err() {
+        abort.abort();
+    }
 }
 
 async fn handle_text(engine: &Engine, conn: &Arc<Conn>, text: &str) {
