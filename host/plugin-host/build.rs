@@ -48,6 +48,10 @@ fn main() {
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
         "CARGO_PROFILE_RELEASE_LTO",
+        // `cargo clippy` on the host must not turn the guest build into a
+        // lint run (it would also invalidate the guest's fingerprints).
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
     ] {
         cmd.env_remove(var);
     }

@@ -11,7 +11,9 @@ use serde_json::Value;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::api::{SetResult, StateStore, StreamGroups, StreamStore, UpdateOp, UpdateOpError, UpdateResult};
+use crate::api::{
+    SetResult, StateStore, StreamGroups, StreamStore, UpdateOp, UpdateOpError, UpdateResult,
+};
 use crate::cache::CacheOutcome;
 use crate::caps::{Capabilities, Ctx};
 use crate::error::{AdapterErrorKind, PluginError};
@@ -66,7 +68,9 @@ impl logging::Host for Ctx {
             logging::Level::Debug => tracing::debug!(adapter, context, "{message}"),
             logging::Level::Info => tracing::info!(adapter, context, "{message}"),
             logging::Level::Warn => tracing::warn!(adapter, context, "{message}"),
-            logging::Level::Error | logging::Level::Critical => tracing::error!(adapter, context, "{message}"),
+            logging::Level::Error | logging::Level::Critical => {
+                tracing::error!(adapter, context, "{message}")
+            }
         }
     }
 }
@@ -77,7 +81,11 @@ impl config::Host for Ctx {
     }
 
     fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
-        Ok(self.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+        Ok(self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect())
     }
 }
 
@@ -177,9 +185,12 @@ impl Adapter {
     ) -> Result<Arc<Adapter>, PluginError> {
         // Name the missing export precisely before the generic type check.
         let ty = component.component_type();
-        let exported: Vec<String> = ty.exports(&host.engine).map(|(n, _)| n.to_string()).collect();
+        let exported: Vec<String> = ty
+            .exports(&host.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         for want in kind.required_exports() {
-            if !exported.iter().any(|e| *e == want) {
+            if !exported.contains(&want) {
                 return Err(PluginError::MissingExport {
                     adapter: label.clone(),
                     world: kind.world(),
@@ -187,13 +198,13 @@ impl Adapter {
                 });
             }
         }
-        let pre = host
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| PluginError::UnsatisfiedImport {
-                adapter: label.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let pre =
+            host.linker
+                .instantiate_pre(component)
+                .map_err(|e| PluginError::UnsatisfiedImport {
+                    adapter: label.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         let mismatch = |export: &str, e: wasmtime::Error| PluginError::MissingExport {
             adapter: label.clone(),
             world: kind.world(),
@@ -207,7 +218,10 @@ impl Adapter {
             ),
             AdapterKind::Stream => (
                 None,
-                Some(stream_store::GuestIndices::new(&pre).map_err(|e| mismatch("stream-store", e))?),
+                Some(
+                    stream_store::GuestIndices::new(&pre)
+                        .map_err(|e| mismatch("stream-store", e))?,
+                ),
             ),
         };
         let adapter = Arc::new(Adapter {
@@ -258,10 +272,13 @@ impl Adapter {
 
     /// Prepares the store for one call: fresh deadline, fuel and flags.
     fn arm(&self, store: &mut Store<Ctx>, deadline_ms: u64) -> Result<(), PluginError> {
-        store.data_mut().call_deadline = Instant::now() + std::time::Duration::from_millis(deadline_ms);
+        store.data_mut().call_deadline =
+            Instant::now() + std::time::Duration::from_millis(deadline_ms);
         store.set_epoch_deadline(1);
         if let Some(f) = self.fuel {
-            store.set_fuel(f).map_err(|e| PluginError::Engine(e.to_string()))?;
+            store
+                .set_fuel(f)
+                .map_err(|e| PluginError::Engine(e.to_string()))?;
         }
         let data = store.data_mut();
         data.limiter.hit = false;
@@ -285,7 +302,10 @@ impl Adapter {
             };
         }
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginError::DeadlineExceeded { adapter, deadline_ms },
+            Some(Trap::Interrupt) => PluginError::DeadlineExceeded {
+                adapter,
+                deadline_ms,
+            },
             Some(Trap::OutOfFuel) => PluginError::FuelExhausted {
                 adapter,
                 fuel: self.fuel.unwrap_or(0),
@@ -337,7 +357,10 @@ impl Adapter {
             Err(e) => return Err(self.classify(&store, e, init_ms)),
         };
         let load_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
-        let lifecycle = self.lifecycle.load(&mut store, &instance).map_err(load_err)?;
+        let lifecycle = self
+            .lifecycle
+            .load(&mut store, &instance)
+            .map_err(load_err)?;
         let state = match &self.state {
             Some(i) => Some(i.load(&mut store, &instance).map_err(load_err)?),
             None => None,
@@ -356,7 +379,11 @@ impl Adapter {
             }
             Err(e) => return Err(self.classify(&store, e, init_ms)),
         }
-        Ok(Live { store, state, stream })
+        Ok(Live {
+            store,
+            state,
+            stream,
+        })
     }
 
     /// Returns the live instance, or the supervisor's verdict.
@@ -370,7 +397,10 @@ impl Adapter {
                 return Err(self.replay_gave_up(e));
             }
         }
-        Ok(slot.live.as_mut().expect("restart leaves an instance or gives up"))
+        Ok(slot
+            .live
+            .as_mut()
+            .expect("restart leaves an instance or gives up"))
     }
 
     fn replay_gave_up(&self, e: &PluginError) -> PluginError {
@@ -398,7 +428,11 @@ impl Adapter {
         slot.live = None;
         let now = Instant::now();
         let window = self.host.cfg.restart_window;
-        while slot.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while slot
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             slot.restarts.pop_front();
         }
         if slot.restarts.len() >= self.host.cfg.max_restarts {
@@ -429,7 +463,11 @@ impl Adapter {
 
     /// Turns a call outcome into the proxy's result; after an instance
     /// failure the supervisor restarts the instance before returning.
-    async fn settle<T>(&self, slot: &mut Slot, outcome: wasmtime::Result<Result<T, types::Error>>) -> Result<T, PluginError> {
+    async fn settle<T>(
+        &self,
+        slot: &mut Slot,
+        outcome: wasmtime::Result<Result<T, types::Error>>,
+    ) -> Result<T, PluginError> {
         let live = slot.live.as_ref().expect("called with a live instance");
         match outcome {
             Ok(Ok(v)) => Ok(v),
@@ -451,11 +489,14 @@ macro_rules! invoke {
         let live = adapter.ensure_live(&mut slot).await?;
         adapter.arm(&mut live.store, adapter.deadline_ms)?;
         let outcome = {
-            let $guest = live.$iface.as_ref().ok_or_else(|| PluginError::MissingExport {
-                adapter: adapter.label.clone(),
-                world: adapter.kind.world(),
-                export: stringify!($iface).to_string(),
-            })?;
+            let $guest = live
+                .$iface
+                .as_ref()
+                .ok_or_else(|| PluginError::MissingExport {
+                    adapter: adapter.label.clone(),
+                    world: adapter.kind.world(),
+                    export: stringify!($iface).to_string(),
+                })?;
             let $store = &mut live.store;
             $call.await
         };
@@ -505,7 +546,12 @@ impl StateStore for Adapter {
         opt_json(&self.label, r)
     }
 
-    async fn update(&self, scope: &str, key: &str, ops: &[UpdateOp]) -> Result<UpdateResult, PluginError> {
+    async fn update(
+        &self,
+        scope: &str,
+        key: &str,
+        ops: &[UpdateOp],
+    ) -> Result<UpdateResult, PluginError> {
         let ops = wit_ops(ops);
         let r = invoke!(self, state, |s, g| g.call_update(s, scope, key, &ops))?;
         update_result(&self.label, r)
@@ -523,25 +569,49 @@ impl StateStore for Adapter {
 
 #[async_trait]
 impl StreamStore for Adapter {
-    async fn get(&self, stream: &str, group: &str, item: &str) -> Result<Option<Value>, PluginError> {
+    async fn get(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Value>, PluginError> {
         let r = invoke!(self, stream, |s, g| g.call_get(s, stream, group, item))?;
         opt_json(&self.label, r)
     }
 
-    async fn set(&self, stream: &str, group: &str, item: &str, value: &Value) -> Result<SetResult, PluginError> {
+    async fn set(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        value: &Value,
+    ) -> Result<SetResult, PluginError> {
         let text = value.to_string();
-        let r = invoke!(self, stream, |s, g| g.call_set(s, stream, group, item, &text))?;
+        let r = invoke!(self, stream, |s, g| g
+            .call_set(s, stream, group, item, &text))?;
         set_result(&self.label, r)
     }
 
-    async fn delete(&self, stream: &str, group: &str, item: &str) -> Result<Option<Value>, PluginError> {
+    async fn delete(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Value>, PluginError> {
         let r = invoke!(self, stream, |s, g| g.call_delete(s, stream, group, item))?;
         opt_json(&self.label, r)
     }
 
-    async fn update(&self, stream: &str, group: &str, item: &str, ops: &[UpdateOp]) -> Result<UpdateResult, PluginError> {
+    async fn update(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        ops: &[UpdateOp],
+    ) -> Result<UpdateResult, PluginError> {
         let ops = wit_ops(ops);
-        let r = invoke!(self, stream, |s, g| g.call_update(s, stream, group, item, &ops))?;
+        let r = invoke!(self, stream, |s, g| g
+            .call_update(s, stream, group, item, &ops))?;
         update_result(&self.label, r)
     }
 

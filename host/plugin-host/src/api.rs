@@ -107,7 +107,12 @@ pub trait StateStore: Send + Sync {
     async fn set(&self, scope: &str, key: &str, value: &Value) -> Result<SetResult, PluginError>;
     /// Returns the removed value; `None` (and no effect) when absent.
     async fn delete(&self, scope: &str, key: &str) -> Result<Option<Value>, PluginError>;
-    async fn update(&self, scope: &str, key: &str, ops: &[UpdateOp]) -> Result<UpdateResult, PluginError>;
+    async fn update(
+        &self,
+        scope: &str,
+        key: &str,
+        ops: &[UpdateOp],
+    ) -> Result<UpdateResult, PluginError>;
     async fn list(&self, scope: &str) -> Result<Vec<Value>, PluginError>;
     async fn list_groups(&self) -> Result<Vec<String>, PluginError>;
 }
@@ -115,9 +120,25 @@ pub trait StateStore: Send + Sync {
 /// A stream adapter's storage (protocol §8.2); fan-out stays in the engine.
 #[async_trait]
 pub trait StreamStore: Send + Sync {
-    async fn get(&self, stream: &str, group: &str, item: &str) -> Result<Option<Value>, PluginError>;
-    async fn set(&self, stream: &str, group: &str, item: &str, value: &Value) -> Result<SetResult, PluginError>;
-    async fn delete(&self, stream: &str, group: &str, item: &str) -> Result<Option<Value>, PluginError>;
+    async fn get(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Value>, PluginError>;
+    async fn set(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        value: &Value,
+    ) -> Result<SetResult, PluginError>;
+    async fn delete(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Value>, PluginError>;
     async fn update(
         &self,
         stream: &str,

@@ -54,7 +54,13 @@ impl CodeCache {
     }
 
     /// Returns the compiled component for `bytes`, from the cache if present.
-    pub(crate) fn load(&self, engine: &Engine, bytes: &[u8], digest: &str, label: &str) -> Result<(Component, CacheOutcome), PluginError> {
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &str,
+        label: &str,
+    ) -> Result<(Component, CacheOutcome), PluginError> {
         let path = self.path_for(digest);
         if path.exists() {
             // SAFETY: the file was written by `store` below from
@@ -65,7 +71,9 @@ impl CodeCache {
             // recompile.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled-code cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled-code cache entry")
+                }
             }
         }
         let component = compile(engine, bytes, label)?;
@@ -76,7 +84,9 @@ impl CodeCache {
     }
 
     fn store(&self, path: &Path, component: &Component) -> std::io::Result<()> {
-        let bytes = component.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let bytes = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         // Write aside and rename so a concurrent reader never sees half a file.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, bytes)?;
@@ -84,7 +94,11 @@ impl CodeCache {
     }
 }
 
-pub(crate) fn compile(engine: &Engine, bytes: &[u8], label: &str) -> Result<Component, PluginError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    label: &str,
+) -> Result<Component, PluginError> {
     Component::new(engine, bytes).map_err(|e| PluginError::NotAComponent {
         adapter: label.to_string(),
         reason: format!("{e:#}"),

@@ -34,7 +34,12 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
             return Ok(false);
@@ -42,7 +47,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; a million is far beyond any
         // legitimate adapter and bounds host memory per instance.
         Ok(desired <= 1_000_000)
@@ -82,7 +92,12 @@ pub(crate) struct Capabilities {
 }
 
 impl Capabilities {
-    pub(crate) fn new(adapter: &str, config: Map<String, Value>, grants: &Grants, base_dir: &std::path::Path) -> Result<Self, PluginError> {
+    pub(crate) fn new(
+        adapter: &str,
+        config: Map<String, Value>,
+        grants: &Grants,
+        base_dir: &std::path::Path,
+    ) -> Result<Self, PluginError> {
         for entry in &grants.network {
             parse_host_port(entry).ok_or_else(|| {
                 PluginError::InvalidSpec(format!(
@@ -102,7 +117,8 @@ impl Capabilities {
             config: Arc::new(config),
             data_dir,
             network: Arc::new(grants.network.clone()),
-            memory_bytes: usize::try_from(grants.memory_mb().saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+            memory_bytes: usize::try_from(grants.memory_mb().saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
         })
     }
 
@@ -135,8 +151,10 @@ impl Capabilities {
                     _ => false,
                 };
                 if !ok {
-                    seen.lock()
-                        .push(format!("network {} to {addr} (not in grants.network)", use_name(usage)));
+                    seen.lock().push(format!(
+                        "network {} to {addr} (not in grants.network)",
+                        use_name(usage)
+                    ));
                 }
                 ok
             })

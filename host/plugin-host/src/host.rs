@@ -94,7 +94,9 @@ impl PluginHost {
             .total_tables(n * 4)
             .max_tables_per_component(16)
             .total_stacks(n)
-            .max_memory_size(usize::try_from(cfg.max_memory_mb * 1024 * 1024).unwrap_or(usize::MAX));
+            .max_memory_size(
+                usize::try_from(cfg.max_memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
+            );
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -144,7 +146,10 @@ impl PluginHost {
     }
 
     /// The component bytes a spec refers to.
-    pub fn resolve_bytes(&self, spec: &AdapterSpec) -> Result<std::borrow::Cow<'static, [u8]>, PluginError> {
+    pub fn resolve_bytes(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<std::borrow::Cow<'static, [u8]>, PluginError> {
         match &spec.source {
             AdapterSource::Name(name) => embedded::lookup(name)
                 .map(std::borrow::Cow::Borrowed)
@@ -173,15 +178,26 @@ impl PluginHost {
     }
 
     /// Compiles (or loads from the cache) a component.
-    pub fn compile(&self, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome), PluginError> {
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<(Component, CacheOutcome), PluginError> {
         match &self.inner.cache {
             Some(c) => c.load(&self.inner.engine, bytes, &cache::digest(bytes), label),
-            None => Ok((cache::compile(&self.inner.engine, bytes, label)?, CacheOutcome::Disabled)),
+            None => Ok((
+                cache::compile(&self.inner.engine, bytes, label)?,
+                CacheOutcome::Disabled,
+            )),
         }
     }
 
     /// Loads, instantiates and initialises an adapter for `kind`.
-    pub async fn load_adapter(&self, spec: &AdapterSpec, kind: AdapterKind) -> Result<Arc<Adapter>, PluginError> {
+    pub async fn load_adapter(
+        &self,
+        spec: &AdapterSpec,
+        kind: AdapterKind,
+    ) -> Result<Arc<Adapter>, PluginError> {
         let label = spec.label();
         let g = &spec.grants;
         if g.memory_mb() > self.inner.cfg.max_memory_mb {
@@ -214,12 +230,18 @@ impl PluginHost {
     }
 
     /// Loads an adapter implementing `iii:adapter/state-adapter`.
-    pub async fn load_state_store(&self, spec: &AdapterSpec) -> Result<Arc<dyn StateStore>, PluginError> {
+    pub async fn load_state_store(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<Arc<dyn StateStore>, PluginError> {
         Ok(self.load_adapter(spec, AdapterKind::State).await?)
     }
 
     /// Loads an adapter implementing `iii:adapter/stream-adapter`.
-    pub async fn load_stream_store(&self, spec: &AdapterSpec) -> Result<Arc<dyn StreamStore>, PluginError> {
+    pub async fn load_stream_store(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<Arc<dyn StreamStore>, PluginError> {
         Ok(self.load_adapter(spec, AdapterKind::Stream).await?)
     }
 }

@@ -25,7 +25,10 @@ pub mod policy;
 mod spec;
 
 pub use adapter::{Adapter, AdapterKind};
-pub use api::{SegmentPath, SetResult, StateStore, StreamGroups, StreamStore, UpdateOp, UpdateOpError, UpdateResult};
+pub use api::{
+    SegmentPath, SetResult, StateStore, StreamGroups, StreamStore, UpdateOp, UpdateOpError,
+    UpdateResult,
+};
 pub use cache::CacheOutcome;
 pub use caps::GUEST_DATA_DIR;
 pub use error::{AdapterErrorKind, PluginError};

@@ -106,7 +106,10 @@ impl Arena {
             self.bytes.push(0);
         }
         let offs = self.bytes.len() as u64;
-        let new_len = self.bytes.len().checked_add(usize::try_from(len.max(1)).ok()?)?;
+        let new_len = self
+            .bytes
+            .len()
+            .checked_add(usize::try_from(len.max(1)).ok()?)?;
         if new_len > cap {
             return None;
         }
@@ -122,7 +125,8 @@ impl Arena {
 
     fn range(&self, offs: u64, len: u64) -> Option<&[u8]> {
         let start = usize::try_from(offs).ok()?;
-        self.bytes.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+        self.bytes
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
 }
 
@@ -168,16 +172,20 @@ fn block_string(c: &PolicyCtx, offs: u64) -> wasmtime::Result<String> {
 
 fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PolicyCtx>> {
     let mut l: Linker<PolicyCtx> = Linker::new(engine);
-    l.func_wrap(ENV, "alloc", |mut c: Caller<'_, PolicyCtx>, len: u64| -> wasmtime::Result<u64> {
-        let d = c.data_mut();
-        match d.arena.alloc(len, d.arena_cap) {
-            Some(o) => Ok(o),
-            None => {
-                d.arena_hit = true;
-                Err(trap("extism memory cap reached"))
+    l.func_wrap(
+        ENV,
+        "alloc",
+        |mut c: Caller<'_, PolicyCtx>, len: u64| -> wasmtime::Result<u64> {
+            let d = c.data_mut();
+            match d.arena.alloc(len, d.arena_cap) {
+                Some(o) => Ok(o),
+                None => {
+                    d.arena_hit = true;
+                    Err(trap("extism memory cap reached"))
+                }
             }
-        }
-    })?;
+        },
+    )?;
     l.func_wrap(ENV, "free", |mut c: Caller<'_, PolicyCtx>, offs: u64| {
         // The arena lives for one call, so freeing only forgets the block.
         c.data_mut().arena.blocks.remove(&offs);
@@ -187,85 +195,140 @@ fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PolicyCtx>
             c.data().arena.blocks.get(&offs).copied().unwrap_or(0)
         })?;
     }
-    l.func_wrap(ENV, "load_u8", |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<u32> {
-        c.data()
-            .arena
-            .range(offs, 1)
-            .map(|b| b[0] as u32)
-            .ok_or_else(|| trap(format!("extism load_u8 out of bounds at {offs}")))
+    l.func_wrap(
+        ENV,
+        "load_u8",
+        |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<u32> {
+            c.data()
+                .arena
+                .range(offs, 1)
+                .map(|b| b[0] as u32)
+                .ok_or_else(|| trap(format!("extism load_u8 out of bounds at {offs}")))
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "load_u64",
+        |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<u64> {
+            c.data()
+                .arena
+                .range(offs, 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| trap(format!("extism load_u64 out of bounds at {offs}")))
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "store_u8",
+        |mut c: Caller<'_, PolicyCtx>, offs: u64, v: u32| -> wasmtime::Result<()> {
+            let b = c
+                .data_mut()
+                .arena
+                .bytes
+                .get_mut(offs as usize)
+                .ok_or_else(|| trap("extism store_u8 out of bounds"))?;
+            *b = v as u8;
+            Ok(())
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "store_u64",
+        |mut c: Caller<'_, PolicyCtx>, offs: u64, v: u64| -> wasmtime::Result<()> {
+            let start = offs as usize;
+            let dst = c
+                .data_mut()
+                .arena
+                .bytes
+                .get_mut(start..start.saturating_add(8))
+                .ok_or_else(|| trap("extism store_u64 out of bounds"))?;
+            dst.copy_from_slice(&v.to_le_bytes());
+            Ok(())
+        },
+    )?;
+    l.func_wrap(ENV, "input_length", |c: Caller<'_, PolicyCtx>| -> u64 {
+        c.data().input.len() as u64
     })?;
-    l.func_wrap(ENV, "load_u64", |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<u64> {
-        c.data()
-            .arena
-            .range(offs, 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .ok_or_else(|| trap(format!("extism load_u64 out of bounds at {offs}")))
-    })?;
-    l.func_wrap(ENV, "store_u8", |mut c: Caller<'_, PolicyCtx>, offs: u64, v: u32| -> wasmtime::Result<()> {
-        let b = c.data_mut().arena.bytes.get_mut(offs as usize).ok_or_else(|| trap("extism store_u8 out of bounds"))?;
-        *b = v as u8;
-        Ok(())
-    })?;
-    l.func_wrap(ENV, "store_u64", |mut c: Caller<'_, PolicyCtx>, offs: u64, v: u64| -> wasmtime::Result<()> {
-        let start = offs as usize;
-        let dst = c
-            .data_mut()
-            .arena
-            .bytes
-            .get_mut(start..start.saturating_add(8))
-            .ok_or_else(|| trap("extism store_u64 out of bounds"))?;
-        dst.copy_from_slice(&v.to_le_bytes());
-        Ok(())
-    })?;
-    l.func_wrap(ENV, "input_length", |c: Caller<'_, PolicyCtx>| -> u64 { c.data().input.len() as u64 })?;
-    l.func_wrap(ENV, "input_load_u8", |c: Caller<'_, PolicyCtx>, i: u64| -> wasmtime::Result<u32> {
-        c.data()
-            .input
-            .get(i as usize)
-            .map(|b| *b as u32)
-            .ok_or_else(|| trap("extism input_load_u8 out of bounds"))
-    })?;
-    l.func_wrap(ENV, "input_load_u64", |c: Caller<'_, PolicyCtx>, i: u64| -> wasmtime::Result<u64> {
-        let start = i as usize;
-        c.data()
-            .input
-            .get(start..start.saturating_add(8))
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .ok_or_else(|| trap("extism input_load_u64 out of bounds"))
-    })?;
-    l.func_wrap(ENV, "output_set", |mut c: Caller<'_, PolicyCtx>, offs: u64, len: u64| {
-        c.data_mut().output = Some((offs, len));
-    })?;
-    l.func_wrap(ENV, "error_set", |mut c: Caller<'_, PolicyCtx>, offs: u64| {
-        c.data_mut().error = Some(offs);
-    })?;
-    l.func_wrap(ENV, "config_get", |mut c: Caller<'_, PolicyCtx>, key: u64| -> wasmtime::Result<u64> {
-        let k = block_string(c.data(), key)?;
-        let v = c.data().config.get(&k).cloned();
-        match v {
-            Some(v) => alloc_bytes(c.data_mut(), v.as_bytes()),
-            None => Ok(0),
-        }
-    })?;
-    l.func_wrap(ENV, "var_get", |mut c: Caller<'_, PolicyCtx>, key: u64| -> wasmtime::Result<u64> {
-        let k = block_string(c.data(), key)?;
-        let v = c.data().vars.lock().get(&k).cloned();
-        match v {
-            Some(v) => alloc_bytes(c.data_mut(), &v),
-            None => Ok(0),
-        }
-    })?;
-    l.func_wrap(ENV, "var_set", |mut c: Caller<'_, PolicyCtx>, key: u64, val: u64| -> wasmtime::Result<()> {
-        let d = c.data_mut();
-        let k = block_string(d, key)?;
-        if val == 0 {
-            d.vars.lock().remove(&k);
-        } else {
-            let v = d.arena.block(val).ok_or_else(|| trap("invalid var value block"))?.to_vec();
-            d.vars.lock().insert(k, v);
-        }
-        Ok(())
-    })?;
+    l.func_wrap(
+        ENV,
+        "input_load_u8",
+        |c: Caller<'_, PolicyCtx>, i: u64| -> wasmtime::Result<u32> {
+            c.data()
+                .input
+                .get(i as usize)
+                .map(|b| *b as u32)
+                .ok_or_else(|| trap("extism input_load_u8 out of bounds"))
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "input_load_u64",
+        |c: Caller<'_, PolicyCtx>, i: u64| -> wasmtime::Result<u64> {
+            let start = i as usize;
+            c.data()
+                .input
+                .get(start..start.saturating_add(8))
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| trap("extism input_load_u64 out of bounds"))
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "output_set",
+        |mut c: Caller<'_, PolicyCtx>, offs: u64, len: u64| {
+            c.data_mut().output = Some((offs, len));
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "error_set",
+        |mut c: Caller<'_, PolicyCtx>, offs: u64| {
+            c.data_mut().error = Some(offs);
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "config_get",
+        |mut c: Caller<'_, PolicyCtx>, key: u64| -> wasmtime::Result<u64> {
+            let k = block_string(c.data(), key)?;
+            let v = c.data().config.get(&k).cloned();
+            match v {
+                Some(v) => alloc_bytes(c.data_mut(), v.as_bytes()),
+                None => Ok(0),
+            }
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "var_get",
+        |mut c: Caller<'_, PolicyCtx>, key: u64| -> wasmtime::Result<u64> {
+            let k = block_string(c.data(), key)?;
+            let v = c.data().vars.lock().get(&k).cloned();
+            match v {
+                Some(v) => alloc_bytes(c.data_mut(), &v),
+                None => Ok(0),
+            }
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "var_set",
+        |mut c: Caller<'_, PolicyCtx>, key: u64, val: u64| -> wasmtime::Result<()> {
+            let d = c.data_mut();
+            let k = block_string(d, key)?;
+            if val == 0 {
+                d.vars.lock().remove(&k);
+            } else {
+                let v = d
+                    .arena
+                    .block(val)
+                    .ok_or_else(|| trap("invalid var value block"))?
+                    .to_vec();
+                d.vars.lock().insert(k, v);
+            }
+            Ok(())
+        },
+    )?;
     for (name, level) in [
         ("log_trace", tracing::Level::TRACE),
         ("log_debug", tracing::Level::DEBUG),
@@ -273,27 +336,43 @@ fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PolicyCtx>
         ("log_warn", tracing::Level::WARN),
         ("log_error", tracing::Level::ERROR),
     ] {
-        l.func_wrap(ENV, name, move |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<()> {
-            let msg = block_string(c.data(), offs)?;
-            let plugin = &*c.data().plugin;
-            match level {
-                tracing::Level::TRACE => tracing::trace!(plugin, "{msg}"),
-                tracing::Level::DEBUG => tracing::debug!(plugin, "{msg}"),
-                tracing::Level::INFO => tracing::info!(plugin, "{msg}"),
-                tracing::Level::WARN => tracing::warn!(plugin, "{msg}"),
-                _ => tracing::error!(plugin, "{msg}"),
-            }
-            Ok(())
-        })?;
+        l.func_wrap(
+            ENV,
+            name,
+            move |c: Caller<'_, PolicyCtx>, offs: u64| -> wasmtime::Result<()> {
+                let msg = block_string(c.data(), offs)?;
+                let plugin = &*c.data().plugin;
+                match level {
+                    tracing::Level::TRACE => tracing::trace!(plugin, "{msg}"),
+                    tracing::Level::DEBUG => tracing::debug!(plugin, "{msg}"),
+                    tracing::Level::INFO => tracing::info!(plugin, "{msg}"),
+                    tracing::Level::WARN => tracing::warn!(plugin, "{msg}"),
+                    _ => tracing::error!(plugin, "{msg}"),
+                }
+                Ok(())
+            },
+        )?;
     }
     // Info: the PDK skips formatting records below it.
-    l.func_wrap(ENV, "get_log_level", |_c: Caller<'_, PolicyCtx>| -> i32 { 2 })?;
-    l.func_wrap(ENV, "http_request", |mut c: Caller<'_, PolicyCtx>, _req: u64, _body: u64| -> wasmtime::Result<u64> {
-        c.data_mut().denied = Some("http_request (policy plugins have no network)".into());
-        Err(trap("http_request denied"))
+    l.func_wrap(ENV, "get_log_level", |_c: Caller<'_, PolicyCtx>| -> i32 {
+        2
     })?;
-    l.func_wrap(ENV, "http_status_code", |_c: Caller<'_, PolicyCtx>| -> i32 { 0 })?;
-    l.func_wrap(ENV, "http_headers", |_c: Caller<'_, PolicyCtx>| -> u64 { 0 })?;
+    l.func_wrap(
+        ENV,
+        "http_request",
+        |mut c: Caller<'_, PolicyCtx>, _req: u64, _body: u64| -> wasmtime::Result<u64> {
+            c.data_mut().denied = Some("http_request (policy plugins have no network)".into());
+            Err(trap("http_request denied"))
+        },
+    )?;
+    l.func_wrap(
+        ENV,
+        "http_status_code",
+        |_c: Caller<'_, PolicyCtx>| -> i32 { 0 },
+    )?;
+    l.func_wrap(ENV, "http_headers", |_c: Caller<'_, PolicyCtx>| -> u64 {
+        0
+    })?;
     Ok(l)
 }
 
@@ -335,10 +414,12 @@ impl PluginHost {
             reason: format!("{e:#}"),
         })?;
         let linker = build_linker(&engine).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| PolicyError::UnsatisfiedImport {
-            plugin: label.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| PolicyError::UnsatisfiedImport {
+                plugin: label.clone(),
+                reason: format!("{e:#}"),
+            })?;
         Ok(PolicyPlugin {
             label,
             engine,
@@ -382,7 +463,9 @@ impl PolicyPlugin {
             })
         });
         if let Some(f) = self.fuel {
-            store.set_fuel(f).map_err(|e| PolicyError::Engine(e.to_string()))?;
+            store
+                .set_fuel(f)
+                .map_err(|e| PolicyError::Engine(e.to_string()))?;
         }
         Ok(store)
     }
@@ -475,8 +558,14 @@ impl PolicyPlugin {
     }
 
     /// Calls `function` with a JSON input and parses its JSON output.
-    pub async fn call(&self, function: &str, input: &serde_json::Value) -> Result<serde_json::Value, PolicyError> {
-        let out = self.call_bytes(function, input.to_string().as_bytes()).await?;
+    pub async fn call(
+        &self,
+        function: &str,
+        input: &serde_json::Value,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let out = self
+            .call_bytes(function, input.to_string().as_bytes())
+            .await?;
         serde_json::from_slice(&out).map_err(|e| PolicyError::InvalidJson {
             plugin: self.label.clone(),
             message: e.to_string(),

@@ -144,10 +144,14 @@ impl AdapterSpec {
             }
         };
         if raw.grants.memory_mb == Some(0) {
-            return Err(PluginError::InvalidSpec("grants.memory_mb must be at least 1".into()));
+            return Err(PluginError::InvalidSpec(
+                "grants.memory_mb must be at least 1".into(),
+            ));
         }
         if raw.grants.deadline_ms == Some(0) {
-            return Err(PluginError::InvalidSpec("grants.deadline_ms must be at least 1".into()));
+            return Err(PluginError::InvalidSpec(
+                "grants.deadline_ms must be at least 1".into(),
+            ));
         }
         Ok(AdapterSpec {
             source,
@@ -189,7 +193,8 @@ mod tests {
     fn rejects_ambiguous_and_unknown_fields() {
         assert!(AdapterSpec::from_value(&json!({"name": "kv", "path": "x"})).is_err());
         assert!(AdapterSpec::from_value(&json!({})).is_err());
-        let e = AdapterSpec::from_value(&json!({"name": "kv", "grants": {"disk": "/"}})).unwrap_err();
+        let e =
+            AdapterSpec::from_value(&json!({"name": "kv", "grants": {"disk": "/"}})).unwrap_err();
         assert!(e.to_string().contains("disk"), "{e}");
     }
 }

@@ -19,7 +19,10 @@ fn durable(dir: &Path) -> AdapterSpec {
 }
 
 async fn state(spec: &AdapterSpec) -> Arc<dyn StateStore> {
-    common::host().load_state_store(spec).await.expect("load kv")
+    common::host()
+        .load_state_store(spec)
+        .await
+        .expect("load kv")
 }
 
 fn ops(v: Value) -> Vec<UpdateOp> {
@@ -36,14 +39,24 @@ async fn state_set_get_delete_roundtrip() {
     assert_eq!(r.new_value, json!({"name": "ada"}));
     let r = s.set("users", "u1", &json!({"name": "bob"})).await.unwrap();
     assert_eq!(r.old_value, Some(json!({"name": "ada"})));
-    assert_eq!(s.get("users", "u1").await.unwrap(), Some(json!({"name": "bob"})));
+    assert_eq!(
+        s.get("users", "u1").await.unwrap(),
+        Some(json!({"name": "bob"}))
+    );
     // Scalars and null are values too.
     s.set("misc", "n", &json!(42)).await.unwrap();
     s.set("misc", "z", &Value::Null).await.unwrap();
     assert_eq!(s.get("misc", "n").await.unwrap(), Some(json!(42)));
     assert_eq!(s.get("misc", "z").await.unwrap(), Some(Value::Null));
-    assert_eq!(s.delete("users", "u1").await.unwrap(), Some(json!({"name": "bob"})));
-    assert_eq!(s.delete("users", "u1").await.unwrap(), None, "second delete is a no-op");
+    assert_eq!(
+        s.delete("users", "u1").await.unwrap(),
+        Some(json!({"name": "bob"}))
+    );
+    assert_eq!(
+        s.delete("users", "u1").await.unwrap(),
+        None,
+        "second delete is a no-op"
+    );
     assert_eq!(s.get("users", "u1").await.unwrap(), None);
 }
 
@@ -56,13 +69,19 @@ async fn list_keeps_insertion_order_and_groups_are_sorted() {
     s.delete("letters", "a").await.unwrap();
     // Overwriting keeps the original position.
     s.set("letters", "c", &json!("C")).await.unwrap();
-    assert_eq!(s.list("letters").await.unwrap(), vec![json!("C"), json!("b"), json!("d")]);
+    assert_eq!(
+        s.list("letters").await.unwrap(),
+        vec![json!("C"), json!("b"), json!("d")]
+    );
     assert_eq!(s.list("nothing").await.unwrap(), Vec::<Value>::new());
     s.set("zeta", "k", &json!(1)).await.unwrap();
     s.set("alpha", "k", &json!(1)).await.unwrap();
     s.set("gone", "k", &json!(1)).await.unwrap();
     s.delete("gone", "k").await.unwrap();
-    assert_eq!(s.list_groups().await.unwrap(), vec!["alpha", "letters", "zeta"]);
+    assert_eq!(
+        s.list_groups().await.unwrap(),
+        vec!["alpha", "letters", "zeta"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +133,11 @@ async fn update_ops_apply_in_order_and_report_errors() {
         )
         .await
         .unwrap();
-    let codes: Vec<(usize, &str)> = r.errors.iter().map(|e| (e.op_index, e.code.as_str())).collect();
+    let codes: Vec<(usize, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.op_index, e.code.as_str()))
+        .collect();
     assert_eq!(
         codes,
         vec![
@@ -126,7 +149,10 @@ async fn update_ops_apply_in_order_and_report_errors() {
             (5, "append.type_mismatch"),
         ]
     );
-    assert!(r.errors.iter().all(|e| e.doc_url.is_some() && !e.message.is_empty()));
+    assert!(r
+        .errors
+        .iter()
+        .all(|e| e.doc_url.is_some() && !e.message.is_empty()));
     assert_eq!(r.old_value, Some(want));
     let v = s.get("orders", "o1").await.unwrap().unwrap();
     assert_eq!(v["log"], json!("xy"));
@@ -149,9 +175,16 @@ async fn update_ops_apply_in_order_and_report_errors() {
         .unwrap();
     assert_eq!(r.new_value, json!(15));
     let codes: Vec<&str> = r.errors.iter().map(|e| e.code.as_str()).collect();
-    assert_eq!(codes, vec!["set.target_not_object", "remove.target_not_object"]);
+    assert_eq!(
+        codes,
+        vec!["set.target_not_object", "remove.target_not_object"]
+    );
     let r = s
-        .update("orders", "o3", &ops(json!([{"type": "remove", "path": ""}])))
+        .update(
+            "orders",
+            "o3",
+            &ops(json!([{"type": "remove", "path": ""}])),
+        )
         .await
         .unwrap();
     assert_eq!(r.new_value, Value::Null);
@@ -168,18 +201,35 @@ async fn malformed_ops_are_rejected_before_the_adapter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ops() {
     let host = common::host();
-    let s = host.load_stream_store(&AdapterSpec::named("kv")).await.unwrap();
-    assert_eq!(StreamStore::get(&*s, "chat", "room-1", "m1").await.unwrap(), None);
-    let r = StreamStore::set(&*s, "chat", "room-1", "m1", &json!({"t": "hi"})).await.unwrap();
+    let s = host
+        .load_stream_store(&AdapterSpec::named("kv"))
+        .await
+        .unwrap();
+    assert_eq!(
+        StreamStore::get(&*s, "chat", "room-1", "m1").await.unwrap(),
+        None
+    );
+    let r = StreamStore::set(&*s, "chat", "room-1", "m1", &json!({"t": "hi"}))
+        .await
+        .unwrap();
     assert_eq!(r.old_value, None);
-    StreamStore::set(&*s, "chat", "room-1", "m2", &json!({"t": "yo"})).await.unwrap();
-    StreamStore::set(&*s, "chat", "room-0", "m1", &json!(1)).await.unwrap();
-    StreamStore::set(&*s, "alerts", "g", "a1", &json!(2)).await.unwrap();
+    StreamStore::set(&*s, "chat", "room-1", "m2", &json!({"t": "yo"}))
+        .await
+        .unwrap();
+    StreamStore::set(&*s, "chat", "room-0", "m1", &json!(1))
+        .await
+        .unwrap();
+    StreamStore::set(&*s, "alerts", "g", "a1", &json!(2))
+        .await
+        .unwrap();
     assert_eq!(
         StreamStore::list(&*s, "chat", "room-1").await.unwrap(),
         vec![json!({"t": "hi"}), json!({"t": "yo"})]
     );
-    assert_eq!(StreamStore::list_groups(&*s, "chat").await.unwrap(), vec!["room-0", "room-1"]);
+    assert_eq!(
+        StreamStore::list_groups(&*s, "chat").await.unwrap(),
+        vec!["room-0", "room-1"]
+    );
     let r = StreamStore::update(
         &*s,
         "chat",
@@ -191,10 +241,17 @@ async fn stream_ops() {
     .unwrap();
     assert_eq!(r.new_value, json!({"t": "hi", "reactions": "+1"}));
     assert_eq!(
-        StreamStore::delete(&*s, "chat", "room-0", "m1").await.unwrap(),
+        StreamStore::delete(&*s, "chat", "room-0", "m1")
+            .await
+            .unwrap(),
         Some(json!(1))
     );
-    assert_eq!(StreamStore::delete(&*s, "chat", "room-0", "m1").await.unwrap(), None);
+    assert_eq!(
+        StreamStore::delete(&*s, "chat", "room-0", "m1")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         s.list_all().await.unwrap(),
         vec![
@@ -217,9 +274,13 @@ async fn writes_survive_a_reload() {
         let s = state(&durable(dir.path())).await;
         s.set("a", "1", &json!({"v": 1})).await.unwrap();
         s.set("a", "2", &json!({"v": 2})).await.unwrap();
-        s.update("a", "1", &ops(json!([{"type": "increment", "path": "v", "by": 10}])))
-            .await
-            .unwrap();
+        s.update(
+            "a",
+            "1",
+            &ops(json!([{"type": "increment", "path": "v", "by": 10}])),
+        )
+        .await
+        .unwrap();
         s.delete("a", "2").await.unwrap();
         s.set("b", "x", &json!("y")).await.unwrap();
     }
@@ -249,7 +310,11 @@ async fn torn_tail_is_ignored_without_losing_earlier_writes() {
         let s = state(&durable(dir.path())).await;
         assert_eq!(s.get("s", "k1").await.unwrap(), Some(json!("one")));
         assert_eq!(s.get("s", "k2").await.unwrap(), Some(json!("two")));
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), intact, "torn tail cut off");
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            intact,
+            "torn tail cut off"
+        );
         s.set("s", "k3", &json!("three")).await.unwrap();
     }
     // A flipped byte in the last record's payload fails its checksum: that
@@ -272,9 +337,13 @@ async fn compaction_bounds_the_log() {
     {
         let s = state(&spec).await;
         for i in 0..500 {
-            s.set("hot", "counter", &json!({"i": i, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}))
-                .await
-                .unwrap();
+            s.set(
+                "hot",
+                "counter",
+                &json!({"i": i, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}),
+            )
+            .await
+            .unwrap();
         }
         s.set("cold", "keep", &json!(true)).await.unwrap();
     }
@@ -282,7 +351,10 @@ async fn compaction_bounds_the_log() {
     // 500 records of ~80 bytes would be ~40 KB without compaction.
     assert!(len < 8192, "log is {len} bytes");
     let s = state(&spec).await;
-    assert_eq!(s.get("hot", "counter").await.unwrap().unwrap()["i"], json!(499));
+    assert_eq!(
+        s.get("hot", "counter").await.unwrap().unwrap()["i"],
+        json!(499)
+    );
     assert_eq!(s.get("cold", "keep").await.unwrap(), Some(json!(true)));
 }
 
@@ -291,7 +363,11 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
     let s = state(&AdapterSpec::named("kv")).await;
     s.set("x", "y", &json!(1)).await.unwrap();
     let again = state(&AdapterSpec::named("kv")).await;
-    assert_eq!(again.get("x", "y").await.unwrap(), None, "separate in-memory instances");
+    assert_eq!(
+        again.get("x", "y").await.unwrap(),
+        None,
+        "separate in-memory instances"
+    );
 
     let mut cfg = Map::new();
     cfg.insert("store_method".into(), json!("file_based"));
@@ -307,9 +383,16 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_names_and_missing_files_are_reported() {
     let host = common::host();
-    let err = host.load_state_store(&AdapterSpec::named("redis")).await.err().unwrap();
+    let err = host
+        .load_state_store(&AdapterSpec::named("redis"))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::UnknownAdapter { .. }), "{err}");
-    assert!(err.to_string().contains("`redis`") && err.to_string().contains("kv"), "{err}");
+    assert!(
+        err.to_string().contains("`redis`") && err.to_string().contains("kv"),
+        "{err}"
+    );
     let err = host
         .load_state_store(&AdapterSpec::path("/nonexistent/adapter.wasm"))
         .await
@@ -319,18 +402,28 @@ async fn unknown_names_and_missing_files_are_reported() {
     let junk = common::tempdir();
     let p = junk.path().join("junk.wasm");
     std::fs::write(&p, b"not wasm at all").unwrap();
-    let err = host.load_state_store(&AdapterSpec::path(&p)).await.err().unwrap();
+    let err = host
+        .load_state_store(&AdapterSpec::path(&p))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_load_hits_the_compiled_code_cache() {
     let host = common::host();
-    host.load_adapter(&AdapterSpec::named("kv"), iii_plugin_host::AdapterKind::State)
-        .await
-        .unwrap();
+    host.load_adapter(
+        &AdapterSpec::named("kv"),
+        iii_plugin_host::AdapterKind::State,
+    )
+    .await
+    .unwrap();
     let again = host
-        .load_adapter(&AdapterSpec::named("kv"), iii_plugin_host::AdapterKind::State)
+        .load_adapter(
+            &AdapterSpec::named("kv"),
+            iii_plugin_host::AdapterKind::State,
+        )
         .await
         .unwrap();
     assert_eq!(again.compile_cache(), CacheOutcome::Hit);

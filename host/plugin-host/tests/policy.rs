@@ -20,7 +20,11 @@ async fn json_in_json_out_with_config_and_vars() {
     let out = p.call("check", &json!({"role": "admin"})).await.unwrap();
     assert_eq!(out, json!({"allow": true, "role": "admin", "calls": 1}));
     let out = p.call("check", &json!({"role": "guest"})).await.unwrap();
-    assert_eq!(out, json!({"allow": false, "role": "guest", "calls": 2}), "vars persist across calls");
+    assert_eq!(
+        out,
+        json!({"allow": false, "role": "guest", "calls": 2}),
+        "vars persist across calls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,9 +38,21 @@ async fn plugin_errors_deadlines_and_memory_are_reported() {
         other => panic!("expected Failed, got {other}"),
     }
     let e = p.call("spin", &json!({})).await.unwrap_err();
-    assert!(matches!(e, PolicyError::DeadlineExceeded { deadline_ms: 200, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            PolicyError::DeadlineExceeded {
+                deadline_ms: 200,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = p.call("hog", &json!({})).await.unwrap_err();
-    assert!(matches!(e, PolicyError::MemoryLimit { limit_mb: 16, .. }), "{e}");
+    assert!(
+        matches!(e, PolicyError::MemoryLimit { limit_mb: 16, .. }),
+        "{e}"
+    );
     let e = p.call("nope", &json!({})).await.unwrap_err();
     assert!(matches!(e, PolicyError::MissingFunction { .. }), "{e}");
     // The plugin still works after all that: every call is a fresh instance.

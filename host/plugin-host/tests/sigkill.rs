@@ -27,7 +27,9 @@ fn child(dir: &str) {
         let s = host.load_state_store(&spec(dir.as_ref())).await.unwrap();
         let mut i = 0u64;
         loop {
-            s.set("acked", &i.to_string(), &json!({"i": i})).await.unwrap();
+            s.set("acked", &i.to_string(), &json!({"i": i}))
+                .await
+                .unwrap();
             // Only now is the write acknowledged.
             println!("ack {i}");
             i += 1;
@@ -45,7 +47,10 @@ fn parent() -> Result<(), String> {
     let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
     let mut last = None;
     while let Some(Ok(line)) = lines.next() {
-        let n: u64 = line.trim_start_matches("ack ").parse().map_err(|_| line.clone())?;
+        let n: u64 = line
+            .trim_start_matches("ack ")
+            .parse()
+            .map_err(|_| line.clone())?;
         last = Some(n);
         if n == 200 {
             // SIGKILL straight after an acknowledgement: no destructor,
@@ -59,11 +64,19 @@ fn parent() -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let host = PluginHost::new(HostConfig::default()).map_err(|e| e.to_string())?;
-        let s = host.load_state_store(&spec(dir.path())).await.map_err(|e| e.to_string())?;
+        let s = host
+            .load_state_store(&spec(dir.path()))
+            .await
+            .map_err(|e| e.to_string())?;
         for i in 0..=last {
-            let v = s.get("acked", &i.to_string()).await.map_err(|e| e.to_string())?;
+            let v = s
+                .get("acked", &i.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
             if v != Some(json!({"i": i})) {
-                return Err(format!("acknowledged write {i} lost after SIGKILL (got {v:?})"));
+                return Err(format!(
+                    "acknowledged write {i} lost after SIGKILL (got {v:?})"
+                ));
             }
         }
         Ok(())
@@ -78,7 +91,9 @@ fn main() {
     print!("test acknowledged_writes_survive_sigkill ... ");
     match parent() {
         Ok(()) => {
-            println!("ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+            println!(
+                "ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"
+            );
         }
         Err(e) => {
             println!("FAILED\n{e}\n\ntest result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");

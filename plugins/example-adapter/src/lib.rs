@@ -51,7 +51,10 @@ impl Store {
             value,
             written: Instant::now(),
         };
-        self.data.entry(scope.into()).or_default().insert(key.into(), entry);
+        self.data
+            .entry(scope.into())
+            .or_default()
+            .insert(key.into(), entry);
         old
     }
 }
@@ -60,11 +63,26 @@ fn to_op(op: UpdateOp) -> Result<iii_update_ops::Op, Error> {
     use iii_update_ops::Op;
     let json = |s: String| serde_json::from_str(&s).map_err(|e| Error::InvalidInput(e.to_string()));
     Ok(match op {
-        UpdateOp::Set(o) => Op::Set { path: o.path, value: json(o.value)? },
-        UpdateOp::Merge(o) => Op::Merge { path: o.path, value: json(o.value)? },
-        UpdateOp::Increment(o) => Op::Increment { path: o.path, by: o.by },
-        UpdateOp::Decrement(o) => Op::Decrement { path: o.path, by: o.by },
-        UpdateOp::Append(o) => Op::Append { path: o.path, value: json(o.value)? },
+        UpdateOp::Set(o) => Op::Set {
+            path: o.path,
+            value: json(o.value)?,
+        },
+        UpdateOp::Merge(o) => Op::Merge {
+            path: o.path,
+            value: json(o.value)?,
+        },
+        UpdateOp::Increment(o) => Op::Increment {
+            path: o.path,
+            by: o.by,
+        },
+        UpdateOp::Decrement(o) => Op::Decrement {
+            path: o.path,
+            by: o.by,
+        },
+        UpdateOp::Append(o) => Op::Append {
+            path: o.path,
+            value: json(o.value)?,
+        },
         UpdateOp::Remove(path) => Op::Remove { path },
     })
 }
@@ -74,13 +92,17 @@ struct Adapter;
 impl Lifecycle for Adapter {
     fn init() -> Result<(), Error> {
         let ttl = match iii::adapter::config::get("ttl_ms") {
-            Ok(Some(v)) => Some(Duration::from_millis(
-                v.parse().map_err(|_| Error::InvalidInput(format!("ttl_ms must be an integer, got {v}")))?,
-            )),
+            Ok(Some(v)) => Some(Duration::from_millis(v.parse().map_err(|_| {
+                Error::InvalidInput(format!("ttl_ms must be an integer, got {v}"))
+            })?)),
             Ok(None) => None,
             Err(_) => return Err(Error::Other("config unavailable".into())),
         };
-        log(Level::Info, "init", &format!("example adapter ready, ttl {ttl:?}"));
+        log(
+            Level::Info,
+            "init",
+            &format!("example adapter ready, ttl {ttl:?}"),
+        );
         STORE.with(|s| s.borrow_mut().ttl = ttl);
         Ok(())
     }
@@ -93,7 +115,10 @@ impl StateStore for Adapter {
 
     fn set(scope: String, key: String, value: String) -> Result<SetResult, Error> {
         let old = STORE.with(|s| s.borrow_mut().put(&scope, &key, value.clone()));
-        Ok(SetResult { old_value: old, new_value: value })
+        Ok(SetResult {
+            old_value: old,
+            new_value: value,
+        })
     }
 
     fn delete(scope: String, key: String) -> Result<Option<String>, Error> {
@@ -112,7 +137,11 @@ impl StateStore for Adapter {
         STORE.with(|s| {
             let mut s = s.borrow_mut();
             let old = s.get(&scope, &key);
-            let old_value = old.as_deref().map(serde_json::from_str).transpose().map_err(|e| Error::Other(e.to_string()))?;
+            let old_value = old
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| Error::Other(e.to_string()))?;
             let (new, errors) = iii_update_ops::apply(old_value, &ops);
             s.put(&scope, &key, new.to_string());
             Ok(UpdateResult {
@@ -120,7 +149,12 @@ impl StateStore for Adapter {
                 new_value: new.to_string(),
                 errors: errors
                     .into_iter()
-                    .map(|e| OpError { op_index: e.op_index as u32, code: e.code, message: e.message, doc_url: e.doc_url })
+                    .map(|e| OpError {
+                        op_index: e.op_index as u32,
+                        code: e.code,
+                        message: e.message,
+                        doc_url: e.doc_url,
+                    })
                     .collect(),
             })
         })
@@ -131,7 +165,13 @@ impl StateStore for Adapter {
             let s = s.borrow();
             s.data
                 .get(&scope)
-                .map(|items| items.values().filter(|e| s.live(e)).map(|e| e.value.clone()).collect())
+                .map(|items| {
+                    items
+                        .values()
+                        .filter(|e| s.live(e))
+                        .map(|e| e.value.clone())
+                        .collect()
+                })
                 .unwrap_or_default()
         }))
     }

@@ -63,7 +63,9 @@ mod component {
         match config_value(key)? {
             None => Ok(default),
             Some(v) => v.as_u64().ok_or_else(|| {
-                Error::InvalidInput(format!("config `{key}` must be a non-negative integer, got {v}"))
+                Error::InvalidInput(format!(
+                    "config `{key}` must be a non-negative integer, got {v}"
+                ))
             }),
         }
     }
@@ -81,7 +83,11 @@ mod component {
         let fsync = match config_value("fsync")? {
             None => true,
             Some(Value::Bool(b)) => b,
-            Some(v) => return Err(Error::InvalidInput(format!("config `fsync` must be a boolean, got {v}"))),
+            Some(v) => {
+                return Err(Error::InvalidInput(format!(
+                    "config `fsync` must be a boolean, got {v}"
+                )))
+            }
         };
         let defaults = Options::default();
         let opts = Options {
@@ -93,7 +99,11 @@ mod component {
         let have_dir = std::fs::metadata(dir).map(|m| m.is_dir()).unwrap_or(false);
         match method.as_deref() {
             Some("in_memory") => {
-                log(Level::Warn, "kv", "store_method in_memory: data is lost on restart");
+                log(
+                    Level::Warn,
+                    "kv",
+                    "store_method in_memory: data is lost on restart",
+                );
                 Ok(Kv::in_memory())
             }
             Some("file_based") | None if have_dir => {
@@ -102,7 +112,9 @@ mod component {
                     log(
                         Level::Warn,
                         "replay",
-                        &format!("discarded {torn} bytes of an incomplete record at the end of the log"),
+                        &format!(
+                            "discarded {torn} bytes of an incomplete record at the end of the log"
+                        ),
                     );
                 }
                 Ok(kv)
@@ -125,7 +137,8 @@ mod component {
     }
 
     fn parse(json: &str) -> Result<Value, Error> {
-        serde_json::from_str(json).map_err(|e| Error::InvalidInput(format!("value is not JSON: {e}")))
+        serde_json::from_str(json)
+            .map_err(|e| Error::InvalidInput(format!("value is not JSON: {e}")))
     }
 
     fn to_ops(ops: Vec<UpdateOp>) -> Result<Vec<iii_update_ops::Op>, Error> {
@@ -141,8 +154,14 @@ mod component {
                         path: o.path,
                         value: parse(&o.value)?,
                     },
-                    UpdateOp::Increment(o) => Op::Increment { path: o.path, by: o.by },
-                    UpdateOp::Decrement(o) => Op::Decrement { path: o.path, by: o.by },
+                    UpdateOp::Increment(o) => Op::Increment {
+                        path: o.path,
+                        by: o.by,
+                    },
+                    UpdateOp::Decrement(o) => Op::Decrement {
+                        path: o.path,
+                        by: o.by,
+                    },
                     UpdateOp::Append(o) => Op::Append {
                         path: o.path,
                         value: parse(&o.value)?,
@@ -154,7 +173,10 @@ mod component {
     }
 
     /// Runs the ops on `old` and returns the JSON text to store and the result.
-    fn run_update(old: Option<String>, ops: Vec<UpdateOp>) -> Result<(String, UpdateResult), Error> {
+    fn run_update(
+        old: Option<String>,
+        ops: Vec<UpdateOp>,
+    ) -> Result<(String, UpdateResult), Error> {
         let ops = to_ops(ops)?;
         let old_value = old.as_deref().map(parse).transpose()?;
         let (new, errors) = iii_update_ops::apply(old_value, &ops);
@@ -226,9 +248,16 @@ mod component {
             with_kv(|kv| Ok(kv.stream_get(&stream, &group, &item)))
         }
 
-        fn set(stream: String, group: String, item: String, value: String) -> Result<SetResult, Error> {
+        fn set(
+            stream: String,
+            group: String,
+            item: String,
+            value: String,
+        ) -> Result<SetResult, Error> {
             with_kv(|kv| {
-                let old = kv.stream_set(&stream, &group, &item, value.clone()).map_err(backend)?;
+                let old = kv
+                    .stream_set(&stream, &group, &item, value.clone())
+                    .map_err(backend)?;
                 Ok(SetResult {
                     old_value: old,
                     new_value: value,
@@ -240,10 +269,16 @@ mod component {
             with_kv(|kv| kv.stream_delete(&stream, &group, &item).map_err(backend))
         }
 
-        fn update(stream: String, group: String, item: String, ops: Vec<UpdateOp>) -> Result<UpdateResult, Error> {
+        fn update(
+            stream: String,
+            group: String,
+            item: String,
+            ops: Vec<UpdateOp>,
+        ) -> Result<UpdateResult, Error> {
             with_kv(|kv| {
                 let (new, result) = run_update(kv.stream_get(&stream, &group, &item), ops)?;
-                kv.stream_set(&stream, &group, &item, new).map_err(backend)?;
+                kv.stream_set(&stream, &group, &item, new)
+                    .map_err(backend)?;
                 Ok(result)
             })
         }

@@ -71,10 +71,13 @@ impl Kv {
     /// Opens the log in `dir`, replays it, and returns the store and how many
     /// torn bytes were discarded from the tail.
     pub fn open(dir: &Path, opts: Options) -> Result<(Kv, u64), StoreError> {
-        let (wal, Replay {
-            records,
-            discarded_tail,
-        }) = Wal::open(&dir.join("kv.wal"), opts.fsync)?;
+        let (
+            wal,
+            Replay {
+                records,
+                discarded_tail,
+            },
+        ) = Wal::open(&dir.join("kv.wal"), opts.fsync)?;
         let mut kv = Kv {
             opts,
             ..Kv::default()
@@ -91,7 +94,7 @@ impl Kv {
     }
 
     pub fn log_bytes(&self) -> u64 {
-        self.wal.as_ref().map_or(0, |w| w.len())
+        self.wal.as_ref().map_or(0, |w| w.size())
     }
 
     fn apply(&mut self, r: Record) -> Result<(), StoreError> {
@@ -135,7 +138,7 @@ impl Kv {
         let Some(w) = self.wal.as_ref() else {
             return Ok(());
         };
-        let len = w.len();
+        let len = w.size();
         if len < self.opts.compact_min_bytes || len < self.live_bytes * self.opts.compact_ratio {
             return Ok(());
         }
@@ -227,7 +230,12 @@ impl Kv {
         self.state.get(scope)?.get(key).cloned()
     }
 
-    pub fn state_set(&mut self, scope: &str, key: &str, value: String) -> Result<Option<String>, StoreError> {
+    pub fn state_set(
+        &mut self,
+        scope: &str,
+        key: &str,
+        value: String,
+    ) -> Result<Option<String>, StoreError> {
         self.log(&Record::Put {
             table: TABLE_STATE,
             parts: vec![scope.to_string(), key.to_string()],
@@ -269,7 +277,13 @@ impl Kv {
         self.stream.get(s)?.get(g)?.get(i).cloned()
     }
 
-    pub fn stream_set(&mut self, s: &str, g: &str, i: &str, value: String) -> Result<Option<String>, StoreError> {
+    pub fn stream_set(
+        &mut self,
+        s: &str,
+        g: &str,
+        i: &str,
+        value: String,
+    ) -> Result<Option<String>, StoreError> {
         self.log(&Record::Put {
             table: TABLE_STREAM,
             parts: vec![s.to_string(), g.to_string(), i.to_string()],
@@ -280,7 +294,12 @@ impl Kv {
         Ok(old)
     }
 
-    pub fn stream_delete(&mut self, s: &str, g: &str, i: &str) -> Result<Option<String>, StoreError> {
+    pub fn stream_delete(
+        &mut self,
+        s: &str,
+        g: &str,
+        i: &str,
+    ) -> Result<Option<String>, StoreError> {
         if self.stream_get(s, g, i).is_none() {
             return Ok(None);
         }

@@ -228,7 +228,8 @@ impl Wal {
         Ok(())
     }
 
-    pub fn len(&self) -> u64 {
+    /// Bytes in the log file, header included.
+    pub fn size(&self) -> u64 {
         self.len
     }
 
@@ -268,10 +269,7 @@ impl Wal {
 fn scan(buf: &[u8]) -> (Vec<Record>, u64) {
     let mut records = Vec::new();
     let mut pos = MAGIC.len();
-    loop {
-        let Some(head) = buf.get(pos..pos + 8) else {
-            break;
-        };
+    while let Some(head) = buf.get(pos..pos + 8) {
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         if len > MAX_RECORD {

@@ -260,7 +260,12 @@ fn first_append(value: &Value) -> Value {
     }
 }
 
-fn append_into(target: &mut Value, value: &Value, at: &str, op_index: usize) -> Result<(), OpError> {
+fn append_into(
+    target: &mut Value,
+    value: &Value,
+    at: &str,
+    op_index: usize,
+) -> Result<(), OpError> {
     match target {
         Value::Array(items) => {
             items.push(value.clone());
@@ -376,7 +381,11 @@ fn apply_one(cur: &mut Value, placeholder: &mut bool, i: usize, op: &Op) -> Resu
                 op_error(
                     i,
                     format!("{name}.not_number"),
-                    format!("expected a number at '{}', got {}", label(path), type_name(v)),
+                    format!(
+                        "expected a number at '{}', got {}",
+                        label(path),
+                        type_name(v)
+                    ),
                 )
             };
             if path.is_empty() {
@@ -473,14 +482,26 @@ mod tests {
 
     #[test]
     fn missing_value_starts_as_object() {
-        let (v, e) = apply(None, &[Op::Set { path: "a".into(), value: json!(1) }]);
+        let (v, e) = apply(
+            None,
+            &[Op::Set {
+                path: "a".into(),
+                value: json!(1),
+            }],
+        );
         assert_eq!(v, json!({"a": 1}));
         assert!(e.is_empty());
     }
 
     #[test]
     fn root_increment_on_missing_starts_from_by() {
-        let (v, _) = apply(None, &[Op::Decrement { path: "".into(), by: 4 }]);
+        let (v, _) = apply(
+            None,
+            &[Op::Decrement {
+                path: "".into(),
+                by: 4,
+            }],
+        );
         assert_eq!(v, json!(-4));
     }
 
@@ -489,8 +510,14 @@ mod tests {
         let (v, e) = apply(
             Some(json!({"n": "x"})),
             &[
-                Op::Increment { path: "n".into(), by: 1 },
-                Op::Set { path: "m".into(), value: json!(2) },
+                Op::Increment {
+                    path: "n".into(),
+                    by: 1,
+                },
+                Op::Set {
+                    path: "m".into(),
+                    value: json!(2),
+                },
             ],
         );
         assert_eq!(v, json!({"n": "x", "m": 2}));
@@ -503,7 +530,10 @@ mod tests {
     fn nested_merge_creates_and_overwrites_intermediates() {
         let (v, e) = apply(
             Some(json!({"a": 5})),
-            &[Op::Merge { path: seg(&["a", "b"]), value: json!({"c": 1}) }],
+            &[Op::Merge {
+                path: seg(&["a", "b"]),
+                value: json!({"c": 1}),
+            }],
         );
         assert!(e.is_empty());
         assert_eq!(v, json!({"a": {"b": {"c": 1}}}));
@@ -512,11 +542,29 @@ mod tests {
     #[test]
     fn merge_bounds() {
         let deep: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
-        let (_, e) = apply(None, &[Op::Merge { path: deep, value: json!({}) }]);
+        let (_, e) = apply(
+            None,
+            &[Op::Merge {
+                path: deep,
+                value: json!({}),
+            }],
+        );
         assert_eq!(e[0].code, "merge.path.too_deep");
-        let (_, e) = apply(None, &[Op::Merge { path: seg(&["__proto__"]), value: json!({}) }]);
+        let (_, e) = apply(
+            None,
+            &[Op::Merge {
+                path: seg(&["__proto__"]),
+                value: json!({}),
+            }],
+        );
         assert_eq!(e[0].code, "merge.path.proto_polluted");
-        let (_, e) = apply(None, &[Op::Merge { path: vec![], value: json!([1]) }]);
+        let (_, e) = apply(
+            None,
+            &[Op::Merge {
+                path: vec![],
+                value: json!([1]),
+            }],
+        );
         assert_eq!(e[0].code, "merge.value.not_an_object");
     }
 
@@ -525,14 +573,32 @@ mod tests {
         let (v, e) = apply(
             Some(json!({"s": "ab", "l": [1]})),
             &[
-                Op::Append { path: seg(&["s"]), value: json!("c") },
-                Op::Append { path: seg(&["l"]), value: json!(2) },
-                Op::Append { path: seg(&["new"]), value: json!("x") },
-                Op::Append { path: seg(&["x", "y"]), value: json!("z") },
-                Op::Append { path: seg(&["s"]), value: json!(1) },
+                Op::Append {
+                    path: seg(&["s"]),
+                    value: json!("c"),
+                },
+                Op::Append {
+                    path: seg(&["l"]),
+                    value: json!(2),
+                },
+                Op::Append {
+                    path: seg(&["new"]),
+                    value: json!("x"),
+                },
+                Op::Append {
+                    path: seg(&["x", "y"]),
+                    value: json!("z"),
+                },
+                Op::Append {
+                    path: seg(&["s"]),
+                    value: json!(1),
+                },
             ],
         );
-        assert_eq!(v, json!({"s": "abc", "l": [1, 2], "new": "x", "x": {"y": ["z"]}}));
+        assert_eq!(
+            v,
+            json!({"s": "abc", "l": [1, 2], "new": "x", "x": {"y": ["z"]}})
+        );
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].code, "append.type_mismatch");
         assert_eq!(e[0].op_index, 4);

@@ -22,8 +22,15 @@ fn cargo_build(manifest: &Path, target_dir: &Path, packages: &[&str], target: &s
     for p in packages {
         cmd.args(["-p", p]);
     }
-    cmd.args(["--release", "--target", target]).arg("--target-dir").arg(target_dir);
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    cmd.args(["--release", "--target", target])
+        .arg("--target-dir")
+        .arg(target_dir);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("running cargo for the fixtures");
@@ -37,8 +44,18 @@ pub fn fixtures() -> &'static Fixtures {
     F.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/Cargo.toml");
         let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-fixtures");
-        cargo_build(&manifest, &target_dir, &["fixture-hostile", "fixture-wrong-world"], "wasm32-wasip2");
-        cargo_build(&manifest, &target_dir, &["fixture-policy"], "wasm32-unknown-unknown");
+        cargo_build(
+            &manifest,
+            &target_dir,
+            &["fixture-hostile", "fixture-wrong-world"],
+            "wasm32-wasip2",
+        );
+        cargo_build(
+            &manifest,
+            &target_dir,
+            &["fixture-policy"],
+            "wasm32-unknown-unknown",
+        );
         Fixtures {
             hostile: target_dir.join("wasm32-wasip2/release/fixture_hostile.wasm"),
             wrong_world: target_dir.join("wasm32-wasip2/release/fixture_wrong_world.wasm"),
