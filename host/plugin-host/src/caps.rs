@@ -87,6 +87,8 @@ pub(crate) struct Capabilities {
     pub(crate) adapter: Arc<str>,
     pub(crate) config: Arc<Map<String, Value>>,
     pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// Held while the adapter exists; see [`Capabilities::new`].
+    _dir_lock: Option<Arc<std::fs::File>>,
     pub(crate) network: Arc<Vec<String>>,
     pub(crate) memory_bytes: usize,
 }
@@ -106,16 +108,33 @@ impl Capabilities {
             })?;
         }
         let data_dir = grants.data_dir.as_ref().map(|d| base_dir.join(d));
+        let mut dir_lock = None;
         if let Some(d) = &data_dir {
-            std::fs::create_dir_all(d).map_err(|source| PluginError::Io {
+            let io = |source| PluginError::Io {
                 path: d.clone(),
                 source,
-            })?;
+            };
+            std::fs::create_dir_all(d).map_err(io)?;
+            // Two writers on one log would interleave records: hold an
+            // exclusive lock on the directory for the adapter's lifetime
+            // (released by the OS if the process dies).
+            let lock = std::fs::File::create(d.join(".iii-adapter.lock")).map_err(io)?;
+            match lock.try_lock() {
+                Ok(()) => dir_lock = Some(Arc::new(lock)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(PluginError::DataDirInUse {
+                        adapter: adapter.to_string(),
+                        path: d.clone(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
         }
         Ok(Capabilities {
             adapter: adapter.into(),
             config: Arc::new(config),
             data_dir,
+            _dir_lock: dir_lock,
             network: Arc::new(grants.network.clone()),
             memory_bytes: usize::try_from(grants.memory_mb().saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),

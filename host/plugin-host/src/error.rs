@@ -20,6 +20,9 @@ pub enum PluginError {
         source: std::io::Error,
     },
 
+    #[error("data directory {} of adapter `{adapter}` is in use by another adapter or engine (give each adapter its own `grants.data_dir`)", path.display())]
+    DataDirInUse { adapter: String, path: PathBuf },
+
     #[error("invalid adapter spec: {0}")]
     InvalidSpec(String),
 

@@ -428,3 +428,31 @@ async fn second_load_hits_the_compiled_code_cache() {
         .unwrap();
     assert_eq!(again.compile_cache(), CacheOutcome::Hit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_writes_survive_a_reload_and_a_data_dir_has_one_owner() {
+    let dir = common::tempdir();
+    let host = common::host();
+    {
+        let s = host.load_stream_store(&durable(dir.path())).await.unwrap();
+        StreamStore::set(&*s, "chat", "g1", "m1", &json!("a"))
+            .await
+            .unwrap();
+        StreamStore::set(&*s, "chat", "g1", "m2", &json!("b"))
+            .await
+            .unwrap();
+        StreamStore::delete(&*s, "chat", "g1", "m1").await.unwrap();
+        // While it is open, nobody else may write the same log.
+        let err = host
+            .load_state_store(&durable(dir.path()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, PluginError::DataDirInUse { .. }), "{err}");
+    }
+    let s = host.load_stream_store(&durable(dir.path())).await.unwrap();
+    assert_eq!(
+        StreamStore::list(&*s, "chat", "g1").await.unwrap(),
+        vec![json!("b")]
+    );
+}
