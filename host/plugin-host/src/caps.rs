@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use wasmtime::component::ResourceTable;
-use wasmtime::ResourceLimiter;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -17,17 +17,23 @@ use crate::spec::Grants;
 /// Guest path of the granted data directory.
 pub const GUEST_DATA_DIR: &str = "/data";
 
-/// Memory limiter that remembers whether it refused a growth, so a trap that
-/// follows (Rust aborts on allocation failure) is reported as the cap.
+/// `StoreLimits` (memory cap, table size) that also remembers whether it
+/// refused a growth, so the trap that follows (Rust aborts on allocation
+/// failure) is reported as the memory cap rather than a generic trap.
 pub(crate) struct Limiter {
-    max_bytes: usize,
+    inner: StoreLimits,
     pub(crate) hit: bool,
 }
 
 impl Limiter {
     pub(crate) fn new(max_bytes: usize) -> Limiter {
         Limiter {
-            max_bytes,
+            inner: StoreLimitsBuilder::new()
+                .memory_size(max_bytes)
+                // Function-reference tables: a million entries is far beyond
+                // any legitimate plugin and bounds host memory per instance.
+                .table_elements(1_000_000)
+                .build(),
             hit: false,
         }
     }
@@ -36,26 +42,24 @@ impl Limiter {
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok {
             self.hit = true;
-            return Ok(false);
         }
-        Ok(true)
+        Ok(ok)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any
-        // legitimate adapter and bounds host memory per instance.
-        Ok(desired <= 1_000_000)
+        self.inner.table_growing(current, desired, maximum)
     }
 }
 
