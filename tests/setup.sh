@@ -6,16 +6,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v cargo >/dev/null || { echo "setup: cargo is required (install Rust with rustup)" >&2; exit 1; }
 
-# WebAssembly components (plugins/) are built for this target. Check the files, not rustup's
-# bookkeeping, which can disagree with what is on disk.
-has_wasip2() {
+# WebAssembly components (plugins/) are built for wasm32-wasip2, Extism policy modules for
+# wasm32-unknown-unknown. Check the files, not rustup's bookkeeping, which can disagree with
+# what is on disk.
+has_target() {
   local dir
-  dir="$(rustc --print target-libdir --target wasm32-wasip2 2>/dev/null)" || return 1
-  compgen -G "$dir/libstd-*.rlib" >/dev/null
+  dir="$(rustc --print target-libdir --target "$1" 2>/dev/null)" || return 1
+  compgen -G "$dir/libcore-*.rlib" >/dev/null
 }
-if ! has_wasip2; then
-  command -v rustup >/dev/null || { echo "setup: the wasm32-wasip2 target is missing and rustup is not available to add it" >&2; exit 1; }
-  # A concurrent rustup (another build on this machine) can make one attempt fail; retry once.
-  rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
-  has_wasip2 || { echo "setup: wasm32-wasip2 still missing after rustup target add" >&2; exit 1; }
-fi
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+  if ! has_target "$target"; then
+    command -v rustup >/dev/null || { echo "setup: the $target target is missing and rustup is not available to add it" >&2; exit 1; }
+    # A concurrent rustup (another build on this machine) can make one attempt fail; retry once.
+    rustup target add "$target" || { sleep 5; rustup target add "$target"; }
+    has_target "$target" || { echo "setup: $target still missing after rustup target add" >&2; exit 1; }
+  fi
+done

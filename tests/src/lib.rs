@@ -106,6 +106,25 @@ impl EngineProc {
         );
     }
 
+    /// SIGKILLs the engine and starts it again in the same directory, config and ports.
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("engine.log"))
+            .expect("log file");
+        self.child = Command::new(iii_bin())
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .env("III_NAMESPACE_GRACE_MS", "1000")
+            .stdout(Stdio::from(log.try_clone().expect("clone")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn iii");
+        self.wait_ready();
+    }
+
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.ws_port)
     }

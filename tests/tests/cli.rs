@@ -205,11 +205,14 @@ fn upstream_config_runs_with_clear_warnings_and_env_interpolation() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let log = e.log();
-    for name in ["iii-state", "iii-stream", "iii-cron", "pdfkit"] {
+    for name in ["iii-cron", "pdfkit"] {
         assert!(
             log.contains(&format!("config entry `{name}` starts nothing")),
             "no warning for {name}:\n{log}"
         );
+    }
+    for service in ["state service ready", "stream service ready"] {
+        assert!(log.contains(service), "{service} missing:\n{log}");
     }
 }
 
@@ -239,7 +242,26 @@ fn embedded_defaults_run_without_a_config_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (code, out, _) = run_iii(&["trigger", "engine::health::check"], None);
+    // State runs on the builtin kv component, durably, in the project directory.
+    let (set_code, _, set_err) = run_iii(
+        &[
+            "trigger",
+            "state::set",
+            "scope=cfg",
+            "key=k",
+            "value={\"v\":1}",
+        ],
+        None,
+    );
+    let (get_code, got, _) = run_iii(&["trigger", "state::get", "scope=cfg", "key=k"], None);
     terminate(&mut child);
+    assert_eq!(set_code, 0, "{set_err}");
+    assert_eq!(get_code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got).unwrap(),
+        json!({"v": 1})
+    );
+    assert!(d.join(".iii/data/state").is_dir());
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -257,7 +279,7 @@ fn embedded_defaults_run_without_a_config_file() {
         log.contains("embedded defaults"),
         "the engine says it runs the embedded defaults:\n{log}"
     );
-    assert!(!d.join("config.yaml").exists(), "no file is written");
+    assert!(!d.join("config.yaml").exists(), "no config file is written");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use iii_plugin_host::AdapterSpec;
 use serde_yaml::Value;
 
 /// Where the configuration came from.
@@ -30,6 +31,27 @@ pub struct CorsConfig {
     pub allowed_methods: Vec<String>,
 }
 
+/// A stateful service (`iii-state`, `iii-stream`) and the adapter it runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The `adapter:` entry (`{name|path, config, grants}`); the builtin kv when absent.
+    pub adapter: AdapterSpec,
+    /// `iii-state` only: fire `state` triggers after writes.
+    pub triggers_enabled: bool,
+    /// `iii-state` only: refuse values whose JSON is larger than this.
+    pub max_value_bytes: Option<usize>,
+}
+
+impl ServiceConfig {
+    fn builtin_kv() -> Self {
+        ServiceConfig {
+            adapter: AdapterSpec::named("kv"),
+            triggers_enabled: true,
+            max_value_bytes: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     pub host: String,
@@ -45,6 +67,11 @@ pub struct EngineConfig {
     pub source: ConfigSource,
     pub worker_managers: Vec<WorkerManagerConfig>,
     pub http: Option<HttpConfig>,
+    pub state: Option<ServiceConfig>,
+    pub stream: Option<ServiceConfig>,
+    /// Directory the project's relative paths and default data directories are resolved in:
+    /// the config file's directory, or the working directory for the embedded defaults.
+    pub project_dir: PathBuf,
     pub namespace_grace: Duration,
     /// Engine log level from `iii-observability.config.level`, if set.
     pub log_level: Option<String>,
@@ -85,8 +112,6 @@ pub enum ConfigError {
 }
 
 const BUILTIN_UNAVAILABLE: &[&str] = &[
-    "iii-state",
-    "iii-stream",
     "iii-pubsub",
     "iii-cron",
     "iii-queue",
@@ -115,6 +140,9 @@ impl EngineConfig {
                 cors: None,
                 concurrency_request_limit: 1024,
             }),
+            state: Some(ServiceConfig::builtin_kv()),
+            stream: Some(ServiceConfig::builtin_kv()),
+            project_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             namespace_grace: grace_from_env().unwrap_or(Duration::from_millis(5000)),
             log_level: None,
             unavailable: Vec::new(),
@@ -127,7 +155,15 @@ impl EngineConfig {
             source,
         })?;
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Self::parse(&text, &path.display().to_string(), ConfigSource::File(abs))
+        let mut cfg = Self::parse(
+            &text,
+            &path.display().to_string(),
+            ConfigSource::File(abs.clone()),
+        )?;
+        if let Some(dir) = abs.parent() {
+            cfg.project_dir = dir.to_path_buf();
+        }
+        Ok(cfg)
     }
 
     /// Parses config text; `origin` names the file in errors.
@@ -142,6 +178,9 @@ impl EngineConfig {
             source,
             worker_managers: Vec::new(),
             http: None,
+            state: None,
+            stream: None,
+            project_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             namespace_grace: Duration::from_millis(5000),
             log_level: None,
             unavailable: Vec::new(),
@@ -259,6 +298,29 @@ impl EngineConfig {
                     } else if !wcfg.is_null() {
                         return Err(v.invalid(&key("config"), "a mapping", &wcfg));
                     }
+                }
+                "iii-state" => {
+                    if cfg.state.is_some() {
+                        return Err(ConfigError::Invalid {
+                            path: origin.into(),
+                            message: "`iii-state` is listed twice".into(),
+                        });
+                    }
+                    cfg.state = Some(v.service(&wcfg, &key("config"), true)?);
+                }
+                "iii-stream" => {
+                    if cfg.stream.is_some() {
+                        return Err(ConfigError::Invalid {
+                            path: origin.into(),
+                            message: "`iii-stream` is listed twice".into(),
+                        });
+                    }
+                    let sc = v.service(&wcfg, &key("config"), false)?;
+                    if matches!(&wcfg, Value::Mapping(m) if m.contains_key("port") || m.contains_key("auth_function"))
+                    {
+                        cfg.unavailable.push((format!("{name} (stream socket)"), "the browser stream socket (port 3112) is not served by this engine yet; stream::* functions and stream triggers work"));
+                    }
+                    cfg.stream = Some(sc);
                 }
                 "iii-engine-functions" | "iii-telemetry" | "configuration" => {}
                 n if BUILTIN_UNAVAILABLE.contains(&n) => {
@@ -497,6 +559,69 @@ impl Validator<'_> {
         Ok(wm)
     }
 
+    /// `iii-state` / `iii-stream` config: `adapter` (+ state's `triggers_enabled`, `max_value_bytes`).
+    fn service(&self, v: &Value, at: &str, is_state: bool) -> Result<ServiceConfig, ConfigError> {
+        let mut sc = ServiceConfig::builtin_kv();
+        let Some(m) = self.mapping(v, at)? else {
+            return Ok(sc);
+        };
+        let allowed: &[&str] = if is_state {
+            &[
+                "adapter",
+                "triggers_enabled",
+                "max_value_bytes",
+                "save_interval_ms",
+            ]
+        } else {
+            &["adapter", "port", "host", "auth_function"]
+        };
+        self.check_keys(m, at, allowed)?;
+        if let Some(a) = m.get("adapter").filter(|a| !a.is_null()) {
+            let json = serde_json::to_value(a).map_err(|e| ConfigError::Invalid {
+                path: self.path.into(),
+                message: format!("`{at}.adapter`: {e}"),
+            })?;
+            sc.adapter = AdapterSpec::from_value(&json).map_err(|e| ConfigError::Invalid {
+                path: self.path.into(),
+                message: format!("`{at}.adapter`: {e}"),
+            })?;
+        }
+        if let Some(t) = m.get("triggers_enabled") {
+            sc.triggers_enabled = match t {
+                Value::Bool(b) => *b,
+                other => {
+                    return Err(self.invalid(
+                        &format!("{at}.triggers_enabled"),
+                        "true or false",
+                        other,
+                    ))
+                }
+            };
+        }
+        if let Some(x) = m.get("max_value_bytes") {
+            let n = self.u64(x, &format!("{at}.max_value_bytes"))?;
+            if n == 0 {
+                return Err(self.invalid(
+                    &format!("{at}.max_value_bytes"),
+                    "an integer of at least 1",
+                    x,
+                ));
+            }
+            sc.max_value_bytes = Some(n as usize);
+        }
+        if let Some(x) = m.get("save_interval_ms") {
+            let n = self.u64(x, &format!("{at}.save_interval_ms"))?;
+            if !(100..=3_600_000).contains(&n) {
+                return Err(self.invalid(
+                    &format!("{at}.save_interval_ms"),
+                    "between 100 and 3600000",
+                    x,
+                ));
+            }
+        }
+        Ok(sc)
+    }
+
     fn http(&self, v: &Value, at: &str) -> Result<HttpConfig, ConfigError> {
         let mut h = HttpConfig {
             host: "127.0.0.1".into(),
@@ -644,16 +769,9 @@ workers:
         assert_eq!(c.http.as_ref().unwrap().port, 3999);
         assert_eq!(c.log_level.as_deref(), Some("debug"));
         let names: Vec<_> = c.unavailable.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "iii-state",
-                "iii-stream",
-                "iii-pubsub",
-                "iii-cron",
-                "iii-queue"
-            ]
-        );
+        assert_eq!(names, ["iii-pubsub", "iii-cron", "iii-queue"]);
+        assert_eq!(c.state.as_ref().unwrap().adapter, AdapterSpec::named("kv"));
+        assert!(c.stream.is_some());
     }
 
     #[test]
@@ -684,6 +802,21 @@ workers:
             .unwrap_err()
             .to_string();
         assert!(e.contains("Duplicate worker configurations"), "{e}");
+        let e =
+            parse("workers:\n  - name: iii-state\n    config: {adapter: {name: kv, path: x.wasm}}")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("iii-state") && e.contains("both `name` and `path`"),
+            "{e}"
+        );
+        let e = parse("workers:\n  - name: iii-state\n    config: {triggers_enabled: 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("triggers_enabled") && e.contains("true or false"),
+            "{e}"
+        );
         let e = parse("workers: [").unwrap_err().to_string();
         assert!(e.contains("invalid YAML"), "{e}");
     }

@@ -8,6 +8,7 @@
 //! - [`conn`], [`session`], [`listener`]: the worker WebSocket transport.
 //! - [`triggers`]: trigger types and bindings; [`http`]: the `http` trigger type and server.
 //! - [`channels`]: data channels; [`builtins`]: `engine::*` functions.
+//! - [`services`]: `state::*` and `stream::*` over adapter components loaded by the plugin host.
 
 pub mod builtins;
 pub mod channels;
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod http;
 pub mod listener;
 pub mod pending;
+pub mod services;
 pub mod session;
 pub mod triggers;
 
@@ -28,6 +30,16 @@ pub use engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot start the {service} adapter: {source}")]
+    Adapter {
+        service: &'static str,
+        source: iii_plugin_host::PluginError,
+    },
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {host}:{port} for {what}: {source}")]
     Bind {
         what: String,
@@ -72,7 +84,56 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
     for (name, why) in &cfg.unavailable {
         tracing::warn!(worker = %name, "config entry `{name}` starts nothing: {why}");
     }
+    let (state_cfg, stream_cfg, project_dir) = (
+        cfg.state.clone(),
+        cfg.stream.clone(),
+        cfg.project_dir.clone(),
+    );
     let engine = Engine::new(cfg);
+    if state_cfg.is_some() || stream_cfg.is_some() {
+        let host = iii_plugin_host::PluginHost::new(iii_plugin_host::HostConfig {
+            cache_dir: Some(plugin_cache_dir()),
+            base_dir: project_dir.clone(),
+            max_memory_mb: 512,
+            max_instances: 32,
+            ..Default::default()
+        })
+        .map_err(|source| StartError::Adapter {
+            service: "plugin host",
+            source,
+        })?;
+        if let Some(sc) = state_cfg {
+            let spec = with_default_data_dir(&sc.adapter, &project_dir, "state")?;
+            let store =
+                host.load_state_store(&spec)
+                    .await
+                    .map_err(|source| StartError::Adapter {
+                        service: "iii-state",
+                        source,
+                    })?;
+            services::state::install(
+                &engine,
+                store,
+                services::state::StateOptions {
+                    triggers_enabled: sc.triggers_enabled,
+                    max_value_bytes: sc.max_value_bytes,
+                },
+            );
+            tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "state service ready");
+        }
+        if let Some(sc) = stream_cfg {
+            let spec = with_default_data_dir(&sc.adapter, &project_dir, "stream")?;
+            let store =
+                host.load_stream_store(&spec)
+                    .await
+                    .map_err(|source| StartError::Adapter {
+                        service: "iii-stream",
+                        source,
+                    })?;
+            services::stream::install(&engine, store);
+            tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "stream service ready");
+        }
+    }
     let mut worker_addrs = Vec::new();
     for (l, c) in wm {
         if let Ok(a) = l.local_addr() {
@@ -106,4 +167,37 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
         worker_addrs,
         http_addr,
     })
+}
+
+/// Compiled plugin code is cached here, keyed by wasmtime version and plugin digest.
+fn plugin_cache_dir() -> std::path::PathBuf {
+    if let Ok(d) = std::env::var("III_CACHE_DIR") {
+        return std::path::PathBuf::from(d).join("plugins");
+    }
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|_| std::env::temp_dir());
+    base.join("iii").join("plugins")
+}
+
+/// The builtin kv adapter is durable by default: without a `data_dir` grant it gets
+/// `<project>/.iii/data/<service>` (unless its config asks for `store_method: in_memory`).
+fn with_default_data_dir(
+    spec: &iii_plugin_host::AdapterSpec,
+    project: &std::path::Path,
+    service: &str,
+) -> Result<iii_plugin_host::AdapterSpec, StartError> {
+    let mut spec = spec.clone();
+    let builtin_kv = matches!(&spec.source, iii_plugin_host::AdapterSource::Name(n) if n == "kv");
+    let in_memory = spec.config.get("store_method").and_then(|v| v.as_str()) == Some("in_memory");
+    if builtin_kv && !in_memory && spec.grants.data_dir.is_none() {
+        let dir = project.join(".iii").join("data").join(service);
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        spec.grants.data_dir = Some(dir);
+    }
+    Ok(spec)
 }

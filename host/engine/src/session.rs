@@ -121,7 +121,10 @@ where
     // The writer ends on the queued Close; if the queue was full it may not see it while some
     // task still holds the connection, so do not wait on it forever.
     let abort = writer_task.abort_handle();
-    if tokio::time::timeout(std::time::Duration::from_secs(5), writer_task).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(5), writer_task)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
 }

@@ -1,0 +1,257 @@
+//! Plugin host figures, printed as a table (not a test; no assertions).
+//!
+//! `cargo bench -p iii-plugin-host --bench plugin_bench`
+//!
+//! * dispatch: a `get`/`set` on the embedded kv component (in memory, no
+//!   backend I/O) against the same operation on an in-process Rust map;
+//! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
+//! * cold load of the embedded kv plugin with and without the compile cache.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use iii_plugin_host::policy::PolicySpec;
+use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn row(what: &str, s: &Stats, note: &str) {
+    println!(
+        "| {what:<46} | {:>12} | {:>12} | {note} |",
+        us(s.p50),
+        us(s.p99)
+    );
+}
+
+async fn timed<F, Fut>(n: usize, mut f: F) -> Stats
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for i in 0..n / 10 {
+        f(i).await;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i).await;
+        out.push(t.elapsed());
+    }
+    stats(out)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    const N: usize = 20_000;
+    let host = PluginHost::new(HostConfig::default()).expect("host");
+    let kv = host
+        .load_state_store(&AdapterSpec::named("kv"))
+        .await
+        .expect("kv");
+    let value = json!({"name": "ada", "n": 1});
+    kv.set("bench", "k", &value).await.expect("set");
+    let map: Mutex<HashMap<(String, String), Value>> = Mutex::new(HashMap::new());
+    map.lock()
+        .insert(("bench".into(), "k".into()), value.clone());
+
+    println!("\n## iii plugin host\n");
+    println!("| measurement | p50 | p99 | note |");
+    println!("|---|---:|---:|---|");
+
+    let comp_get = timed(N, |_| {
+        let kv = &kv;
+        async move {
+            std::hint::black_box(kv.get("bench", "k").await.expect("get"));
+        }
+    })
+    .await;
+    let map_get = timed(N, |_| {
+        let map = &map;
+        async move {
+            let k = ("bench".to_string(), "k".to_string());
+            std::hint::black_box(map.lock().get(&k).cloned());
+        }
+    })
+    .await;
+    row("kv component get (small JSON value)", &comp_get, "");
+    row("in-process map get (same value)", &map_get, "");
+    let over = comp_get.p50.saturating_sub(map_get.p50);
+    println!(
+        "| {:<46} | {:>12} | {:>12} | ratio {:.1}x, target overhead ≤ 1 µs |",
+        "  => get dispatch overhead",
+        us(over),
+        "",
+        comp_get.p50.as_secs_f64() / map_get.p50.as_secs_f64().max(1e-9)
+    );
+
+    let comp_set = timed(N, |i| {
+        let kv = &kv;
+        let v = json!({"i": i});
+        async move {
+            std::hint::black_box(kv.set("bench", "s", &v).await.expect("set"));
+        }
+    })
+    .await;
+    let map_set = timed(N, |i| {
+        let map = &map;
+        let v = json!({"i": i});
+        async move {
+            let old = map.lock().insert(("bench".into(), "s".into()), v.clone());
+            std::hint::black_box((old, v));
+        }
+    })
+    .await;
+    row("kv component set (in memory, no fsync)", &comp_set, "");
+    row("in-process map insert (same value)", &map_set, "");
+    println!(
+        "| {:<46} | {:>12} | {:>12} | ratio {:.1}x |",
+        "  => set dispatch overhead",
+        us(comp_set.p50.saturating_sub(map_set.p50)),
+        "",
+        comp_set.p50.as_secs_f64() / map_set.p50.as_secs_f64().max(1e-9)
+    );
+
+    // Durable set: fsync per write dominates; shown for scale.
+    let dir = common::tempdir();
+    let durable = host
+        .load_state_store(
+            &AdapterSpec::named("kv").with_grants(iii_plugin_host::Grants {
+                data_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("durable kv");
+    let dur_set = timed(500, |i| {
+        let kv = &durable;
+        let v = json!({"i": i});
+        async move {
+            kv.set("bench", "d", &v).await.expect("set");
+        }
+    })
+    .await;
+    row(
+        "kv component set, durable (WAL + fdatasync)",
+        &dur_set,
+        "disk-bound",
+    );
+
+    // Policy instances.
+    let fx = common::fixtures();
+    let mut spec = PolicySpec::new(&fx.policy);
+    spec.config.insert("allowed_roles".into(), "admin".into());
+    let policy = host.load_policy(&spec).expect("policy");
+    let inst = timed(2_000, |_| {
+        let p = &policy;
+        async move { p.instantiate().await.expect("instantiate") }
+    })
+    .await;
+    row("policy instance from InstancePre", &inst, "target ≤ 50 µs");
+    let input = json!({"role": "admin"});
+    let call = timed(2_000, |_| {
+        let p = &policy;
+        let input = &input;
+        async move {
+            std::hint::black_box(p.call("check", input).await.expect("call"));
+        }
+    })
+    .await;
+    row("policy call (instance + JSON in/out)", &call, "");
+
+    // Cold loads of the embedded kv plugin.
+    println!(
+        "\n| cold load of embedded kv (compile/deserialize + instantiate + init) | median | note |"
+    );
+    println!("|---|---:|---|");
+    let mut nocache = Vec::new();
+    for _ in 0..3 {
+        let h = PluginHost::new(HostConfig::default()).expect("host");
+        let t = Instant::now();
+        let a = h
+            .load_adapter(
+                &AdapterSpec::named("kv"),
+                iii_plugin_host::AdapterKind::State,
+            )
+            .await
+            .expect("load");
+        nocache.push(t.elapsed());
+        assert_eq!(a.compile_cache(), CacheOutcome::Disabled);
+    }
+    let cache_dir = common::tempdir();
+    let cfg = HostConfig {
+        cache_dir: Some(cache_dir.path().to_path_buf()),
+        ..HostConfig::default()
+    };
+    let t = Instant::now();
+    PluginHost::new(cfg.clone())
+        .expect("host")
+        .load_adapter(
+            &AdapterSpec::named("kv"),
+            iii_plugin_host::AdapterKind::State,
+        )
+        .await
+        .expect("load");
+    let first = t.elapsed();
+    let mut cached = Vec::new();
+    for _ in 0..10 {
+        // A new host each time: what an engine restart pays.
+        let h = PluginHost::new(cfg.clone()).expect("host");
+        let t = Instant::now();
+        let a = h
+            .load_adapter(
+                &AdapterSpec::named("kv"),
+                iii_plugin_host::AdapterKind::State,
+            )
+            .await
+            .expect("load");
+        cached.push(t.elapsed());
+        assert_eq!(a.compile_cache(), CacheOutcome::Hit);
+    }
+    nocache.sort();
+    cached.sort();
+    println!(
+        "| without compile cache (Cranelift every time) | {} | |",
+        ms(nocache[nocache.len() / 2])
+    );
+    println!(
+        "| with cache, first load (compile + store) | {} | |",
+        ms(first)
+    );
+    println!(
+        "| with warm cache (deserialize) | {} | target ≤ 10 ms |",
+        ms(cached[cached.len() / 2])
+    );
+    println!();
+}

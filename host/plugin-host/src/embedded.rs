@@ -1,0 +1,15 @@
+//! First-party plugins compiled into the binary by `build.rs`.
+
+/// The builtin kv adapter (`plugins/kv`), a `wasm32-wasip2` component.
+pub static KV_WASM: &[u8] = include_bytes!(env!("III_KV_WASM"));
+
+/// Names accepted by `adapter: {name: …}`.
+pub const NAMES: &[&str] = &["kv"];
+
+/// The embedded component registered under `name`.
+pub fn lookup(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "kv" => Some(KV_WASM),
+        _ => None,
+    }
+}

@@ -1,0 +1,112 @@
+//! Errors of loading and calling adapter plugins.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or calling an adapter. Each variant
+/// names the adapter (its `name:` or `path:` as configured) so a message in
+/// a log points at the config entry to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown adapter `{name}`: builtin adapters are {known}; to load your own, give `path: ./adapter.wasm` instead of `name:`")]
+    UnknownAdapter { name: String, known: String },
+
+    #[error("adapter file {} does not exist (fix the `path:` of the adapter entry)", path.display())]
+    MissingFile { path: PathBuf },
+
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("data directory {} of adapter `{adapter}` is in use by another adapter or engine (give each adapter its own `grants.data_dir`)", path.display())]
+    DataDirInUse { adapter: String, path: PathBuf },
+
+    #[error("invalid adapter spec: {0}")]
+    InvalidSpec(String),
+
+    #[error("adapter `{adapter}` is not a valid WebAssembly component: {reason}")]
+    NotAComponent { adapter: String, reason: String },
+
+    #[error("adapter `{adapter}` does not implement world `{world}`: missing export `{export}`")]
+    MissingExport {
+        adapter: String,
+        world: String,
+        export: String,
+    },
+
+    #[error("adapter `{adapter}` needs imports this host does not provide: {reason}")]
+    UnsatisfiedImport { adapter: String, reason: String },
+
+    #[error("adapter `{adapter}` failed to initialise: {message}")]
+    Init { adapter: String, message: String },
+
+    #[error("adapter `{adapter}` trapped: {message}")]
+    Trap { adapter: String, message: String },
+
+    #[error("adapter `{adapter}` exceeded its deadline of {deadline_ms} ms and was stopped (raise `grants.deadline_ms` if the work is legitimate)")]
+    DeadlineExceeded { adapter: String, deadline_ms: u64 },
+
+    #[error("adapter `{adapter}` hit its memory cap of {limit_mb} MiB (raise `grants.memory_mb` if the data is legitimate)")]
+    MemoryLimit { adapter: String, limit_mb: u64 },
+
+    #[error("adapter `{adapter}` ran out of fuel ({fuel} units per call)")]
+    FuelExhausted { adapter: String, fuel: u64 },
+
+    #[error("adapter `{adapter}` was denied a capability it was not granted: {capability}")]
+    CapabilityDenied { adapter: String, capability: String },
+
+    #[error("adapter `{adapter}` reported {kind}: {message}")]
+    Adapter {
+        adapter: String,
+        kind: AdapterErrorKind,
+        message: String,
+    },
+
+    #[error("adapter `{adapter}` returned invalid JSON: {message}")]
+    InvalidJson { adapter: String, message: String },
+
+    #[error("adapter `{adapter}` was restarted {restarts} times within {window_s} s and has been given up; last failure: {last}")]
+    GaveUp {
+        adapter: String,
+        restarts: usize,
+        window_s: u64,
+        last: String,
+    },
+
+    #[error("wasmtime: {0}")]
+    Engine(String),
+}
+
+/// The `error` variant of `iii:adapter/types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterErrorKind {
+    InvalidInput,
+    Backend,
+    Other,
+}
+
+impl std::fmt::Display for AdapterErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdapterErrorKind::InvalidInput => "invalid input",
+            AdapterErrorKind::Backend => "a backend failure",
+            AdapterErrorKind::Other => "an error",
+        })
+    }
+}
+
+impl PluginError {
+    /// True when the adapter instance was lost (trap, deadline, memory cap)
+    /// and the supervisor restarted it.
+    pub fn is_instance_failure(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Trap { .. }
+                | PluginError::DeadlineExceeded { .. }
+                | PluginError::MemoryLimit { .. }
+                | PluginError::FuelExhausted { .. }
+        )
+    }
+}

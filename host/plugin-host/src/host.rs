@@ -1,0 +1,247 @@
+//! The plugin host: one wasmtime `Engine` (pooling allocator, epoch
+//! interruption driven by a ticker thread), one component `Linker`, the
+//! compiled-code cache, and the loaders.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::adapter::{add_imports, Adapter, AdapterKind};
+use crate::api::{StateStore, StreamStore};
+use crate::cache::{self, CacheOutcome, CodeCache};
+use crate::caps::{Capabilities, Ctx};
+use crate::embedded;
+use crate::error::PluginError;
+use crate::spec::{AdapterSource, AdapterSpec};
+
+/// Host-wide settings (not per adapter).
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Compiled-code cache directory; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Relative `path:` and `data_dir` grants are resolved against this.
+    pub base_dir: PathBuf,
+    /// Largest `grants.memory_mb` any adapter may ask for (pool slot size).
+    pub max_memory_mb: u64,
+    /// Concurrent instances the pool holds (adapters + policy instances).
+    pub max_instances: u32,
+    /// Epoch tick; deadlines are rounded up to it.
+    pub epoch_tick: Duration,
+    /// Restarts allowed within `restart_window` before the supervisor gives up.
+    pub max_restarts: usize,
+    pub restart_window: Duration,
+    /// Deadline for instantiation + `lifecycle.init` (log replay).
+    pub init_deadline_ms: u64,
+    /// Compile with fuel metering so `grants.fuel` can be honoured (slower code).
+    pub fuel: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            cache_dir: None,
+            base_dir: PathBuf::from("."),
+            max_memory_mb: 1024,
+            max_instances: 128,
+            epoch_tick: Duration::from_millis(1),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            init_deadline_ms: 60_000,
+            fuel: false,
+        }
+    }
+}
+
+pub(crate) struct HostInner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Ctx>,
+    pub(crate) cfg: HostConfig,
+    cache: Option<CodeCache>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for HostInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Loads and supervises plugins. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct PluginHost {
+    pub(crate) inner: Arc<HostInner>,
+}
+
+fn engine_err(e: wasmtime::Error) -> PluginError {
+    PluginError::Engine(format!("{e:#}"))
+}
+
+impl PluginHost {
+    pub fn new(cfg: HostConfig) -> Result<PluginHost, PluginError> {
+        let mut pool = PoolingAllocationConfig::new();
+        let n = cfg.max_instances;
+        pool.total_component_instances(n)
+            // A Rust wasip2 component holds a handful of core instances
+            // (the program plus adapter shims); policy modules need one.
+            .total_core_instances(n * 8)
+            .max_core_instances_per_component(32)
+            .total_memories(n * 2)
+            .max_memories_per_component(4)
+            .total_tables(n * 4)
+            .max_tables_per_component(16)
+            .total_stacks(n)
+            .max_memory_size(
+                usize::try_from(cfg.max_memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
+            );
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(cfg.fuel)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        add_imports(&mut linker).map_err(engine_err)?;
+        let cache = match &cfg.cache_dir {
+            Some(dir) => Some(CodeCache::new(dir, &engine)?),
+            None => None,
+        };
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            let tick = cfg.epoch_tick;
+            std::thread::Builder::new()
+                .name("iii-plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Engine(format!("spawning the epoch ticker: {e}")))?;
+        }
+        Ok(PluginHost {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                cfg,
+                cache,
+                stop_ticker,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.cfg
+    }
+
+    /// The component bytes a spec refers to.
+    pub fn resolve_bytes(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<std::borrow::Cow<'static, [u8]>, PluginError> {
+        match &spec.source {
+            AdapterSource::Name(name) => embedded::lookup(name)
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or_else(|| PluginError::UnknownAdapter {
+                    name: name.clone(),
+                    known: embedded::NAMES.join(", "),
+                }),
+            AdapterSource::Path(p) => {
+                let path = self.resolve_path(p);
+                if !path.exists() {
+                    return Err(PluginError::MissingFile { path });
+                }
+                std::fs::read(&path)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|source| PluginError::Io { path, source })
+            }
+        }
+    }
+
+    fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.inner.cfg.base_dir.join(p)
+        }
+    }
+
+    /// Compiles (or loads from the cache) a component.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<(Component, CacheOutcome), PluginError> {
+        match &self.inner.cache {
+            Some(c) => c.load(&self.inner.engine, bytes, &cache::digest(bytes), label),
+            None => Ok((
+                cache::compile(&self.inner.engine, bytes, label)?,
+                CacheOutcome::Disabled,
+            )),
+        }
+    }
+
+    /// Loads, instantiates and initialises an adapter for `kind`.
+    pub async fn load_adapter(
+        &self,
+        spec: &AdapterSpec,
+        kind: AdapterKind,
+    ) -> Result<Arc<Adapter>, PluginError> {
+        let label = spec.label();
+        let g = &spec.grants;
+        if g.memory_mb() > self.inner.cfg.max_memory_mb {
+            return Err(PluginError::InvalidSpec(format!(
+                "grants.memory_mb {} of adapter `{label}` exceeds the host maximum of {} MiB",
+                g.memory_mb(),
+                self.inner.cfg.max_memory_mb
+            )));
+        }
+        if g.fuel.is_some() && !self.inner.cfg.fuel {
+            return Err(PluginError::InvalidSpec(format!(
+                "adapter `{label}` asks for grants.fuel but the host runs without fuel metering"
+            )));
+        }
+        let bytes = self.resolve_bytes(spec)?;
+        let (component, outcome) = self.compile(&bytes, &label)?;
+        let caps = Capabilities::new(&label, spec.config.clone(), g, &self.inner.cfg.base_dir)?;
+        Adapter::start(
+            label,
+            kind,
+            self.inner.clone(),
+            &component,
+            caps,
+            g.deadline_ms(),
+            g.memory_mb(),
+            g.fuel,
+            outcome,
+        )
+        .await
+    }
+
+    /// Loads an adapter implementing `iii:adapter/state-adapter`.
+    pub async fn load_state_store(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<Arc<dyn StateStore>, PluginError> {
+        Ok(self.load_adapter(spec, AdapterKind::State).await?)
+    }
+
+    /// Loads an adapter implementing `iii:adapter/stream-adapter`.
+    pub async fn load_stream_store(
+        &self,
+        spec: &AdapterSpec,
+    ) -> Result<Arc<dyn StreamStore>, PluginError> {
+        Ok(self.load_adapter(spec, AdapterKind::Stream).await?)
+    }
+}

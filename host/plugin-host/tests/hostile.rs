@@ -1,0 +1,258 @@
+//! Hostile and misbuilt plugins are contained and reported; the host keeps
+//! serving everything else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use iii_plugin_host::{AdapterSpec, Grants, PluginError, StateStore};
+use serde_json::{json, Map, Value};
+
+fn hostile(mode: &str, grants: Grants) -> AdapterSpec {
+    let mut cfg = Map::new();
+    cfg.insert("mode".into(), json!(mode));
+    AdapterSpec::path(&common::fixtures().hostile)
+        .with_config(cfg)
+        .with_grants(grants)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_hits_the_deadline_while_others_are_served() {
+    let host = common::host();
+    let looping = host
+        .load_state_store(&hostile(
+            "loop",
+            Grants {
+                deadline_ms: Some(300),
+                ..Grants::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let kv = host
+        .load_state_store(&AdapterSpec::named("kv"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let spinner = tokio::spawn(async move { looping.get("s", "k").await });
+    // While the plugin spins, another adapter answers promptly.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    kv.set("s", "k", &json!(1)).await.unwrap();
+    assert_eq!(kv.get("s", "k").await.unwrap(), Some(json!(1)));
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "kv blocked for {:?}",
+        t.elapsed()
+    );
+    let err = spinner.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::DeadlineExceeded {
+                deadline_ms: 300,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
+    let host = common::host();
+    let looping = host
+        .load_state_store(&hostile(
+            "loop",
+            Grants {
+                deadline_ms: Some(400),
+                ..Grants::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let spinner = tokio::spawn(async move { looping.get("s", "k").await });
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The sleeping task got the thread back long before the deadline.
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let err = spinner.await.unwrap().unwrap_err();
+    assert!(matches!(err, PluginError::DeadlineExceeded { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_the_cap() {
+    let host = common::host();
+    let bomb = host
+        .load_state_store(&hostile(
+            "membomb",
+            Grants {
+                memory_mb: Some(16),
+                ..Grants::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let err = bomb.set("s", "k", &json!(1)).await.unwrap_err();
+    assert!(
+        matches!(err, PluginError::MemoryLimit { limit_mb: 16, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("memory cap of 16 MiB"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_connect_is_denied_and_granted_connect_works() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let accept = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await
+        {
+            n += 1;
+        }
+        n
+    });
+    let host = common::host();
+    let mut spec = hostile("connect", Grants::default());
+    spec.config.insert("target".into(), json!(target));
+    let denied = host.load_state_store(&spec).await.unwrap();
+    let err = denied.get("s", "k").await.unwrap_err();
+    match &err {
+        PluginError::CapabilityDenied { capability, .. } => {
+            assert!(
+                capability.contains(&target) && capability.contains("tcp connect"),
+                "{capability}"
+            )
+        }
+        other => panic!("expected CapabilityDenied, got {other}"),
+    }
+    // A grant for a different port does not help.
+    let mut other_port = spec.clone();
+    other_port.grants.network = vec!["127.0.0.1:1".into()];
+    let err = host
+        .load_state_store(&other_port)
+        .await
+        .unwrap()
+        .get("s", "k")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PluginError::CapabilityDenied { .. }), "{err}");
+    // Granting the address (by name: localhost resolves to it) lets it through.
+    let port = target.rsplit(':').next().unwrap();
+    let mut granted = spec.clone();
+    granted.grants.network = vec![format!("localhost:{port}")];
+    let ok = host.load_state_store(&granted).await.unwrap();
+    assert_eq!(ok.get("s", "k").await.unwrap(), None::<Value>);
+    assert_eq!(
+        accept.await.unwrap(),
+        1,
+        "exactly the granted connect reached the listener"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_trapping_plugin_is_restarted_then_given_up() {
+    let host = common::host();
+    let trapper = iii_plugin_host::PluginHost::load_adapter(
+        &host,
+        &hostile("trap", Grants::default()),
+        iii_plugin_host::AdapterKind::State,
+    )
+    .await
+    .unwrap();
+    let mut traps = 0;
+    let mut gave_up = None;
+    for _ in 0..10 {
+        match StateStore::get(&*trapper, "s", "k").await {
+            Err(PluginError::Trap { message, .. }) => {
+                assert!(
+                    message.contains("unreachable") || message.contains("trap"),
+                    "{message}"
+                );
+                traps += 1;
+            }
+            Err(e @ PluginError::GaveUp { .. }) => {
+                gave_up = Some(e);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // max_restarts = 3 in the test host: 4 failing calls, the 4th gives up.
+    assert_eq!(traps, 4);
+    assert_eq!(trapper.restarts().await, 3);
+    let e = gave_up.expect("supervisor gave up");
+    assert!(
+        e.to_string().contains("given up") && e.to_string().contains("trapped"),
+        "{e}"
+    );
+    // Stays given up, and the rest of the host is fine.
+    assert!(matches!(
+        StateStore::list_groups(&*trapper).await,
+        Err(PluginError::GaveUp { .. })
+    ));
+    let kv = host
+        .load_state_store(&AdapterSpec::named("kv"))
+        .await
+        .unwrap();
+    kv.set("a", "b", &json!(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_failure_restarts_the_instance_and_it_serves_again() {
+    // `mode` is read on every call, so a deadline-trapped instance is
+    // replaced and the fresh one answers (here it loops again).
+    let host = common::host();
+    let a = host
+        .load_adapter(
+            &hostile(
+                "loop",
+                Grants {
+                    deadline_ms: Some(50),
+                    ..Grants::default()
+                },
+            ),
+            iii_plugin_host::AdapterKind::State,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let e = StateStore::get(&*a, "s", "k").await.unwrap_err();
+        assert!(matches!(e, PluginError::DeadlineExceeded { .. }), "{e}");
+    }
+    assert_eq!(a.restarts().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_world_names_the_missing_export() {
+    let host = common::host();
+    let spec = AdapterSpec::path(&common::fixtures().wrong_world);
+    let err = host
+        .load_state_store(&spec)
+        .await
+        .err()
+        .expect("must not load as state");
+    match &err {
+        PluginError::MissingExport { export, world, .. } => {
+            assert_eq!(export, "iii:adapter/state-store@0.1.0");
+            assert_eq!(world, "iii:adapter/state-adapter@0.1.0");
+        }
+        other => panic!("expected MissingExport, got {other}"),
+    }
+    assert!(err
+        .to_string()
+        .contains("missing export `iii:adapter/state-store@0.1.0`"));
+    // It is a fine stream adapter, though.
+    let s = host.load_stream_store(&spec).await.unwrap();
+    assert_eq!(s.list_all().await.unwrap(), vec![]);
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what the plugin-host tests need (idempotent) and runs them all:
+# the plugin host (kv adapter through the host, hostile plugins, Extism
+# policies, SIGKILL durability) and the guest crates' native unit tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Guest targets: components (wasm32-wasip2) and Extism policy modules
+# (wasm32-unknown-unknown), installed by the project's setup script.
+bash tests/setup.sh
+
+cargo test -p iii-plugin-host
+cargo test --manifest-path plugins/Cargo.toml -p iii-kv -p iii-update-ops
