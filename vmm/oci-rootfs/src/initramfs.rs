@@ -66,6 +66,49 @@ pub fn write(w: &mut impl Write, init: &[u8]) -> io::Result<()> {
     w.write_all(&build(init, &[]))
 }
 
+/// A general newc archive: directories, files, symlinks and device nodes,
+/// written in the order added (parents first, as the kernel unpacker needs).
+#[derive(Default)]
+pub struct Archive {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Archive {
+    pub fn new() -> Self {
+        Self { out: Vec::new(), ino: 1 }
+    }
+
+    fn entry(&mut self, mode: u32, data: &[u8], rdev: (u32, u32), name: &str) -> &mut Self {
+        header(&mut self.out, self.ino, mode, data.len(), rdev, name.trim_start_matches('/'));
+        self.out.extend_from_slice(data);
+        pad4(&mut self.out);
+        self.ino += 1;
+        self
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+        self.entry(0o040000 | mode, &[], (0, 0), path)
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
+        self.entry(0o100000 | mode, data, (0, 0), path)
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        self.entry(0o120777, target.as_bytes(), (0, 0), path)
+    }
+
+    pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
+        self.entry(0o020000 | mode, &[], (major, minor), path)
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        header(&mut self.out, 0, 0, 0, (0, 0), "TRAILER!!!");
+        self.out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +127,18 @@ mod tests {
         assert_eq!(&hdr[14..22], "00002180");
         assert_eq!(&hdr[78..86], "00000005");
         assert_eq!(&hdr[86..94], "00000001");
+    }
+
+    #[test]
+    fn archive_with_tree() {
+        let mut a = Archive::new();
+        a.dir("bin", 0o755).file("bin/x", 0o755, b"x").symlink("bin/y", "x").char_dev("dev/null", 0o666, 1, 3);
+        let data = a.finish();
+        let text = String::from_utf8_lossy(&data);
+        for n in ["bin/x", "bin/y", "dev/null", "TRAILER!!!"] {
+            assert!(text.contains(n), "{n}");
+        }
+        assert_eq!(data.len() % 4, 0);
     }
 
     #[test]

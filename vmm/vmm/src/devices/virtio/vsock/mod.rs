@@ -223,6 +223,10 @@ impl VirtioDevice for Vsock {
 
     fn process_host_events(&mut self) -> Result<(), DeviceError> {
         if self.active().is_err() {
+            // Accept clients and read their CONNECT lines even before the
+            // driver is up: otherwise the level-triggered readiness never
+            // clears and the event thread spins. Packets wait in the muxer.
+            self.muxer.process_host_events()?;
             return Ok(());
         }
         self.pump(false)

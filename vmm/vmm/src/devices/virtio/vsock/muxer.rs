@@ -507,19 +507,23 @@ impl Muxer {
     /// Drains host socket readiness. Never blocks.
     pub fn process_host_events(&mut self) -> io::Result<()> {
         let mut events = [EpollEvent::default(); 32];
-        loop {
+        // Drain until quiet (handling one event can make another ready, as
+        // accepting a client does), but bounded so a misbehaving fd cannot
+        // hold the device lock forever.
+        for _ in 0..64 {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if n == 0 {
+                break;
+            }
             for ev in &events[..n] {
                 self.handle_event(ev.data(), ev.event_set());
             }
-            if n < events.len() {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     fn handle_event(&mut self, token: u64, set: EventSet) {

@@ -449,3 +449,48 @@ fn bulk_echo_both_directions_with_credit() {
     g.send(hdr(OP_RST, 1025, 5000), &[]);
     echo.join().unwrap();
 }
+
+#[test]
+fn host_connect_before_driver_is_up_is_queued_not_spun_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vm.sock");
+    let mut dev = Vsock::new(&VsockConfig {
+        guest_cid: GUEST_CID,
+        host_ports: Default::default(),
+        listen_path: Some(sock.clone()),
+    })
+    .unwrap();
+    let mut client = UnixStream::connect(&sock).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    let fd = dev.host_event_fd().unwrap();
+    let readable = |timeout: i32| {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, timeout) > 0 }
+    };
+    assert!(readable(1000));
+    dev.process_host_events().unwrap();
+    // Readiness was consumed: an event loop would now sleep, not spin.
+    assert!(!readable(50), "host events still pending before activation");
+    // Once the driver is up, the queued REQUEST reaches the guest.
+    let mem = guest_memory();
+    let mut rx = DriverQueue::new(&mem, 0x1000, 0x10_0000, 32, SLOT);
+    let tx = DriverQueue::new(&mem, 0x4000, 0x100_0000, 32, SLOT);
+    let ev = DriverQueue::new(&mem, 0x1_0000, 0x200_0000, 4, 0x100);
+    rx.add(&[w(SLOT as u32)]);
+    dev.activate(
+        mem.clone(),
+        vec![rx.device_queue(), tx.device_queue(), ev.device_queue()],
+        Arc::new(Interrupt::new(Arc::new(CountingIrq::default()))),
+    )
+    .unwrap();
+    let used = rx.take_used();
+    assert_eq!(used.len(), 1);
+    let raw = rx.read(used[0].2[0], HEADER_LEN);
+    let h = Header::from_slice(&raw).unwrap().from_le();
+    assert_eq!(({ h.op }, { h.dst_port }), (OP_REQUEST, 52));
+}
