@@ -66,8 +66,9 @@ log "unit tests: ${p:-0} passed, ${f:-0} failed"
 # --- static guest/host binaries ---------------------------------------------
 musl=target/x86_64-unknown-linux-musl/release
 if nice cargo build -q --release --target x86_64-unknown-linux-musl -p iii-guest-init -p iii-vmm 2>&1 \
+   && nice cargo build -q --release --target x86_64-unknown-linux-musl -p iii-vmm-harness --bin iii-vmctl 2>&1 \
    && nice cargo build -q -p iii-vmm-harness 2>&1; then
-  pass "build static iii-init, iii-vmm and the harness"
+  pass "build static iii-init, iii-vmm, iii-vmctl and the harness"
 else
   fail "build static binaries"
   finish
@@ -102,5 +103,25 @@ run_harness() {
   failed=$((failed + ${f%% failed}))
 }
 run_harness tcg --kernel-dir "$kdir" --init "$musl/iii-init"
+
+# --- full VMM in a nested qemu L1 (Debian cloud kernel + kvm-amd) -------------
+# The L1 kernel package is fetched by its exact name (a glob would pull
+# every version) and unpacked without installing it.
+l1pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+l1dir=${XDG_CACHE_HOME:-$HOME/.cache}/iii/l1-kernel/$l1pkg
+if [[ -n $l1pkg && ! -d $l1dir/boot ]]; then
+  dl=$(mktemp -d)
+  if (cd "$dl" && apt-get download -q "$l1pkg" >/dev/null 2>&1) && mkdir -p "$l1dir.tmp" \
+     && dpkg-deb -x "$dl"/*.deb "$l1dir.tmp"; then
+    rm -rf "$l1dir"; mv "$l1dir.tmp" "$l1dir"
+  fi
+  rm -rf "$dl"
+fi
+if [[ -z $l1pkg || ! -d $l1dir/boot ]]; then
+  fail "L1 kernel package (linux-image-*-cloud-amd64) not available"
+else
+  run_harness nested --kernel-dir "$kdir" --init "$musl/iii-init" --vmm "$musl/iii-vmm" \
+    --vmctl "$musl/iii-vmctl" --l1-dir "$l1dir"
+fi
 
 finish

@@ -2,10 +2,7 @@
 //! under qemu TCG. `nested`: our VMM inside a qemu TCG L1 with kvm-amd.
 //! Prints one line per scenario and a closing `N passed, N failed`.
 
-mod fixtures;
-mod nested;
-mod qemu;
-mod tcg;
+use iii_vmm_harness::{nested, tcg, Report};
 
 use std::path::PathBuf;
 
@@ -45,40 +42,6 @@ enum Cmd {
         #[arg(long)]
         l1_dir: PathBuf,
     },
-}
-
-pub struct Report {
-    passed: usize,
-    failed: usize,
-}
-
-impl Report {
-    fn new() -> Self {
-        Self {
-            passed: 0,
-            failed: 0,
-        }
-    }
-
-    pub fn check(&mut self, name: &str, r: Result<String>) {
-        match r {
-            Ok(note) => {
-                self.passed += 1;
-                println!(
-                    "PASS {name}{}",
-                    if note.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({note})")
-                    }
-                );
-            }
-            Err(e) => {
-                self.failed += 1;
-                println!("FAIL {name}: {e:#}");
-            }
-        }
-    }
 }
 
 fn main() -> Result<()> {

@@ -51,6 +51,22 @@ fn find_module(l1: &Path, name: &str) -> Result<Vec<u8>> {
     bail!("module {name}.ko not found under {}", ver.display())
 }
 
+/// Under TCG the L1 TSC ticks at the host TSC rate, but L1 cannot calibrate
+/// it (no HPET/PM timer, the PIT check fails), marks it unstable and falls
+/// back to jiffies; L1 KVM then hands L2 a broken clock and quiet L2 boots
+/// hang at random. Telling L1 the frequency avoids the calibration.
+fn l1_tsc_args() -> String {
+    let mhz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("cpu MHz"))
+            .and_then(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+    });
+    match mhz {
+        Some(m) => format!("tsc_early_khz={} tsc=reliable", (m * 1000.0) as u64),
+        None => String::new(),
+    }
+}
+
 fn l1_kernel(l1: &Path) -> Result<std::path::PathBuf> {
     std::fs::read_dir(l1.join("boot"))?
         .flatten()
@@ -119,8 +135,13 @@ pub fn run(
             kernel: l1_kernel(l1)?,
             initrd,
             append: format!(
-                "console=ttyS0 reboot=t panic=-1 quiet{}",
-                if std::env::var_os("III_HARNESS_DEBUG").is_some() { " iii.debug" } else { "" }
+                "console=ttyS0 reboot=t panic=-1 quiet {}{}",
+                l1_tsc_args(),
+                if std::env::var_os("III_HARNESS_DEBUG").is_some() {
+                    " iii.debug"
+                } else {
+                    ""
+                }
             ),
             mem_mib: 2048,
             disks: vec![],

@@ -18,7 +18,7 @@ use crate::Report;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const BASE_APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
-fn spec(
+pub fn spec(
     fx: &Fixtures,
     append: &str,
     disks: Vec<(std::path::PathBuf, bool)>,

@@ -177,6 +177,15 @@ fn event_loop(
     std::thread::Builder::new()
         .name("iii-vmm-devices".into())
         .spawn(move || {
+            // Signals aimed at the VM (SIGUSR1 register dumps) must
+            // interrupt the vCPU's KVM_RUN, not this thread.
+            // SAFETY: sigset_t is plain data; the calls only touch it and this thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
             let mut events = [EpollEvent::default(); 64];
             loop {
                 let n = match epoll.wait(-1, &mut events) {

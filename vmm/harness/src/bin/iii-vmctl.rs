@@ -235,7 +235,14 @@ fn nested_suite(dir: &Path) {
         Ok(v) => v,
         Err(e) => return report("boot_vm_a", Err(e)),
     };
-    let ready = wait_ready(&a.uds, Duration::from_secs(if std::env::var_os("III_DEBUG").is_some() { 60 } else { 180 }));
+    let ready = wait_ready(
+        &a.uds,
+        Duration::from_secs(if std::env::var_os("III_DEBUG").is_some() {
+            60
+        } else {
+            180
+        }),
+    );
     let boot_ok = ready.is_ok();
     report(
         "boot_to_agent",

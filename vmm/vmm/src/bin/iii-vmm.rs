@@ -91,9 +91,25 @@ mod linux {
             .unwrap_or(0)
     }
 
+    extern "C" fn on_sigusr1(_: libc::c_int) {
+        iii_vmm::hypervisor::kvm::DUMP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// SIGUSR1 prints the vCPU registers (interrupting KVM_RUN, no SA_RESTART).
+    fn install_dump_handler() {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigusr1 as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        }
+    }
+
     pub fn main() -> Result<()> {
         let start = Instant::now();
         let a = Args::parse();
+        install_dump_handler();
         host::check_kvm(&a.kvm, a.allow_pvm)?;
         host::check_kernel(&a.kernel)?;
         let disks = a

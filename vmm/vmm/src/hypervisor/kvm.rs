@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
@@ -71,6 +72,11 @@ impl KvmHypervisor {
     }
 }
 
+/// Set by a signal handler (SIGUSR1 in `iii-vmm`): the vCPU thread prints
+/// its registers at the next exit and keeps running. For diagnosing guests
+/// that hang without console output.
+pub static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 pub struct KvmVcpu {
     pub fd: VcpuFd,
 }
@@ -106,6 +112,17 @@ impl Hypervisor for KvmHypervisor {
     }
 }
 
+impl KvmVcpu {
+    fn dump(&self) {
+        if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            eprintln!(
+                "iii-vmm: vcpu rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                r.rip, r.rsp, r.rflags, r.rax, s.cr0, s.cr3, s.cr4, s.efer
+            );
+        }
+    }
+}
+
 impl Vcpu for KvmVcpu {
     fn run(&mut self, h: &mut dyn ExitHandler) -> Result<StopReason, HypervisorError> {
         loop {
@@ -114,6 +131,10 @@ impl Vcpu for KvmVcpu {
                 // A signal kicked us out (for example to stop the VM).
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
+                    if DUMP_REQUESTED.swap(false, Ordering::SeqCst) {
+                        self.dump();
+                        continue;
+                    }
                     return Ok(StopReason::Requested);
                 }
                 Err(e) => return Err(call("KVM_RUN")(e)),
