@@ -76,11 +76,21 @@ pub struct Archive {
 
 impl Archive {
     pub fn new() -> Self {
-        Self { out: Vec::new(), ino: 1 }
+        Self {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, mode: u32, data: &[u8], rdev: (u32, u32), name: &str) -> &mut Self {
-        header(&mut self.out, self.ino, mode, data.len(), rdev, name.trim_start_matches('/'));
+        header(
+            &mut self.out,
+            self.ino,
+            mode,
+            data.len(),
+            rdev,
+            name.trim_start_matches('/'),
+        );
         self.out.extend_from_slice(data);
         pad4(&mut self.out);
         self.ino += 1;
@@ -132,7 +142,10 @@ mod tests {
     #[test]
     fn archive_with_tree() {
         let mut a = Archive::new();
-        a.dir("bin", 0o755).file("bin/x", 0o755, b"x").symlink("bin/y", "x").char_dev("dev/null", 0o666, 1, 3);
+        a.dir("bin", 0o755)
+            .file("bin/x", 0o755, b"x")
+            .symlink("bin/y", "x")
+            .char_dev("dev/null", 0o666, 1, 3);
         let data = a.finish();
         let text = String::from_utf8_lossy(&data);
         for n in ["bin/x", "bin/y", "dev/null", "TRAILER!!!"] {
