@@ -57,8 +57,10 @@ pub struct VmConfig {
 pub enum VmError {
     #[error("memory must be {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB, got {0}")]
     Memory(u64),
-    #[error("{0} vCPUs requested; this VMM boots 1 vCPU (no MP table yet)")]
-    Vcpus(u8),
+    #[error(transparent)]
+    Vcpus(#[from] arch::mptable::MpTableError),
+    #[error("vCPU thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot allocate guest memory: {0}")]
     Alloc(String),
     #[error(transparent)]
@@ -83,9 +85,11 @@ struct MmioSlot {
     transport: Arc<Mutex<MmioTransport>>,
 }
 
+/// Exit handling shared by all vCPU threads.
+#[derive(Clone)]
 struct Exits {
-    serial: SerialConsole,
-    mmio: Vec<MmioSlot>,
+    serial: Arc<Mutex<SerialConsole>>,
+    mmio: Arc<Vec<MmioSlot>>,
 }
 
 impl Exits {
@@ -104,7 +108,7 @@ impl ExitHandler for Exits {
     fn pio_read(&mut self, port: u16, data: &mut [u8]) {
         match port {
             p if (COM1_BASE..COM1_BASE + PORT_COUNT).contains(&p) && data.len() == 1 => {
-                data[0] = self.serial.pio_read(p - COM1_BASE)
+                data[0] = lock(&self.serial).pio_read(p - COM1_BASE)
             }
             // Reads of the i8042 status must say "idle" or reboot=k spins.
             I8042_PORT => data.fill(0),
@@ -115,7 +119,7 @@ impl ExitHandler for Exits {
     fn pio_write(&mut self, port: u16, data: &[u8]) -> Control {
         match port {
             p if (COM1_BASE..COM1_BASE + PORT_COUNT).contains(&p) && data.len() == 1 => {
-                self.serial.pio_write(p - COM1_BASE, data[0])
+                lock(&self.serial).pio_write(p - COM1_BASE, data[0])
             }
             I8042_PORT if data.first() == Some(&I8042_RESET) => return Control::Reset,
             _ => {}
@@ -220,8 +224,8 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
     if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&cfg.mem_mib) {
         return Err(VmError::Memory(cfg.mem_mib));
     }
-    if cfg.vcpus != 1 {
-        return Err(VmError::Vcpus(cfg.vcpus));
+    if cfg.vcpus == 0 || cfg.vcpus > arch::mptable::MAX_CPUS {
+        return Err(arch::mptable::MpTableError::CpuCount(cfg.vcpus).into());
     }
     let mut hv = KvmHypervisor::new(&cfg.kvm_device)?;
     let mem: GuestMemoryMmap =
@@ -297,6 +301,7 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
         transports.push(t);
     }
     arch::write_boot_params(&mem, &cmdline, &kernel, initrd)?;
+    arch::mptable::write(&mem, cfg.vcpus)?;
 
     let out: Box<dyn Write + Send> = match &cfg.console {
         Console::Stderr => Box::new(std::io::stderr()),
@@ -307,14 +312,45 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
         })?),
     };
     let serial_irq = Arc::new(hv.irq_line(COM1_GSI)?);
-    let mut exits = Exits {
-        serial: SerialConsole::new(serial_irq, out),
-        mmio: slots,
+    let exits = Exits {
+        serial: Arc::new(Mutex::new(SerialConsole::new(serial_irq, out))),
+        mmio: Arc::new(slots),
     };
 
-    let mut vcpu = hv.create_vcpu(0)?;
-    arch::setup_vcpu(&hv.kvm, &vcpu.fd, 0, kernel.entry, &mem)?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        let vcpu = hv.create_vcpu(id)?;
+        arch::setup_vcpu(&hv.kvm, &vcpu.fd, id)?;
+        if id == 0 {
+            arch::setup_bsp_registers(&vcpu.fd, kernel.entry, &mem)?;
+        }
+        vcpus.push(vcpu);
+    }
     event_loop(transports, sources)?;
     on_first_run();
-    Ok(vcpu.run(&mut exits)?)
+    // Every vCPU runs on its own thread; the first one to stop ends the VM
+    // (the process exits and takes the others with it).
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (id, mut vcpu) in vcpus.into_iter().enumerate() {
+        let tx = tx.clone();
+        let mut exits = exits.clone();
+        std::thread::Builder::new()
+            .name(format!("iii-vcpu{id}"))
+            .spawn(move || {
+                let _ = tx.send(vcpu.run(&mut exits));
+            })
+            .map_err(VmError::Thread)?;
+    }
+    // Register-dump signals must land on a vCPU thread.
+    // SAFETY: sigset_t is plain data; only this thread's mask changes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    match rx.recv() {
+        Ok(r) => Ok(r?),
+        Err(_) => Ok(StopReason::Requested),
+    }
 }

@@ -128,8 +128,11 @@ impl Vcpu for KvmVcpu {
         loop {
             let exit = match self.fd.run() {
                 Ok(e) => e,
-                // A signal kicked us out (for example to stop the VM).
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // An application processor waiting for its SIPI returns
+                // EAGAIN each time it wakes without starting: run again.
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                // A signal kicked us out (a register dump, or a stop request).
+                Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
                     if DUMP_REQUESTED.swap(false, Ordering::SeqCst) {
                         self.dump();

@@ -2,9 +2,10 @@
 //! entry point with a zero page (Linux boot protocol) and identity-mapped
 //! page tables, as if a bootloader had done the work.
 
+pub mod mptable;
 mod regs;
 
-pub use regs::setup_vcpu;
+pub use regs::{setup_bsp_registers, setup_vcpu};
 
 use std::fs::File;
 use std::path::Path;

@@ -129,18 +129,10 @@ fn setup_msrs(vcpu: &VcpuFd) -> Result<(), HypervisorError> {
     Ok(())
 }
 
-/// Puts a vCPU in 64-bit mode at `entry` with the zero page in RSI.
-pub fn setup_vcpu(
-    kvm: &Kvm,
-    vcpu: &VcpuFd,
-    id: u8,
-    entry: u64,
-    mem: &GuestMemoryMmap,
-) -> Result<(), HypervisorError> {
-    let mem_err = |e: vm_memory::GuestMemoryError| HypervisorError::Call {
-        op: "writing boot tables",
-        source: std::io::Error::other(e.to_string()),
-    };
+/// State every vCPU needs: CPUID (with its APIC id), MSRs, FPU and the
+/// local APIC in virtual-wire mode. Application processors then wait for
+/// the boot CPU's INIT/SIPI in the in-kernel irqchip.
+pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), HypervisorError> {
     setup_cpuid(kvm, vcpu, id)?;
     setup_msrs(vcpu)?;
     let fpu = kvm_fpu {
@@ -149,7 +141,23 @@ pub fn setup_vcpu(
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(call("KVM_SET_FPU"))?;
+    // LINT0 = ExtINT (the PIC), LINT1 = NMI: virtual-wire mode.
+    let mut lapic = vcpu.get_lapic().map_err(call("KVM_GET_LAPIC"))?;
+    set_lvt(&mut lapic.regs, 0x350, 0b111);
+    set_lvt(&mut lapic.regs, 0x360, 0b100);
+    vcpu.set_lapic(&lapic).map_err(call("KVM_SET_LAPIC"))
+}
 
+/// Puts the boot vCPU in 64-bit mode at `entry` with the zero page in RSI.
+pub fn setup_bsp_registers(
+    vcpu: &VcpuFd,
+    entry: u64,
+    mem: &GuestMemoryMmap,
+) -> Result<(), HypervisorError> {
+    let mem_err = |e: vm_memory::GuestMemoryError| HypervisorError::Call {
+        op: "writing boot tables",
+        source: std::io::Error::other(e.to_string()),
+    };
     for (i, d) in GDT.iter().enumerate() {
         mem.write_obj(*d, GuestAddress(GDT_ADDR + i as u64 * 8))
             .map_err(mem_err)?;
@@ -187,14 +195,7 @@ pub fn setup_vcpu(
         rsi: ZERO_PAGE,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(call("KVM_SET_REGS"))?;
-
-    // LINT0 = ExtINT (the PIC), LINT1 = NMI: virtual-wire mode, which a
-    // kernel without MP tables or ACPI expects.
-    let mut lapic = vcpu.get_lapic().map_err(call("KVM_GET_LAPIC"))?;
-    set_lvt(&mut lapic.regs, 0x350, 0b111);
-    set_lvt(&mut lapic.regs, 0x360, 0b100);
-    vcpu.set_lapic(&lapic).map_err(call("KVM_SET_LAPIC"))
+    vcpu.set_regs(&regs).map_err(call("KVM_SET_REGS"))
 }
 
 fn set_lvt(regs: &mut [libc::c_char; 1024], offset: usize, mode: u32) {
