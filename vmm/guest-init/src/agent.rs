@@ -1,0 +1,540 @@
+//! The exec / file agent: serves the framed protocol on a stream.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iii_vm_agent_proto::*;
+
+use crate::{reaper, sys};
+
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+enum Input {
+    Stdin(Vec<u8>),
+    Signal(i32),
+    Resize(u16, u16),
+    /// The client went away: kill the session.
+    Hangup,
+}
+
+fn send(w: &SharedWriter, f: &Frame) -> bool {
+    let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
+    write_frame(&mut *g, f).is_ok()
+}
+
+/// How a stream ended.
+pub enum End {
+    /// The peer closed the stream.
+    Closed,
+    /// The peer asked for power off.
+    Poweroff,
+}
+
+/// Serves sessions until the stream closes. Frames are read only here, so
+/// sequential sessions on one stream (a serial port) never steal each
+/// other's input.
+pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
+    let w: SharedWriter = Arc::new(Mutex::new(w));
+    let mut active: Option<Sender<Input>> = None;
+    loop {
+        let f = match read_frame(&mut r) {
+            Ok(f) => f,
+            Err(_) => {
+                if let Some(tx) = active.take() {
+                    let _ = tx.send(Input::Hangup);
+                }
+                return End::Closed;
+            }
+        };
+        let to_session = |active: &Option<Sender<Input>>, i: Input| {
+            if let Some(tx) = active {
+                let _ = tx.send(i);
+            }
+        };
+        match f.kind {
+            Kind::Exec => match f.json::<ExecRequest>() {
+                Ok(req) => active = Some(start_session(req, w.clone())),
+                Err(e) => {
+                    send(&w, &Frame::new(Kind::Error, e.to_string()));
+                }
+            },
+            Kind::Stdin => to_session(&active, Input::Stdin(f.payload)),
+            Kind::Signal => {
+                if let Ok(sig) = f.i32_payload() {
+                    to_session(&active, Input::Signal(sig))
+                }
+            }
+            Kind::Resize if f.payload.len() == 4 => {
+                let rows = u16::from_le_bytes([f.payload[0], f.payload[1]]);
+                let cols = u16::from_le_bytes([f.payload[2], f.payload[3]]);
+                to_session(&active, Input::Resize(rows, cols))
+            }
+            Kind::Fs => {
+                let reply = match unpack::<FsRequest>(&f.payload) {
+                    Ok((req, data)) => {
+                        let (resp, out) = fs_op(&req, data);
+                        Frame::new(Kind::FsResult, pack(&resp, &out))
+                    }
+                    Err(e) => Frame::new(Kind::Error, e.to_string()),
+                };
+                send(&w, &reply);
+            }
+            Kind::Ping => {
+                send(&w, &Frame::new(Kind::Pong, Vec::new()));
+            }
+            Kind::Poweroff => return End::Poweroff,
+            k => {
+                send(
+                    &w,
+                    &Frame::new(Kind::Error, format!("unexpected frame {k:?}")),
+                );
+            }
+        }
+    }
+}
+
+fn parse_user(u: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = match u.split_once(':') {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => {
+            let id = u.parse().ok()?;
+            (id, id)
+        }
+    };
+    Some((uid, gid))
+}
+
+/// Builds the command for a request. With a TTY the child gets a new
+/// session with the PTY as controlling terminal; otherwise its own process
+/// group, so signals and timeouts reach its whole tree.
+pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command, String> {
+    let (prog, args) = req.argv.split_first().ok_or("empty argv")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    cmd.env_clear();
+    if !req.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    cmd.current_dir(req.cwd.as_deref().unwrap_or("/"));
+    if let Some(u) = &req.user {
+        let (uid, gid) = parse_user(u).ok_or_else(|| format!("bad user {u:?}, want uid[:gid]"))?;
+        cmd.uid(uid).gid(gid);
+    }
+    match tty_slave {
+        Some(slave) => {
+            let f = || {
+                slave
+                    .try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| e.to_string())
+            };
+            cmd.stdin(f()?).stdout(f()?).stderr(f()?);
+            // SAFETY: setsid and ioctl are async-signal-safe; the closure
+            // touches no memory shared with the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        None => {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd.process_group(0);
+        }
+    }
+    Ok(cmd)
+}
+
+fn pump(mut src: impl Read + Send + 'static, kind: Kind, w: SharedWriter, done: Sender<()>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match src.read(&mut buf) {
+                // EIO: the PTY slave side closed.
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !send(&w, &Frame::new(kind, buf[..n].to_vec())) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = done.send(());
+    });
+}
+
+fn start_session(req: ExecRequest, w: SharedWriter) -> Sender<Input> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let code = match run_session(&req, &w, rx) {
+            Ok(code) => code,
+            Err(e) => {
+                send(&w, &Frame::new(Kind::Error, e));
+                return;
+            }
+        };
+        send(&w, &Frame::exit(code));
+    });
+    tx
+}
+
+fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> Result<i32, String> {
+    let pty = if req.tty {
+        Some(sys::openpty().map_err(|e| format!("openpty: {e}"))?)
+    } else {
+        None
+    };
+    let mut cmd = command(req, pty.as_ref().map(|(_, s)| s))?;
+    let (mut child, exit_rx) =
+        reaper::spawn(&mut cmd).map_err(|e| format!("cannot run {:?}: {e}", req.argv[0]))?;
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = channel();
+    let mut pumps = 0;
+    let stdin: Option<Box<dyn Write + Send>>;
+    let mut master_fd: Option<RawFd> = None;
+    match pty {
+        Some((master, slave)) => {
+            drop(slave); // the child holds its own copies
+            master_fd = Some(master.as_raw_fd());
+            let m = File::from(master);
+            let reader = m.try_clone().map_err(|e| e.to_string())?;
+            pump(reader, Kind::Stdout, w.clone(), done_tx.clone());
+            pumps += 1;
+            stdin = Some(Box::new(m));
+        }
+        None => {
+            if let Some(out) = child.stdout.take() {
+                pump(out, Kind::Stdout, w.clone(), done_tx.clone());
+                pumps += 1;
+            }
+            if let Some(err) = child.stderr.take() {
+                pump(err, Kind::Stderr, w.clone(), done_tx.clone());
+                pumps += 1;
+            }
+            stdin = child
+                .stdin
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Write + Send>);
+        }
+    }
+    // The process group is the pid for both setsid and process_group(0).
+    let group = -pid;
+    // Input runs on its own thread: a child that does not read its stdin
+    // must not stall signal delivery.
+    let tty = req.tty;
+    std::thread::spawn(move || {
+        let mut stdin = stdin;
+        while let Ok(i) = input.recv() {
+            match i {
+                Input::Stdin(data) if data.is_empty() => {
+                    if tty {
+                        // EOF on a terminal is ^D, not a close.
+                        if let Some(s) = stdin.as_mut() {
+                            let _ = s.write_all(&[4]);
+                        }
+                    } else {
+                        stdin = None;
+                    }
+                }
+                Input::Stdin(data) => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&data).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Input::Signal(sig) => sys::kill(group, sig),
+                Input::Resize(rows, cols) => {
+                    if let Some(fd) = master_fd {
+                        sys::set_winsize(fd, rows, cols);
+                    }
+                }
+                Input::Hangup => {
+                    sys::kill(group, libc::SIGKILL);
+                    break;
+                }
+            }
+        }
+    });
+    let code = match req.timeout_ms {
+        Some(ms) => match exit_rx.recv_timeout(Duration::from_millis(ms)) {
+            Ok(code) => code,
+            Err(RecvTimeoutError::Timeout) => {
+                sys::kill(group, libc::SIGKILL);
+                let _ = exit_rx.recv();
+                EXIT_TIMEOUT
+            }
+            Err(RecvTimeoutError::Disconnected) => 255,
+        },
+        None => exit_rx.recv().unwrap_or(255),
+    };
+    // Deliver remaining output; background processes that keep the pipes
+    // open do not hold the exit report back for long.
+    for _ in 0..pumps {
+        if done_rx.recv_timeout(Duration::from_secs(2)).is_err() {
+            break;
+        }
+    }
+    Ok(code)
+}
+
+fn fs_op(req: &FsRequest, data: &[u8]) -> (FsResponse, Vec<u8>) {
+    let result: std::io::Result<(Vec<FileInfo>, Vec<u8>)> = (|| match req {
+        FsRequest::Read { path } => Ok((Vec::new(), std::fs::read(path)?)),
+        FsRequest::Write { path, mode } => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(*mode)
+                .open(path)?;
+            f.write_all(data)?;
+            Ok((Vec::new(), Vec::new()))
+        }
+        FsRequest::Mkdir { path, mode } => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(*mode)
+                .create(path)?;
+            Ok((Vec::new(), Vec::new()))
+        }
+        FsRequest::Remove { path, recursive } => {
+            let md = std::fs::symlink_metadata(path)?;
+            if md.is_dir() {
+                if *recursive {
+                    std::fs::remove_dir_all(path)?
+                } else {
+                    std::fs::remove_dir(path)?
+                }
+            } else {
+                std::fs::remove_file(path)?
+            }
+            Ok((Vec::new(), Vec::new()))
+        }
+        FsRequest::List { path } => {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(path)? {
+                let e = e?;
+                let md = e.metadata()?;
+                v.push(info(e.file_name().to_string_lossy().into(), &md));
+            }
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((v, Vec::new()))
+        }
+        FsRequest::Stat { path } => {
+            let md = std::fs::metadata(path)?;
+            Ok((vec![info(path.clone(), &md)], Vec::new()))
+        }
+    })();
+    match result {
+        Ok((entries, out)) => (
+            FsResponse {
+                error: None,
+                entries,
+            },
+            out,
+        ),
+        Err(e) => (
+            FsResponse {
+                error: Some(e.to_string()),
+                entries: Vec::new(),
+            },
+            Vec::new(),
+        ),
+    }
+}
+
+fn info(name: String, md: &std::fs::Metadata) -> FileInfo {
+    FileInfo {
+        name,
+        size: md.size(),
+        mode: md.permissions().mode(),
+        is_dir: md.is_dir(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The agent runs unprivileged here too: sessions over a socketpair.
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn agent() -> UnixStream {
+        let (a, b) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            std::thread::spawn(reaper_for_tests);
+            let r = b.try_clone().unwrap();
+            serve(r, Box::new(b));
+        });
+        a
+    }
+
+    /// Tests are not PID 1, but the registered children are ours, so
+    /// waiting on them works the same way.
+    fn reaper_for_tests() {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            std::thread::spawn(|| reaper::reap_forever());
+        });
+    }
+
+    fn run(req: ExecRequest, stdin: &[u8]) -> client::ExecOutput {
+        let s = agent();
+        client::exec(&s, &req, stdin).unwrap()
+    }
+
+    fn sh(script: &str) -> ExecRequest {
+        ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes_stdout_stderr_and_stdin() {
+        let out = run(sh("cat; echo err >&2; exit 7"), b"hello stdin");
+        assert_eq!(out.code, 7);
+        assert_eq!(out.stdout, b"hello stdin");
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn env_and_cwd() {
+        let mut req = sh("echo $FOO; pwd");
+        req.env = vec![("FOO".into(), "bar".into())];
+        req.cwd = Some("/tmp".into());
+        assert_eq!(run(req, b"").stdout, b"bar\n/tmp\n");
+    }
+
+    #[test]
+    fn timeout_gives_124_and_kills_the_group() {
+        let mut req = sh("sleep 30 & sleep 30");
+        req.timeout_ms = Some(300);
+        let t = std::time::Instant::now();
+        let out = run(req, b"");
+        assert_eq!(out.code, EXIT_TIMEOUT);
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn signals_reach_the_process() {
+        let s = agent();
+        let mut w = s.try_clone().unwrap();
+        write_frame(
+            &mut w,
+            &Frame::with_json(Kind::Exec, &sh("echo started; sleep 30")),
+        )
+        .unwrap();
+        let mut r = s.try_clone().unwrap();
+        let f = read_frame(&mut r).unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (Kind::Stdout, &b"started\n"[..])
+        );
+        write_frame(
+            &mut w,
+            &Frame::new(Kind::Signal, 15i32.to_le_bytes().to_vec()),
+        )
+        .unwrap();
+        let code = loop {
+            let f = read_frame(&mut r).unwrap();
+            if f.kind == Kind::Exit {
+                break f.i32_payload().unwrap();
+            }
+        };
+        assert_eq!(code, 128 + 15);
+    }
+
+    #[test]
+    fn pty_sessions_see_a_terminal() {
+        let mut req = sh("test -t 0 && test -t 1 && echo tty");
+        req.tty = true;
+        let out = run(req, b"");
+        assert_eq!(out.code, 0);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tty");
+    }
+
+    #[test]
+    fn missing_program_is_an_error() {
+        let s = agent();
+        let req = ExecRequest {
+            argv: vec!["/nonexistent".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            client::exec(&s, &req, b""),
+            Err(ProtoError::Agent(_))
+        ));
+    }
+
+    #[test]
+    fn sequential_sessions_and_file_ops_on_one_stream() {
+        let mut s = agent();
+        let dir = std::env::temp_dir().join(format!("iii-agent-test-{}", std::process::id()));
+        let d = dir.to_string_lossy().to_string();
+        let (r, _) = client::fs(
+            &mut s,
+            &FsRequest::Mkdir {
+                path: d.clone(),
+                mode: 0o755,
+            },
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.error, None);
+        let f = format!("{d}/a.txt");
+        client::fs(
+            &mut s,
+            &FsRequest::Write {
+                path: f.clone(),
+                mode: 0o600,
+            },
+            b"content",
+        )
+        .unwrap();
+        let (_, data) = client::fs(&mut s, &FsRequest::Read { path: f.clone() }, b"").unwrap();
+        assert_eq!(data, b"content");
+        let out = client::exec(&s, &sh(&format!("cat {f}")), b"").unwrap();
+        assert_eq!(out.stdout, b"content");
+        let (r, _) = client::fs(&mut s, &FsRequest::List { path: d.clone() }, b"").unwrap();
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(
+            (
+                r.entries[0].name.as_str(),
+                r.entries[0].size,
+                r.entries[0].mode & 0o777
+            ),
+            ("a.txt", 7, 0o600)
+        );
+        let out = client::exec(&s, &sh("exit 3"), b"").unwrap();
+        assert_eq!(out.code, 3);
+        client::fs(
+            &mut s,
+            &FsRequest::Remove {
+                path: d.clone(),
+                recursive: true,
+            },
+            b"",
+        )
+        .unwrap();
+        let (r, _) = client::fs(&mut s, &FsRequest::Stat { path: d }, b"").unwrap();
+        assert!(r.error.is_some());
+        client::ping(&mut s).unwrap();
+    }
+}

@@ -1,0 +1,109 @@
+//! Command-line front end: build VM root images from OCI images.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use iii_oci_rootfs::{image, initramfs, layout, oci};
+
+#[derive(Parser)]
+#[command(about = "Build iii microVM root filesystems")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fmt {
+    Erofs,
+    Ext4,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// OCI layout directory or image tarball -> read-only lower image.
+    Lower {
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "erofs")]
+        format: Fmt,
+        /// Also write the image's run config (Env, Cmd, ...) as JSON here.
+        #[arg(long)]
+        config_out: Option<PathBuf>,
+    },
+    /// Fresh per-VM ext4 upper.
+    Upper {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+    },
+    /// initramfs with /init and /dev/console.
+    Initramfs {
+        #[arg(long)]
+        init: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Package a directory as a one-layer OCI image layout (for tests).
+    Package {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Image Cmd, e.g. --cmd /bin/sh
+        #[arg(long)]
+        cmd: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Lower {
+            image: src,
+            out,
+            format,
+            config_out,
+        } => {
+            let img =
+                oci::Image::open(&src).with_context(|| format!("opening {}", src.display()))?;
+            let tmp = tempfile::tempdir()?;
+            let root = tmp.path().join("root");
+            img.unpack(&root).context("unpacking layers")?;
+            let fmt = match format {
+                Fmt::Erofs => image::Format::Erofs,
+                Fmt::Ext4 => image::Format::Ext4,
+            };
+            image::build_lower(&root, &out, fmt)?;
+            if let Some(c) = config_out {
+                let v = serde_json::json!({
+                    "env": img.config.env, "entrypoint": img.config.entrypoint, "cmd": img.config.cmd,
+                    "working_dir": img.config.working_dir, "user": img.config.user,
+                });
+                std::fs::write(&c, serde_json::to_vec_pretty(&v)?)?;
+            }
+        }
+        Cmd::Upper { out, size_mib } => image::create_upper(&out, size_mib)?,
+        Cmd::Initramfs { init, out } => {
+            let data =
+                std::fs::read(&init).with_context(|| format!("reading {}", init.display()))?;
+            std::fs::write(&out, initramfs::build(&data, &[]))?;
+        }
+        Cmd::Package { dir, out, cmd } => {
+            let tar = tar_dir(&dir)?;
+            layout::write_layout(
+                &out,
+                &[tar],
+                serde_json::json!({"Cmd": cmd, "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn tar_dir(dir: &PathBuf) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir)?;
+    Ok(b.into_inner()?)
+}

@@ -1,0 +1,155 @@
+//! Filesystem images from a directory, via the standard tools (no root needed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{tool} is not installed (apt-get install {package})")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed: {stderr}")]
+    Tool { tool: &'static str, stderr: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Erofs,
+    Ext4,
+}
+
+impl Format {
+    pub fn fstype(self) -> &'static str {
+        match self {
+            Format::Erofs => "erofs",
+            Format::Ext4 => "ext4",
+        }
+    }
+}
+
+fn run(tool: &'static str, package: &'static str, cmd: &mut Command) -> Result<(), ImageError> {
+    let out = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ImageError::MissingTool { tool, package }
+        } else {
+            ImageError::Tool {
+                tool,
+                stderr: e.to_string(),
+            }
+        }
+    })?;
+    if !out.status.success() {
+        return Err(ImageError::Tool {
+            tool,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len() + 4096,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Writes the read-only lower image for `dir` to `out`.
+pub fn build_lower(dir: &Path, out: &Path, format: Format) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(out);
+    match format {
+        Format::Erofs => run(
+            "mkfs.erofs",
+            "erofs-utils",
+            Command::new("mkfs.erofs")
+                .arg("-zlz4hc")
+                .arg("--all-root")
+                .arg(out)
+                .arg(dir),
+        ),
+        Format::Ext4 => {
+            // Room for metadata; the lower is never written, so no slack for growth.
+            let size = (dir_bytes(dir) * 13 / 10 + (8 << 20)).div_ceil(1 << 20);
+            run(
+                "mke2fs",
+                "e2fsprogs",
+                Command::new("mke2fs")
+                    .args([
+                        "-q",
+                        "-t",
+                        "ext4",
+                        "-O",
+                        "^has_journal",
+                        "-E",
+                        "root_owner=0:0",
+                        "-L",
+                        "iii-lower",
+                        "-d",
+                    ])
+                    .arg(dir)
+                    .arg(out)
+                    .arg(format!("{size}M")),
+            )
+        }
+    }
+}
+
+/// Creates an empty ext4 upper image of `size_mib` for one VM.
+pub fn create_upper(out: &Path, size_mib: u64) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(out);
+    run(
+        "mke2fs",
+        "e2fsprogs",
+        Command::new("mke2fs")
+            .args([
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "^has_journal",
+                "-E",
+                "root_owner=0:0",
+                "-L",
+                "iii-upper",
+            ])
+            .arg(out)
+            .arg(format!("{size_mib}M")),
+    )
+}
+
+/// Reads a file out of an ext4 image without mounting it (debugfs).
+pub fn ext4_cat(image: &Path, path: &str) -> Result<Vec<u8>, ImageError> {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .map_err(|_| ImageError::MissingTool {
+            tool: "debugfs",
+            package: "e2fsprogs",
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Tool {
+            tool: "debugfs",
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok(out.stdout)
+}

@@ -1,0 +1,177 @@
+//! Writes OCI image layouts: used to package test images (for example a
+//! busybox root) exactly as a registry pull would store them.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// One entry of a layer being built.
+pub enum Entry<'a> {
+    Dir {
+        path: &'a str,
+        mode: u32,
+    },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    Hardlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    /// Deletes `path` from lower layers.
+    Whiteout {
+        path: &'a str,
+    },
+    /// Hides everything lower layers put in directory `path`.
+    Opaque {
+        path: &'a str,
+    },
+}
+
+/// Builds an uncompressed tar layer from entries. Names are written
+/// verbatim (no sanitising) so tests can also build hostile layers.
+pub fn layer_tar(entries: &[Entry<'_>]) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        let (path, data): (String, &[u8]) = match e {
+            Entry::Dir { path, mode } => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                (path.to_string(), &[])
+            }
+            Entry::File { path, mode, data } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                (path.to_string(), data)
+            }
+            Entry::Symlink { path, target } | Entry::Hardlink { path, target } => {
+                h.set_entry_type(if matches!(e, Entry::Symlink { .. }) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
+                h.set_mode(0o777);
+                set_raw_link(&mut h, target)?;
+                (path.to_string(), &[])
+            }
+            Entry::Whiteout { path } => {
+                let p = std::path::Path::new(path);
+                let parent = p
+                    .parent()
+                    .map(|x| x.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let base = p
+                    .file_name()
+                    .map(|x| x.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                (join(&parent, &format!(".wh.{base}")), &[])
+            }
+            Entry::Opaque { path } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                (join(path, ".wh..wh..opq"), &[])
+            }
+        };
+        h.set_size(data.len() as u64);
+        set_raw_path(&mut h, &path)?;
+        h.set_cksum();
+        b.append(&h, data)?;
+    }
+    b.into_inner()
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.into()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+// tar's set_path refuses `..`; write the raw name field instead.
+fn set_raw_path(h: &mut tar::Header, path: &str) -> io::Result<()> {
+    let name = &mut h.as_old_mut().name;
+    if path.len() >= name.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long"));
+    }
+    name.fill(0);
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    Ok(())
+}
+
+fn set_raw_link(h: &mut tar::Header, target: &str) -> io::Result<()> {
+    let name = &mut h.as_old_mut().linkname;
+    if target.len() >= name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "link target too long",
+        ));
+    }
+    name.fill(0);
+    name[..target.len()].copy_from_slice(target.as_bytes());
+    Ok(())
+}
+
+fn put_blob(dir: &Path, data: &[u8]) -> io::Result<(String, usize)> {
+    let hex: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    fs::write(blobs.join(&hex), data)?;
+    Ok((format!("sha256:{hex}"), data.len()))
+}
+
+/// Writes an OCI image layout at `dir` with gzip-compressed layers (bottom
+/// first) and the given image config (`Env`, `Cmd`, ...).
+pub fn write_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let hex: String = Sha256::digest(l)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        diff_ids.push(format!("sha256:{hex}"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(l)?;
+        let (digest, size) = put_blob(dir, &gz.finish()?)?;
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
+    }
+    let cfg = json!({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let (cdigest, csize) = put_blob(dir, &serde_json::to_vec(&cfg)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+        "layers": descs
+    });
+    let (mdigest, msize) = put_blob(dir, &serde_json::to_vec(&manifest)?)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
+                       "platform": {"architecture": "amd64", "os": "linux"}}]
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
+}

@@ -1,0 +1,15 @@
+//! Building what a microVM boots from.
+//!
+//! * [`oci`]: read an OCI image layout (directory or tarball) or a
+//!   `docker save` tarball, and apply its layers in order into a directory:
+//!   whiteouts honoured, setuid/setgid stripped, path traversal refused.
+//! * [`image`]: turn that directory into the read-only lower image (erofs via
+//!   `mkfs.erofs`, or ext4 via `mke2fs -d`; neither needs root) and create a
+//!   fresh per-VM ext4 upper. A shared lower is never booted read-write.
+//! * [`initramfs`]: a newc cpio holding `/init` and `/dev/console`.
+//! * [`layout`]: write an OCI image layout (used to package test images).
+
+pub mod image;
+pub mod initramfs;
+pub mod layout;
+pub mod oci;
