@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Guest targets: components (wasm32-wasip2) and Extism policy modules
 # (wasm32-unknown-unknown). `rustup target add` is a no-op when installed.
-installed="$(rustup target list --installed)"
+# Check the sysroot itself rather than `rustup target list`, whose view can
+# lag behind the files when several rustup runs race on one machine.
+sysroot="$(rustc --print sysroot)"
 for t in wasm32-wasip2 wasm32-unknown-unknown; do
-    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+    [ -d "$sysroot/lib/rustlib/$t/lib" ] || rustup target add "$t"
 done
 
 cargo test -p iii-plugin-host
