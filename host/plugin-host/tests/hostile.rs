@@ -256,3 +256,41 @@ async fn wrong_world_names_the_missing_export() {
     let s = host.load_stream_store(&spec).await.unwrap();
     assert_eq!(s.list_all().await.unwrap(), vec![]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_grant_bounds_a_call_deterministically() {
+    let spec = hostile(
+        "loop",
+        Grants {
+            fuel: Some(5_000_000),
+            deadline_ms: Some(60_000),
+            ..Grants::default()
+        },
+    );
+    // The shared test host runs without fuel metering: the grant is refused.
+    let err = common::host().load_state_store(&spec).await.err().unwrap();
+    assert!(matches!(err, PluginError::InvalidSpec(_)), "{err}");
+    let metered = iii_plugin_host::PluginHost::new(iii_plugin_host::HostConfig {
+        fuel: true,
+        max_instances: 8,
+        ..Default::default()
+    })
+    .unwrap();
+    let a = metered.load_state_store(&spec).await.unwrap();
+    let t = Instant::now();
+    let err = a.get("s", "k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::FuelExhausted {
+                fuel: 5_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "stopped by fuel, not the deadline"
+    );
+}
