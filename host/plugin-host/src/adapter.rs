@@ -108,6 +108,11 @@ struct Slot {
     /// Start times of recent restarts, for the restart cap.
     restarts: VecDeque<Instant>,
     total_restarts: u64,
+    /// True while a call runs. Still true when the next caller gets the
+    /// lock means the previous call's future was dropped mid-call (the
+    /// caller was cancelled): the instance may be half-way through an
+    /// export and must not be entered again.
+    in_call: bool,
     /// Set once the supervisor gives up; every later call fails with it.
     gave_up: Option<PluginError>,
 }
@@ -241,6 +246,7 @@ impl Adapter {
                 live: None,
                 restarts: VecDeque::new(),
                 total_restarts: 0,
+                in_call: false,
                 gave_up: None,
             }),
         });
@@ -391,6 +397,14 @@ impl Adapter {
         if let Some(e) = &slot.gave_up {
             return Err(self.replay_gave_up(e));
         }
+        if slot.in_call {
+            // A cancelled call is not the plugin's fault: replace the
+            // instance without charging the restart budget.
+            slot.in_call = false;
+            slot.live = None;
+            tracing::debug!(adapter = %self.label, "replacing instance after a cancelled call");
+            slot.live = Some(self.instantiate().await?);
+        }
         if slot.live.is_none() {
             self.restart(slot, "instance missing").await;
             if let Some(e) = &slot.gave_up {
@@ -486,7 +500,9 @@ macro_rules! invoke {
     ($adapter:expr, $iface:ident, |$store:ident, $guest:ident| $call:expr) => {{
         let adapter: &Adapter = $adapter;
         let mut slot = adapter.slot.lock().await;
-        let live = adapter.ensure_live(&mut slot).await?;
+        adapter.ensure_live(&mut slot).await?;
+        slot.in_call = true;
+        let live = slot.live.as_mut().expect("ensure_live leaves an instance");
         adapter.arm(&mut live.store, adapter.deadline_ms)?;
         let outcome = {
             let $guest = live
@@ -500,6 +516,7 @@ macro_rules! invoke {
             let $store = &mut live.store;
             $call.await
         };
+        slot.in_call = false;
         adapter.settle(&mut slot, outcome).await
     }};
 }
