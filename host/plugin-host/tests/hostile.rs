@@ -320,3 +320,27 @@ async fn a_cancelled_call_leaves_a_usable_adapter() {
     assert_eq!(StateStore::get(&*a, "s", "k").await.unwrap(), None);
     assert_eq!(a.restarts().await, 0, "cancellation is not a failure");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_environment_and_no_files_beyond_the_data_dir() {
+    std::env::set_var("III_SECRET_FOR_PROBE", "hunter2");
+    let host = common::host();
+    let ungranted = host
+        .load_state_store(&hostile("probe", Grants::default()))
+        .await
+        .unwrap();
+    assert_eq!(ungranted.get("s", "k").await.unwrap(), None);
+    let dir = common::tempdir();
+    let granted = host
+        .load_state_store(&hostile(
+            "probe",
+            Grants {
+                data_dir: Some(dir.path().join("inner")),
+                ..Grants::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(granted.get("s", "k").await.unwrap(), None);
+    assert!(!dir.path().join("escape").exists());
+}
