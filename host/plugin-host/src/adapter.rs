@@ -103,6 +103,12 @@ struct Live {
     stream: Option<stream_store::Guest>,
 }
 
+/// Why the supervisor stopped restarting an adapter.
+struct GaveUp {
+    restarts: usize,
+    last: String,
+}
+
 struct Slot {
     live: Option<Live>,
     /// Start times of recent restarts, for the restart cap.
@@ -114,7 +120,7 @@ struct Slot {
     /// export and must not be entered again.
     in_call: bool,
     /// Set once the supervisor gives up; every later call fails with it.
-    gave_up: Option<PluginError>,
+    gave_up: Option<GaveUp>,
 }
 
 /// A loaded, supervised adapter component. Implements [`StateStore`] and/or
@@ -395,7 +401,7 @@ impl Adapter {
     /// Returns the live instance, or the supervisor's verdict.
     async fn ensure_live<'a>(&self, slot: &'a mut Slot) -> Result<&'a mut Live, PluginError> {
         if let Some(e) = &slot.gave_up {
-            return Err(self.replay_gave_up(e));
+            return Err(self.gave_up_error(e));
         }
         if slot.in_call {
             // A cancelled call is not the plugin's fault: replace the
@@ -408,7 +414,7 @@ impl Adapter {
         if slot.live.is_none() {
             self.restart(slot, "instance missing").await;
             if let Some(e) = &slot.gave_up {
-                return Err(self.replay_gave_up(e));
+                return Err(self.gave_up_error(e));
             }
         }
         Ok(slot
@@ -417,23 +423,12 @@ impl Adapter {
             .expect("restart leaves an instance or gives up"))
     }
 
-    fn replay_gave_up(&self, e: &PluginError) -> PluginError {
-        match e {
-            PluginError::GaveUp {
-                adapter,
-                restarts,
-                window_s,
-                last,
-            } => PluginError::GaveUp {
-                adapter: adapter.clone(),
-                restarts: *restarts,
-                window_s: *window_s,
-                last: last.clone(),
-            },
-            other => PluginError::Trap {
-                adapter: self.label.clone(),
-                message: other.to_string(),
-            },
+    fn gave_up_error(&self, g: &GaveUp) -> PluginError {
+        PluginError::GaveUp {
+            adapter: self.label.clone(),
+            restarts: g.restarts,
+            window_s: self.host.cfg.restart_window.as_secs(),
+            last: g.last.clone(),
         }
     }
 
@@ -451,10 +446,8 @@ impl Adapter {
         }
         if slot.restarts.len() >= self.host.cfg.max_restarts {
             tracing::error!(adapter = %self.label, cause, "adapter keeps failing; supervisor gives up");
-            slot.gave_up = Some(PluginError::GaveUp {
-                adapter: self.label.clone(),
+            slot.gave_up = Some(GaveUp {
                 restarts: slot.restarts.len(),
-                window_s: window.as_secs(),
                 last: cause.to_string(),
             });
             return;
@@ -465,10 +458,8 @@ impl Adapter {
         match self.instantiate().await {
             Ok(live) => slot.live = Some(live),
             Err(e) => {
-                slot.gave_up = Some(PluginError::GaveUp {
-                    adapter: self.label.clone(),
+                slot.gave_up = Some(GaveUp {
                     restarts: slot.restarts.len(),
-                    window_s: window.as_secs(),
                     last: format!("{cause}; restart failed: {e}"),
                 })
             }
