@@ -116,6 +116,24 @@ async fn run() {
         comp_get.p50.as_secs_f64() / map_get.p50.as_secs_f64().max(1e-9)
     );
 
+    // The floor of one component call: no arguments, an empty list back.
+    let empty = host
+        .load_state_store(&AdapterSpec::named("kv"))
+        .await
+        .expect("kv");
+    let floor = timed(N, |_| {
+        let kv = &empty;
+        async move {
+            std::hint::black_box(kv.list_groups().await.expect("list_groups"));
+        }
+    })
+    .await;
+    row(
+        "kv component list_groups on empty store",
+        &floor,
+        "call floor: lock, deadline, fiber, lift",
+    );
+
     let comp_set = timed(N, |i| {
         let kv = &kv;
         let v = json!({"i": i});

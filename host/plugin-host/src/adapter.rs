@@ -103,13 +103,24 @@ struct Live {
     stream: Option<stream_store::Guest>,
 }
 
+/// Why the supervisor stopped restarting an adapter.
+struct GaveUp {
+    restarts: usize,
+    last: String,
+}
+
 struct Slot {
     live: Option<Live>,
     /// Start times of recent restarts, for the restart cap.
     restarts: VecDeque<Instant>,
     total_restarts: u64,
+    /// True while a call runs. Still true when the next caller gets the
+    /// lock means the previous call's future was dropped mid-call (the
+    /// caller was cancelled): the instance may be half-way through an
+    /// export and must not be entered again.
+    in_call: bool,
     /// Set once the supervisor gives up; every later call fails with it.
-    gave_up: Option<PluginError>,
+    gave_up: Option<GaveUp>,
 }
 
 /// A loaded, supervised adapter component. Implements [`StateStore`] and/or
@@ -241,6 +252,7 @@ impl Adapter {
                 live: None,
                 restarts: VecDeque::new(),
                 total_restarts: 0,
+                in_call: false,
                 gave_up: None,
             }),
         });
@@ -389,12 +401,20 @@ impl Adapter {
     /// Returns the live instance, or the supervisor's verdict.
     async fn ensure_live<'a>(&self, slot: &'a mut Slot) -> Result<&'a mut Live, PluginError> {
         if let Some(e) = &slot.gave_up {
-            return Err(self.replay_gave_up(e));
+            return Err(self.gave_up_error(e));
+        }
+        if slot.in_call {
+            // A cancelled call is not the plugin's fault: replace the
+            // instance without charging the restart budget.
+            slot.in_call = false;
+            slot.live = None;
+            tracing::debug!(adapter = %self.label, "replacing instance after a cancelled call");
+            slot.live = Some(self.instantiate().await?);
         }
         if slot.live.is_none() {
             self.restart(slot, "instance missing").await;
             if let Some(e) = &slot.gave_up {
-                return Err(self.replay_gave_up(e));
+                return Err(self.gave_up_error(e));
             }
         }
         Ok(slot
@@ -403,23 +423,12 @@ impl Adapter {
             .expect("restart leaves an instance or gives up"))
     }
 
-    fn replay_gave_up(&self, e: &PluginError) -> PluginError {
-        match e {
-            PluginError::GaveUp {
-                adapter,
-                restarts,
-                window_s,
-                last,
-            } => PluginError::GaveUp {
-                adapter: adapter.clone(),
-                restarts: *restarts,
-                window_s: *window_s,
-                last: last.clone(),
-            },
-            other => PluginError::Trap {
-                adapter: self.label.clone(),
-                message: other.to_string(),
-            },
+    fn gave_up_error(&self, g: &GaveUp) -> PluginError {
+        PluginError::GaveUp {
+            adapter: self.label.clone(),
+            restarts: g.restarts,
+            window_s: self.host.cfg.restart_window.as_secs(),
+            last: g.last.clone(),
         }
     }
 
@@ -437,10 +446,8 @@ impl Adapter {
         }
         if slot.restarts.len() >= self.host.cfg.max_restarts {
             tracing::error!(adapter = %self.label, cause, "adapter keeps failing; supervisor gives up");
-            slot.gave_up = Some(PluginError::GaveUp {
-                adapter: self.label.clone(),
+            slot.gave_up = Some(GaveUp {
                 restarts: slot.restarts.len(),
-                window_s: window.as_secs(),
                 last: cause.to_string(),
             });
             return;
@@ -451,10 +458,8 @@ impl Adapter {
         match self.instantiate().await {
             Ok(live) => slot.live = Some(live),
             Err(e) => {
-                slot.gave_up = Some(PluginError::GaveUp {
-                    adapter: self.label.clone(),
+                slot.gave_up = Some(GaveUp {
                     restarts: slot.restarts.len(),
-                    window_s: window.as_secs(),
                     last: format!("{cause}; restart failed: {e}"),
                 })
             }
@@ -486,7 +491,9 @@ macro_rules! invoke {
     ($adapter:expr, $iface:ident, |$store:ident, $guest:ident| $call:expr) => {{
         let adapter: &Adapter = $adapter;
         let mut slot = adapter.slot.lock().await;
-        let live = adapter.ensure_live(&mut slot).await?;
+        adapter.ensure_live(&mut slot).await?;
+        slot.in_call = true;
+        let live = slot.live.as_mut().expect("ensure_live leaves an instance");
         adapter.arm(&mut live.store, adapter.deadline_ms)?;
         let outcome = {
             let $guest = live
@@ -500,6 +507,7 @@ macro_rules! invoke {
             let $store = &mut live.store;
             $call.await
         };
+        slot.in_call = false;
         adapter.settle(&mut slot, outcome).await
     }};
 }
