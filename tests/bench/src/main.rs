@@ -127,11 +127,16 @@ impl Drop for Proc {
 }
 
 fn start_engine(port: u16) -> Result<Proc> {
+    start_engine_with(port, "")
+}
+
+/// `extra` is appended to the `workers:` list.
+fn start_engine_with(port: u16, extra: &str) -> Result<Proc> {
     let dir = std::env::temp_dir().join(format!("iii-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("config.yaml"),
-        format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n"),
+        format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n{extra}"),
     )?;
     let child = Command::new(iii_bin()?)
         .current_dir(&dir)
@@ -297,6 +302,22 @@ async fn load(
     calls: usize,
     payload: &str,
 ) -> Result<LoadResult> {
+    let frame = |id: &str, _i: usize| {
+        format!(
+            r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"bench::echo","data":{payload}}}"#
+        )
+    };
+    load_frames(target, port, concurrency, calls, frame).await
+}
+
+/// Pipelined calls with `concurrency` outstanding; `frame(invocation_id, i)` builds call `i`.
+async fn load_frames(
+    target: Target,
+    port: u16,
+    concurrency: usize,
+    calls: usize,
+    frame: impl Fn(&str, usize) -> String,
+) -> Result<LoadResult> {
     let url = match target {
         Target::Engine => format!("ws://127.0.0.1:{port}/"),
         Target::Relay => format!("ws://127.0.0.1:{port}/caller"),
@@ -311,12 +332,7 @@ async fn load(
         .enumerate()
         .map(|(i, s)| (s.as_str(), i))
         .collect();
-    let frame = |i: usize| {
-        format!(
-            r#"{{"type":"invokefunction","invocation_id":"{}","function_id":"bench::echo","data":{payload}}}"#,
-            ids[i]
-        )
-    };
+    let frame = |i: usize| frame(&ids[i], i);
     let mut sent_at = vec![Instant::now(); calls];
     let mut lat = Vec::with_capacity(calls);
     let start = Instant::now();
@@ -535,6 +551,34 @@ async fn bench() -> Result<()> {
         }
     }
     let many_rss = rss_kib(engine.child.id());
+
+    // state::set / state::get through the engine into the builtin kv component (durable: each
+    // set is fsynced before it is acknowledged, so set throughput is bounded by the disk).
+    let sport = free_port();
+    let sengine = start_engine_with(sport, "  - name: iii-state\n")?;
+    wait_port(sport)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let set = load_frames(Target::Engine, sport, 16, scale(2000), |id, i| {
+        format!(r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"state::set","data":{{"scope":"bench","key":"k{}","value":{{"n":{i}}}}}}}"#, i % 1000)
+    })
+    .await?;
+    let get = load_frames(Target::Engine, sport, 16, scale(20000), |id, i| {
+        format!(r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"state::get","data":{{"scope":"bench","key":"k{}"}}}}"#, i % 1000)
+    })
+    .await?;
+    rows.push(Row {
+        what: "state::set through the engine, kv component, fsync per write (c=16)".into(),
+        engine: format!("{:.0} calls/s, p50 {}", set.per_sec(), us(set.pct(0.5))),
+        relay: "".into(),
+        ratio: "".into(),
+    });
+    rows.push(Row {
+        what: "state::get through the engine, kv component (c=16)".into(),
+        engine: format!("{:.0} calls/s, p50 {}", get.per_sec(), us(get.pct(0.5))),
+        relay: "".into(),
+        ratio: "".into(),
+    });
+    drop(sengine);
     rows.push(Row {
         what: "RSS idle".into(),
         engine: format!("{:.1} MiB", idle_rss as f64 / 1024.0),
