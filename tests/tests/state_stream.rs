@@ -408,3 +408,67 @@ fn bad_adapter_entries_fail_start_up_clearly() {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+#[tokio::test]
+async fn custom_stream_providers_serve_their_stream_and_events_still_fire() {
+    let e = EngineProc::start_with(with_services);
+    let mut p = RawWorker::connect_named(&e.url(), "live-scores", None).await;
+    p.register_function("stream::get(scores)", json!({})).await;
+    p.register_function("stream::set(scores)", json!({})).await;
+    p.register_function("on::scores", json!({})).await;
+    p.send(json!({"type": "registertrigger", "id": "sc", "trigger_type": "stream", "function_id": "on::scores", "config": {"stream_name": "scores"}})).await;
+    p.sync().await;
+    let mut w = RawWorker::connect(&e.url()).await;
+    let call = tokio::spawn(async move {
+        let r = w
+            .call(
+                "stream::get",
+                json!({"stream_name": "scores", "group_id": "g", "item_id": "match-1"}),
+            )
+            .await;
+        (w, r)
+    });
+    let inv = p.serve_one(|_| json!({"home": 2, "away": 1})).await;
+    assert_eq!(inv["function_id"], "stream::get(scores)");
+    assert_eq!(
+        inv["data"],
+        json!({"stream_name": "scores", "group_id": "g", "item_id": "match-1"})
+    );
+    let (mut w, r) = call.await.unwrap();
+    assert_eq!(r["result"], json!({"home": 2, "away": 1}));
+    let call = tokio::spawn(async move {
+        w.call("stream::set", json!({"stream_name": "scores", "group_id": "g", "item_id": "match-1", "data": {"home": 3}})).await
+    });
+    let inv = p
+        .serve_one(|d| json!({"old_value": {"home": 2}, "new_value": d["data"]}))
+        .await;
+    assert_eq!(inv["function_id"], "stream::set(scores)");
+    assert_eq!(
+        call.await.unwrap()["result"],
+        json!({"old_value": {"home": 2}, "new_value": {"home": 3}})
+    );
+    // The trigger fires from the provider's answer.
+    let ev = p.serve_one(|_| Value::Null).await;
+    assert_eq!(ev["function_id"], "on::scores");
+    assert_eq!(
+        ev["data"]["event"],
+        json!({"type": "update", "data": {"home": 3}})
+    );
+    // Other streams still use the adapter.
+    let mut w = RawWorker::connect(&e.url()).await;
+    ok(
+        &mut w,
+        "stream::set",
+        json!({"stream_name": "plain", "group_id": "g", "item_id": "i", "data": 1}),
+    )
+    .await;
+    assert_eq!(
+        ok(
+            &mut w,
+            "stream::get",
+            json!({"stream_name": "plain", "group_id": "g", "item_id": "i"})
+        )
+        .await,
+        json!(1)
+    );
+}

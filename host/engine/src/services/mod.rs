@@ -1,6 +1,7 @@
 //! Built-in stateful services. Each talks only to an adapter trait from the plugin host
 //! (`StateStore`, `StreamStore`); the backend is a WASM component chosen in `config.yaml`.
 
+pub mod custom_stream;
 pub mod state;
 pub mod stream;
 

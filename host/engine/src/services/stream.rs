@@ -127,7 +127,7 @@ pub fn install(engine: &Engine, store: Arc<dyn StreamStore>) {
             required: &["stream_name"],
         }),
     );
-    let svc: Svc = store;
+    let svc: Svc = Arc::new(super::custom_stream::DelegatingStreams::new(engine, store));
     engine.register_builtin(
         WORKER,
         "stream::set",
