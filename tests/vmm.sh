@@ -39,8 +39,17 @@ if ((${#missing[@]})); then
     finish
   fi
 fi
-if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-  rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || { fail "rustup target add x86_64-unknown-linux-musl"; finish; }
+# Static binaries for inside VMs: musl when the target is (or can be)
+# installed, else glibc with crt-static (rustup's download server may be
+# unreachable on CI, glibc's static libraries come with libc6-dev).
+# III_VMM_STATIC=glibc forces the fallback.
+static_target=x86_64-unknown-linux-musl
+static_env=()
+if [[ ${III_VMM_STATIC:-} == glibc ]] || { ! rustup target list --installed 2>/dev/null | grep -qx "$static_target" \
+   && ! rustup target add "$static_target" >/dev/null 2>&1; }; then
+  log "musl target unavailable; building static glibc binaries instead"
+  static_target=x86_64-unknown-linux-gnu
+  static_env=(RUSTFLAGS="-C target-feature=+crt-static")
 fi
 
 # --- guest kernel (background: overlaps with the cargo work below) ----------
@@ -64,9 +73,9 @@ fi
 log "unit tests: ${p:-0} passed, ${f:-0} failed"
 
 # --- static guest/host binaries ---------------------------------------------
-musl=target/x86_64-unknown-linux-musl/release
-if nice cargo build -q --release --target x86_64-unknown-linux-musl -p iii-guest-init -p iii-vmm 2>&1 \
-   && nice cargo build -q --release --target x86_64-unknown-linux-musl -p iii-vmm-harness --bin iii-vmctl 2>&1 \
+musl=target/$static_target/release
+if env "${static_env[@]}" nice cargo build -q --release --target "$static_target" -p iii-guest-init -p iii-vmm \
+     -p iii-vmm-harness --bin iii-init --bin iii-vmm --bin iii-vmctl 2>&1 \
    && nice cargo build -q -p iii-vmm-harness 2>&1; then
   pass "build static iii-init, iii-vmm, iii-vmctl and the harness"
 else

@@ -1,7 +1,7 @@
 //! Host-side client: reaches the guest agent through the VMM's vsock Unix
 //! socket (`CONNECT <port>` handshake) or any stream, and runs sessions.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -124,23 +124,4 @@ pub fn ping(stream: &mut (impl Read + Write)) -> Result<(), ProtoError> {
 
 pub fn poweroff(stream: &mut (impl Read + Write)) -> Result<(), ProtoError> {
     write_frame(stream, &Frame::new(Kind::Poweroff, Vec::new()))
-}
-
-/// Reads lines until one starts with `prefix` (for console-driven tests).
-pub fn wait_line(r: &mut impl BufRead, prefix: &str) -> Option<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line.starts_with(prefix) {
-            return Some(line.trim_end().to_string());
-        }
-    }
-}
-
-/// Convenience for tests: a buffered reader over a clone of the stream.
-pub fn buffered(s: &UnixStream) -> std::io::Result<BufReader<UnixStream>> {
-    Ok(BufReader::new(s.try_clone()?))
 }

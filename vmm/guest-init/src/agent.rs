@@ -158,6 +158,21 @@ pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command
             cmd.process_group(0);
         }
     }
+    // PID 1 blocks the signals it forwards (so only its sigwait thread sees
+    // them) and a blocked mask survives exec: give children a clean one, or
+    // SIGTERM/SIGINT from the host or from init would never reach them.
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and only
+    // touch a local set and the child's own mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     Ok(cmd)
 }
 
@@ -459,6 +474,32 @@ mod tests {
             }
         };
         assert_eq!(code, 128 + 15);
+    }
+
+    #[test]
+    fn children_start_with_an_empty_signal_mask() {
+        // Block SIGTERM in this thread as PID 1 does; the child must not inherit it.
+        // SAFETY: plain signal-mask calls on this thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        // Through the reaper, like every child of the agent (a plain
+        // `output()` could lose its status to the tests' reaper thread).
+        reaper_for_tests();
+        let mut cmd = command(&sh("grep SigBlk /proc/self/status"), None).unwrap();
+        let (mut child, exit) = reaper::spawn(&mut cmd).unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(exit.recv().unwrap(), 0);
+        assert_eq!(out.trim(), "SigBlk:\t0000000000000000");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub fn run(kernel_dir: &Path, init: &Path, report: &mut Report) {
     exec_suite(&fx, report);
     report.check("tcg/workload_exit_code_ext4_lower", workload_exit_code(&fx));
     report.check("tcg/workload_timeout_124", workload_timeout(&fx));
+    report.check(
+        "tcg/init_forwards_signals_to_workload",
+        workload_signal(&fx),
+    );
 }
 
 /// initramfs only: init comes up, the agent answers, power off ends qemu.
@@ -343,6 +347,48 @@ fn workload_timeout(fx: &Fixtures) -> Result<String> {
     ))?;
     let (line, _) = q.wait_for("iii-init: exit=", BOOT_TIMEOUT)?;
     ensure!(line.ends_with(&format!("exit={EXIT_TIMEOUT}")), "{line}");
+    q.wait_exit(Duration::from_secs(20))?;
+    Ok(String::new())
+}
+
+/// SIGTERM sent to PID 1 reaches the workload, whose exit code ends the VM.
+fn workload_signal(fx: &Fixtures) -> Result<String> {
+    let req = sh("trap 'echo got-term; exit 3' TERM; echo waiting; while true; do sleep 1; done");
+    let sock = fx.dir.join("signal.sock");
+    let mut q = Qemu::start(&spec(
+        fx,
+        &format!(
+            "iii.root=/dev/vda iii.rootfstype=erofs iii.run={}",
+            run_hex(&req)
+        ),
+        vec![(fx.lower_erofs.clone(), true)],
+        Some(&sock),
+    ))?;
+    q.wait_for("waiting", BOOT_TIMEOUT)?;
+    let s = connect_agent(&sock)?;
+    // The workload exits on the signal and init powers off at once, so the
+    // reply to this exec may be cut off; only a refusal counts as failure.
+    match client::exec(&s, &sh("kill -TERM 1"), b"") {
+        Ok(out) => ensure!(out.code == 0, "kill failed: {out:?}"),
+        Err(iii_vm_agent_proto::ProtoError::Closed) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (line, _) = match q.wait_for("iii-init: exit=", Duration::from_secs(15)) {
+        Ok(x) => x,
+        Err(e) => {
+            let dbg = client::exec(&s, &sh("grep -E 'Sig|ShdPnd|Threads' /proc/1/status; for p in /proc/[0-9]*; do echo $p $(cat $p/comm) $(grep -E 'SigBlk|SigCgt' $p/status | tr '\\n' ' '); done"), b"")?;
+            bail!(
+                "{e}\nguest state:\n{}",
+                String::from_utf8_lossy(&dbg.stdout)
+            );
+        }
+    };
+    ensure!(line.ends_with("exit=3"), "{line}");
+    ensure!(
+        q.lines().iter().any(|l| l == "got-term"),
+        "workload never saw SIGTERM:\n{}",
+        q.tail()
+    );
     q.wait_exit(Duration::from_secs(20))?;
     Ok(String::new())
 }

@@ -89,6 +89,7 @@ unsafe impl Send for HvfVcpu {}
 impl Hypervisor for HvfHypervisor {
     type Vcpu = HvfVcpu;
 
+    // SAFETY (contract): see `Hypervisor::map_memory`; the caller keeps the range mapped.
     unsafe fn map_memory(
         &mut self,
         _slot: u32,

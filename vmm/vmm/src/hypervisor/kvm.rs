@@ -84,6 +84,7 @@ pub struct KvmVcpu {
 impl Hypervisor for KvmHypervisor {
     type Vcpu = KvmVcpu;
 
+    // SAFETY (contract): see `Hypervisor::map_memory`; the caller keeps the range mapped.
     unsafe fn map_memory(
         &mut self,
         slot: u32,

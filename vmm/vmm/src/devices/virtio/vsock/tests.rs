@@ -494,3 +494,31 @@ fn host_connect_before_driver_is_up_is_queued_not_spun_on() {
     let h = Header::from_slice(&raw).unwrap().from_le();
     assert_eq!(({ h.op }, { h.dst_port }), (OP_REQUEST, 52));
 }
+
+#[test]
+fn guest_connects_to_allowed_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mem = guest_memory();
+    let mut g = Guest::new(
+        &mem,
+        VsockConfig {
+            guest_cid: GUEST_CID,
+            host_ports: [(49134, HostTarget::Unix(path.clone()))]
+                .into_iter()
+                .collect(),
+            listen_path: None,
+        },
+    );
+    g.send(hdr(OP_REQUEST, 2000, 49134), &[]);
+    g.wait_for("RESPONSE", |h, _| h.op == OP_RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    g.send(hdr(OP_RW, 2000, 49134), b"over unix");
+    let mut buf = [0u8; 9];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"over unix");
+    host.write_all(b"back").unwrap();
+    let (_, data) = g.wait_for("RW", |h, _| h.op == OP_RW);
+    assert_eq!(data, b"back");
+}
