@@ -13,7 +13,8 @@ use crate::triggers::{Binding, BuiltinTriggerType, Provider};
 const EF: &str = "iii-engine-functions";
 const OBS: &str = "iii-observability";
 
-fn input<T: DeserializeOwned>(ctx: &CallCtx, v: Value) -> Result<T, ErrorBody> {
+/// Deserializes a builtin's input (`null` = `{}`); failures are `deserialization_error` (spec §3.9).
+pub(crate) fn input<T: DeserializeOwned>(ctx: &CallCtx, v: Value) -> Result<T, ErrorBody> {
     let v = if v.is_null() { json!({}) } else { v };
     serde_json::from_value(v).map_err(|e| {
         ErrorBody::new(

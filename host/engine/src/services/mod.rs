@@ -5,9 +5,29 @@ pub mod custom_stream;
 pub mod state;
 pub mod stream;
 
+use std::sync::Arc;
+
+use iii_protocol::ErrorBody;
 use serde_json::Value;
 
-use crate::engine::Engine;
+pub(crate) use crate::builtins::input;
+use crate::engine::{BuiltinFn, CallCtx, Engine};
+
+/// An adapter failure as the service's error code plus the adapter's message.
+pub(crate) fn err(code: &str, e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(code, e.to_string())
+}
+
+/// A builtin function that also receives the service's shared state.
+pub(crate) fn builtin<S, F, Fut>(svc: &S, f: F) -> BuiltinFn
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(Engine, CallCtx, Value, S) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+{
+    let svc = svc.clone();
+    Arc::new(move |e, c, v| Box::pin(f(e, c, v, svc.clone())))
+}
 use crate::triggers::{Binding, BuiltinTriggerType};
 
 /// Runs every armed binding of `trigger_type` whose config `matches`, one after the other,

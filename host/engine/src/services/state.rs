@@ -7,8 +7,8 @@ use iii_protocol::ErrorBody;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter_eq, fire_matching, ServiceTriggerType};
-use crate::engine::{BuiltinFn, CallCtx, Engine};
+use super::{builtin, err, filter_eq, fire_matching, input, ServiceTriggerType};
+use crate::engine::Engine;
 
 const WORKER: &str = "iii-state";
 
@@ -16,19 +16,6 @@ const WORKER: &str = "iii-state";
 pub struct StateOptions {
     pub triggers_enabled: bool,
     pub max_value_bytes: Option<usize>,
-}
-
-fn input<T: for<'de> Deserialize<'de>>(ctx: &CallCtx, v: Value) -> Result<T, ErrorBody> {
-    serde_json::from_value(if v.is_null() { json!({}) } else { v }).map_err(|e| {
-        ErrorBody::new(
-            "deserialization_error",
-            format!("Failed to deserialize input for {}: {e}", ctx.function_id),
-        )
-    })
-}
-
-fn err(code: &str, e: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(code, e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -59,15 +46,6 @@ struct ScopeIn {
 }
 
 type Svc = Arc<(Arc<dyn StateStore>, StateOptions)>;
-
-fn builtin<F, Fut>(svc: &Svc, f: F) -> BuiltinFn
-where
-    F: Fn(Engine, CallCtx, Value, Svc) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
-{
-    let svc = svc.clone();
-    Arc::new(move |e, c, v| Box::pin(f(e, c, v, svc.clone())))
-}
 
 /// Fires `state` triggers after a successful write, on a background task (spec §4.6.3).
 fn emit(

@@ -3,27 +3,13 @@
 use std::sync::Arc;
 
 use iii_plugin_host::{StreamStore, UpdateOp};
-use iii_protocol::ErrorBody;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter_eq, fire_matching, ServiceTriggerType};
-use crate::engine::{BuiltinFn, CallCtx, Engine};
+use super::{builtin, err, filter_eq, fire_matching, input, ServiceTriggerType};
+use crate::engine::Engine;
 
 const WORKER: &str = "iii-stream";
-
-fn input<T: for<'de> Deserialize<'de>>(ctx: &CallCtx, v: Value) -> Result<T, ErrorBody> {
-    serde_json::from_value(if v.is_null() { json!({}) } else { v }).map_err(|e| {
-        ErrorBody::new(
-            "deserialization_error",
-            format!("Failed to deserialize input for {}: {e}", ctx.function_id),
-        )
-    })
-}
-
-fn err(code: &str, e: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(code, e.to_string())
-}
 
 #[derive(Deserialize)]
 struct Item {
@@ -73,22 +59,9 @@ struct SendIn {
 
 type Svc = Arc<dyn StreamStore>;
 
-fn builtin<F, Fut>(svc: &Svc, f: F) -> BuiltinFn
-where
-    F: Fn(Engine, CallCtx, Value, Svc) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
-{
-    let svc = svc.clone();
-    Arc::new(move |e, c, v| Box::pin(f(e, c, v, svc.clone())))
-}
-
-fn now_ms() -> u64 {
-    crate::conn::now_ms()
-}
-
 /// Fires `stream` triggers with the wrapper subscribers receive (camelCase, spec §4.6.4).
 fn emit(engine: &Engine, stream: &str, group: &str, id: Option<&str>, event: Value) {
-    let payload = json!({"type": "stream", "timestamp": now_ms(), "streamName": stream, "groupId": group, "id": id, "event": event});
+    let payload = json!({"type": "stream", "timestamp": crate::conn::now_ms(), "streamName": stream, "groupId": group, "id": id, "event": event});
     let (engine, stream, group, id) = (
         engine.clone(),
         stream.to_string(),

@@ -1,14 +1,11 @@
 //! Helpers for the black-box tests that drive the real `iii` binary with the official Rust SDK
 //! (crates.io `iii-sdk` 0.25.0). The tests themselves are in `tests/`.
 
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iii_sdk::protocol::TriggerRequest;
 use iii_sdk::runtime::WorkerMetadata;
 use iii_sdk::{register_worker, Error, IIIClient, InitOptions};
-use iii_tests::{iii_bin, EngineProc};
 use serde_json::{json, Value};
 
 /// How long the helpers wait for something the engine should do promptly.
@@ -131,42 +128,6 @@ pub fn remote_error(r: Result<Value, Error>) -> (String, String, Option<String>)
         }) => (code, message, stacktrace),
         other => panic!("expected a remote error, got {other:?}"),
     }
-}
-
-/// Kills the engine process of `e` and starts a new `iii` process with the same config (so the
-/// same worker and HTTP ports) in the same directory, replacing `e.child`; the `EngineProc` then
-/// owns (and on drop kills) the new process. Mirrors `EngineProc::start_with`.
-pub fn restart_engine(e: &mut EngineProc) {
-    let _ = e.child.kill();
-    let _ = e.child.wait();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(e.dir.join("engine.log"))
-        .expect("log file");
-    e.child = Command::new(iii_bin())
-        .current_dir(&e.dir)
-        .env("RUST_LOG", "info")
-        .env("III_NAMESPACE_GRACE_MS", "1000")
-        .stdout(Stdio::from(log.try_clone().expect("clone")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn iii");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", e.ws_port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = e.child.try_wait() {
-            panic!("restarted engine exited early with {status}:\n{}", e.log());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!(
-        "restarted engine did not accept connections on port {} within 20 s:\n{}",
-        e.ws_port,
-        e.log()
-    );
 }
 
 /// `iii_tests::http` on a blocking thread, for use inside async tests.

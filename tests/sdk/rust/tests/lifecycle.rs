@@ -329,5 +329,5 @@ async fn restart_engine_after(e: &mut EngineProc, client: &iii_sdk::IIIClient) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    restart_engine(e);
+    e.kill9_and_restart();
 }
