@@ -26,22 +26,35 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, Receiver<i32>)> {
 }
 
 /// Reaps children forever (run on the main thread of PID 1).
+///
+/// A child is only reaped while holding the registration lock, and it is first observed with
+/// `WNOWAIT`. [`spawn`] holds that lock across `Command::spawn`, and when `exec` fails std reaps
+/// the failed child itself inside `spawn` (and panics if it is already gone). Peeking first and
+/// reaping under the lock means the reaper can never take that child from under std.
 pub fn reap_forever() -> ! {
     loop {
-        let mut status = 0;
-        // SAFETY: status is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
+        // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid out-pointer; WNOWAIT leaves the child waitable.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r < 0 {
             // ECHILD: nothing to reap yet.
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
+        // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+        let pid = unsafe { info.si_pid() };
+        let mut guard = WAITERS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer.
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if got != pid {
+            // Reaped meanwhile by its own spawner (a failed exec): nothing to report.
+            continue;
+        }
         let code = crate::sys::exit_code(status);
-        let waiter = WAITERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|m| m.remove(&pid));
+        let waiter = guard.as_mut().and_then(|m| m.remove(&pid));
+        drop(guard);
         if let Some(tx) = waiter {
             let _ = tx.send(code);
         }
