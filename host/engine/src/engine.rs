@@ -746,9 +746,10 @@ impl Engine {
 
     /// Invokes every function bound to an engine-provided trigger type (fire-and-forget).
     pub(crate) fn fire_builtin_trigger(&self, trigger_type: &str, payload: &str) {
-        let targets = self.inner.triggers.lock().active_bindings_of(trigger_type);
-        for (ns, fid, meta) in targets {
-            self.call_void(ns, fid, payload.to_string(), meta);
+        let bindings = self.inner.triggers.lock().armed_bindings(trigger_type);
+        for b in bindings {
+            let meta = b.metadata.as_ref().map(Value::to_string);
+            self.call_void(b.namespace, b.function_id, payload.to_string(), meta);
         }
     }
 

@@ -136,7 +136,7 @@ async fn handle_text(engine: &Engine, conn: &Arc<Conn>, text: &str) {
     let (kind, frame) = match decode(text) {
         Ok(x) => x,
         Err(e) => {
-            complain(engine, conn, text, &e).await;
+            complain(conn, text, &e).await;
             return;
         }
     };
@@ -206,8 +206,7 @@ async fn handle_text(engine: &Engine, conn: &Arc<Conn>, text: &str) {
 /// Malformed frames are logged and never kill the connection (spec §1.3, §14). If the frame
 /// was a call with a usable invocation id, the caller also gets a structured error instead of
 /// waiting for its timeout.
-async fn complain(engine: &Engine, conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
-    let _ = engine;
+async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
     let preview: String = text.chars().take(200).collect();
     tracing::warn!(worker_id = %conn.id_str, error = %e, frame = %preview, "malformed frame dropped");
     #[derive(serde::Deserialize)]
@@ -265,7 +264,7 @@ async fn apply_decoded(
                 .inner
                 .triggers
                 .lock()
-                .register_remote_type(engine, conn, ns, &frame);
+                .register_remote_type(conn, ns, &frame);
             crate::triggers::deliver(sends).await;
         }
         Kind::UnregisterTriggerType => {
@@ -281,7 +280,7 @@ async fn apply_decoded(
                 .inner
                 .triggers
                 .lock()
-                .register_from_worker(engine, conn, ns, &frame);
+                .register_from_worker(conn, ns, &frame);
             crate::triggers::deliver(sends).await;
         }
         Kind::UnregisterTrigger => {

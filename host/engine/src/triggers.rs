@@ -163,21 +163,6 @@ impl TriggerRegistry {
         v
     }
 
-    /// (target namespace, function id, metadata JSON) of every armed binding of an engine type.
-    pub fn active_bindings_of(&self, trigger_type: &str) -> Vec<(String, String, Option<String>)> {
-        self.bindings
-            .values()
-            .filter(|b| b.trigger_type == trigger_type && b.provider.is_some())
-            .map(|b| {
-                (
-                    b.namespace.clone(),
-                    b.function_id.clone(),
-                    b.metadata.as_ref().map(Value::to_string),
-                )
-            })
-            .collect()
-    }
-
     fn resolve(&self, b: &Binding) -> Option<TypeKey> {
         let ty = &b.trigger_type;
         if let Some(ns) = &b.trigger_namespace {
@@ -307,7 +292,6 @@ impl TriggerRegistry {
 
     pub fn register_from_worker(
         &mut self,
-        _engine: &Engine,
         conn: &Arc<Conn>,
         conn_ns: &str,
         f: &Frame<'_>,
@@ -364,7 +348,6 @@ impl TriggerRegistry {
 
     pub fn register_remote_type(
         &mut self,
-        engine: &Engine,
         conn: &Arc<Conn>,
         conn_ns: &str,
         f: &Frame<'_>,
@@ -420,7 +403,6 @@ impl TriggerRegistry {
             }
             self.bindings.insert(bid, nb);
         }
-        let _ = engine;
         sends
     }
 
