@@ -88,26 +88,7 @@ pub fn build_lower(dir: &Path, out: &Path, format: Format) -> Result<(), ImageEr
         Format::Ext4 => {
             // Room for metadata; the lower is never written, so no slack for growth.
             let size = (dir_bytes(dir) * 13 / 10 + (8 << 20)).div_ceil(1 << 20);
-            run(
-                "mke2fs",
-                "e2fsprogs",
-                Command::new("mke2fs")
-                    .args([
-                        "-q",
-                        "-t",
-                        "ext4",
-                        "-O",
-                        "^has_journal",
-                        "-E",
-                        "root_owner=0:0",
-                        "-L",
-                        "iii-lower",
-                        "-d",
-                    ])
-                    .arg(dir)
-                    .arg(out)
-                    .arg(format!("{size}M")),
-            )
+            mke2fs(out, "iii-lower", Some(dir), size)
         }
     }
 }
@@ -115,23 +96,36 @@ pub fn build_lower(dir: &Path, out: &Path, format: Format) -> Result<(), ImageEr
 /// Creates an empty ext4 upper image of `size_mib` for one VM.
 pub fn create_upper(out: &Path, size_mib: u64) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(out);
+    mke2fs(out, "iii-upper", None, size_mib)
+}
+
+/// A journal-less, root-owned ext4 image of `size_mib` labelled `label`, populated from
+/// `contents` when given (`mke2fs -d`, no root needed).
+fn mke2fs(
+    out: &Path,
+    label: &str,
+    contents: Option<&Path>,
+    size_mib: u64,
+) -> Result<(), ImageError> {
+    let mut cmd = Command::new("mke2fs");
+    cmd.args([
+        "-q",
+        "-t",
+        "ext4",
+        "-O",
+        "^has_journal",
+        "-E",
+        "root_owner=0:0",
+        "-L",
+        label,
+    ]);
+    if let Some(dir) = contents {
+        cmd.arg("-d").arg(dir);
+    }
     run(
         "mke2fs",
         "e2fsprogs",
-        Command::new("mke2fs")
-            .args([
-                "-q",
-                "-t",
-                "ext4",
-                "-O",
-                "^has_journal",
-                "-E",
-                "root_owner=0:0",
-                "-L",
-                "iii-upper",
-            ])
-            .arg(out)
-            .arg(format!("{size_mib}M")),
+        cmd.arg(out).arg(format!("{size_mib}M")),
     )
 }
 
