@@ -9,5 +9,10 @@ cd "$(dirname "$0")/.."
 # (wasm32-unknown-unknown), installed by the project's setup script.
 bash tests/setup.sh
 
-cargo test -p iii-plugin-host
+# Under tests/run.sh the plugin host's tests already ran in
+# `cargo test --workspace`; building them again alone would recompile
+# wasmtime with other features for nothing.
+if [[ -z ${III_WORKSPACE_TESTED:-} ]]; then
+  cargo test -p iii-plugin-host
+fi
 cargo test --manifest-path plugins/Cargo.toml -p iii-kv -p iii-update-ops

@@ -16,6 +16,7 @@ use crate::qemu::{hex, sha256_file, Qemu, QemuSpec};
 use crate::Report;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const AGENT_IO_TIMEOUT: Duration = Duration::from_secs(90);
 const BASE_APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
 pub fn spec(
@@ -52,7 +53,12 @@ fn connect_agent(sock: &Path) -> Result<UnixStream> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match UnixStream::connect(sock) {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                // A stalled guest must fail the scenario, not hang the suite.
+                s.set_read_timeout(Some(AGENT_IO_TIMEOUT))?;
+                s.set_write_timeout(Some(AGENT_IO_TIMEOUT))?;
+                return Ok(s);
+            }
             Err(e) if Instant::now() > deadline => {
                 return Err(anyhow!("agent socket {}: {e}", sock.display()))
             }
