@@ -86,9 +86,19 @@ impl Qemu {
         ] {
             let c = console.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let line = line.trim_end_matches('\r').to_string();
+                // Bytes, not `lines()`: one invalid UTF-8 byte on the console
+                // must not stop this reader, or qemu blocks on a full pipe and
+                // the guest stalls.
+                let mut r = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']).to_string();
                     if std::env::var_os("III_HARNESS_VERBOSE").is_some() {
                         eprintln!("  | {line}");
                     }

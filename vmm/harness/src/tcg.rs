@@ -104,6 +104,7 @@ fn boot_to_init(fx: &Fixtures) -> Result<String> {
 
 /// One boot with an erofs lower and ext4 upper; many exec checks.
 fn exec_suite(fx: &Fixtures, report: &mut Report) {
+    let failed_before = report.failed;
     let r = (|| -> Result<()> {
         let upper = fx.fresh_upper("upper-exec.ext4")?;
         let lower_sum = sha256_file(&fx.lower_erofs)?;
@@ -238,6 +239,13 @@ fn exec_suite(fx: &Fixtures, report: &mut Report) {
                 ))
             })(),
         );
+
+        if report.failed > failed_before {
+            println!(
+                "INFO guest console after a failed exec check:\n{}",
+                q.tail()
+            );
+        }
 
         // Writes go to the upper only.
         let out = client::exec(
