@@ -5,6 +5,9 @@
 # Installs what the tests need (idempotent) first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# No test reads the terminal; a tool that prompts must see EOF, not wait on
+# whatever stdin the CI runner left open.
+exec </dev/null
 ROOT="$PWD"
 export CARGO_TERM_COLOR=never
 
@@ -13,6 +16,9 @@ bash tests/setup.sh
 t0=$(date +%s)
 step() { printf '\n==> %s   [%ss]\n' "$*" "$(($(date +%s) - t0))"; }
 failed=()
+# Every suite runs under a time limit, so a hang fails that suite with what
+# it printed so far instead of eating the whole CI budget.
+bounded() { local m=$1; shift; timeout -k 30 "${m}m" "$@"; }
 
 # The guest kernel for the VM suite takes ~10 CPU-minutes to build on a
 # fresh machine; start it now at the lowest priority so it uses the idle
@@ -26,26 +32,26 @@ step "cargo fmt --check"
 cargo fmt --all --check || failed+=("cargo fmt")
 
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
+bounded 25 cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
 
 step "build the iii binary"
-cargo build -p iii-cli
+bounded 25 cargo build -p iii-cli || failed+=("build")
 export III_BIN="$ROOT/target/debug/iii"
 
 step "cargo test (unit and black-box tests)"
-cargo test --workspace || failed+=("cargo test")
+bounded 40 cargo test --workspace || failed+=("cargo test")
 # The plugin and VM scripts skip the workspace crates' tests that ran here.
 export III_WORKSPACE_TESTED=1
 
 if [ -x tests/sdk/run.sh ] || [ -f tests/sdk/run.sh ]; then
   step "official SDK suites (Python iii-sdk 0.25, Node iii-sdk 0.22)"
-  bash tests/sdk/run.sh || failed+=("sdk suites")
+  bounded 20 bash tests/sdk/run.sh || failed+=("sdk suites")
 fi
 
 for suite in tests/plugins.sh tests/vmm.sh; do
   if [ -f "$suite" ]; then
     step "$suite"
-    bash "$suite" || failed+=("$suite")
+    bounded 45 bash "$suite" || failed+=("$suite")
   fi
 done
 
