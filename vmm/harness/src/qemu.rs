@@ -58,7 +58,9 @@ impl Qemu {
             let ro = if *ro { ",readonly=on" } else { "" };
             cmd.arg("-drive")
                 .arg(format!(
-                    "id=d{i},file={},format=raw,if=none{ro}",
+                    // Report I/O errors to the guest: qemu's default pauses
+                    // the VM on ENOSPC, which looks like a hung guest.
+                    "id=d{i},file={},format=raw,if=none,werror=report,rerror=report{ro}",
                     img.display()
                 ))
                 .arg("-device")
