@@ -111,6 +111,11 @@ fn build_l1_initrd(
             &std::fs::read(vmctl).context("iii-vmctl")?,
         )
         .file("iii/vmlinux", 0o644, &std::fs::read(&fx.kernel)?)
+        .file(
+            "iii/bzImage",
+            0o644,
+            &std::fs::read(fx.kernel.with_file_name("bzImage")).context("bzImage")?,
+        )
         .file("iii/initrd.cpio", 0o644, &std::fs::read(&fx.initrd)?)
         .file("iii/lower.erofs", 0o644, &std::fs::read(&fx.lower_erofs)?)
         .file("iii/upper-a.ext4", 0o644, &std::fs::read(&up_a)?)

@@ -122,13 +122,14 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(dir: &Path, name: &str, upper: &Path, vcpus: u8) -> Result<Self> {
+    /// `kernel` is a file in `dir`: the ELF `vmlinux` or the `bzImage`.
+    fn start(dir: &Path, name: &str, kernel: &str, upper: &Path, vcpus: u8) -> Result<Self> {
         let uds = PathBuf::from(format!("/tmp/{name}.sock"));
         let err = std::fs::File::create(format!("/tmp/{name}.vmm"))?;
         let started = Instant::now();
         let child = Command::new(dir.join("iii-vmm"))
             .arg("--kernel")
-            .arg(dir.join("vmlinux"))
+            .arg(dir.join(kernel))
             .arg("--initrd")
             .arg(dir.join("initrd.cpio"))
             .args(["--mem-mib", "256", "--vsock-cid", "3", "--timing"])
@@ -259,7 +260,7 @@ fn nested_suite(dir: &Path) {
     if let Err(e) = echo_server() {
         report("echo_server", Err(e));
     }
-    let mut a = match Vm::start(dir, "a", &dir.join("upper-a.ext4"), 1) {
+    let mut a = match Vm::start(dir, "a", "vmlinux", &dir.join("upper-a.ext4"), 1) {
         Ok(v) => v,
         Err(e) => return report("boot_vm_a", Err(e)),
     };
@@ -348,7 +349,7 @@ fn nested_suite(dir: &Path) {
     report(
         "shared_upper_cannot_be_opened_twice",
         (|| {
-            let mut c = Vm::start(dir, "c", &dir.join("upper-a.ext4"), 1)?;
+            let mut c = Vm::start(dir, "c", "vmlinux", &dir.join("upper-a.ext4"), 1)?;
             let st = c.wait_exit(Duration::from_secs(30))?;
             ensure!(!st.success(), "second VM on the same upper started");
             ensure!(
@@ -359,7 +360,7 @@ fn nested_suite(dir: &Path) {
             Ok(String::new())
         })(),
     );
-    let mut b = match Vm::start(dir, "b", &dir.join("upper-b.ext4"), 2) {
+    let mut b = match Vm::start(dir, "b", "vmlinux", &dir.join("upper-b.ext4"), 2) {
         Ok(v) => v,
         Err(e) => return report("boot_vm_b", Err(e)),
     };
@@ -416,6 +417,28 @@ fn nested_suite(dir: &Path) {
         })();
         report(&name, r);
     }
+    report(
+        "boot_bzimage_and_upper_kept_across_boots",
+        (|| {
+            // VM a is gone, so its upper is free again; what a wrote must
+            // still be there, now under a kernel loaded from the bzImage.
+            let mut z = Vm::start(dir, "z", "bzImage", &dir.join("upper-a.ext4"), 1)?;
+            let ready = z.wait_ready(Duration::from_secs(180))?;
+            let out = run(&z.uds, "cat /root/secret-a")?;
+            ensure!(
+                out.code == 0 && out.stdout == b"from-a\n",
+                "upper written by VM a not seen after a reboot: {out:?}"
+            );
+            let mut s = client::connect_vsock(&z.uds, AGENT_PORT, Duration::from_secs(10))?;
+            client::poweroff(&mut s)?;
+            let st = z.wait_exit(Duration::from_secs(60))?;
+            ensure!(st.success(), "vmm exit {st}; log {}", z.vmm_log());
+            Ok(format!(
+                "agent ready {} ms from VMM spawn",
+                ready.as_millis()
+            ))
+        })(),
+    );
     println!("NESTED BENCH suite_s={:.1}", t.elapsed().as_secs_f64());
     println!("NESTED DONE");
 }
