@@ -110,6 +110,29 @@ impl EngineProc {
     pub fn kill9_and_restart(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
+        self.restart();
+    }
+
+    /// Stops the engine the way a user or a service manager does (SIGTERM), waits for it to
+    /// exit (it must, within 10 s) and starts it again in the same directory, config and ports.
+    pub fn sigterm_and_restart(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(
+                Instant::now() < deadline,
+                "engine did not exit within 10 s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.restart();
+    }
+
+    fn restart(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.join("engine.log"))

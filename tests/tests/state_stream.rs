@@ -317,6 +317,17 @@ async fn stream_functions_and_triggers() {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_sigkill() {
+    acknowledged_writes_survive(EngineProc::kill9_and_restart).await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_sigterm() {
+    acknowledged_writes_survive(EngineProc::sigterm_and_restart).await;
+}
+
+/// Writes, deletes and a stream write, each acknowledged; then `stop_and_restart` the engine
+/// and read everything back.
+async fn acknowledged_writes_survive(stop_and_restart: fn(&mut EngineProc)) {
     let mut e = EngineProc::start_with(with_services);
     let mut w = RawWorker::connect(&e.url()).await;
     for i in 0..50 {
@@ -339,8 +350,8 @@ async fn acknowledged_writes_survive_sigkill() {
         json!({"stream_name": "s", "group_id": "g", "item_id": "i", "data": [1, 2, 3]}),
     )
     .await;
-    // The last write was acknowledged: kill -9 right now.
-    e.kill9_and_restart();
+    // The last write was acknowledged: stop the engine right now.
+    stop_and_restart(&mut e);
     let mut w = RawWorker::connect(&e.url()).await;
     let list = ok(&mut w, "state::list", json!({"scope": "durable"})).await;
     assert_eq!(list.as_array().unwrap().len(), 49);
