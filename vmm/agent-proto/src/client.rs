@@ -57,14 +57,29 @@ pub fn exec(
     req: &ExecRequest,
     stdin: &[u8],
 ) -> Result<ExecOutput, ProtoError> {
+    let mut input: Vec<Frame> = stdin
+        .chunks(32 * 1024)
+        .map(|c| Frame::new(Kind::Stdin, c.to_vec()))
+        .collect();
+    input.push(Frame::new(Kind::Stdin, Vec::new()));
+    exec_frames(stream, req, input)
+}
+
+/// Like [`exec`], with the session's input given as frames, sent in order:
+/// stdin chunks (an empty one closes stdin), [`Frame::resize`],
+/// [`Frame::signal`].
+pub fn exec_frames(
+    stream: &UnixStream,
+    req: &ExecRequest,
+    input: Vec<Frame>,
+) -> Result<ExecOutput, ProtoError> {
     let mut w = stream.try_clone()?;
     write_frame(&mut w, &Frame::with_json(Kind::Exec, req))?;
-    let input = stdin.to_vec();
     let feeder = std::thread::spawn(move || -> Result<(), ProtoError> {
-        for chunk in input.chunks(32 * 1024) {
-            write_frame(&mut w, &Frame::new(Kind::Stdin, chunk.to_vec()))?;
+        for f in &input {
+            write_frame(&mut w, f)?;
         }
-        write_frame(&mut w, &Frame::new(Kind::Stdin, Vec::new()))
+        Ok(())
     });
     let mut r = stream.try_clone()?;
     let mut out = ExecOutput::default();

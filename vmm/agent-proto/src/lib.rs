@@ -108,6 +108,18 @@ impl Frame {
         Self::new(Kind::Exit, code.to_le_bytes().to_vec())
     }
 
+    /// A terminal size change for a `tty` session.
+    pub fn resize(rows: u16, cols: u16) -> Self {
+        let mut p = rows.to_le_bytes().to_vec();
+        p.extend_from_slice(&cols.to_le_bytes());
+        Self::new(Kind::Resize, p)
+    }
+
+    /// A signal for the session's process group.
+    pub fn signal(sig: i32) -> Self {
+        Self::new(Kind::Signal, sig.to_le_bytes().to_vec())
+    }
+
     pub fn i32_payload(&self) -> Result<i32, ProtoError> {
         let b: [u8; 4] = self
             .payload

@@ -21,6 +21,7 @@ pub const OS_RELEASE: &[u8] = b"ID=iii-test\nNAME=\"iii test image\"\n";
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "ls", "mkdir", "rm", "sleep", "test", "pwd", "id", "env", "wc", "head",
     "true", "false", "nc", "sync", "stat", "mount", "dd", "seq", "printf", "tr", "grep", "kill",
+    "stty",
 ];
 
 pub fn busybox() -> Result<Vec<u8>> {

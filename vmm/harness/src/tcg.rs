@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use iii_oci_rootfs::image;
-use iii_vm_agent_proto::{client, ExecRequest, FsRequest, EXIT_TIMEOUT};
+use iii_vm_agent_proto::{client, ExecRequest, Frame, FsRequest, Kind, EXIT_TIMEOUT};
 
 use crate::fixtures::{Fixtures, OS_RELEASE};
 use crate::qemu::{hex, sha256_file, Qemu, QemuSpec};
@@ -219,6 +219,46 @@ fn exec_suite(fx: &Fixtures, report: &mut Report) {
                 ensure!(
                     out.code == 0 && String::from_utf8_lossy(&out.stdout).trim() == "tty",
                     "{out:?}"
+                );
+                Ok(String::new())
+            })(),
+        );
+
+        report.check(
+            "tcg/exec_pty_resize",
+            (|| {
+                // The resize frame is applied before the line that lets the
+                // shell go on, so `stty size` must see the new size.
+                let mut req = sh("read go; stty size");
+                req.tty = true;
+                let out = client::exec_frames(
+                    &s,
+                    &req,
+                    vec![
+                        Frame::resize(40, 100),
+                        Frame::new(Kind::Stdin, b"go\n".to_vec()),
+                    ],
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                ensure!(
+                    out.code == 0 && text.lines().any(|l| l.trim() == "40 100"),
+                    "exit {}, output {text:?}",
+                    out.code
+                );
+                Ok(String::new())
+            })(),
+        );
+
+        report.check(
+            "tcg/exec_signal_reaches_the_process_group",
+            (|| {
+                let t = Instant::now();
+                let out = client::exec_frames(&s, &sh("sleep 30"), vec![Frame::signal(15)])?;
+                ensure!(
+                    out.code == 128 + 15,
+                    "exit {} after {:?}",
+                    out.code,
+                    t.elapsed()
                 );
                 Ok(String::new())
             })(),
