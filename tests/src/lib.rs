@@ -155,6 +155,25 @@ impl EngineProc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default()
     }
+
+    /// Waits until the engine's log contains every one of `needles` and returns the log.
+    /// Panics with the log after 30 s. Some start-up lines (a service ready after its adapter
+    /// compiled on a cold cache) come after the socket already accepts connections.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let missing: Vec<&&str> = needles.iter().filter(|n| !log.contains(**n)).collect();
+            if missing.is_empty() {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engine log still lacks {missing:?} after 30 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for EngineProc {

@@ -203,17 +203,12 @@ fn upstream_config_runs_with_clear_warnings_and_env_interpolation() {
             "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: ${{III_TEST_WS_PORT_UNSET:{ws}}}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n  - name: iii-cron\n  - name: iii-observability\n    config: {{level: info, exporter: memory}}\n  - name: iii-engine-functions\n  - name: configuration\n  - name: pdfkit\n"
         )
     });
-    std::thread::sleep(Duration::from_millis(200));
-    let log = e.log();
-    for name in ["iii-cron", "pdfkit"] {
-        assert!(
-            log.contains(&format!("config entry `{name}` starts nothing")),
-            "no warning for {name}:\n{log}"
-        );
-    }
-    for service in ["state service ready", "stream service ready"] {
-        assert!(log.contains(service), "{service} missing:\n{log}");
-    }
+    e.wait_for_log(&[
+        "config entry `iii-cron` starts nothing",
+        "config entry `pdfkit` starts nothing",
+        "state service ready",
+        "stream service ready",
+    ]);
 }
 
 #[test]
