@@ -229,6 +229,30 @@ impl RawWorker {
         w
     }
 
+    /// Closes this connection and waits until `observer` no longer sees the worker in
+    /// `engine::workers::list`. The engine drops the worker's record last, after its functions,
+    /// calls, triggers and name, so this is "disconnect cleanup has finished".
+    pub async fn close_and_wait_gone(mut self, observer: &mut RawWorker) {
+        let id = std::mem::take(&mut self.worker_id);
+        let _ = self.ws.close(None).await;
+        drop(self);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = observer.call("engine::workers::list", json!({})).await;
+            let listed = r["result"]["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().any(|w| w["id"] == id.as_str()));
+            if !listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {id} still listed {WAIT:?} after it closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Connects and declares itself (name, pid, optional namespace) so registrations apply at once.
     pub async fn connect_named(url: &str, name: &str, namespace: Option<&str>) -> RawWorker {
         let mut w = Self::connect(url).await;

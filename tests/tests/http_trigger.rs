@@ -1,7 +1,5 @@
 //! The `http` trigger type and the REST trigger server, end to end.
 
-use std::time::Duration;
-
 use iii_tests::{header, http, EngineProc, RawWorker};
 use serde_json::{json, Value};
 
@@ -153,8 +151,7 @@ async fn errors_not_found_and_removal() {
     assert!(r["error"]["message"].as_str().unwrap().contains("api_path"));
 
     // Worker gone → its routes are gone.
-    drop(w);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.close_and_wait_gone(&mut other).await;
     let (s, _, _) = get(e.http_port, "GET", "/boom", vec![], b"").await;
     assert_eq!(s, 404);
     // Unregistering a trigger removes its route.

@@ -389,8 +389,7 @@ async fn function_ownership_conflict_and_takeover() {
     let rej = b.recv_where(|v| v["type"] == "registrationrejected").await;
     assert_eq!(rej["owner_worker_id"], "");
     // Once the owner is gone the id is free again.
-    drop(a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.close_and_wait_gone(&mut b).await;
     b.register_function("svc::one", json!({})).await;
     b.expect_none(Duration::from_millis(300), |v| {
         v["type"] == "registrationrejected"
@@ -554,8 +553,7 @@ async fn worker_provided_trigger_types_park_replay_and_unregister() {
     app.send(json!({"type": "registertrigger", "id": "t3", "trigger_type": "webhook", "function_id": "app::on_hook", "config": {}})).await;
     prov.recv_where(|v| v["type"] == "registertrigger" && v["id"] == "t3")
         .await;
-    drop(prov);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    prov.close_and_wait_gone(&mut app).await;
     let mut prov2 = RawWorker::connect_named(&e.url(), "hooks", None).await;
     prov2
         .send(json!({"type": "registertriggertype", "id": "webhook", "description": "Webhooks"}))
@@ -719,8 +717,7 @@ async fn register_trigger_function_creates_ownerless_bindings() {
     let mut admin = RawWorker::connect(&e.url()).await;
     let r = admin.call("engine::register_trigger", json!({"trigger_type": "http", "function_id": "a::h", "config": {"api_path": "owned/none"}})).await;
     let id = r["result"]["id"].as_str().expect("id").to_string();
-    drop(admin); // survives its creator
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    admin.close_and_wait_gone(&mut a).await; // the trigger survives its creator
     let port = e.http_port;
     let req =
         tokio::task::spawn_blocking(move || iii_tests::http(port, "GET", "/owned/none", &[], b""));
