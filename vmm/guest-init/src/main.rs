@@ -210,21 +210,28 @@ fn find_serial_port(name: &str) -> Option<String> {
     None
 }
 
+/// Serves the agent on a virtio-serial port. The port is opened once and
+/// stays open: closing and reopening it while polling for a host (a read
+/// returns EOF until one connects) let qemu drop host bytes that arrived
+/// while the port was closed, and a dropped request hangs its client.
 fn serve_serial(path: &str) {
+    let port = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            log(&format!("{path}: {e}"));
+            return;
+        }
+    };
     loop {
-        let f = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                log(&format!("{path}: {e}"));
-                return;
-            }
+        let (Ok(r), Ok(w)) = (port.try_clone(), port.try_clone()) else {
+            log(&format!("{path}: cannot duplicate the port"));
+            return;
         };
-        let Ok(w) = f.try_clone() else { return };
-        match agent::serve(f, Box::new(w)) {
+        match agent::serve(r, Box::new(w)) {
             agent::End::Poweroff => sys::power_off(),
             // EOF: no host on the other end yet; poll again shortly.
             agent::End::Closed => std::thread::sleep(Duration::from_millis(20)),

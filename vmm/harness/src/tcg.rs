@@ -425,7 +425,7 @@ fn workload_signal(fx: &Fixtures) -> Result<String> {
     match client::exec(&s, &sh("kill -TERM 1"), b"") {
         Ok(out) => ensure!(out.code == 0, "kill failed: {out:?}"),
         Err(iii_vm_agent_proto::ProtoError::Closed) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => bail!("exec kill -TERM 1: {e}; console:\n{}", q.tail()),
     }
     let (line, _) = match q.wait_for("iii-init: exit=", Duration::from_secs(15)) {
         Ok(x) => x,
