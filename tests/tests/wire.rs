@@ -596,6 +596,37 @@ async fn worker_provided_trigger_types_park_replay_and_unregister() {
         .any(|t| t["id"] == "webhook"));
 }
 
+/// The official Python SDK drops a `registertrigger` that races its own handler
+/// registration (it sends `registertriggertype` before it stores the handler), and
+/// answers nothing. The engine sends an unanswered one again until it is answered.
+#[tokio::test]
+async fn unanswered_registertrigger_is_sent_again_until_acknowledged() {
+    let e = EngineProc::start("");
+    let mut prov = RawWorker::connect_named(&e.url(), "hooks", None).await;
+    prov.send(json!({"type": "registertriggertype", "id": "hook2", "description": "Hooks"}))
+        .await;
+    prov.sync().await;
+    let mut app = RawWorker::connect_named(&e.url(), "app", None).await;
+    app.register_function("app::on_hook", json!({})).await;
+    app.send(json!({"type": "registertrigger", "id": "u1", "trigger_type": "hook2", "function_id": "app::on_hook", "config": {"k": 1}})).await;
+    let first = prov.recv_where(|v| v["type"] == "registertrigger").await;
+    assert_eq!(
+        first,
+        json!({"type": "registertrigger", "id": "u1", "trigger_type": "hook2", "function_id": "app::on_hook", "config": {"k": 1}})
+    );
+    // Dropped, as the racing SDK does: the same frame comes again.
+    let again = prov.recv_where(|v| v["type"] == "registertrigger").await;
+    assert_eq!(again, first);
+    prov.send(json!({"type": "triggerregistrationresult", "id": "u1", "trigger_type": "hook2", "function_id": "app::on_hook"})).await;
+    prov.sync().await;
+    // Answered: no more resends (the next one would be due 3 s after the last).
+    prov.expect_none(Duration::from_secs(4), |v| v["type"] == "registertrigger")
+        .await;
+    assert!(e
+        .log()
+        .contains("provider has not answered registertrigger; sending it again"));
+}
+
 #[tokio::test]
 async fn introspection_lists_workers_functions_and_triggers() {
     let e = EngineProc::start("");

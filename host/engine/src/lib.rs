@@ -162,6 +162,23 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
             }
         });
     }
+    {
+        // Worker providers that left a `registertrigger` unanswered get it again.
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let sends = engine
+                    .inner
+                    .triggers
+                    .lock()
+                    .resend_unacked(std::time::Instant::now());
+                triggers::deliver(sends).await;
+            }
+        });
+    }
     Ok(Running {
         engine,
         worker_addrs,

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use iii_protocol::{out, ErrorBody, Frame};
 use serde_json::value::RawValue;
@@ -82,7 +83,26 @@ pub struct TriggerRegistry {
     bindings: HashMap<String, Binding>,
     /// `engine::register_trigger` calls waiting for a worker provider's answer, by binding id.
     ack_waiters: HashMap<String, tokio::sync::oneshot::Sender<Option<ErrorBody>>>,
+    /// `registertrigger` frames sent to worker providers and not yet answered, by binding id.
+    unacked: HashMap<String, Unacked>,
 }
+
+/// A `registertrigger` a worker provider has not answered yet.
+///
+/// The official Python SDK stores a trigger type's handler only after it sent
+/// `registertriggertype`, and silently drops a `registertrigger` for a type it
+/// has no handler for; a binding replayed at once to a new provider can land in
+/// that gap and would never be armed. Every SDK answers `registertrigger` with a
+/// `triggerregistrationresult`, and re-sending an id replaces the binding (spec
+/// §2.2), so an unanswered frame is sent again a bounded number of times.
+struct Unacked {
+    conn_id: u128,
+    sent_at: Instant,
+    resends: u32,
+}
+
+/// Waits before each resend of an unanswered `registertrigger`.
+pub const RESEND_AFTER: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
 
 fn raw_value(r: Option<&RawValue>) -> Option<Value> {
     r.and_then(|r| serde_json::from_str(r.get()).ok())
@@ -178,7 +198,8 @@ impl TriggerRegistry {
     }
 
     /// Tells a binding's provider to disarm it.
-    fn disarm(&self, b: &Binding, sends: &mut Sends) {
+    fn disarm(&mut self, b: &Binding, sends: &mut Sends) {
+        self.unacked.remove(&b.id);
         let Some(key) = &b.provider else { return };
         match self.types.get(key).map(|t| &t.provider) {
             Some(Provider::Builtin(p)) => p.unregister(b),
@@ -190,27 +211,22 @@ impl TriggerRegistry {
     }
 
     /// Arms a binding at `key`. Builtin errors are returned; remote providers answer later.
-    fn arm(&self, b: &Binding, key: &TypeKey, sends: &mut Sends) -> Result<(), String> {
+    fn arm(&mut self, b: &Binding, key: &TypeKey, sends: &mut Sends) -> Result<(), String> {
         match self.types.get(key).map(|t| &t.provider) {
             Some(Provider::Builtin(p)) => p.register(b),
             Some(Provider::Remote(c)) => {
                 if c.is_closing() {
                     return Err("provider is disconnecting".into());
                 }
-                let config = b.config.to_string();
-                let metadata = b.metadata.as_ref().map(Value::to_string);
-                sends.push((
-                    c.clone(),
-                    out::register_trigger(&out::RegisterTrigger {
-                        id: &b.id,
-                        trigger_type: &b.trigger_type,
-                        function_id: &b.function_id,
-                        config: &config,
-                        metadata: metadata.as_deref(),
-                        namespace: (b.namespace != DEFAULT_NS).then_some(b.namespace.as_str()),
-                        trigger_namespace: (key.0 != DEFAULT_NS).then_some(key.0.as_str()),
-                    }),
-                ));
+                sends.push((c.clone(), register_frame(b, key)));
+                self.unacked.insert(
+                    b.id.clone(),
+                    Unacked {
+                        conn_id: c.id,
+                        sent_at: Instant::now(),
+                        resends: 0,
+                    },
+                );
                 Ok(())
             }
             None => Err("no provider".into()),
@@ -487,6 +503,7 @@ impl TriggerRegistry {
         if !from_provider {
             return sends;
         }
+        self.unacked.remove(id);
         if let Some(waiter) = self.ack_waiters.remove(id) {
             let _ = waiter.send(f.error.clone());
         }
@@ -524,4 +541,75 @@ impl TriggerRegistry {
         sends.retain(|(c, _)| c.id != conn.id);
         sends
     }
+
+    /// Sends again every `registertrigger` its worker provider has left unanswered for
+    /// longer than [`RESEND_AFTER`]; gives up (with a warning) after the last resend.
+    pub fn resend_unacked(&mut self, now: Instant) -> Sends {
+        let mut sends = Sends::new();
+        if self.unacked.is_empty() {
+            return sends;
+        }
+        let due: Vec<String> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| {
+                let wait = RESEND_AFTER
+                    .get(u.resends as usize)
+                    .copied()
+                    .unwrap_or(RESEND_AFTER[RESEND_AFTER.len() - 1]);
+                now.saturating_duration_since(u.sent_at) >= wait
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(u) = self.unacked.remove(&id) else {
+                continue;
+            };
+            // Still armed at the same, live provider connection?
+            let armed = self.bindings.get(&id).and_then(|b| {
+                let key = b.provider.as_ref()?;
+                match &self.types.get(key)?.provider {
+                    Provider::Remote(c) if c.id == u.conn_id && !c.is_closing() => {
+                        Some((b, key, c.clone()))
+                    }
+                    _ => None,
+                }
+            });
+            let Some((b, key, conn)) = armed else {
+                continue;
+            };
+            if u.resends as usize >= RESEND_AFTER.len() {
+                tracing::warn!(trigger_id = %id, trigger_type = %b.trigger_type, worker_id = %conn.id_str,
+                    "provider never answered registertrigger; giving up resending it");
+                continue;
+            }
+            tracing::info!(trigger_id = %id, trigger_type = %b.trigger_type, worker_id = %conn.id_str,
+                attempt = u.resends + 2, "provider has not answered registertrigger; sending it again");
+            sends.push((conn, register_frame(b, key)));
+            self.unacked.insert(
+                id,
+                Unacked {
+                    conn_id: u.conn_id,
+                    sent_at: now,
+                    resends: u.resends + 1,
+                },
+            );
+        }
+        sends
+    }
+}
+
+/// The `registertrigger` frame that arms `b` at the worker provider of `key`.
+fn register_frame(b: &Binding, key: &TypeKey) -> String {
+    let config = b.config.to_string();
+    let metadata = b.metadata.as_ref().map(Value::to_string);
+    out::register_trigger(&out::RegisterTrigger {
+        id: &b.id,
+        trigger_type: &b.trigger_type,
+        function_id: &b.function_id,
+        config: &config,
+        metadata: metadata.as_deref(),
+        namespace: (b.namespace != DEFAULT_NS).then_some(b.namespace.as_str()),
+        trigger_namespace: (key.0 != DEFAULT_NS).then_some(key.0.as_str()),
+    })
 }
