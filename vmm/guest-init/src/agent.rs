@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +21,8 @@ enum Input {
     Stdin(Vec<u8>),
     Signal(i32),
     Resize(u16, u16),
-    /// The client went away: kill the session.
-    Hangup,
+    /// The client went away (why): kill the session if it still runs.
+    Hangup(String),
 }
 
 fn send(w: &SharedWriter, f: &Frame) -> bool {
@@ -46,9 +47,9 @@ pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
     loop {
         let f = match read_frame(&mut r) {
             Ok(f) => f,
-            Err(_) => {
+            Err(e) => {
                 if let Some(tx) = active.take() {
-                    let _ = tx.send(Input::Hangup);
+                    let _ = tx.send(Input::Hangup(e.to_string()));
                 }
                 return End::Closed;
             }
@@ -250,6 +251,13 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
     }
     // The process group is the pid for both setsid and process_group(0).
     let group = -pid;
+    // Once the child is reaped its pid (and group id) may be reused: signals
+    // and hangups that come later must not reach whoever got it.
+    let finished = Arc::new(AtomicBool::new(false));
+    let running = {
+        let f = finished.clone();
+        move || !f.load(Ordering::SeqCst)
+    };
     // Input runs on its own thread: a child that does not read its stdin
     // must not stall signal delivery.
     let tty = req.tty;
@@ -274,14 +282,20 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
                         }
                     }
                 }
-                Input::Signal(sig) => sys::kill(group, sig),
+                Input::Signal(sig) if running() => sys::kill(group, sig),
+                Input::Signal(_) => {}
                 Input::Resize(rows, cols) => {
                     if let Some(fd) = master_fd {
                         sys::set_winsize(fd, rows, cols);
                     }
                 }
-                Input::Hangup => {
-                    sys::kill(group, libc::SIGKILL);
+                Input::Hangup(why) => {
+                    if running() {
+                        eprintln!(
+                            "iii-init: agent stream ended ({why}); killing the running session"
+                        );
+                        sys::kill(group, libc::SIGKILL);
+                    }
                     break;
                 }
             }
@@ -299,6 +313,7 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
         },
         None => exit_rx.recv().unwrap_or(255),
     };
+    finished.store(true, Ordering::SeqCst);
     // Deliver remaining output; background processes that keep the pipes
     // open do not hold the exit report back for long.
     for _ in 0..pumps {

@@ -231,10 +231,42 @@ fn serve_serial(path: &str) {
             log(&format!("{path}: cannot duplicate the port"));
             return;
         };
+        let r = SerialReader {
+            port: r,
+            grace: SERIAL_HANGUP_GRACE,
+        };
         match agent::serve(r, Box::new(w)) {
             agent::End::Poweroff => sys::power_off(),
-            // EOF: no host on the other end yet; poll again shortly.
-            agent::End::Closed => std::thread::sleep(Duration::from_millis(20)),
+            // The host stayed away for the whole grace: serve the next one.
+            agent::End::Closed => {}
+        }
+    }
+}
+
+/// How long a virtio-serial port must read EOF before the host counts as gone.
+const SERIAL_HANGUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads a virtio-serial port, where EOF means "no host connected right
+/// now", not "the stream ended". The kernel learns of host connects and
+/// disconnects on the control queue, which is not ordered with the data
+/// queue: a host's first bytes can arrive (and be read) before its connect,
+/// and the next read then returns EOF with the host still there. So EOF is
+/// retried until it has lasted `grace`; only then is it passed on (and a
+/// running session hung up).
+struct SerialReader<R> {
+    port: R,
+    grace: Duration,
+}
+
+impl<R: std::io::Read> std::io::Read for SerialReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let since = std::time::Instant::now();
+        loop {
+            let n = self.port.read(buf)?;
+            if n > 0 || buf.is_empty() || since.elapsed() >= self.grace {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -311,5 +343,56 @@ fn forward_signals() {
         if pid > 0 {
             sys::kill(-pid, sig);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::io::Read;
+
+    /// Plays back reads: `None` is an EOF, `Some(bytes)` data.
+    struct Script(VecDeque<Option<&'static [u8]>>);
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.pop_front() {
+                Some(Some(d)) => {
+                    buf[..d.len()].copy_from_slice(d);
+                    Ok(d.len())
+                }
+                Some(None) | None => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn serial_eof_shorter_than_the_grace_is_not_a_hangup() {
+        // A frame's bytes, an EOF (the host's connect not yet seen), more bytes.
+        let script = Script(VecDeque::from([
+            Some(&b"ab"[..]),
+            None,
+            None,
+            Some(&b"cd"[..]),
+        ]));
+        let mut r = SerialReader {
+            port: script,
+            grace: Duration::from_secs(5),
+        };
+        let mut got = [0u8; 4];
+        r.read_exact(&mut got)
+            .expect("EOFs within the grace are retried");
+        assert_eq!(&got, b"abcd");
+    }
+
+    #[test]
+    fn serial_eof_that_lasts_the_grace_ends_the_stream() {
+        let mut r = SerialReader {
+            port: Script(VecDeque::new()),
+            grace: Duration::from_millis(60),
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
     }
 }

@@ -423,7 +423,7 @@ fn workload_signal(fx: &Fixtures) -> Result<String> {
     // The workload exits on the signal and init powers off at once, so the
     // reply to this exec may be cut off; only a refusal counts as failure.
     match client::exec(&s, &sh("kill -TERM 1"), b"") {
-        Ok(out) => ensure!(out.code == 0, "kill failed: {out:?}"),
+        Ok(out) => ensure!(out.code == 0, "kill failed: {out:?}\n{}", q.tail()),
         Err(iii_vm_agent_proto::ProtoError::Closed) => {}
         Err(e) => bail!("exec kill -TERM 1: {e}; console:\n{}", q.tail()),
     }
