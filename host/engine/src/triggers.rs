@@ -148,13 +148,7 @@ impl TriggerRegistry {
         &mut self,
         id: &str,
     ) -> Option<tokio::sync::oneshot::Receiver<Option<ErrorBody>>> {
-        let key = self.bindings.get(id)?.provider.clone()?;
-        if !matches!(
-            self.types.get(&key).map(|t| &t.provider),
-            Some(Provider::Remote(_))
-        ) {
-            return None;
-        }
+        self.remote_provider(id)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.ack_waiters.insert(id.to_string(), tx);
         Some(rx)
@@ -195,6 +189,16 @@ impl TriggerRegistry {
         }
         let dflt = (DEFAULT_NS.to_string(), ty.clone());
         self.types.contains_key(&dflt).then_some(dflt)
+    }
+
+    /// The provider key and worker connection binding `id` is armed at, if its provider is
+    /// a worker.
+    fn remote_provider(&self, id: &str) -> Option<(&TypeKey, &Arc<Conn>)> {
+        let key = self.bindings.get(id)?.provider.as_ref()?;
+        match &self.types.get(key)?.provider {
+            Provider::Remote(c) => Some((key, c)),
+            Provider::Builtin(_) => None,
+        }
     }
 
     /// Tells a binding's provider to disarm it.
@@ -495,12 +499,10 @@ impl TriggerRegistry {
         let Some(b) = self.bindings.get(id).cloned() else {
             return sends;
         };
-        let from_provider = b
-            .provider
-            .as_ref()
-            .and_then(|k| self.types.get(k))
-            .is_some_and(|t| matches!(&t.provider, Provider::Remote(c) if c.id == conn.id));
-        if !from_provider {
+        if self
+            .remote_provider(id)
+            .is_none_or(|(_, c)| c.id != conn.id)
+        {
             return sends;
         }
         self.unacked.remove(id);
@@ -566,18 +568,11 @@ impl TriggerRegistry {
                 continue;
             };
             // Still armed at the same, live provider connection?
-            let armed = self.bindings.get(&id).and_then(|b| {
-                let key = b.provider.as_ref()?;
-                match &self.types.get(key)?.provider {
-                    Provider::Remote(c) if c.id == u.conn_id && !c.is_closing() => {
-                        Some((b, key, c.clone()))
-                    }
-                    _ => None,
-                }
-            });
-            let Some((b, key, conn)) = armed else {
-                continue;
+            let (key, conn) = match self.remote_provider(&id) {
+                Some((k, c)) if c.id == u.conn_id && !c.is_closing() => (k.clone(), c.clone()),
+                _ => continue,
             };
+            let b = &self.bindings[&id];
             if u.resends as usize >= RESEND_AFTER.len() {
                 tracing::warn!(trigger_id = %id, trigger_type = %b.trigger_type, worker_id = %conn.id_str,
                     "provider never answered registertrigger; giving up resending it");
@@ -585,7 +580,7 @@ impl TriggerRegistry {
             }
             tracing::info!(trigger_id = %id, trigger_type = %b.trigger_type, worker_id = %conn.id_str,
                 attempt = u.resends + 2, "provider has not answered registertrigger; sending it again");
-            sends.push((conn, register_frame(b, key)));
+            sends.push((conn, register_frame(b, &key)));
             self.unacked.insert(
                 id,
                 Unacked {
