@@ -9,6 +9,11 @@
 #![deny(missing_docs)]
 
 pub mod memory;
+mod spec;
+
+pub use spec::{
+    AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -214,8 +219,12 @@ pub trait StateStore: Send + Sync {
 #[async_trait]
 pub trait StreamStore: Send + Sync {
     /// The item, if any.
-    async fn get(&self, stream: &str, group: &str, item: &str)
-        -> Result<Option<Value>, AdapterError>;
+    async fn get(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Value>, AdapterError>;
     /// Stores an item, returning the old and new values.
     async fn set(
         &self,
@@ -245,4 +254,61 @@ pub trait StreamStore: Send + Sync {
     async fn list_groups(&self, stream: &str) -> Result<Vec<String>, AdapterError>;
     /// Every stream with its groups.
     async fn list_all(&self) -> Result<Vec<StreamGroups>, AdapterError>;
+}
+
+/// An adapter world: a WIT package@version whose components provide one kind of store. A new
+/// family (queue, pubsub, lock) adds a marker type here and a module in the plugin host; the
+/// loader trait does not change.
+pub trait AdapterWorld: 'static {
+    /// The world's WIT name, e.g. `iii:adapter/state-adapter@0.1.0`; also how a loader picks
+    /// its implementation.
+    const WORLD: &'static str;
+    /// The trait object services use, e.g. `dyn StateStore`.
+    type Store: ?Sized + Send + Sync + 'static;
+}
+
+/// The `state` world of `iii:adapter@0.1.0`.
+pub struct StateWorld;
+impl AdapterWorld for StateWorld {
+    const WORLD: &'static str = "iii:adapter/state-adapter@0.1.0";
+    type Store = dyn StateStore;
+}
+
+/// The `stream` world of `iii:adapter@0.1.0`.
+pub struct StreamWorld;
+impl AdapterWorld for StreamWorld {
+    const WORLD: &'static str = "iii:adapter/stream-adapter@0.1.0";
+    type Store = dyn StreamStore;
+}
+
+/// Loads adapters for services. Object-safe so a service can get it from its prepare context
+/// without knowing the provider (the plugin host, or [`memory::MemoryLoader`] in tests).
+#[async_trait]
+pub trait AdapterLoader: Send + Sync {
+    /// Loads `spec` as an implementation of `world` and returns an `Arc<W::Store>` boxed as
+    /// `Any`. Use [`load`] instead of calling this directly.
+    async fn load_any(
+        &self,
+        world: &'static str,
+        spec: &AdapterSpec,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, AdapterError>;
+}
+
+/// Loads `spec` as an adapter of world `W`.
+pub async fn load<W: AdapterWorld>(
+    loader: &dyn AdapterLoader,
+    spec: &AdapterSpec,
+) -> Result<std::sync::Arc<W::Store>, AdapterError> {
+    let any = loader.load_any(W::WORLD, spec).await?;
+    any.downcast::<std::sync::Arc<W::Store>>()
+        .map(|b| *b)
+        .map_err(|_| {
+            AdapterError::new(
+                AdapterErrorKind::Other,
+                format!(
+                    "the adapter loader returned the wrong store type for {}",
+                    W::WORLD
+                ),
+            )
+        })
 }

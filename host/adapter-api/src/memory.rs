@@ -15,7 +15,8 @@ use crate::{
 /// Converts the wire shape of an update op to the one `iii-update-ops` applies.
 pub fn to_update_ops(ops: &[UpdateOp]) -> Vec<iii_update_ops::Op> {
     use iii_update_ops::Op;
-    let segs = |p: &Option<crate::SegmentPath>| p.as_ref().map(|p| p.segments()).unwrap_or_default();
+    let segs =
+        |p: &Option<crate::SegmentPath>| p.as_ref().map(|p| p.segments()).unwrap_or_default();
     ops.iter()
         .map(|op| match op {
             UpdateOp::Set { path, value } => Op::Set {
@@ -220,8 +221,8 @@ mod tests {
         assert_eq!(s.get("a", "k").await.unwrap(), None);
         let r = s.set("a", "k", &json!({"n": 1})).await.unwrap();
         assert_eq!(r.old_value, None);
-        let ops = UpdateOp::parse_list(&json!([{"type": "increment", "path": "n", "by": 2}]))
-            .unwrap();
+        let ops =
+            UpdateOp::parse_list(&json!([{"type": "increment", "path": "n", "by": 2}])).unwrap();
         let u = s.update("a", "k", &ops).await.unwrap();
         assert_eq!(u.new_value, json!({"n": 3}));
         assert_eq!(s.list_groups().await.unwrap(), vec!["a".to_string()]);
@@ -242,5 +243,35 @@ mod tests {
         let all = s.list_all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].groups.len(), 2);
+    }
+}
+
+/// An [`AdapterLoader`](crate::AdapterLoader) that hands out fresh in-memory stores for the
+/// state and stream worlds, whatever the spec says. For service tests.
+#[derive(Default)]
+pub struct MemoryLoader;
+
+#[async_trait]
+impl crate::AdapterLoader for MemoryLoader {
+    async fn load_any(
+        &self,
+        world: &'static str,
+        _spec: &crate::AdapterSpec,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, AdapterError> {
+        use crate::AdapterWorld;
+        if world == crate::StateWorld::WORLD {
+            let s: std::sync::Arc<dyn StateStore> =
+                std::sync::Arc::new(MemoryStateStore::default());
+            Ok(Box::new(s))
+        } else if world == crate::StreamWorld::WORLD {
+            let s: std::sync::Arc<dyn StreamStore> =
+                std::sync::Arc::new(MemoryStreamStore::default());
+            Ok(Box::new(s))
+        } else {
+            Err(AdapterError::new(
+                crate::AdapterErrorKind::Other,
+                format!("the in-memory loader has no adapter for world {world}"),
+            ))
+        }
     }
 }

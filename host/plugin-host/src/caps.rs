@@ -12,7 +12,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::error::PluginError;
-use crate::spec::Grants;
+use iii_adapter_api::Grants;
 
 /// Guest path of the granted data directory.
 pub const GUEST_DATA_DIR: &str = "/data";

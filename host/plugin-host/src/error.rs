@@ -97,6 +97,12 @@ impl std::fmt::Display for AdapterErrorKind {
     }
 }
 
+impl From<iii_adapter_api::SpecError> for PluginError {
+    fn from(e: iii_adapter_api::SpecError) -> Self {
+        PluginError::InvalidSpec(e.0)
+    }
+}
+
 impl PluginError {
     /// True when the adapter instance was lost (trap, deadline, memory cap)
     /// and the supervisor restarted it.

@@ -16,7 +16,7 @@ use crate::cache::{self, CacheOutcome, CodeCache};
 use crate::caps::{Capabilities, Ctx};
 use crate::embedded;
 use crate::error::PluginError;
-use crate::spec::{AdapterSource, AdapterSpec};
+use iii_adapter_api::{AdapterSource, AdapterSpec};
 
 /// Host-wide settings (not per adapter).
 #[derive(Debug, Clone)]

@@ -22,7 +22,6 @@ pub mod embedded;
 mod error;
 mod host;
 pub mod policy;
-mod spec;
 
 pub use adapter::{Adapter, AdapterKind};
 pub use api::{
@@ -33,4 +32,6 @@ pub use cache::CacheOutcome;
 pub use caps::GUEST_DATA_DIR;
 pub use error::{AdapterErrorKind, PluginError};
 pub use host::{HostConfig, PluginHost};
-pub use spec::{AdapterSource, AdapterSpec, Grants, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB};
+pub use iii_adapter_api::{
+    AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+};

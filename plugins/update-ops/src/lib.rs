@@ -453,7 +453,11 @@ fn apply_one(cur: &mut Value, placeholder: &mut bool, i: usize, op: &Op) -> Resu
             if path.is_empty() {
                 *cur = Value::Null;
             } else if let Value::Object(m) = cur {
+                // Keep the other keys' order where the map keeps one (the kv component's).
+                #[cfg(feature = "preserve_order")]
                 m.shift_remove(path);
+                #[cfg(not(feature = "preserve_order"))]
+                m.remove(path);
             } else {
                 return Err(op_error(
                     i,

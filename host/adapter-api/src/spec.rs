@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::PluginError;
+/// A malformed `adapter:` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid adapter spec: {0}")]
+pub struct SpecError(pub String);
 
 /// Default memory cap of an adapter instance.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
@@ -47,8 +50,10 @@ pub struct Grants {
     /// Host directory preopened read-write at `/data` in the guest.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Memory cap of one instance, in MiB (default [`DEFAULT_MEMORY_MB`]).
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// Per-call deadline in milliseconds (default [`DEFAULT_DEADLINE_MS`]).
     #[serde(default)]
     pub deadline_ms: Option<u64>,
     /// Fuel units per call (deterministic instruction budget).
@@ -57,10 +62,12 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// The memory cap in MiB, default applied.
     pub fn memory_mb(&self) -> u64 {
         self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB)
     }
 
+    /// The per-call deadline in milliseconds, default applied.
     pub fn deadline_ms(&self) -> u64 {
         self.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)
     }
@@ -69,9 +76,11 @@ impl Grants {
 /// One `adapter:` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSpec {
+    /// Where the component comes from.
     pub source: AdapterSource,
     /// The `config:` map, handed to the plugin through `iii:adapter/config`.
     pub config: Map<String, Value>,
+    /// What the component may touch.
     pub grants: Grants,
 }
 
@@ -105,11 +114,13 @@ impl AdapterSpec {
         }
     }
 
+    /// Replaces the `config:` map.
     pub fn with_config(mut self, config: Map<String, Value>) -> Self {
         self.config = config;
         self
     }
 
+    /// Replaces the grants.
     pub fn with_grants(mut self, grants: Grants) -> Self {
         self.grants = grants;
         self
@@ -117,19 +128,19 @@ impl AdapterSpec {
 
     /// Parses the JSON form of an `adapter:` entry (what serde_yaml gives for
     /// the YAML form). Exactly one of `name` / `path` must be present.
-    pub fn from_value(v: &Value) -> Result<AdapterSpec, PluginError> {
+    pub fn from_value(v: &Value) -> Result<AdapterSpec, SpecError> {
         let raw: RawSpec = serde_json::from_value(v.clone())
-            .map_err(|e| PluginError::InvalidSpec(format!("adapter entry: {e}")))?;
+            .map_err(|e| SpecError(format!("adapter entry: {e}")))?;
         let source = match (raw.name, raw.path) {
             (Some(n), None) => AdapterSource::Name(n),
             (None, Some(p)) => AdapterSource::Path(p),
             (Some(_), Some(_)) => {
-                return Err(PluginError::InvalidSpec(
+                return Err(SpecError(
                     "adapter entry has both `name` and `path`; keep one".into(),
                 ))
             }
             (None, None) => {
-                return Err(PluginError::InvalidSpec(
+                return Err(SpecError(
                     "adapter entry needs `name: kv` or `path: ./adapter.wasm`".into(),
                 ))
             }
@@ -138,20 +149,16 @@ impl AdapterSpec {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m,
             Some(other) => {
-                return Err(PluginError::InvalidSpec(format!(
+                return Err(SpecError(format!(
                     "adapter `config` must be a map, got {other}"
                 )))
             }
         };
         if raw.grants.memory_mb == Some(0) {
-            return Err(PluginError::InvalidSpec(
-                "grants.memory_mb must be at least 1".into(),
-            ));
+            return Err(SpecError("grants.memory_mb must be at least 1".into()));
         }
         if raw.grants.deadline_ms == Some(0) {
-            return Err(PluginError::InvalidSpec(
-                "grants.deadline_ms must be at least 1".into(),
-            ));
+            return Err(SpecError("grants.deadline_ms must be at least 1".into()));
         }
         Ok(AdapterSpec {
             source,
