@@ -104,7 +104,7 @@ fn run_engine(config: Option<PathBuf>, use_default: bool) -> anyhow::Result<()> 
     let (cfg, note) = load_config(config, use_default)?;
     let level = std::env::var("RUST_LOG")
         .ok()
-        .or_else(|| cfg.log_level.clone())
+        .or_else(|| cfg.log_level())
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -128,15 +128,10 @@ fn run_engine(config: Option<PathBuf>, use_default: bool) -> anyhow::Result<()> 
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let running = iii_engine::start(cfg).await?;
-        for a in &running.worker_addrs {
-            tracing::info!("worker socket listening on ws://{a}");
-        }
-        if let Some(a) = running.http_addr {
-            tracing::info!("REST trigger server listening on http://{a}");
-        }
         tracing::info!("iii engine {} ready", env!("CARGO_PKG_VERSION"));
         shutdown_signal().await;
         tracing::info!("shutting down");
+        running.shutdown(std::time::Duration::from_secs(5)).await;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -1,188 +1,123 @@
-//! The iii engine core: worker protocol sessions, function registry and router, trigger
-//! registry, REST trigger server, data channels and the built-in engine functions.
+//! The composition root of iii: the one list of services ([`services`]), the top level of
+//! `config.yaml` ([`config`]), start-up in phases ([`start`]) and orderly shutdown
+//! ([`Running::shutdown`]).
 //!
-//! Module map:
-//! - [`config`]: `config.yaml` loading and validation.
-//! - [`engine`]: the registry of functions and workers, the invocation router, worker lifecycle.
-//! - [`pending`]: in-flight invocations.
-//! - [`conn`], [`session`], [`listener`]: the worker WebSocket transport.
-//! - [`triggers`]: trigger types and bindings; [`http`]: the `http` trigger type and server.
-//! - [`channels`]: data channels; [`builtins`]: `engine::*` functions.
-//! - [`services`]: `state::*` and `stream::*` over adapter components loaded by the plugin host.
+//! Dependencies point one way: `iii-protocol` ← `iii-core` ← `iii-services` ← this crate ←
+//! the `iii` binary. Only this crate knows both the services and the plugin host that
+//! implements their adapter traits.
 
-pub mod builtins;
-pub mod channels;
 pub mod config;
-pub mod conn;
-pub mod engine;
-pub mod http;
-pub mod listener;
-pub mod pending;
-pub mod services;
-pub mod session;
-pub mod triggers;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{ConfigError, ConfigSource, EngineConfig};
-pub use engine::Engine;
+use iii_adapter_api::{AdapterError, AdapterErrorKind, AdapterLoader, AdapterSpec};
+use iii_core::{CancellationToken, Core, Handles, PrepareCx, Registrar, Service};
+use tokio::task::JoinHandle;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot start the {service} adapter: {source}")]
-    Adapter {
-        service: &'static str,
-        source: iii_plugin_host::PluginError,
-    },
-    #[error("cannot create {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {host}:{port} for {what}: {source}")]
-    Bind {
-        what: String,
-        host: String,
-        port: u16,
-        source: std::io::Error,
-    },
+pub use config::{ConfigSource, EngineConfig};
+pub use iii_core::config::ConfigError;
+pub use iii_core::StartError;
+
+/// Every service this engine has, in start order. A new capability is a module in
+/// `iii-services` plus one line here.
+pub fn services() -> Vec<Box<dyn Service>> {
+    use iii_services::*;
+    vec![
+        Box::new(worker_socket::WorkerSocket),
+        Box::new(engine_fns::EngineFunctions),
+        Box::new(observability::Observability),
+        Box::new(listed_worker::ListedWorker {
+            name: "configuration",
+        }),
+        Box::new(listed_worker::ListedWorker {
+            name: "iii-telemetry",
+        }),
+        Box::new(http::Http),
+        Box::new(state::State),
+        Box::new(stream::Stream),
+    ]
 }
 
-/// A started engine: the addresses it listens on.
+/// A started engine.
 pub struct Running {
-    pub engine: Engine,
-    pub worker_addrs: Vec<SocketAddr>,
-    pub http_addr: Option<SocketAddr>,
+    /// The core handle.
+    pub core: Core,
+    /// What the services listen on, labelled (`worker socket`, `REST trigger server`).
+    pub listening: Vec<(&'static str, SocketAddr)>,
+    tasks: Vec<(&'static str, CancellationToken, JoinHandle<()>)>,
 }
 
-/// Binds every listener, then starts serving in the background on the current runtime.
-/// All binds happen before anything is served, so a port clash fails start-up cleanly.
-pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
-    let mut wm = Vec::new();
-    for c in &cfg.worker_managers {
-        let l = listener::bind(c).await.map_err(|source| StartError::Bind {
-            what: c.name.clone(),
-            host: c.host.clone(),
-            port: c.port,
-            source,
-        })?;
-        wm.push((l, c.clone()));
+impl Running {
+    /// The first address labelled `what`.
+    pub fn addr(&self, what: &str) -> Option<SocketAddr> {
+        self.listening
+            .iter()
+            .find(|(w, _)| *w == what)
+            .map(|(_, a)| *a)
     }
-    let http = match &cfg.http {
-        Some(h) => Some((
-            http::bind(h).await.map_err(|source| StartError::Bind {
-                what: "iii-http".into(),
-                host: h.host.clone(),
-                port: h.port,
-                source,
-            })?,
-            h.clone(),
-        )),
-        None => None,
-    };
+
+    /// Stops the services in reverse start order, giving each up to `per_service` to finish
+    /// (flush) after its token is cancelled.
+    pub async fn shutdown(self, per_service: Duration) {
+        for (name, stop, task) in self.tasks.into_iter().rev() {
+            stop.cancel();
+            let abort = task.abort_handle();
+            if tokio::time::timeout(per_service, task).await.is_err() {
+                tracing::warn!(
+                    service = name,
+                    "did not stop within {per_service:?}; aborted"
+                );
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Starts every configured service: prepare all (binds, adapter loads), then install all,
+/// then run all. Nothing is served until everything prepared, so a port clash or a bad
+/// adapter fails start-up cleanly.
+pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
     for (name, why) in &cfg.unavailable {
         tracing::warn!(worker = %name, "config entry `{name}` starts nothing: {why}");
     }
-    let (state_cfg, stream_cfg, project_dir) = (
-        cfg.state.clone(),
-        cfg.stream.clone(),
-        cfg.project_dir.clone(),
-    );
-    let engine = Engine::new(cfg);
-    if state_cfg.is_some() || stream_cfg.is_some() {
-        let host = iii_plugin_host::PluginHost::new(iii_plugin_host::HostConfig {
-            cache_dir: Some(plugin_cache_dir()),
-            base_dir: project_dir.clone(),
-            max_memory_mb: 512,
-            max_instances: 32,
-            ..Default::default()
-        })
-        .map_err(|source| StartError::Adapter {
-            service: "plugin host",
-            source,
-        })?;
-        if let Some(sc) = state_cfg {
-            let spec = with_default_data_dir(&sc.adapter, &project_dir, "state")?;
-            let store =
-                host.load_state_store(&spec)
-                    .await
-                    .map_err(|source| StartError::Adapter {
-                        service: "iii-state",
-                        source,
-                    })?;
-            services::state::install(
-                &engine,
-                store,
-                services::state::StateOptions {
-                    triggers_enabled: sc.triggers_enabled,
-                    max_value_bytes: sc.max_value_bytes,
-                },
-            );
-            tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "state service ready");
-        }
-        if let Some(sc) = stream_cfg {
-            let spec = with_default_data_dir(&sc.adapter, &project_dir, "stream")?;
-            let store =
-                host.load_stream_store(&spec)
-                    .await
-                    .map_err(|source| StartError::Adapter {
-                        service: "iii-stream",
-                        source,
-                    })?;
-            services::stream::install(&engine, store);
-            tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "stream service ready");
-        }
+    for (old, new) in &cfg.deprecated {
+        tracing::warn!(worker = %old, "config entry name `{old}` is deprecated; write `{new}`");
     }
-    let mut worker_addrs = Vec::new();
-    for (l, c) in wm {
-        if let Ok(a) = l.local_addr() {
-            worker_addrs.push(a);
-        }
-        tokio::spawn(listener::serve(engine.clone(), l, c));
+    let core = Core::new(cfg.core.clone());
+    let mut handles = Handles::default();
+    let loader: Arc<dyn AdapterLoader> = Arc::new(LazyPluginHost::new(cfg.project_dir.clone()));
+    handles.insert(loader);
+
+    let mut prepared = Vec::new();
+    for (info, configured) in cfg.services {
+        let mut cx = PrepareCx::new(&core, &cfg.project_dir, &mut handles);
+        let p = configured.prepare(&mut cx).await?;
+        prepared.push((info, p));
     }
-    let http_addr = match http {
-        Some((l, c)) => {
-            let a = l.local_addr().ok();
-            tokio::spawn(http::serve(engine.clone(), l, c));
-            a
-        }
-        None => None,
-    };
-    tokio::spawn(builtins::watch_functions(
-        engine.clone(),
-        Duration::from_secs(5),
-    ));
+    let mut listening = Vec::new();
+    for (info, p) in prepared.iter_mut() {
+        let mut reg = Registrar::new(&core, info.worker);
+        p.install(&mut reg);
+        listening.extend(p.listening());
+    }
+    let mut tasks = Vec::new();
     {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                engine.channels().sweep();
-            }
-        });
+        let stop = CancellationToken::new();
+        let t = tokio::spawn(core.clone().run_maintenance(stop.clone()));
+        tasks.push(("core", stop, t));
     }
-    {
-        // Worker providers that left a `registertrigger` unanswered get it again.
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let sends = engine
-                    .inner
-                    .triggers
-                    .lock()
-                    .resend_unacked(std::time::Instant::now());
-                triggers::deliver(sends).await;
-            }
-        });
+    for (info, p) in prepared {
+        let stop = CancellationToken::new();
+        if let Some(fut) = p.run(core.clone(), stop.clone()) {
+            tasks.push((info.name, stop, tokio::spawn(fut)));
+        }
     }
     Ok(Running {
-        engine,
-        worker_addrs,
-        http_addr,
+        core,
+        listening,
+        tasks,
     })
 }
 
@@ -198,23 +133,147 @@ fn plugin_cache_dir() -> std::path::PathBuf {
     base.join("iii").join("plugins")
 }
 
-/// The builtin kv adapter is durable by default: without a `data_dir` grant it gets
-/// `<project>/.iii/data/<service>` (unless its config asks for `store_method: in_memory`).
-fn with_default_data_dir(
-    spec: &iii_plugin_host::AdapterSpec,
-    project: &std::path::Path,
-    service: &str,
-) -> Result<iii_plugin_host::AdapterSpec, StartError> {
-    let mut spec = spec.clone();
-    let builtin_kv = matches!(&spec.source, iii_plugin_host::AdapterSource::Name(n) if n == "kv");
-    let in_memory = spec.config.get("store_method").and_then(|v| v.as_str()) == Some("in_memory");
-    if builtin_kv && !in_memory && spec.grants.data_dir.is_none() {
-        let dir = project.join(".iii").join("data").join(service);
-        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        spec.grants.data_dir = Some(dir);
+/// The plugin host, created on the first adapter load: an engine whose services load no
+/// adapter never starts wasmtime.
+struct LazyPluginHost {
+    project_dir: std::path::PathBuf,
+    host: tokio::sync::OnceCell<iii_plugin_host::PluginHost>,
+}
+
+impl LazyPluginHost {
+    fn new(project_dir: std::path::PathBuf) -> Self {
+        LazyPluginHost {
+            project_dir,
+            host: tokio::sync::OnceCell::new(),
+        }
     }
-    Ok(spec)
+}
+
+#[async_trait::async_trait]
+impl AdapterLoader for LazyPluginHost {
+    async fn load_any(
+        &self,
+        world: &'static str,
+        spec: &AdapterSpec,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, AdapterError> {
+        let host = self
+            .host
+            .get_or_try_init(|| async {
+                iii_plugin_host::PluginHost::new(iii_plugin_host::HostConfig {
+                    cache_dir: Some(plugin_cache_dir()),
+                    base_dir: self.project_dir.clone(),
+                    max_memory_mb: 512,
+                    max_instances: 32,
+                    ..Default::default()
+                })
+                .map_err(|e| {
+                    AdapterError::new(
+                        AdapterErrorKind::Other,
+                        format!("cannot start the plugin host: {e}"),
+                    )
+                })
+            })
+            .await?;
+        host.load_any(world, spec).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The seam's promise: a new capability is its own module plus one line in the list.
+    use super::*;
+    use iii_core::config::ConfigError;
+    use iii_core::{Configured, Entry, FunctionSpec, Prepared, ServiceInfo, StartError};
+    use serde_json::json;
+
+    /// A throwaway service: `echo::say` answers its input with a configured prefix.
+    struct Echo;
+    struct EchoConfig(String);
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct SayIn {
+        text: String,
+    }
+
+    impl Service for Echo {
+        fn info(&self) -> ServiceInfo {
+            ServiceInfo {
+                name: "echo",
+                worker: "echo",
+                deprecated_names: &[],
+                repeatable: false,
+                always_on: false,
+            }
+        }
+        fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
+            let e = &entries[0];
+            let prefix = match e.reader.mapping(e.config, &e.key("config"))? {
+                Some(m) => match m.get("prefix") {
+                    Some(p) => e.reader.string(p, &e.key("config.prefix"))?,
+                    None => String::new(),
+                },
+                None => String::new(),
+            };
+            Ok(Box::new(EchoConfig(prefix)))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Configured for EchoConfig {
+        async fn prepare(
+            self: Box<Self>,
+            _cx: &mut PrepareCx<'_>,
+        ) -> Result<Box<dyn Prepared>, StartError> {
+            Ok(self)
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    impl Prepared for EchoConfig {
+        fn install(&mut self, reg: &mut Registrar<'_>) {
+            let prefix = self.0.clone();
+            reg.function(FunctionSpec::typed(
+                "echo::say",
+                "Echo",
+                move |_c, _ctx, i: SayIn| {
+                    let out = format!("{prefix}{}", i.text);
+                    async move { Ok(json!(out)) }
+                },
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_service_is_one_module_and_one_line() {
+        let mut list = services();
+        list.push(Box::new(Echo)); // the one line
+        let cfg = EngineConfig::parse_with(
+            "workers:\n  - name: iii-worker-manager\n    config: {port: 0}\n  - name: echo\n    config: {prefix: '> '}\n",
+            "test.yaml",
+            ConfigSource::Embedded,
+            &list,
+        )
+        .unwrap();
+        assert!(cfg.runs("echo"));
+        let running = start(cfg).await.unwrap();
+        let r = running
+            .core
+            .call("default", "echo::say", r#"{"text":"hi"}"#, None, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.get(), r#""> hi""#);
+        let bad = running
+            .core
+            .call("default", "echo::say", r#"{"txt":"hi"}"#, None, None)
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, "deserialization_error");
+        let info = running.core.lookup("default", "echo::say").unwrap();
+        assert_eq!(info.worker_name(), "echo");
+        assert!(info.request_format.as_ref().unwrap()["properties"]["text"].is_object());
+        running.shutdown(Duration::from_secs(1)).await;
+    }
 }

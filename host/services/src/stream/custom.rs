@@ -3,27 +3,30 @@
 //! adapter. The wrapper sits between the `stream::*` functions and the adapter, so events and
 //! triggers fire the same way for both.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use iii_plugin_host::{
-    AdapterErrorKind, PluginError, SetResult, StreamGroups, StreamStore, UpdateOp, UpdateResult,
+use iii_adapter_api::{
+    AdapterError, AdapterErrorKind, SetResult, StreamGroups, StreamStore, UpdateOp, UpdateResult,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, Inner, DEFAULT_NS};
+use iii_core::{Core, WeakCore, DEFAULT_NS};
 
+/// The stream store as the `stream::*` functions see it: a worker-provided
+/// `stream::<op>(<name>)` function first, else the adapter.
 pub struct DelegatingStreams {
-    /// Weak: the engine owns the functions that own this store.
-    engine: Weak<Inner>,
+    /// Weak: the core owns the functions that own this store.
+    engine: WeakCore,
     inner: Arc<dyn StreamStore>,
 }
 
 impl DelegatingStreams {
-    pub fn new(engine: &Engine, inner: Arc<dyn StreamStore>) -> Self {
+    /// Wraps `inner`, looking providers up in `engine`.
+    pub fn new(engine: &Core, inner: Arc<dyn StreamStore>) -> Self {
         DelegatingStreams {
-            engine: Arc::downgrade(&engine.inner),
+            engine: engine.downgrade(),
             inner,
         }
     }
@@ -34,10 +37,8 @@ impl DelegatingStreams {
         op: &str,
         stream: &str,
         input: Value,
-    ) -> Option<Result<T, PluginError>> {
-        let engine = Engine {
-            inner: self.engine.upgrade()?,
-        };
+    ) -> Option<Result<T, AdapterError>> {
+        let engine = self.engine.upgrade()?;
         let id = format!("stream::{op}({stream})");
         engine.lookup(DEFAULT_NS, &id)?;
         let result = match engine
@@ -48,19 +49,18 @@ impl DelegatingStreams {
                 .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null),
             Err(e) => {
-                return Some(Err(PluginError::Adapter {
-                    adapter: id,
-                    kind: AdapterErrorKind::Other,
-                    message: format!("{}: {}", e.code, e.message),
-                }))
+                return Some(Err(AdapterError::new(
+                    AdapterErrorKind::Other,
+                    format!("{id}: {}: {}", e.code, e.message),
+                )))
             }
         };
-        Some(
-            serde_json::from_value(result).map_err(|e| PluginError::InvalidJson {
-                adapter: id,
-                message: format!("result does not have the shape of {op}: {e}"),
-            }),
-        )
+        Some(serde_json::from_value(result).map_err(|e| {
+            AdapterError::new(
+                AdapterErrorKind::Other,
+                format!("{id} returned a result that does not have the shape of {op}: {e}"),
+            )
+        }))
     }
 }
 
@@ -76,7 +76,7 @@ impl StreamStore for DelegatingStreams {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item});
         match self.provider::<Value>("get", stream, input).await {
             Some(r) => r.map(|v| (!v.is_null()).then_some(v)),
@@ -90,7 +90,7 @@ impl StreamStore for DelegatingStreams {
         group: &str,
         item: &str,
         value: &Value,
-    ) -> Result<SetResult, PluginError> {
+    ) -> Result<SetResult, AdapterError> {
         let input =
             json!({"stream_name": stream, "group_id": group, "item_id": item, "data": value});
         match self.provider("set", stream, input).await {
@@ -104,7 +104,7 @@ impl StreamStore for DelegatingStreams {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item});
         match self.provider::<Deleted>("delete", stream, input).await {
             Some(r) => r.map(|d| d.old_value),
@@ -118,7 +118,7 @@ impl StreamStore for DelegatingStreams {
         group: &str,
         item: &str,
         ops: &[UpdateOp],
-    ) -> Result<UpdateResult, PluginError> {
+    ) -> Result<UpdateResult, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item, "ops": ops});
         match self.provider("update", stream, input).await {
             Some(r) => r,
@@ -126,7 +126,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list(&self, stream: &str, group: &str) -> Result<Vec<Value>, PluginError> {
+    async fn list(&self, stream: &str, group: &str) -> Result<Vec<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group});
         match self.provider("list", stream, input).await {
             Some(r) => r,
@@ -134,7 +134,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list_groups(&self, stream: &str) -> Result<Vec<String>, PluginError> {
+    async fn list_groups(&self, stream: &str) -> Result<Vec<String>, AdapterError> {
         match self
             .provider("list_groups", stream, json!({"stream_name": stream}))
             .await
@@ -144,7 +144,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list_all(&self) -> Result<Vec<StreamGroups>, PluginError> {
+    async fn list_all(&self) -> Result<Vec<StreamGroups>, AdapterError> {
         self.inner.list_all().await
     }
 }

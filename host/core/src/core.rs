@@ -1,6 +1,7 @@
-//! The engine: function registry, invocation router and worker lifecycle.
+//! The core handle: function registry, invocation router and worker lifecycle.
 //!
-//! Everything a listener needs goes through [`Engine`], a cheap clonable handle.
+//! Everything a session, a listener or a service needs goes through [`Core`], a cheap clonable
+//! handle. Services register through [`crate::service::Registrar`]; they never see `Inner`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,9 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::channels::Channels;
-use crate::config::EngineConfig;
 use crate::conn::Conn;
-use crate::http::HttpRoutes;
 use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::triggers::TriggerRegistry;
 
@@ -35,7 +34,7 @@ pub struct CallCtx {
 
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub type BuiltinFn =
-    Arc<dyn Fn(Engine, CallCtx, Value) -> BoxFut<Result<Value, ErrorBody>> + Send + Sync>;
+    Arc<dyn Fn(Core, CallCtx, Value) -> BoxFut<Result<Value, ErrorBody>> + Send + Sync>;
 
 pub enum Handler {
     Remote(Arc<Conn>),
@@ -85,8 +84,24 @@ impl FunctionEntry {
 
 type FunctionMap = HashMap<String, HashMap<String, Arc<FunctionEntry>>>;
 
+/// Settings of the core itself (not of any service).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreSettings {
+    /// How long a new connection may take to declare its namespace before its buffered
+    /// registrations are applied in `default` (PROTOCOL.md §2.4).
+    pub namespace_grace: Duration,
+}
+
+impl Default for CoreSettings {
+    fn default() -> Self {
+        CoreSettings {
+            namespace_grace: Duration::from_millis(5000),
+        }
+    }
+}
+
 pub(crate) struct Inner {
-    pub cfg: EngineConfig,
+    pub cfg: CoreSettings,
     pub functions: RwLock<FunctionMap>,
     pub conns: RwLock<HashMap<u128, Arc<Conn>>>,
     /// Live worker names: (namespace, name) → connection id.
@@ -94,14 +109,24 @@ pub(crate) struct Inner {
     pub pending: PendingTable,
     pub triggers: Mutex<TriggerRegistry>,
     pub channels: Channels,
-    pub http_routes: Arc<HttpRoutes>,
-    pub in_process_workers: Vec<&'static str>,
+    pub in_process_workers: RwLock<Vec<&'static str>>,
     pub started_ms: u64,
 }
 
 #[derive(Clone)]
-pub struct Engine {
+pub struct Core {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A [`Core`] handle that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakCore(std::sync::Weak<Inner>);
+
+impl WeakCore {
+    /// The core, if it still exists.
+    pub fn upgrade(&self) -> Option<Core> {
+        self.0.upgrade().map(|inner| Core { inner })
+    }
 }
 
 fn not_found_message(id: &str, ns: &str, elsewhere: &[String]) -> String {
@@ -119,19 +144,10 @@ pub fn new_id() -> u128 {
     uuid::Uuid::new_v4().as_u128()
 }
 
-impl Engine {
-    pub fn new(cfg: EngineConfig) -> Engine {
-        let mut in_process = vec![
-            "iii-worker-manager",
-            "iii-engine-functions",
-            "iii-observability",
-            "configuration",
-            "iii-telemetry",
-        ];
-        if cfg.http.is_some() {
-            in_process.push("iii-http");
-        }
-        let engine = Engine {
+impl Core {
+    /// A core with no functions, trigger types or workers; services add them.
+    pub fn new(cfg: CoreSettings) -> Core {
+        Core {
             inner: Arc::new(Inner {
                 cfg,
                 functions: RwLock::new(HashMap::new()),
@@ -140,38 +156,38 @@ impl Engine {
                 pending: PendingTable::default(),
                 triggers: Mutex::new(TriggerRegistry::default()),
                 channels: Channels::default(),
-                http_routes: Arc::new(HttpRoutes::default()),
-                in_process_workers: in_process,
+                in_process_workers: RwLock::new(Vec::new()),
                 started_ms: crate::conn::now_ms(),
             }),
-        };
-        crate::builtins::install(&engine);
-        engine
+        }
     }
 
-    pub fn config(&self) -> &EngineConfig {
+    /// A handle that does not keep the core alive (for stores the core's functions own).
+    pub fn downgrade(&self) -> WeakCore {
+        WeakCore(Arc::downgrade(&self.inner))
+    }
+
+    /// The core's own settings.
+    pub fn settings(&self) -> &CoreSettings {
         &self.inner.cfg
     }
 
     // ---- functions -------------------------------------------------------------------------
 
-    /// Registers an in-process function in `default`.
-    pub fn register_builtin(
+    /// Registers an in-process function of `worker` in `default`.
+    pub(crate) fn register_builtin(
         &self,
         worker: &'static str,
-        id: &str,
-        description: &str,
-        metadata: Option<Value>,
-        f: BuiltinFn,
+        spec: crate::service::FunctionSpec,
     ) {
         let entry = FunctionEntry {
-            id: id.to_string(),
+            id: spec.id.clone(),
             namespace: DEFAULT_NS.into(),
-            description: Some(description.to_string()),
-            request_format: None,
-            response_format: None,
-            metadata,
-            handler: Handler::Builtin(f),
+            description: Some(spec.description),
+            request_format: spec.request_schema,
+            response_format: spec.response_schema,
+            metadata: spec.metadata,
+            handler: Handler::Builtin(spec.handler),
             engine_worker: Some(worker),
         };
         self.inner
@@ -179,7 +195,7 @@ impl Engine {
             .write()
             .entry(DEFAULT_NS.into())
             .or_default()
-            .insert(id.to_string(), Arc::new(entry));
+            .insert(spec.id, Arc::new(entry));
     }
 
     pub fn lookup(&self, ns: &str, id: &str) -> Option<Arc<FunctionEntry>> {
@@ -234,7 +250,7 @@ impl Engine {
             let mut map = self.inner.functions.write();
             let slot = map.entry(ns.to_string()).or_default();
             let conflict = match slot.get(id).map(|e| &e.handler) {
-                // Engine-owned ids cannot be shadowed: a worker leaving must not take a builtin with it.
+                // Core-owned ids cannot be shadowed: a worker leaving must not take a builtin with it.
                 Some(Handler::Builtin(_)) => Some(String::new()),
                 Some(Handler::Remote(owner)) if owner.id != conn.id && !owner.is_closing() => {
                     Some(owner.id_str.clone())
@@ -740,22 +756,100 @@ impl Engine {
     }
 
     pub(crate) fn fire_workers_available(&self, event: &str, worker_id: &str) {
-        let payload = json!({ "event": event, "worker_id": worker_id }).to_string();
-        self.fire_builtin_trigger("engine::workers-available", &payload);
+        let payload = json!({ "event": event, "worker_id": worker_id });
+        self.fire("engine::workers-available", payload, |_| true);
     }
 
-    /// Invokes every function bound to an engine-provided trigger type (fire-and-forget).
-    pub(crate) fn fire_builtin_trigger(&self, trigger_type: &str, payload: &str) {
+    /// Runs every armed binding of `trigger_type` whose config `matches`, one after another,
+    /// honouring `condition_function_id` (PROTOCOL.md §4.5: exactly `false` skips, an error
+    /// skips). Failures are logged.
+    pub async fn fire_matching(
+        &self,
+        trigger_type: &str,
+        payload: &Value,
+        matches: impl Fn(&Value) -> bool,
+    ) {
         let bindings = self.inner.triggers.lock().armed_bindings(trigger_type);
-        for b in bindings {
+        if bindings.is_empty() {
+            return;
+        }
+        let text = payload.to_string();
+        for b in bindings.iter().filter(|b| matches(&b.config)) {
             let meta = b.metadata.as_ref().map(Value::to_string);
-            self.call_void(b.namespace, b.function_id, payload.to_string(), meta);
+            if let Some(cond) = b
+                .config
+                .get("condition_function_id")
+                .and_then(Value::as_str)
+            {
+                match self
+                    .call(&b.namespace, cond, &text, meta.as_deref(), None)
+                    .await
+                {
+                    Ok(Some(r)) if r.get().trim() == "false" => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(trigger_id = %b.id, condition = cond, error = %e, "condition function failed; trigger skipped");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self
+                .call(&b.namespace, &b.function_id, &text, meta.as_deref(), None)
+                .await
+            {
+                tracing::warn!(trigger_id = %b.id, function_id = %b.function_id, error = %e, "trigger handler failed");
+            }
+        }
+    }
+
+    /// [`Core::fire_matching`] on a background task: the one way services and the core fire
+    /// trigger types they provide.
+    pub fn fire(
+        &self,
+        trigger_type: &str,
+        payload: Value,
+        matches: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) {
+        if self
+            .inner
+            .triggers
+            .lock()
+            .armed_bindings(trigger_type)
+            .is_empty()
+        {
+            return;
+        }
+        let (core, ty) = (self.clone(), trigger_type.to_string());
+        tokio::spawn(async move { core.fire_matching(&ty, &payload, matches).await });
+    }
+
+    /// The trigger registry. The guard is not `Send`, so it cannot be held across an await.
+    pub fn triggers(&self) -> parking_lot::MutexGuard<'_, crate::triggers::TriggerRegistry> {
+        self.inner.triggers.lock()
+    }
+
+    /// The core's own background work until `stop`: unused channels are swept every minute,
+    /// and worker providers that left a `registertrigger` unanswered get it again.
+    pub async fn run_maintenance(self, stop: tokio_util::sync::CancellationToken) {
+        let mut resend = tokio::time::interval(Duration::from_millis(250));
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sweep.tick() => { self.channels().sweep(); }
+                _ = resend.tick() => {
+                    let sends = self.triggers().resend_unacked(std::time::Instant::now());
+                    crate::triggers::deliver(sends).await;
+                }
+            }
         }
     }
 
     /// Applies `engine::workers::register` for a connection (spec §2.4, §3.8). Returns the result
     /// JSON, or an error; closes the connection on a worker-name conflict.
-    pub(crate) async fn register_worker(
+    pub async fn register_worker(
         &self,
         conn: &Arc<Conn>,
         data: &Value,
@@ -892,12 +986,22 @@ impl Engine {
         &self.inner.channels
     }
 
-    pub fn http_routes(&self) -> &Arc<HttpRoutes> {
-        &self.inner.http_routes
+    /// In-process worker names, in the order services declared them.
+    pub fn in_process_workers(&self) -> Vec<&'static str> {
+        self.inner.in_process_workers.read().clone()
     }
 
-    pub fn in_process_workers(&self) -> &[&'static str] {
-        &self.inner.in_process_workers
+    /// Declares an in-process worker (once per name).
+    pub(crate) fn add_in_process_worker(&self, name: &'static str) {
+        let mut w = self.inner.in_process_workers.write();
+        if !w.contains(&name) {
+            w.push(name);
+        }
+    }
+
+    /// When the core was created, in ms since the Unix epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.inner.started_ms
     }
 
     pub fn pending_len(&self) -> usize {

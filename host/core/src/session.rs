@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::conn::{Conn, Out, OUTBOUND_QUEUE};
-use crate::engine::{new_id, Engine};
+use crate::core::{new_id, Core};
 
 /// Telemetry frames on the worker socket start with one of these (spec §11); never protocol.
 pub fn is_telemetry(b: &[u8]) -> bool {
@@ -56,7 +56,7 @@ pub async fn writer<S>(
     }
 }
 
-pub async fn run_worker<S>(engine: Engine, ws: WebSocketStream<S>, ip: String)
+pub async fn run_worker<S>(engine: Core, ws: WebSocketStream<S>, ip: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -74,7 +74,7 @@ where
     tracing::info!(worker_id = %conn.id_str, ip = %conn.ip, "worker connected");
     engine.fire_workers_available("worker_connected", &conn.id_str);
 
-    let grace = engine.config().namespace_grace;
+    let grace = engine.settings().namespace_grace;
     {
         let (engine, conn) = (engine.clone(), conn.clone());
         tokio::spawn(async move {
@@ -129,7 +129,7 @@ where
     }
 }
 
-async fn handle_text(engine: &Engine, conn: &Arc<Conn>, text: &str) {
+async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
     if text.trim().is_empty() {
         return;
     }
@@ -239,14 +239,14 @@ async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
 }
 
 /// Applies a buffered registration frame once the namespace is known.
-pub(crate) async fn apply_registration(engine: &Engine, conn: &Arc<Conn>, ns: &str, text: &str) {
+pub(crate) async fn apply_registration(engine: &Core, conn: &Arc<Conn>, ns: &str, text: &str) {
     if let Ok((kind, frame)) = decode(text) {
         apply_decoded(engine, conn, ns, kind, frame).await;
     }
 }
 
 async fn apply_decoded(
-    engine: &Engine,
+    engine: &Core,
     conn: &Arc<Conn>,
     ns: &str,
     kind: Kind,

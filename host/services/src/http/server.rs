@@ -1,4 +1,5 @@
-//! The `http` trigger type and the REST trigger server (spec §4.6.1).
+//! The route table (the `http` trigger type's provider) and the REST trigger server
+//! (PROTOCOL.md §4.6.1).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,10 +15,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::channels::{ChanItem, Direction};
-use crate::config::HttpConfig;
-use crate::engine::Engine;
-use crate::triggers::{Binding, BuiltinTriggerType};
+use iii_core::channels::{ChanItem, Direction};
+use iii_core::triggers::{Binding, BuiltinTriggerType};
+use iii_core::{CancellationToken, Core};
+
+use super::HttpConfig;
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
@@ -65,7 +67,7 @@ impl Route {
                 Seg::Lit(l) if l == part => {}
                 Seg::Lit(_) => return None,
                 Seg::Param(name) => {
-                    params.insert(name.clone(), percent_decode(part));
+                    params.insert(name.clone(), iii_core::url::decode_path_segment(part));
                 }
             }
         }
@@ -179,51 +181,6 @@ impl BuiltinTriggerType for HttpRoutes {
     }
 }
 
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Query string → map; one value per key, the last one wins.
-pub fn parse_query(q: &str) -> HashMap<String, String> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
-}
-
 type Body = BoxBody<Bytes, Infallible>;
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -240,23 +197,32 @@ fn envelope(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 struct Server {
-    engine: Engine,
+    engine: Core,
+    routes: Arc<HttpRoutes>,
     cfg: HttpConfig,
     limit: Semaphore,
 }
 
-pub async fn bind(cfg: &HttpConfig) -> std::io::Result<TcpListener> {
-    TcpListener::bind((cfg.host.as_str(), cfg.port)).await
-}
-
-pub async fn serve(engine: Engine, listener: TcpListener, cfg: HttpConfig) {
+/// Serves requests until `stop` is cancelled.
+pub async fn serve(
+    engine: Core,
+    routes: Arc<HttpRoutes>,
+    listener: TcpListener,
+    cfg: HttpConfig,
+    stop: CancellationToken,
+) {
     let server = Arc::new(Server {
         engine,
+        routes,
         limit: Semaphore::new(cfg.concurrency_request_limit),
         cfg,
     });
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP accept failed");
@@ -320,7 +286,7 @@ impl Server {
     async fn handle_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().as_str().to_ascii_uppercase();
         let path = req.uri().path().to_string();
-        let found = self.engine.http_routes().find(&method, &path);
+        let found = self.routes.find(&method, &path);
         let Some((route, path_params)) = found else {
             if method == "OPTIONS" {
                 return self.preflight(&req);
@@ -331,7 +297,7 @@ impl Server {
                 &format!("No route for {method} {path}"),
             );
         };
-        let query_params = parse_query(req.uri().query().unwrap_or(""));
+        let query_params = iii_core::url::parse_query(req.uri().query().unwrap_or(""));
         let mut headers = serde_json::Map::new();
         for (k, v) in req.headers() {
             headers.insert(
@@ -397,8 +363,8 @@ impl Server {
         }
 
         let channels = self.engine.channels();
-        let req_ch = channels.create(crate::channels::DEFAULT_BUFFER);
-        let resp_ch = channels.create(crate::channels::DEFAULT_BUFFER);
+        let req_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
+        let resp_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
         request["request_body"] = req_ch.reference(Direction::Read);
         request["response"] = resp_ch.reference(Direction::Write);
         if let Some(tx) = channels.take_writer(&req_ch) {
@@ -666,14 +632,5 @@ mod tests {
         assert!(r.find("GET", "/users/1").is_some());
         assert!(HttpRoutes::route_from(&binding("x", "", "GET")).is_err());
         assert!(HttpRoutes::route_from(&binding("x", "/a", "FETCH")).is_err());
-    }
-
-    #[test]
-    fn query_and_decoding() {
-        let q = parse_query("a=1&b=hello%20world&a=2&c");
-        assert_eq!(q["a"], "2");
-        assert_eq!(q["b"], "hello world");
-        assert_eq!(q["c"], "");
-        assert_eq!(percent_decode("%E2%9C%93%zz"), "✓%zz");
     }
 }

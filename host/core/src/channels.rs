@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::{new_id, Engine};
+use crate::core::{new_id, Core};
 
 pub const DEFAULT_BUFFER: usize = 64;
 pub const MAX_BUFFER: usize = 1024;
@@ -150,7 +150,7 @@ impl Channels {
 }
 
 /// Serves one side of a channel over a WebSocket.
-pub async fn run_socket<S>(engine: Engine, mut ws: WebSocketStream<S>, id: String, dir: Direction)
+pub async fn run_socket<S>(engine: Core, mut ws: WebSocketStream<S>, id: String, dir: Direction)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

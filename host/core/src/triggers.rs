@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::conn::Conn;
-use crate::engine::{Engine, DEFAULT_NS};
+use crate::core::{Core, DEFAULT_NS};
 
 pub type Sends = Vec<(Arc<Conn>, String)>;
 
@@ -43,17 +43,18 @@ pub struct TriggerTypeEntry {
     pub description: String,
     pub trigger_request_format: Option<Value>,
     pub call_request_format: Option<Value>,
+    /// JSON Schema of what a bound function returns (service-provided types only).
+    pub response_format: Option<Value>,
     pub provider: Provider,
+    /// The in-process worker that provides a service's type.
+    pub worker: Option<&'static str>,
 }
 
 impl TriggerTypeEntry {
     pub fn worker_name(&self) -> String {
         match &self.provider {
             Provider::Remote(c) => c.name().unwrap_or_else(|| c.id_str.clone()),
-            Provider::Builtin(_) => match self.id.as_str() {
-                "http" => "iii-http".into(),
-                _ => "iii-engine-functions".into(),
-            },
+            Provider::Builtin(_) => self.worker.unwrap_or("engine").to_string(),
         }
     }
 }
@@ -109,24 +110,10 @@ fn raw_value(r: Option<&RawValue>) -> Option<Value> {
 }
 
 impl TriggerRegistry {
-    pub fn register_builtin_type(
-        &mut self,
-        id: &str,
-        description: &str,
-        provider: Arc<dyn BuiltinTriggerType>,
-    ) {
-        let key = (DEFAULT_NS.to_string(), id.to_string());
-        self.types.insert(
-            key,
-            TriggerTypeEntry {
-                namespace: DEFAULT_NS.into(),
-                id: id.into(),
-                description: description.into(),
-                trigger_request_format: None,
-                call_request_format: None,
-                provider: Provider::Builtin(provider),
-            },
-        );
+    /// Adds (or replaces) a service-provided trigger type.
+    pub fn register_builtin_type(&mut self, entry: TriggerTypeEntry) {
+        let key = (entry.namespace.clone(), entry.id.clone());
+        self.types.insert(key, entry);
     }
 
     pub fn types(&self) -> Vec<TriggerTypeEntry> {
@@ -239,7 +226,7 @@ impl TriggerRegistry {
 
     fn failure_to_owner(
         &self,
-        engine: &Engine,
+        engine: &Core,
         b: &Binding,
         code: &str,
         message: &str,
@@ -296,14 +283,7 @@ impl TriggerRegistry {
                     self.disarm(old, sends);
                 }
                 b.provider = None;
-                let hint = match b.trigger_type.as_str() {
-                    "http" => " (enable the `iii-http` worker)",
-                    "cron" | "state" | "stream" | "subscribe" | "durable:subscriber" => {
-                        " (this engine does not provide it yet; a worker may register it)"
-                    }
-                    _ => "",
-                };
-                tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, "[PENDING] no provider for this trigger type yet; binding parked{hint}");
+                tracing::info!(trigger_id = %b.id, trigger_type = %b.trigger_type, "[PENDING] no provider for this trigger type yet; binding parked until a service or worker registers it");
             }
         }
         self.bindings.insert(b.id.clone(), b);
@@ -388,6 +368,15 @@ impl TriggerRegistry {
             None => conn_ns.to_string(),
         };
         let key = (ns.clone(), id.to_string());
+        // A service's type (`http`, `state`, …) is not up for grabs: taking it over would hand
+        // a worker every binding of that type, and its leaving would remove the type.
+        if matches!(
+            self.types.get(&key).map(|t| &t.provider),
+            Some(Provider::Builtin(_))
+        ) {
+            tracing::warn!(trigger_type = id, namespace = %key.0, worker_id = %conn.id_str, "trigger type registration refused: the engine provides this type");
+            return sends;
+        }
         let fmt = |r: Option<&RawValue>| raw_value(r);
         let entry = TriggerTypeEntry {
             namespace: ns,
@@ -395,7 +384,9 @@ impl TriggerRegistry {
             description: f.description.as_deref().unwrap_or_default().to_string(),
             trigger_request_format: fmt(f.trigger_request_format),
             call_request_format: fmt(f.call_request_format),
+            response_format: None,
             provider: Provider::Remote(conn.clone()),
+            worker: None,
         };
         self.types.insert(key.clone(), entry);
         tracing::info!(trigger_type = id, namespace = %key.0, worker_id = %conn.id_str, "[REGISTERED] trigger type");
@@ -428,7 +419,7 @@ impl TriggerRegistry {
 
     pub fn unregister_remote_type(
         &mut self,
-        engine: &Engine,
+        engine: &Core,
         conn: &Arc<Conn>,
         conn_ns: &str,
         f: &Frame<'_>,
@@ -451,7 +442,7 @@ impl TriggerRegistry {
     }
 
     /// Removes a type and re-resolves the bindings it served (fallback provider or parked).
-    fn remove_type(&mut self, engine: &Engine, key: &TypeKey) -> Sends {
+    fn remove_type(&mut self, engine: &Core, key: &TypeKey) -> Sends {
         let mut sends = Sends::new();
         self.types.remove(key);
         tracing::info!(trigger_type = %key.1, namespace = %key.0, "[UNREGISTERED] trigger type");
@@ -488,7 +479,7 @@ impl TriggerRegistry {
 
     pub fn on_registration_result(
         &mut self,
-        engine: &Engine,
+        engine: &Core,
         conn: &Arc<Conn>,
         f: &Frame<'_>,
     ) -> Sends {
@@ -519,7 +510,7 @@ impl TriggerRegistry {
         sends
     }
 
-    pub fn conn_closed(&mut self, engine: &Engine, conn: &Arc<Conn>) -> Sends {
+    pub fn conn_closed(&mut self, engine: &Core, conn: &Arc<Conn>) -> Sends {
         let mut sends = Sends::new();
         let owned: Vec<String> = self
             .bindings

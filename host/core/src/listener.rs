@@ -1,5 +1,7 @@
-//! The worker-manager listener: one port serving `/` (workers), `/otel` (telemetry) and
-//! `/ws/channels/{id}` (data channels), with a handshake deadline.
+//! The worker socket: one port serving `/` (workers), `/otel` (telemetry) and
+//! `/ws/channels/{id}` (data channels), with a handshake deadline. Every engine has at least
+//! one; the service that configures them (upstream's `iii-worker-manager` entry) binds and
+//! serves them through this module.
 
 use std::net::SocketAddr;
 
@@ -10,8 +12,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::channels::{Direction, SideState};
-use crate::config::WorkerManagerConfig;
-use crate::engine::Engine;
+use crate::core::Core;
 
 enum Route {
     Worker,
@@ -24,6 +25,7 @@ enum Route {
     ChannelTaken,
 }
 
+/// WebSocket limits: messages up to 64 MiB (the SDKs' own limit), frames up to 16 MiB.
 pub fn ws_config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
     c.max_message_size = Some(64 << 20);
@@ -31,13 +33,37 @@ pub fn ws_config() -> WebSocketConfig {
     c
 }
 
-pub async fn bind(cfg: &WorkerManagerConfig) -> std::io::Result<TcpListener> {
+/// One worker-socket listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSocketConfig {
+    /// Its label in logs and errors (`iii-worker-manager`, `iii-worker-manager#1`).
+    pub name: String,
+    /// The address to bind.
+    pub host: String,
+    /// The port to bind (0 picks a free one; the log line says which).
+    pub port: u16,
+    /// How long a client may take to finish the WebSocket upgrade.
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// Binds the listener's port.
+pub async fn bind(cfg: &WorkerSocketConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind((cfg.host.as_str(), cfg.port)).await
 }
 
-pub async fn serve(engine: Engine, listener: TcpListener, cfg: WorkerManagerConfig) {
+/// Accepts connections until `stop` is cancelled.
+pub async fn serve(
+    engine: Core,
+    listener: TcpListener,
+    cfg: WorkerSocketConfig,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
-        let (stream, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -51,15 +77,13 @@ pub async fn serve(engine: Engine, listener: TcpListener, cfg: WorkerManagerConf
     }
 }
 
-async fn handle(
-    engine: Engine,
-    stream: TcpStream,
-    addr: SocketAddr,
-    deadline: std::time::Duration,
-) {
+async fn handle(engine: Core, stream: TcpStream, addr: SocketAddr, deadline: std::time::Duration) {
     let _ = stream.set_nodelay(true);
     let mut route = None;
-    #[allow(clippy::result_large_err)]
+    #[allow(
+        clippy::result_large_err,
+        reason = "tungstenite's callback signature fixes the error type"
+    )]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
@@ -72,7 +96,7 @@ async fn handle(
             return Ok(resp);
         }
         if let Some(id) = path.strip_prefix("/ws/channels/") {
-            let q = crate::http::parse_query(query);
+            let q = crate::url::parse_query(query);
             let key = q.get("key").cloned().unwrap_or_default();
             let dir = match q.get("dir").map(String::as_str) {
                 Some("read") => Some(Direction::Read),

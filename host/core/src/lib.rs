@@ -1,0 +1,34 @@
+//! The iii engine core: what every engine has, whatever services it runs.
+//!
+//! It holds the function registry and invocation router ([`Core`]), in-flight calls
+//! ([`pending`]), trigger types and bindings ([`triggers`]), worker-socket sessions
+//! ([`conn`], [`session`], [`listener`]), data channels ([`channels`]), config-entry reading
+//! ([`config`]) and the seam every capability plugs into ([`service`]).
+//!
+//! It never names a service and links no wasmtime: services depend on it, never the reverse.
+//! The wire contract is `host/protocol/PROTOCOL.md`; "§" references point there.
+
+pub mod channels;
+pub mod config;
+pub mod conn;
+mod core;
+pub mod listener;
+pub mod pending;
+pub mod service;
+pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod triggers;
+pub mod url;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::core::{
+    new_id, sanitize_name, stopped, BoxFut, BuiltinFn, CallCtx, Core, CoreSettings, FunctionEntry,
+    Handler, WeakCore, DEFAULT_NS,
+};
+pub use service::{
+    CancellationToken, Configured, Entry, FunctionSpec, Handles, NoInput, PrepareCx, Prepared,
+    Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
+};

@@ -1,0 +1,2 @@
+//! Unit tests of the core's intricate parts, against a real [`crate::Core`] with test
+//! connections whose outbound frames the test reads.

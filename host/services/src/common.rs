@@ -1,0 +1,116 @@
+//! Pieces the state and stream services share: the `adapter:` config key, adapter loading,
+//! adapter errors as wire errors, trigger-config filters and a trigger type that validates
+//! binding configs. Not a service; services never import each other, only this.
+
+use iii_adapter_api::{AdapterError, AdapterLoader, AdapterSource, AdapterSpec};
+use iii_core::config::ConfigError;
+use iii_core::triggers::{Binding, BuiltinTriggerType};
+use iii_core::{Entry, PrepareCx, StartError};
+use iii_protocol::ErrorBody;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// An adapter failure as the service's error code plus the adapter's message.
+pub(crate) fn err(code: &str, e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(code, e.to_string())
+}
+
+/// Reads the `adapter:` key of a service entry (the builtin kv when absent).
+pub(crate) fn adapter_spec(
+    e: &Entry<'_>,
+    m: &serde_yaml::Mapping,
+) -> Result<AdapterSpec, ConfigError> {
+    let Some(a) = m.get("adapter").filter(|a| !a.is_null()) else {
+        return Ok(AdapterSpec::named("kv"));
+    };
+    let at = e.key("config.adapter");
+    let json = serde_json::to_value(a).map_err(|x| e.reader.error(format!("`{at}`: {x}")))?;
+    AdapterSpec::from_value(&json).map_err(|x| e.reader.error(format!("`{at}`: {x}")))
+}
+
+/// Loads the service's adapter through the loader the composition root provided. The builtin
+/// kv adapter is durable by default: without a `data_dir` grant it gets
+/// `<project>/.iii/data/<service>` (unless its config asks for `store_method: in_memory`).
+pub(crate) async fn load_adapter<W: iii_adapter_api::AdapterWorld>(
+    cx: &mut PrepareCx<'_>,
+    service: &'static str,
+    spec: &AdapterSpec,
+) -> Result<(Arc<W::Store>, AdapterSpec), StartError> {
+    let mut spec = spec.clone();
+    let builtin_kv = matches!(&spec.source, AdapterSource::Name(n) if n == "kv");
+    let in_memory = spec.config.get("store_method").and_then(Value::as_str) == Some("in_memory");
+    if builtin_kv && !in_memory && spec.grants.data_dir.is_none() {
+        spec.grants.data_dir = Some(cx.data_dir(service)?);
+    }
+    let loader: Arc<dyn AdapterLoader> = cx.get(service)?;
+    let store = iii_adapter_api::load::<W>(&*loader, &spec)
+        .await
+        .map_err(|e: AdapterError| StartError::Service {
+            service,
+            message: format!("its adapter failed to load: {e}"),
+        })?;
+    tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "{service} service ready");
+    Ok((store, spec))
+}
+
+/// `true` when the optional string filter `key` of a binding config is absent or equals `value`.
+pub(crate) fn filter_eq(config: &Value, key: &str, value: &str) -> bool {
+    match config.get(key) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s == value,
+        Some(_) => false,
+    }
+}
+
+/// Checks that the listed config keys are strings when present.
+fn check_string_keys(b: &Binding, keys: &[&str]) -> Result<(), String> {
+    match &b.config {
+        Value::Null => Ok(()),
+        Value::Object(m) => {
+            for k in keys {
+                if let Some(v) = m.get(*k) {
+                    if !v.is_null() && !v.is_string() {
+                        return Err(format!("`{k}` must be a string"));
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Err("trigger config must be an object".into()),
+    }
+}
+
+/// Trigger types fired by a service; arming only validates the config.
+pub(crate) struct ServiceTriggerType {
+    pub string_keys: &'static [&'static str],
+    pub required: &'static [&'static str],
+}
+
+impl ServiceTriggerType {
+    /// The JSON Schema of a binding config this type accepts.
+    pub(crate) fn config_schema(&self) -> Value {
+        let props: serde_json::Map<String, Value> = self
+            .string_keys
+            .iter()
+            .map(|k| (k.to_string(), serde_json::json!({"type": "string"})))
+            .collect();
+        serde_json::json!({"type": "object", "properties": props, "required": self.required})
+    }
+}
+
+impl BuiltinTriggerType for ServiceTriggerType {
+    fn register(&self, b: &Binding) -> Result<(), String> {
+        check_string_keys(b, self.string_keys)?;
+        for k in self.required {
+            if b.config
+                .get(*k)
+                .and_then(Value::as_str)
+                .is_none_or(|s| s.is_empty())
+            {
+                return Err(format!("`{k}` is required"));
+            }
+        }
+        Ok(())
+    }
+    fn unregister(&self, _b: &Binding) {}
+}

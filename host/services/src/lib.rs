@@ -1,0 +1,20 @@
+//! The built-in services of iii, one module each. Each implements [`iii_core::Service`];
+//! the composition root (`iii-engine`) holds the list. Services never import each other:
+//! what they share is in [`common`], and handles between them go through the prepare context.
+//!
+//! - [`worker_socket`]: the worker socket listeners (`iii-worker-manager`).
+//! - [`engine_fns`]: `engine::*` listings, the handshake, trigger registration, channels.
+//! - [`observability`]: `engine::log::*`, baggage diagnostics, health, the log level.
+//! - [`listed_worker`]: upstream entries that are listed as workers and need no work here.
+//! - [`http`]: the REST trigger server and the `http` trigger type.
+//! - [`state`]: `state::*` and the `state` trigger type on a state adapter.
+//! - [`stream`]: `stream::*` and the `stream` trigger type on a stream adapter.
+
+mod common;
+pub mod engine_fns;
+pub mod http;
+pub mod listed_worker;
+pub mod observability;
+pub mod state;
+pub mod stream;
+pub mod worker_socket;

@@ -1,0 +1,350 @@
+//! `state::*` functions and the `state` trigger type (PROTOCOL.md §5.3, §4.6.3) over a
+//! [`StateStore`] adapter. Config entry `state` (`iii-state` is the deprecated name).
+
+use std::sync::Arc;
+
+use iii_adapter_api::{AdapterSpec, StateStore, StateWorld, UpdateOp};
+use iii_core::config::ConfigError;
+use iii_core::{
+    Configured, Core, Entry, FunctionSpec, NoInput, PrepareCx, Prepared, Registrar, Service,
+    ServiceInfo, StartError, TriggerTypeSpec,
+};
+use iii_protocol::ErrorBody;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::common::{adapter_spec, err, filter_eq, load_adapter, ServiceTriggerType};
+
+/// The state service.
+pub struct State;
+
+/// What the `state` entry configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// The `adapter:` entry; the builtin kv when absent.
+    pub adapter: AdapterSpec,
+    /// Fire `state` triggers after writes.
+    pub triggers_enabled: bool,
+    /// Refuse values whose JSON is larger than this.
+    pub max_value_bytes: Option<usize>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            adapter: AdapterSpec::named("kv"),
+            triggers_enabled: true,
+            max_value_bytes: None,
+        }
+    }
+}
+
+impl Service for State {
+    fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            name: "state",
+            worker: "iii-state",
+            deprecated_names: &["iii-state"],
+            repeatable: false,
+            always_on: false,
+        }
+    }
+
+    fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
+        let mut sc = StateConfig::default();
+        let Some(e) = entries.first() else {
+            return Ok(Box::new(sc));
+        };
+        let at = e.key("config");
+        let r = &e.reader;
+        let Some(m) = r.mapping(e.config, &at)? else {
+            return Ok(Box::new(sc));
+        };
+        r.check_keys(
+            m,
+            &at,
+            &[
+                "adapter",
+                "triggers_enabled",
+                "max_value_bytes",
+                "save_interval_ms",
+            ],
+        )?;
+        sc.adapter = adapter_spec(e, m)?;
+        if let Some(t) = m.get("triggers_enabled") {
+            sc.triggers_enabled = r.bool(t, &format!("{at}.triggers_enabled"))?;
+        }
+        if let Some(x) = m.get("max_value_bytes") {
+            let n = r.u64(x, &format!("{at}.max_value_bytes"))?;
+            if n == 0 {
+                return Err(r.invalid(
+                    &format!("{at}.max_value_bytes"),
+                    "an integer of at least 1",
+                    x,
+                ));
+            }
+            sc.max_value_bytes = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        // Upstream's file adapter snapshots on this interval; every write here is durable
+        // before it is acknowledged, so the value is only checked.
+        if let Some(x) = m.get("save_interval_ms") {
+            let n = r.u64(x, &format!("{at}.save_interval_ms"))?;
+            if !(100..=3_600_000).contains(&n) {
+                return Err(r.invalid(
+                    &format!("{at}.save_interval_ms"),
+                    "between 100 and 3600000",
+                    x,
+                ));
+            }
+        }
+        Ok(Box::new(sc))
+    }
+}
+
+#[async_trait::async_trait]
+impl Configured for StateConfig {
+    async fn prepare(
+        self: Box<Self>,
+        cx: &mut PrepareCx<'_>,
+    ) -> Result<Box<dyn Prepared>, StartError> {
+        let (store, _) = load_adapter::<StateWorld>(cx, "state", &self.adapter).await?;
+        Ok(Box::new(StateService { store, opts: *self }))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The prepared service: its store and options, shared by its functions.
+#[derive(Clone)]
+pub struct StateService {
+    store: Arc<dyn StateStore>,
+    opts: StateConfig,
+}
+
+impl StateService {
+    /// A service over `store` (for tests: a memory store).
+    pub fn new(store: Arc<dyn StateStore>, opts: StateConfig) -> Self {
+        StateService { store, opts }
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct ScopeKey {
+    scope: String,
+    key: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct SetIn {
+    scope: String,
+    key: String,
+    value: Option<Value>,
+    /// Accepted as an alias of `value`.
+    data: Option<Value>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct UpdateIn {
+    scope: String,
+    key: String,
+    /// Update ops, applied in order: `{"type": "set"|"merge"|"increment"|"decrement"|"append"|"remove", "path", ...}`.
+    ops: Value,
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct ScopeIn {
+    scope: String,
+}
+
+const OLD_NEW: &str = "old_value/new_value";
+
+fn old_new_schema() -> Value {
+    json!({"type": "object", "description": OLD_NEW, "properties": {"old_value": {}, "new_value": {}}})
+}
+
+/// Fires `state` triggers after a successful write, on a background task (§4.6.3).
+fn emit(
+    core: &Core,
+    svc: &StateService,
+    scope: &str,
+    key: &str,
+    old: Option<Value>,
+    new: Option<Value>,
+) {
+    if !svc.opts.triggers_enabled {
+        return;
+    }
+    let event = match (&old, &new) {
+        (_, None) => "state:deleted",
+        (None, Some(_)) => "state:created",
+        (Some(_), Some(_)) => "state:updated",
+    };
+    let payload = json!({"type": "state", "event_type": event, "scope": scope, "key": key,
+        "old_value": old.unwrap_or(Value::Null), "new_value": new.unwrap_or(Value::Null)});
+    let (scope, key) = (scope.to_string(), key.to_string());
+    core.fire("state", payload, move |cfg| {
+        filter_eq(cfg, "scope", &scope) && filter_eq(cfg, "key", &key)
+    });
+}
+
+/// A state function: typed input plus the service's shared state.
+fn function<In, F, Fut>(svc: &StateService, id: &str, description: &str, f: F) -> FunctionSpec
+where
+    In: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(Core, In, StateService) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+{
+    let svc = svc.clone();
+    FunctionSpec::typed(id, description, move |core, _ctx, i: In| {
+        f(core, i, svc.clone())
+    })
+}
+
+impl Prepared for StateService {
+    fn install(&mut self, reg: &mut Registrar<'_>) {
+        let tt = ServiceTriggerType {
+            string_keys: &["scope", "key", "condition_function_id"],
+            required: &[],
+        };
+        reg.trigger_type(TriggerTypeSpec {
+            id: "state".into(),
+            description: "Fires after state::set, state::update and state::delete".into(),
+            config_schema: Some(tt.config_schema()),
+            request_schema: Some(json!({"type": "object", "properties": {
+                "type": {"const": "state"},
+                "event_type": {"enum": ["state:created", "state:updated", "state:deleted"]},
+                "scope": {"type": "string"}, "key": {"type": "string"},
+                "old_value": {}, "new_value": {}}})),
+            response_schema: None,
+            provider: Arc::new(tt),
+        });
+        let svc = self.clone();
+        reg.function(
+            function(
+                &svc,
+                "state::set",
+                "Store a value under scope/key",
+                |e, i: SetIn, svc| async move {
+                    let value = i.value.or(i.data).unwrap_or(Value::Null);
+                    if let Some(max) = svc.opts.max_value_bytes {
+                        let len = value.to_string().len();
+                        if len > max {
+                            return Err(ErrorBody::new(
+                                "VALUE_TOO_LARGE",
+                                format!("value is {len} bytes of JSON; max_value_bytes is {max}"),
+                            ));
+                        }
+                    }
+                    let r = svc
+                        .store
+                        .set(&i.scope, &i.key, &value)
+                        .await
+                        .map_err(|e| err("SET_ERROR", e))?;
+                    emit(
+                        &e,
+                        &svc,
+                        &i.scope,
+                        &i.key,
+                        r.old_value.clone(),
+                        Some(r.new_value.clone()),
+                    );
+                    Ok(json!({"old_value": r.old_value, "new_value": r.new_value}))
+                },
+            )
+            .returns(old_new_schema()),
+        );
+        reg.function(
+            function(
+                &svc,
+                "state::get",
+                "Read the value under scope/key",
+                |_e, i: ScopeKey, svc| async move {
+                    Ok(svc
+                        .store
+                        .get(&i.scope, &i.key)
+                        .await
+                        .map_err(|e| err("GET_ERROR", e))?
+                        .unwrap_or(Value::Null))
+                },
+            )
+            .returns(json!({"description": "the stored value, or null when absent"})),
+        );
+        reg.function(
+            function(
+                &svc,
+                "state::delete",
+                "Remove the value under scope/key",
+                |e, i: ScopeKey, svc| async move {
+                    let old = svc
+                        .store
+                        .delete(&i.scope, &i.key)
+                        .await
+                        .map_err(|e| err("DELETE_ERROR", e))?;
+                    if old.is_some() {
+                        emit(&e, &svc, &i.scope, &i.key, old.clone(), None);
+                    }
+                    Ok(old.unwrap_or(Value::Null))
+                },
+            )
+            .returns(json!({"description": "the removed value, or null when absent"})),
+        );
+        reg.function(
+            function(
+                &svc,
+                "state::update",
+                "Apply update ops to the value under scope/key",
+                |e, i: UpdateIn, svc| async move {
+                    let ops = UpdateOp::parse_list(&i.ops)
+                        .map_err(|e| err("UPDATE_ERROR", format!("invalid ops: {e}")))?;
+                    let r = svc
+                        .store
+                        .update(&i.scope, &i.key, &ops)
+                        .await
+                        .map_err(|e| err("UPDATE_ERROR", e))?;
+                    emit(
+                        &e,
+                        &svc,
+                        &i.scope,
+                        &i.key,
+                        r.old_value.clone(),
+                        Some(r.new_value.clone()),
+                    );
+                    serde_json::to_value(&r).map_err(|e| err("serialization_error", e))
+                },
+            )
+            .returns(
+                json!({"type": "object", "properties": {"old_value": {}, "new_value": {},
+                "errors": {"type": "array", "items": {"type": "object"}}}}),
+            ),
+        );
+        reg.function(
+            function(
+                &svc,
+                "state::list",
+                "All values of a scope, in insertion order",
+                |_e, i: ScopeIn, svc| async move {
+                    Ok(Value::Array(
+                        svc.store
+                            .list(&i.scope)
+                            .await
+                            .map_err(|e| err("LIST_ERROR", e))?,
+                    ))
+                },
+            )
+            .returns(json!({"type": "array"})),
+        );
+        reg.function(
+            function(&svc, "state::list_groups", "All scopes, sorted", |_e, _i: NoInput, svc| async move {
+                let g = svc
+                    .store
+                    .list_groups()
+                    .await
+                    .map_err(|e| err("LIST_GROUPS_ERROR", e))?;
+                Ok(json!({ "groups": g }))
+            })
+            .returns(json!({"type": "object", "properties": {"groups": {"type": "array", "items": {"type": "string"}}}})),
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The worker socket listeners (config entry `iii-worker-manager`, repeatable, always on): each
+//! entry is one port serving workers, telemetry and data channels (PROTOCOL.md §1.1). Declaring
+//! any entry replaces the implicit default listener on 127.0.0.1:49134.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iii_core::config::ConfigError;
+use iii_core::listener::{self, WorkerSocketConfig};
+use iii_core::{
+    BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
+    ServiceInfo, StartError,
+};
+use tokio::net::TcpListener;
+
+const WORKER: &str = "iii-worker-manager";
+
+/// The worker socket service.
+pub struct WorkerSocket;
+
+/// The configured listeners.
+pub struct WorkerSockets(pub Vec<WorkerSocketConfig>);
+
+fn default_listener(index: usize) -> WorkerSocketConfig {
+    WorkerSocketConfig {
+        name: if index == 0 {
+            WORKER.into()
+        } else {
+            format!("{WORKER}#{index}")
+        },
+        host: "127.0.0.1".into(),
+        port: 49134,
+        handshake_timeout: Duration::from_millis(10_000),
+    }
+}
+
+fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, ConfigError> {
+    let mut wm = default_listener(index);
+    let at = e.key("config");
+    let r = &e.reader;
+    let Some(m) = r.mapping(e.config, &at)? else {
+        return Ok(wm);
+    };
+    r.check_keys(
+        m,
+        &at,
+        &[
+            "port",
+            "host",
+            "middleware_function_id",
+            "rbac",
+            "handshake_timeout_ms",
+        ],
+    )?;
+    if let Some(p) = m.get("port") {
+        wm.port = r.port(p, &format!("{at}.port"))?;
+    }
+    if let Some(h) = m.get("host") {
+        wm.host = r.host(h, &format!("{at}.host"))?;
+    }
+    if let Some(t) = m.get("handshake_timeout_ms") {
+        let ms = r.u64(t, &format!("{at}.handshake_timeout_ms"))?;
+        if ms == 0 {
+            return Err(r.invalid(
+                &format!("{at}.handshake_timeout_ms"),
+                "a positive number of milliseconds",
+                t,
+            ));
+        }
+        wm.handshake_timeout = Duration::from_millis(ms);
+    }
+    // Refuse rather than silently run an unauthenticated listener the user meant to protect.
+    for k in ["rbac", "middleware_function_id"] {
+        if m.get(k).is_some_and(|x| !x.is_null()) {
+            return Err(r.error(format!("`{at}.{k}` is not supported by this engine yet (RBAC and invocation middleware arrive with the RBAC adapters); remove it or put this listener behind your own gateway")));
+        }
+    }
+    Ok(wm)
+}
+
+impl Service for WorkerSocket {
+    fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            name: WORKER,
+            worker: WORKER,
+            deprecated_names: &[],
+            repeatable: true,
+            always_on: true,
+        }
+    }
+
+    fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
+        let mut list = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            list.push(listener_config(e, i)?);
+        }
+        if list.is_empty() {
+            list.push(default_listener(0));
+        }
+        Ok(Box::new(WorkerSockets(list)))
+    }
+}
+
+struct Bound(Vec<(TcpListener, WorkerSocketConfig, SocketAddr)>);
+
+#[async_trait::async_trait]
+impl Configured for WorkerSockets {
+    async fn prepare(
+        self: Box<Self>,
+        _cx: &mut PrepareCx<'_>,
+    ) -> Result<Box<dyn Prepared>, StartError> {
+        let mut bound = Vec::new();
+        for c in self.0 {
+            let l = listener::bind(&c)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: c.name.clone(),
+                    host: c.host.clone(),
+                    port: c.port,
+                    source,
+                })?;
+            let addr = l.local_addr().map_err(|source| StartError::Bind {
+                what: c.name.clone(),
+                host: c.host.clone(),
+                port: c.port,
+                source,
+            })?;
+            tracing::info!(listener = %c.name, "worker socket listening on ws://{addr}");
+            bound.push((l, c, addr));
+        }
+        Ok(Box::new(Bound(bound)))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Prepared for Bound {
+    fn install(&mut self, _reg: &mut Registrar<'_>) {}
+
+    fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.0
+            .iter()
+            .map(|(_, _, a)| ("worker socket", *a))
+            .collect()
+    }
+
+    fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
+        Some(Box::pin(async move {
+            let tasks: Vec<_> = self
+                .0
+                .into_iter()
+                .map(|(l, c, _)| tokio::spawn(listener::serve(core.clone(), l, c, stop.clone())))
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        }))
+    }
+}
