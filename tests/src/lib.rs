@@ -48,9 +48,13 @@ pub fn free_port() -> u16 {
 /// A running engine in its own temporary directory; killed on drop.
 pub struct EngineProc {
     pub child: Child,
+    /// The worker socket's port, read from the engine's own "listening on" line.
     pub ws_port: u16,
+    /// The REST server's port (0 when the config runs none), read the same way.
     pub http_port: u16,
     pub dir: PathBuf,
+    /// Renders the config for given ports: port 0 at first start, the bound ports on restart.
+    config: Box<dyn Fn(u16, u16) -> String + Send>,
 }
 
 impl EngineProc {
@@ -64,9 +68,11 @@ impl EngineProc {
         })
     }
 
-    pub fn start_with(config: impl Fn(u16, u16) -> String) -> EngineProc {
-        let ws_port = free_port();
-        let http_port = free_port();
+    /// Starts the engine with `config(ws_port, http_port)` as its config.yaml. The first start
+    /// passes port 0 for both, so the engine picks free ports itself (no bind-then-drop race)
+    /// and the harness reads them from its "listening on" lines.
+    pub fn start_with(config: impl Fn(u16, u16) -> String + Send + 'static) -> EngineProc {
+        let (ws_port, http_port) = (0, 0);
         let dir = std::env::temp_dir().join(format!("iii-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("config.yaml"), config(ws_port, http_port)).expect("write config");
@@ -84,16 +90,34 @@ impl EngineProc {
             ws_port,
             http_port,
             dir,
+            config: Box::new(config),
         };
-        e.wait_ready();
+        e.wait_ready(0);
         e
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the engine's "ready" line and takes the ports from its "listening on" lines
+    /// (the first worker socket; the REST server if any). Only this start's lines count: the
+    /// log is appended to across restarts.
+    fn wait_ready(&mut self, skip: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.ws_port)).is_ok() {
-                return;
+            let log = self.log();
+            let this_start = &log[skip.min(log.len())..];
+            if this_start.contains(" ready") && this_start.contains("iii engine") {
+                let port_after = |marker: &str| {
+                    this_start.find(marker).and_then(|i| {
+                        let rest = &this_start[i + marker.len()..];
+                        let addr: String =
+                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                        addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
+                    })
+                };
+                self.ws_port = port_after("listening on ws://").expect("worker socket line");
+                self.http_port = port_after("listening on http://").unwrap_or(0);
+                if TcpStream::connect(("127.0.0.1", self.ws_port)).is_ok() {
+                    return;
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("engine exited early with {status}:\n{}", self.log());
@@ -133,6 +157,13 @@ impl EngineProc {
     }
 
     fn restart(&mut self) {
+        // Same ports as before: SDK clients reconnect to the address they know.
+        std::fs::write(
+            self.dir.join("config.yaml"),
+            (self.config)(self.ws_port, self.http_port),
+        )
+        .expect("write config");
+        let skip = self.log().len();
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.join("engine.log"))
@@ -145,7 +176,7 @@ impl EngineProc {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn iii");
-        self.wait_ready();
+        self.wait_ready(skip);
     }
 
     pub fn url(&self) -> String {

@@ -18,7 +18,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::core::{new_id, Core};
 
+/// Frames buffered between a channel's writer and reader unless the creator asks otherwise.
 pub const DEFAULT_BUFFER: usize = 64;
+/// The largest buffer a creator may ask for.
 pub const MAX_BUFFER: usize = 1024;
 /// A channel at least one side of which never connected is removed after this long.
 pub const UNUSED_TTL: Duration = Duration::from_secs(300);
@@ -26,24 +28,35 @@ pub const UNUSED_TTL: Duration = Duration::from_secs(300);
 /// Result of [`Channels::check`]: unknown channel or wrong key is `NotFound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SideState {
+    /// The side exists and nobody has opened it yet.
     Available,
+    /// The side was opened already (each side opens once).
     Taken,
+    /// No such channel, or the key is wrong.
     NotFound,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A side of a channel.
 pub enum Direction {
+    /// The reading side.
     Read,
+    /// The writing side.
     Write,
 }
 
 #[derive(Debug, Clone)]
+/// One frame travelling through a channel.
 pub enum ChanItem {
+    /// A text frame.
     Text(String),
+    /// A binary frame.
     Binary(Bytes),
 }
 
+/// A data channel: a bounded pipe from one WebSocket side to the other.
 pub struct Channel {
+    /// The channel id in `/ws/channels/{id}`.
     pub id: String,
     read_key: String,
     write_key: String,
@@ -69,11 +82,13 @@ impl Channel {
 }
 
 #[derive(Default)]
+/// Every open channel, by id.
 pub struct Channels {
     map: Mutex<HashMap<String, Arc<Channel>>>,
 }
 
 impl Channels {
+    /// Creates a channel buffering `buffer` frames.
     pub fn create(&self, buffer: usize) -> Arc<Channel> {
         let (tx, rx) = mpsc::channel(buffer.clamp(1, MAX_BUFFER));
         let ch = Arc::new(Channel {
@@ -111,10 +126,12 @@ impl Channels {
         self.map.lock().get(id).cloned()
     }
 
+    /// Takes the writing end (once).
     pub fn take_writer(&self, ch: &Channel) -> Option<mpsc::Sender<ChanItem>> {
         ch.tx.lock().take()
     }
 
+    /// Takes the reading end (once).
     pub fn take_reader(&self, ch: &Channel) -> Option<mpsc::Receiver<ChanItem>> {
         ch.rx.lock().take()
     }
@@ -126,6 +143,7 @@ impl Channels {
         }
     }
 
+    /// Removes a channel.
     pub fn remove(&self, id: &str) {
         self.map.lock().remove(id);
     }
@@ -140,10 +158,12 @@ impl Channels {
         before - map.len()
     }
 
+    /// Number of open channels.
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }
 
+    /// No channel is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -10,42 +10,63 @@ use tokio::sync::{mpsc, Notify};
 /// Outbound queue depth per connection. A reader that stops reading for longer than
 /// [`SEND_STALL_LIMIT`] while its queue is full is disconnected instead of stalling the engine.
 pub const OUTBOUND_QUEUE: usize = 1024;
+/// How long a send may wait on a full outbound queue before the connection counts as stalled.
 pub const SEND_STALL_LIMIT: Duration = Duration::from_secs(30);
 
+/// What the writer task sends to the socket.
 pub enum Out {
+    /// A text frame.
     Text(String),
+    /// Close the socket after what is queued.
     Close,
 }
 
 /// What a worker declared through `engine::workers::register`.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerMeta {
+    /// `runtime` from `engine::workers::register` (e.g. `node`).
     pub runtime: Option<String>,
+    /// The SDK version.
     pub version: Option<String>,
+    /// The worker name (unique per namespace among live connections).
     pub name: Option<String>,
+    /// Free text.
     pub description: Option<String>,
+    /// Operating system.
     pub os: Option<String>,
+    /// Process id; workers without one are hidden from listings, as upstream.
     pub pid: Option<u64>,
+    /// Isolation details the worker reports.
     pub isolation: Option<Value>,
+    /// Telemetry details the worker reports.
     pub telemetry: Option<Value>,
 }
 
 #[derive(Default)]
+/// Mutable state of a connection.
 pub struct ConnState {
     /// `None` until the worker declares it or the grace period ends (spec §3.8).
     pub namespace: Option<String>,
     /// Registration frames received before the namespace was known, in arrival order.
     pub buffer: Vec<String>,
+    /// What the worker declared about itself.
     pub meta: WorkerMeta,
 }
 
+/// One worker connection.
 pub struct Conn {
+    /// The worker id.
     pub id: u128,
+    /// The worker id as the wire writes it.
     pub id_str: String,
+    /// The reattach token given to the worker.
     pub token: u128,
+    /// The peer's IP address.
     pub ip: String,
+    /// When it connected, ms since the Unix epoch.
     pub connected_at_ms: u64,
     tx: mpsc::Sender<Out>,
+    /// Namespace, buffered registrations and metadata.
     pub state: Mutex<ConnState>,
     closing: AtomicBool,
     cleanup_started: AtomicBool,
@@ -55,14 +76,18 @@ pub struct Conn {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a frame could not be queued.
 pub enum SendError {
     #[error("connection is closed")]
+    /// The connection is closed.
     Closed,
     #[error("connection stopped reading (outbound queue full for {0:?})")]
+    /// The outbound queue stayed full for this long; the connection was closed.
     Stalled(Duration),
 }
 
 impl Conn {
+    /// A connection that queues outbound frames on `tx`.
     pub fn new(id: u128, token: u128, ip: String, tx: mpsc::Sender<Out>) -> Self {
         Conn {
             id,
@@ -107,6 +132,7 @@ impl Conn {
         self.close_now.notify_one();
     }
 
+    /// The connection is closing or closed.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
@@ -139,15 +165,18 @@ impl Conn {
         }
     }
 
+    /// The namespace, once fixed.
     pub fn namespace(&self) -> Option<String> {
         self.state.lock().namespace.clone()
     }
 
+    /// The declared worker name.
     pub fn name(&self) -> Option<String> {
         self.state.lock().meta.name.clone()
     }
 }
 
+/// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

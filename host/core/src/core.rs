@@ -20,6 +20,7 @@ use crate::conn::Conn;
 use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::triggers::TriggerRegistry;
 
+/// The namespace of everything that names none.
 pub const DEFAULT_NS: &str = "default";
 
 /// Context of a call into an in-process function.
@@ -27,33 +28,50 @@ pub const DEFAULT_NS: &str = "default";
 pub struct CallCtx {
     /// The worker connection that made the call, if any.
     pub caller: Option<Arc<Conn>>,
+    /// The namespace the call resolved in.
     pub namespace: String,
+    /// The function called.
     pub function_id: String,
+    /// The call's metadata, if any.
     pub metadata: Option<Value>,
 }
 
+/// A boxed future, as in-process handlers and service tasks return.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// An in-process function's handler.
 pub type BuiltinFn =
     Arc<dyn Fn(Core, CallCtx, Value) -> BoxFut<Result<Value, ErrorBody>> + Send + Sync>;
 
+/// Who serves a function.
 pub enum Handler {
+    /// A worker connection.
     Remote(Arc<Conn>),
+    /// An in-process handler.
     Builtin(BuiltinFn),
 }
 
+/// A registered function.
 pub struct FunctionEntry {
+    /// The function id.
     pub id: String,
+    /// Its namespace.
     pub namespace: String,
+    /// One line for listings.
     pub description: Option<String>,
+    /// JSON Schema of its input.
     pub request_format: Option<Value>,
+    /// JSON Schema of its result.
     pub response_format: Option<Value>,
+    /// Free-form metadata.
     pub metadata: Option<Value>,
+    /// Who serves it.
     pub handler: Handler,
     /// For in-process functions: the in-process worker that provides them.
     pub engine_worker: Option<&'static str>,
 }
 
 impl FunctionEntry {
+    /// The worker name listings show for it.
     pub fn worker_name(&self) -> String {
         match (&self.handler, self.engine_worker) {
             (_, Some(w)) => w.to_string(),
@@ -66,6 +84,7 @@ impl FunctionEntry {
         self.id.split("::").next().unwrap_or(&self.id).to_string()
     }
 
+    /// The connection serving it, for worker functions.
     pub fn owner_conn(&self) -> Option<&Arc<Conn>> {
         match &self.handler {
             Handler::Remote(c) => Some(c),
@@ -73,6 +92,7 @@ impl FunctionEntry {
         }
     }
 
+    /// `metadata.internal` is true: hidden from listings unless asked.
     pub fn is_internal(&self) -> bool {
         self.metadata
             .as_ref()
@@ -114,6 +134,7 @@ pub(crate) struct Inner {
 }
 
 #[derive(Clone)]
+/// The core handle; cheap to clone.
 pub struct Core {
     pub(crate) inner: Arc<Inner>,
 }
@@ -140,6 +161,7 @@ fn not_found_message(id: &str, ns: &str, elsewhere: &[String]) -> String {
     }
 }
 
+/// A fresh random id (a UUID as `u128`).
 pub fn new_id() -> u128 {
     uuid::Uuid::new_v4().as_u128()
 }
@@ -198,6 +220,7 @@ impl Core {
             .insert(spec.id, Arc::new(entry));
     }
 
+    /// The function `id` in namespace `ns`.
     pub fn lookup(&self, ns: &str, id: &str) -> Option<Arc<FunctionEntry>> {
         self.inner.functions.read().get(ns)?.get(id).cloned()
     }
@@ -216,6 +239,7 @@ impl Core {
         v
     }
 
+    /// Every function, sorted by id then namespace.
     pub fn all_functions(&self) -> Vec<Arc<FunctionEntry>> {
         let f = self.inner.functions.read();
         let mut v: Vec<_> = f.values().flat_map(|m| m.values().cloned()).collect();
@@ -706,16 +730,19 @@ impl Core {
         self.inner.conns.write().insert(conn.id, conn);
     }
 
+    /// A live connection by id.
     pub fn conn(&self, id: u128) -> Option<Arc<Conn>> {
         self.inner.conns.read().get(&id).cloned()
     }
 
+    /// Every live connection, oldest first.
     pub fn conns(&self) -> Vec<Arc<Conn>> {
         let mut v: Vec<_> = self.inner.conns.read().values().cloned().collect();
         v.sort_by_key(|c| c.connected_at_ms);
         v
     }
 
+    /// Calls in flight that `conn` made or serves.
     pub fn active_invocations(&self, conn: u128) -> usize {
         self.inner.pending.active_for(conn)
     }
@@ -982,6 +1009,7 @@ impl Core {
         }
     }
 
+    /// The data channels.
     pub fn channels(&self) -> &Channels {
         &self.inner.channels
     }
@@ -1004,11 +1032,13 @@ impl Core {
         self.inner.started_ms
     }
 
+    /// Calls in flight.
     pub fn pending_len(&self) -> usize {
         self.inner.pending.len()
     }
 }
 
+/// The error a call ends with when its caller or callee went away.
 pub fn stopped() -> ErrorBody {
     ErrorBody::new("invocation_stopped", "Invocation stopped")
 }

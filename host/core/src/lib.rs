@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! The iii engine core: what every engine has, whatever services it runs.
 //!
 //! It holds the function registry and invocation router ([`Core`]), in-flight calls

@@ -23,18 +23,27 @@ pub type Outcome = Result<Option<Box<RawValue>>, ErrorBody>;
 pub enum Waiter {
     /// A worker that sent `invokefunction`: it gets an `invocationresult` frame.
     Conn {
+        /// The caller's connection.
         conn: Arc<Conn>,
+        /// The function called (echoed in the result).
         function_id: Arc<str>,
+        /// The caller's traceparent, echoed.
         traceparent: Option<String>,
+        /// The caller's baggage, echoed.
         baggage: Option<String>,
     },
     /// An in-process caller (HTTP trigger, builtin function, trigger fire).
     Oneshot(oneshot::Sender<Outcome>),
-    /// Fire-and-forget: the result is consumed and dropped.
-    Discard { function_id: Arc<str> },
+    /// Fire-and-forget: the result is dropped, an error logged.
+    Discard {
+        /// The function called (named in the log line).
+        function_id: Arc<str>,
+    },
 }
 
+/// One call in flight.
 pub struct PendingCall {
+    /// Who gets the result.
     pub waiter: Waiter,
     /// Connection that made the call, if a worker did.
     pub caller: Option<u128>,
@@ -64,6 +73,7 @@ type Shard = Mutex<HashMap<u128, PendingCall, BuildHasherDefault<IdHasher>>>;
 
 const SHARDS: usize = 64;
 
+/// Calls in flight, sharded by id so concurrent calls rarely contend.
 pub struct PendingTable {
     shards: Box<[Shard]>,
 }
@@ -130,18 +140,24 @@ impl PendingTable {
             .sum()
     }
 
+    /// Number of calls in flight.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// No call in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// What taking a result's call found.
 pub enum Take {
+    /// The call, removed from the table.
     Found(PendingCall),
+    /// No such call (finished, or never made).
     Unknown,
+    /// The call exists but another connection serves it; it stays.
     WrongSender,
 }
 

@@ -56,6 +56,7 @@ pub async fn writer<S>(
     }
 }
 
+/// Runs one worker session on an upgraded socket until it closes, then cleans up.
 pub async fn run_worker<S>(engine: Core, ws: WebSocketStream<S>, ip: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

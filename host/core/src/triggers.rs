@@ -15,8 +15,10 @@ use serde_json::Value;
 use crate::conn::Conn;
 use crate::core::{Core, DEFAULT_NS};
 
+/// Frames to send to worker providers once the registry lock is released, in order.
 pub type Sends = Vec<(Arc<Conn>, String)>;
 
+/// Sends `sends` in order; a closed connection is skipped.
 pub async fn deliver(sends: Sends) {
     for (conn, frame) in sends {
         let _ = conn.send(frame).await;
@@ -27,30 +29,42 @@ pub async fn deliver(sends: Sends) {
 pub trait BuiltinTriggerType: Send + Sync {
     /// Arms a binding; an error is reported to the originator as `trigger_registration_failed`.
     fn register(&self, binding: &Binding) -> Result<(), String>;
+    /// Disarms a binding.
     fn unregister(&self, binding: &Binding);
 }
 
 #[derive(Clone)]
+/// Who provides a trigger type.
 pub enum Provider {
+    /// A service, in process.
     Builtin(Arc<dyn BuiltinTriggerType>),
+    /// A worker connection.
     Remote(Arc<Conn>),
 }
 
 #[derive(Clone)]
+/// A registered trigger type.
 pub struct TriggerTypeEntry {
+    /// Its namespace.
     pub namespace: String,
+    /// Its id, e.g. `http`.
     pub id: String,
+    /// One line for listings.
     pub description: String,
+    /// JSON Schema of a binding's config.
     pub trigger_request_format: Option<Value>,
+    /// JSON Schema of what a bound function receives.
     pub call_request_format: Option<Value>,
     /// JSON Schema of what a bound function returns (service-provided types only).
     pub response_format: Option<Value>,
+    /// Who provides it.
     pub provider: Provider,
     /// The in-process worker that provides a service's type.
     pub worker: Option<&'static str>,
 }
 
 impl TriggerTypeEntry {
+    /// The worker name listings show for it.
     pub fn worker_name(&self) -> String {
         match &self.provider {
             Provider::Remote(c) => c.name().unwrap_or_else(|| c.id_str.clone()),
@@ -62,23 +76,32 @@ impl TriggerTypeEntry {
 type TypeKey = (String, String);
 
 #[derive(Clone, Debug)]
+/// A trigger binding: a function bound to a trigger type with a config.
 pub struct Binding {
+    /// The binding id.
     pub id: String,
+    /// The trigger type it binds to.
     pub trigger_type: String,
+    /// The function it calls.
     pub function_id: String,
+    /// Its config (route, filter, schedule …).
     pub config: Value,
+    /// Metadata handed to every call.
     pub metadata: Option<Value>,
     /// Connection that registered it; `None` for `engine::register_trigger` bindings.
     pub owner: Option<u128>,
     /// Namespace the target function resolves in.
     pub namespace: String,
+    /// The namespace of the trigger type, when it differs from the function's.
     pub trigger_namespace: Option<String>,
+    /// The namespace it was registered in, where it moves back to when a provider appears.
     pub home_namespace: String,
     /// Resolved provider, `None` while parked.
     pub provider: Option<TypeKey>,
 }
 
 #[derive(Default)]
+/// Trigger types and bindings; methods never await (see the module doc).
 pub struct TriggerRegistry {
     types: BTreeMap<TypeKey, TriggerTypeEntry>,
     bindings: HashMap<String, Binding>,
@@ -116,16 +139,19 @@ impl TriggerRegistry {
         self.types.insert(key, entry);
     }
 
+    /// Every trigger type.
     pub fn types(&self) -> Vec<TriggerTypeEntry> {
         self.types.values().cloned().collect()
     }
 
+    /// Every binding, sorted by id.
     pub fn bindings(&self) -> Vec<Binding> {
         let mut v: Vec<_> = self.bindings.values().cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
 
+    /// One binding.
     pub fn binding(&self, id: &str) -> Option<Binding> {
         self.bindings.get(id).cloned()
     }
@@ -141,10 +167,12 @@ impl TriggerRegistry {
         Some(rx)
     }
 
+    /// Stops waiting for a provider's verdict on a binding.
     pub fn forget_ack(&mut self, id: &str) {
         self.ack_waiters.remove(id);
     }
 
+    /// How many bindings a type serves.
     pub fn instance_count(&self, key: &TypeKey) -> usize {
         self.bindings
             .values()
@@ -290,6 +318,7 @@ impl TriggerRegistry {
         Ok(())
     }
 
+    /// Applies a worker's `registertrigger`.
     pub fn register_from_worker(
         &mut self,
         conn: &Arc<Conn>,
@@ -337,6 +366,7 @@ impl TriggerRegistry {
         sends
     }
 
+    /// Removes a binding and disarms it.
     pub fn unregister(&mut self, id: &str) -> Sends {
         let mut sends = Sends::new();
         if let Some(b) = self.bindings.remove(id) {
@@ -346,6 +376,7 @@ impl TriggerRegistry {
         sends
     }
 
+    /// Applies a worker's `registertriggertype` and replays the bindings it now serves.
     pub fn register_remote_type(
         &mut self,
         conn: &Arc<Conn>,
@@ -417,6 +448,7 @@ impl TriggerRegistry {
         sends
     }
 
+    /// Applies a worker's `unregistertriggertype` (only for a type it registered).
     pub fn unregister_remote_type(
         &mut self,
         engine: &Core,
@@ -477,6 +509,7 @@ impl TriggerRegistry {
         sends
     }
 
+    /// Applies a provider's `triggerregistrationresult`.
     pub fn on_registration_result(
         &mut self,
         engine: &Core,
@@ -510,6 +543,7 @@ impl TriggerRegistry {
         sends
     }
 
+    /// Re-resolves everything a closing connection provided or owned.
     pub fn conn_closed(&mut self, engine: &Core, conn: &Arc<Conn>) -> Sends {
         let mut sends = Sends::new();
         let owned: Vec<String> = self

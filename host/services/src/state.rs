@@ -348,3 +348,182 @@ impl Prepared for StateService {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_adapter_api::memory::MemoryLoader;
+    use iii_adapter_api::AdapterLoader;
+    use iii_core::testing::TestCore;
+    use iii_core::triggers::Binding;
+
+    async fn state_core(config: &str) -> TestCore {
+        let mut t = TestCore::new();
+        let loader: Arc<dyn AdapterLoader> = Arc::new(MemoryLoader);
+        t.handles.insert(loader);
+        t.start(&State, config).await.unwrap();
+        t
+    }
+
+    fn bind(t: &TestCore, function_id: &str, config: Value) {
+        let b = Binding {
+            id: format!("b-{function_id}"),
+            trigger_type: "state".into(),
+            function_id: function_id.into(),
+            config,
+            metadata: None,
+            owner: None,
+            namespace: "default".into(),
+            trigger_namespace: None,
+            home_namespace: "default".into(),
+            provider: None,
+        };
+        let mut sends = Vec::new();
+        t.core.triggers().upsert(b, &mut sends).unwrap();
+        assert!(sends.is_empty(), "a service type sends no frames");
+    }
+
+    #[tokio::test]
+    async fn set_get_update_delete_list() {
+        let t = state_core("").await;
+        let r = t
+            .call(
+                "state::set",
+                json!({"scope": "s", "key": "k", "value": {"n": 1}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"old_value": null, "new_value": {"n": 1}}));
+        let ops = json!([{"type": "increment", "path": "n", "by": 4}]);
+        let u = t
+            .call(
+                "state::update",
+                json!({"scope": "s", "key": "k", "ops": ops}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(u["new_value"], json!({"n": 5}));
+        assert_eq!(
+            t.call("state::get", json!({"scope": "s", "key": "k"}))
+                .await
+                .unwrap(),
+            json!({"n": 5})
+        );
+        assert_eq!(
+            t.call("state::list", json!({"scope": "s"})).await.unwrap(),
+            json!([{"n": 5}])
+        );
+        assert_eq!(
+            t.call("state::list_groups", Value::Null).await.unwrap(),
+            json!({"groups": ["s"]})
+        );
+        assert_eq!(
+            t.call("state::delete", json!({"scope": "s", "key": "k"}))
+                .await
+                .unwrap(),
+            json!({"n": 5})
+        );
+        assert_eq!(
+            t.call("state::get", json!({"scope": "s", "key": "k"}))
+                .await
+                .unwrap(),
+            Value::Null
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_and_oversized_values_are_refused() {
+        let t = state_core("{max_value_bytes: 16}").await;
+        let e = t
+            .call("state::set", json!({"scope": "s"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "deserialization_error");
+        assert!(e.message.contains("state::set"), "{e}");
+        let e = t
+            .call(
+                "state::set",
+                json!({"scope": "s", "key": "k", "value": "x".repeat(64)}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "VALUE_TOO_LARGE");
+        let e = t
+            .call(
+                "state::update",
+                json!({"scope": "s", "key": "k", "ops": [{"type": "explode"}]}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "UPDATE_ERROR");
+    }
+
+    #[tokio::test]
+    async fn writes_fire_matching_state_triggers() {
+        let t = state_core("").await;
+        let all = t.recorder("audit::all", Value::Null);
+        let only_b = t.recorder("audit::b", Value::Null);
+        bind(&t, "audit::all", json!({"scope": "s"}));
+        bind(&t, "audit::b", json!({"scope": "s", "key": "b"}));
+        t.call("state::set", json!({"scope": "s", "key": "a", "value": 1}))
+            .await
+            .unwrap();
+        t.call("state::set", json!({"scope": "s", "key": "a", "value": 2}))
+            .await
+            .unwrap();
+        t.call("state::delete", json!({"scope": "s", "key": "a"}))
+            .await
+            .unwrap();
+        t.call(
+            "state::set",
+            json!({"scope": "other", "key": "a", "value": 1}),
+        )
+        .await
+        .unwrap();
+        let got = TestCore::wait_for(&all, 3, 2000).await;
+        let events: Vec<&str> = got
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, ["state:created", "state:updated", "state:deleted"]);
+        assert_eq!(got[1]["old_value"], json!(1));
+        assert!(only_b.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn triggers_can_be_disabled_and_bad_bindings_refused() {
+        let t = state_core("{triggers_enabled: false}").await;
+        let all = t.recorder("audit::all", Value::Null);
+        bind(&t, "audit::all", json!({}));
+        t.call("state::set", json!({"scope": "s", "key": "a", "value": 1}))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(all.lock().is_empty());
+        let b = Binding {
+            id: "bad".into(),
+            trigger_type: "state".into(),
+            function_id: "audit::all".into(),
+            config: json!({"scope": 3}),
+            metadata: None,
+            owner: None,
+            namespace: "default".into(),
+            trigger_namespace: None,
+            home_namespace: "default".into(),
+            provider: None,
+        };
+        let e = t.core.triggers().upsert(b, &mut Vec::new()).unwrap_err();
+        assert!(e.message.contains("`scope` must be a string"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn functions_carry_schemas_and_the_worker_name() {
+        let t = state_core("").await;
+        let f = t.core.lookup("default", "state::set").unwrap();
+        assert_eq!(f.worker_name(), "iii-state");
+        let req = f.request_format.as_ref().unwrap();
+        assert!(req["properties"]["scope"].is_object(), "{req}");
+        assert!(f.response_format.is_some());
+        assert!(t.core.in_process_workers().contains(&"iii-state"));
+    }
+}

@@ -30,15 +30,22 @@ enum Seg {
 }
 
 #[derive(Debug, Clone)]
+/// One HTTP route: method and path pattern, bound to a function.
 pub struct Route {
+    /// The HTTP method, upper case.
     pub method: String,
     /// The registered path without its leading slash (`users/:id`).
     pub path: String,
     segs: Vec<Seg>,
+    /// The binding that made it.
     pub trigger_id: String,
+    /// The function a request calls.
     pub function_id: String,
+    /// The namespace the function resolves in.
     pub namespace: String,
+    /// The binding's metadata, handed to each call.
     pub metadata: Option<Value>,
+    /// A function asked first; exactly `false` answers 422.
     pub condition_function_id: Option<String>,
 }
 
@@ -146,10 +153,12 @@ impl HttpRoutes {
             .map(|(r, p)| (r.clone(), p))
     }
 
+    /// Number of routes.
     pub fn len(&self) -> usize {
         self.routes.read().len()
     }
 
+    /// No route is bound.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,0 +1,9 @@
+//! The black-box tests: each module starts the real `iii` binary and talks to it as a user
+//! would (raw WebSocket worker, plain HTTP, the CLI). One test binary, a module per topic, so
+//! the harness links once. `zero_loss` stays a binary of its own (long; run in release mode
+//! for figures).
+
+mod cli;
+mod http_trigger;
+mod state_stream;
+mod wire;
