@@ -42,10 +42,14 @@ pub fn connect_vsock(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
     Ok(s)
 }
 
+/// What an exec session produced.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
+    /// Everything the process wrote to stdout (or the PTY).
     pub stdout: Vec<u8>,
+    /// Everything the process wrote to stderr.
     pub stderr: Vec<u8>,
+    /// Exit code: 128 + signal for a signalled process, [`EXIT_TIMEOUT`] on timeout.
     pub code: i32,
 }
 
@@ -115,7 +119,7 @@ pub fn fs(
     req: &FsRequest,
     data: &[u8],
 ) -> Result<(FsResponse, Vec<u8>), ProtoError> {
-    write_frame(stream, &Frame::new(Kind::Fs, pack(req, data)))?;
+    write_frame(stream, &Frame::new(Kind::Fs, pack(req, data)?))?;
     let f = read_frame(stream)?;
     match f.kind {
         Kind::FsResult => {
@@ -129,6 +133,7 @@ pub fn fs(
     }
 }
 
+/// Sends [`Kind::Ping`] and waits for the agent's [`Kind::Pong`].
 pub fn ping(stream: &mut (impl Read + Write)) -> Result<(), ProtoError> {
     write_frame(stream, &Frame::new(Kind::Ping, Vec::new()))?;
     match read_frame(stream)?.kind {
@@ -137,6 +142,7 @@ pub fn ping(stream: &mut (impl Read + Write)) -> Result<(), ProtoError> {
     }
 }
 
+/// Asks the guest to sync and power off; the agent sends no reply.
 pub fn poweroff(stream: &mut (impl Read + Write)) -> Result<(), ProtoError> {
     write_frame(stream, &Frame::new(Kind::Poweroff, Vec::new()))
 }

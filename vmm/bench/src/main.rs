@@ -4,6 +4,8 @@
 //! * guest boot to init under qemu TCG: our kernel vs the Debian cloud kernel;
 //! * exec round trip inside the nested harness (labelled nested), with `--nested`.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -198,7 +200,7 @@ fn main() -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("iii-vmm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let initrd = tmp.join("initrd.cpio");
-    std::fs::write(&initrd, initramfs::build(&std::fs::read(&a.init)?, &[]))?;
+    std::fs::write(&initrd, initramfs::build(&std::fs::read(&a.init)?, &[])?)?;
     let ours = tcg_boot(&a.kernel_dir.join("vmlinux"), &initrd, 3)?;
     rows.push((
         "guest boot to init, qemu TCG, our vmlinux".into(),

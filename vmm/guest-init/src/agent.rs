@@ -78,11 +78,12 @@ pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
                 to_session(&active, Input::Resize(rows, cols))
             }
             Kind::Fs => {
-                let reply = match unpack::<FsRequest>(&f.payload) {
-                    Ok((req, data)) => {
-                        let (resp, out) = fs_op(&req, data);
-                        Frame::new(Kind::FsResult, pack(&resp, &out))
-                    }
+                let reply = unpack::<FsRequest>(&f.payload).and_then(|(req, data)| {
+                    let (resp, out) = fs_op(&req, data);
+                    pack(&resp, &out)
+                });
+                let reply = match reply {
+                    Ok(payload) => Frame::new(Kind::FsResult, payload),
                     Err(e) => Frame::new(Kind::Error, e.to_string()),
                 };
                 send(&w, &reply);

@@ -9,6 +9,9 @@
 //! 5. runs the workload, if any, forwards signals to it, reaps all children,
 //!    and powers off when the workload exits or the host asks.
 
+#![deny(clippy::cast_possible_truncation)]
+
+mod abi;
 mod agent;
 mod cmdline;
 mod reaper;

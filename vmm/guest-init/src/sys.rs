@@ -102,20 +102,14 @@ pub fn loopback_up() -> Result<(), SysError> {
     for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
         *d = *s as libc::c_char;
     }
-    // SAFETY: ifr is a valid ifreq for the duration of both ioctls.
-    check(
-        unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) },
-        "SIOCGIFFLAGS",
-        "lo",
-    )?;
+    // SAFETY: ifr is a valid ifreq for the duration of the ioctl.
+    let ret = unsafe { libc::ioctl(fd, crate::abi::SIOCGIFFLAGS, &mut ifr) };
+    check(ret, "SIOCGIFFLAGS", "lo")?;
     // SAFETY: reading and writing the flags member of the union we just filled.
-    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above.
-    check(
-        unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr) },
-        "SIOCSIFFLAGS",
-        "lo",
-    )
+    unsafe { ifr.ifr_ifru.ifru_flags |= crate::abi::IFF_UP };
+    // SAFETY: ifr is a valid ifreq for the duration of the ioctl.
+    let ret = unsafe { libc::ioctl(fd, crate::abi::SIOCSIFFLAGS, &ifr) };
+    check(ret, "SIOCSIFFLAGS", "lo")
 }
 
 /// Maps a wait status to a shell-style exit code.

@@ -3,12 +3,14 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::abi::{AF_VSOCK, SOCKADDR_VM_LEN};
+
 pub const HOST_CID: u32 = 2;
 
 fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
     // SAFETY: sockaddr_vm is plain data; all-zero is valid (and zeroes the reserved fields).
     let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_family = AF_VSOCK;
     a.svm_cid = cid;
     a.svm_port = port;
     a
@@ -35,7 +37,7 @@ impl VsockListener {
             libc::bind(
                 fd.as_raw_fd(),
                 (&a as *const libc::sockaddr_vm).cast(),
-                std::mem::size_of_val(&a) as u32,
+                SOCKADDR_VM_LEN,
             )
         };
         if r < 0 {
@@ -82,7 +84,7 @@ impl VsockStream {
             libc::connect(
                 fd.as_raw_fd(),
                 (&a as *const libc::sockaddr_vm).cast(),
-                std::mem::size_of_val(&a) as u32,
+                SOCKADDR_VM_LEN,
             )
         };
         if r < 0 {

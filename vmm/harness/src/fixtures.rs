@@ -7,14 +7,22 @@ use anyhow::{bail, Context, Result};
 use iii_oci_rootfs::layout::{layer_tar, write_layout, Entry};
 use iii_oci_rootfs::{image, initramfs, oci};
 
+/// Everything a guest test boots, built once in a temporary directory that
+/// is removed on drop.
 pub struct Fixtures {
+    /// The temporary directory holding the files below.
     pub dir: PathBuf,
+    /// The guest kernel (`vmlinux` from the kernel cache).
     pub kernel: PathBuf,
+    /// The initramfs holding our init.
     pub initrd: PathBuf,
+    /// The test image's root as an erofs lower.
     pub lower_erofs: PathBuf,
+    /// The same root as an ext4 lower.
     pub lower_ext4: PathBuf,
 }
 
+/// Contents of `/etc/os-release` in the test image, which tests read back.
 pub const OS_RELEASE: &[u8] = b"ID=iii-test\nNAME=\"iii test image\"\n";
 
 /// Applets the test image links to busybox.
@@ -24,6 +32,7 @@ const APPLETS: &[&str] = &[
     "stty",
 ];
 
+/// The host's `/bin/busybox`, refused unless it is the static build.
 pub fn busybox() -> Result<Vec<u8>> {
     let p = Path::new("/bin/busybox");
     let data = std::fs::read(p).context("reading /bin/busybox (apt-get install busybox-static)")?;
@@ -109,6 +118,8 @@ pub fn write_test_image(dir: &Path) -> Result<()> {
 }
 
 impl Fixtures {
+    /// Builds the initramfs from `init` and both lowers from the test OCI
+    /// image, through the real OCI path; the kernel comes from `kernel_dir`.
     pub fn build(kernel_dir: &Path, init: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("iii-vmm-harness")
@@ -121,7 +132,7 @@ impl Fixtures {
         let init_bin =
             std::fs::read(init).with_context(|| format!("reading {}", init.display()))?;
         let initrd = dir.join("initrd.cpio");
-        std::fs::write(&initrd, initramfs::build(&init_bin, &[]))?;
+        std::fs::write(&initrd, initramfs::build(&init_bin, &[])?)?;
         let layout = dir.join("image");
         write_test_image(&layout)?;
         let img = oci::Image::open(&layout)?;
@@ -140,6 +151,7 @@ impl Fixtures {
         })
     }
 
+    /// A new, empty 32 MiB ext4 upper named `name` in the fixture directory.
     pub fn fresh_upper(&self, name: &str) -> Result<PathBuf> {
         let p = self.dir.join(name);
         image::create_upper(&p, 32)?;

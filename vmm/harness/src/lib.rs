@@ -1,13 +1,18 @@
 //! VM test harness library: qemu launching, test fixtures (OCI image, root
 //! images, initramfs), the qemu-TCG guest-side suite and the nested suite.
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod fixtures;
 pub mod nested;
 pub mod qemu;
 pub mod tcg;
 
+/// Scenario results: one `PASS`/`FAIL` line each, and the totals.
 pub struct Report {
+    /// Scenarios that passed.
     pub passed: usize,
+    /// Scenarios that failed.
     pub failed: usize,
 }
 
@@ -18,6 +23,7 @@ impl Default for Report {
 }
 
 impl Report {
+    /// A report with nothing run yet.
     pub fn new() -> Self {
         Self {
             passed: 0,
@@ -25,6 +31,7 @@ impl Report {
         }
     }
 
+    /// Records scenario `name`: `Ok(note)` prints `PASS name (note)`, an error `FAIL name: error`.
     pub fn check(&mut self, name: &str, r: anyhow::Result<String>) {
         match r {
             Ok(note) => {

@@ -2,6 +2,8 @@
 //! under qemu TCG. `nested`: our VMM inside a qemu TCG L1 with kvm-amd.
 //! Prints one line per scenario and a closing `N passed, N failed`.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use iii_vmm_harness::{nested, tcg, Report};
 
 use std::path::PathBuf;

@@ -56,15 +56,31 @@ fn find_module(l1: &Path, name: &str) -> Result<Vec<u8>> {
 /// back to jiffies; L1 KVM then hands L2 a broken clock and quiet L2 boots
 /// hang at random. Telling L1 the frequency avoids the calibration.
 fn l1_tsc_args() -> String {
-    let mhz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+    let khz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("cpu MHz"))
-            .and_then(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+            .and_then(|l| mhz_to_khz(l.split(':').nth(1)?.trim()))
     });
-    match mhz {
-        Some(m) => format!("tsc_early_khz={} tsc=reliable", (m * 1000.0) as u64),
+    match khz {
+        Some(k) => format!("tsc_early_khz={k} tsc=reliable"),
         None => String::new(),
     }
+}
+
+/// kHz from a `/proc/cpuinfo` "cpu MHz" value such as `2994.374`, digit by
+/// digit (no floating point, so nothing to round or truncate).
+fn mhz_to_khz(mhz: &str) -> Option<u64> {
+    let (whole, frac) = mhz.split_once('.').unwrap_or((mhz, ""));
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The first three fractional digits are the kHz; pad short fractions.
+    let khz_digits: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
+    whole
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(khz_digits.parse().ok()?)
 }
 
 fn l1_kernel(l1: &Path) -> Result<std::path::PathBuf> {
@@ -121,10 +137,12 @@ fn build_l1_initrd(
         .file("iii/upper-a.ext4", 0o644, &std::fs::read(&up_a)?)
         .file("iii/upper-b.ext4", 0o644, &std::fs::read(&up_b)?);
     let out = fx.dir.join("l1.cpio");
-    std::fs::write(&out, a.finish())?;
+    std::fs::write(&out, a.finish()?)?;
     Ok(out)
 }
 
+/// Runs the full-VMM suite inside a nested qemu L1 (Debian cloud kernel
+/// from `l1`, with kvm-amd), recording each scenario in `report`.
 pub fn run(
     kernel_dir: &Path,
     init: &Path,
@@ -176,5 +194,20 @@ pub fn run(
     })();
     if let Err(e) = r {
         report.check("nested/harness", Err(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mhz_to_khz;
+
+    #[test]
+    fn cpu_mhz_becomes_khz() {
+        assert_eq!(mhz_to_khz("2994.374"), Some(2_994_374));
+        assert_eq!(mhz_to_khz("3000"), Some(3_000_000));
+        assert_eq!(mhz_to_khz("1800.5"), Some(1_800_500));
+        assert_eq!(mhz_to_khz("2400.0001"), Some(2_400_000));
+        assert_eq!(mhz_to_khz("fast"), None);
+        assert_eq!(mhz_to_khz("12.x"), None);
     }
 }

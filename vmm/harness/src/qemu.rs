@@ -8,17 +8,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// A running qemu, killed on drop, with its serial console collected line by line.
 pub struct Qemu {
     child: Child,
     console: Arc<Mutex<Vec<String>>>,
+    /// When qemu was spawned; the times `wait_for` returns count from here.
     pub started: Instant,
 }
 
+/// How to start qemu.
 #[derive(Default)]
 pub struct QemuSpec {
+    /// Kernel to boot directly.
     pub kernel: PathBuf,
+    /// Its initramfs.
     pub initrd: PathBuf,
+    /// The kernel command line.
     pub append: String,
+    /// Guest memory in MiB.
     pub mem_mib: u32,
     /// (image, read_only)
     pub disks: Vec<(PathBuf, bool)>,
@@ -26,10 +33,12 @@ pub struct QemuSpec {
     pub agent_socket: Option<PathBuf>,
     /// `-cpu` model (`max` emulates SVM, for the nested L1).
     pub cpu: String,
+    /// The `-accel` backend (the suites use `tcg`).
     pub accel: String,
 }
 
 impl Qemu {
+    /// Spawns `qemu-system-x86_64 -M microvm` for `spec`.
     pub fn start(spec: &QemuSpec) -> Result<Self> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -115,6 +124,7 @@ impl Qemu {
         })
     }
 
+    /// The console lines seen so far.
     pub fn lines(&self) -> Vec<String> {
         self.console.lock().unwrap().clone()
     }
@@ -147,6 +157,7 @@ impl Qemu {
         }
     }
 
+    /// The last 40 console lines, for failure messages.
     pub fn tail(&self) -> String {
         let l = self.lines();
         l[l.len().saturating_sub(40)..].join("\n")
@@ -174,10 +185,12 @@ impl Drop for Qemu {
     }
 }
 
+/// Lower-case hex of `b`.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The SHA-256 of a file's contents, in hex.
 pub fn sha256_file(p: &Path) -> Result<String> {
     use sha2::Digest;
     let data = std::fs::read(p)?;

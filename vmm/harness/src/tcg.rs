@@ -19,6 +19,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_IO_TIMEOUT: Duration = Duration::from_secs(90);
 const BASE_APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 
+/// The qemu TCG spec for booting the fixtures with `append` after the
+/// base command line, `disks`, and optionally the agent on a serial port.
 pub fn spec(
     fx: &Fixtures,
     append: &str,
@@ -67,6 +69,7 @@ fn connect_agent(sock: &Path) -> Result<UnixStream> {
     }
 }
 
+/// Runs the guest-side suite under qemu TCG, recording each scenario in `report`.
 pub fn run(kernel_dir: &Path, init: &Path, report: &mut Report) {
     let fx = match Fixtures::build(kernel_dir, init) {
         Ok(f) => f,

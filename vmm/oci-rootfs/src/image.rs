@@ -3,29 +3,46 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Why an image could not be built or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// A required command-line tool is not on `PATH`.
     #[error("{tool} is not installed (apt-get install {package})")]
     MissingTool {
+        /// The tool's command name.
         tool: &'static str,
+        /// The Debian package that provides it.
         package: &'static str,
     },
+    /// The tool ran and failed.
     #[error("{tool} failed: {stderr}")]
-    Tool { tool: &'static str, stderr: String },
+    Tool {
+        /// The tool's command name.
+        tool: &'static str,
+        /// What it printed on stderr (or why it could not be started).
+        stderr: String,
+    },
+    /// A file next to the image could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file involved.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
 }
 
+/// The filesystem of a read-only lower image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Compressed erofs (`mkfs.erofs -zlz4hc`): smaller and faster to boot.
     Erofs,
+    /// ext4 built with `mke2fs -d`, for kernels without erofs.
     Ext4,
 }
 
 impl Format {
+    /// The name the kernel mounts it by (`iii.rootfstype=`).
     pub fn fstype(self) -> &'static str {
         match self {
             Format::Erofs => "erofs",

@@ -3,22 +3,40 @@
 
 use std::io::{self, Write};
 
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, size: usize, rdev: (u32, u32), name: &str) {
-    let namesize = name.len() + 1;
+/// Why an entry cannot go into a newc archive.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// newc headers store the data and name lengths in 32-bit fields.
+    #[error("{name}: its {what} of {len} bytes does not fit the newc format's 32-bit field")]
+    TooLarge {
+        /// The entry's path in the archive.
+        name: String,
+        /// Which length overflowed: `contents` or `name`.
+        what: &'static str,
+        /// That length in bytes.
+        len: usize,
+    },
+}
+
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) -> Result<(), InitramfsError> {
+    let field = |what, len: usize| {
+        u32::try_from(len).map_err(|_| InitramfsError::TooLarge {
+            name: name.into(),
+            what,
+            len,
+        })
+    };
+    let filesize = field("contents", size)?;
+    let namesize = field("name", name.len() + 1)?;
     let fields = [
-        ino,
-        mode,
-        0,
-        0,
-        1,
-        0,
-        size as u32,
-        0,
-        0,
-        rdev.0,
-        rdev.1,
-        namesize as u32,
-        0,
+        ino, mode, 0, 0, 1, 0, filesize, 0, 0, rdev.0, rdev.1, namesize, 0,
     ];
     out.extend_from_slice(b"070701");
     for f in fields {
@@ -27,6 +45,7 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, size: usize, rdev: (u32, u32),
     out.extend_from_slice(name.as_bytes());
     out.push(0);
     pad4(out);
+    Ok(())
 }
 
 fn pad4(out: &mut Vec<u8>) {
@@ -37,85 +56,93 @@ fn pad4(out: &mut Vec<u8>) {
 
 /// Builds the archive: `/dev`, `/dev/console` (c 5:1) and `/init` (0755),
 /// plus any extra files given as (path, mode, contents).
-pub fn build(init: &[u8], extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut ino = 1;
-    let mut add = |out: &mut Vec<u8>, mode: u32, data: &[u8], rdev: (u32, u32), name: &str| {
-        header(out, ino, mode, data.len(), rdev, name);
-        out.extend_from_slice(data);
-        pad4(out);
-        ino += 1;
-    };
-    add(&mut out, 0o040755, &[], (0, 0), "dev");
-    add(&mut out, 0o020600, &[], (5, 1), "dev/console");
-    add(&mut out, 0o100755, init, (0, 0), "init");
+pub fn build(init: &[u8], extra: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, InitramfsError> {
+    let mut a = Archive::new();
+    a.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .file("init", 0o755, init);
     for (path, mode, data) in extra {
-        add(
-            &mut out,
-            0o100000 | mode,
-            data,
-            (0, 0),
-            path.trim_start_matches('/'),
-        );
+        a.file(path, *mode, data);
     }
-    header(&mut out, 0, 0, 0, (0, 0), "TRAILER!!!");
-    out
+    a.finish()
 }
 
+/// Writes the archive [`build`] makes for `init` (and no extra files) to `w`.
 pub fn write(w: &mut impl Write, init: &[u8]) -> io::Result<()> {
-    w.write_all(&build(init, &[]))
+    let archive = build(init, &[]).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    w.write_all(&archive)
 }
 
 /// A general newc archive: directories, files, symlinks and device nodes,
 /// written in the order added (parents first, as the kernel unpacker needs).
-#[derive(Default)]
+/// The first entry that cannot be encoded is reported by [`Archive::finish`];
+/// entries added after it are dropped.
 pub struct Archive {
     out: Vec<u8>,
     ino: u32,
+    error: Option<InitramfsError>,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Archive {
+    /// An empty archive; inode numbers start at 1.
     pub fn new() -> Self {
         Self {
             out: Vec::new(),
             ino: 1,
+            error: None,
         }
     }
 
     fn entry(&mut self, mode: u32, data: &[u8], rdev: (u32, u32), name: &str) -> &mut Self {
-        header(
-            &mut self.out,
-            self.ino,
-            mode,
-            data.len(),
-            rdev,
-            name.trim_start_matches('/'),
-        );
-        self.out.extend_from_slice(data);
-        pad4(&mut self.out);
-        self.ino += 1;
+        if self.error.is_some() {
+            return self;
+        }
+        let name = name.trim_start_matches('/');
+        match header(&mut self.out, self.ino, mode, data.len(), rdev, name) {
+            Ok(()) => {
+                self.out.extend_from_slice(data);
+                pad4(&mut self.out);
+                self.ino += 1;
+            }
+            Err(e) => self.error = Some(e),
+        }
         self
     }
 
+    /// Adds a directory with permission bits `mode`.
     pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
         self.entry(0o040000 | mode, &[], (0, 0), path)
     }
 
+    /// Adds a regular file with permission bits `mode` holding `data`.
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
         self.entry(0o100000 | mode, data, (0, 0), path)
     }
 
+    /// Adds a symbolic link to `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         self.entry(0o120777, target.as_bytes(), (0, 0), path)
     }
 
+    /// Adds a character device node `major:minor` with permission bits `mode`.
     pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
         self.entry(0o020000 | mode, &[], (major, minor), path)
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
-        header(&mut self.out, 0, 0, 0, (0, 0), "TRAILER!!!");
-        self.out
+    /// Appends the trailer and returns the archive bytes, or the first entry
+    /// that could not be encoded.
+    pub fn finish(mut self) -> Result<Vec<u8>, InitramfsError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        header(&mut self.out, 0, 0, 0, (0, 0), "TRAILER!!!")?;
+        Ok(self.out)
     }
 }
 
@@ -125,7 +152,7 @@ mod tests {
 
     #[test]
     fn newc_layout() {
-        let a = build(b"#!init", &[]);
+        let a = build(b"#!init", &[]).unwrap();
         assert_eq!(a.len() % 4, 0);
         assert!(a.starts_with(b"070701"));
         let text = String::from_utf8_lossy(&a);
@@ -146,7 +173,7 @@ mod tests {
             .file("bin/x", 0o755, b"x")
             .symlink("bin/y", "x")
             .char_dev("dev/null", 0o666, 1, 3);
-        let data = a.finish();
+        let data = a.finish().unwrap();
         let text = String::from_utf8_lossy(&data);
         for n in ["bin/x", "bin/y", "dev/null", "TRAILER!!!"] {
             assert!(text.contains(n), "{n}");
@@ -162,7 +189,7 @@ mod tests {
         assert!(st.status.success());
         let dir = tempfile::tempdir().unwrap();
         let arc = dir.path().join("i.cpio");
-        std::fs::write(&arc, build(b"hello", &[("etc/x", 0o644, b"x")])).unwrap();
+        std::fs::write(&arc, build(b"hello", &[("etc/x", 0o644, b"x")]).unwrap()).unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("cpio -it < {}", arc.display()))

@@ -10,29 +10,44 @@ use sha2::{Digest, Sha256};
 
 /// One entry of a layer being built.
 pub enum Entry<'a> {
+    /// A directory.
     Dir {
+        /// Path inside the layer, written verbatim.
         path: &'a str,
+        /// Permission bits.
         mode: u32,
     },
+    /// A regular file.
     File {
+        /// Path inside the layer, written verbatim.
         path: &'a str,
+        /// Permission bits (setuid/setgid included, to test stripping).
         mode: u32,
+        /// Contents.
         data: &'a [u8],
     },
+    /// A symbolic link.
     Symlink {
+        /// Path inside the layer, written verbatim.
         path: &'a str,
+        /// Link target, written verbatim.
         target: &'a str,
     },
+    /// A hard link to an earlier entry.
     Hardlink {
+        /// Path inside the layer, written verbatim.
         path: &'a str,
+        /// Path of the entry it links to, written verbatim.
         target: &'a str,
     },
     /// Deletes `path` from lower layers.
     Whiteout {
+        /// The path to delete.
         path: &'a str,
     },
     /// Hides everything lower layers put in directory `path`.
     Opaque {
+        /// The directory to empty.
         path: &'a str,
     },
 }

@@ -9,6 +9,8 @@
 //! * [`initramfs`]: a newc cpio holding `/init` and `/dev/console`.
 //! * [`layout`]: write an OCI image layout (used to package test images).
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod image;
 pub mod initramfs;
 pub mod layout;

@@ -8,24 +8,60 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// Why an image cannot be read or unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
+    /// Reading the image or writing the root directory failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// An index, manifest or config blob does not parse.
     #[error("{what} is not valid JSON: {detail}")]
-    Json { what: String, detail: String },
+    Json {
+        /// Which document (its path).
+        what: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The path is neither an image layout, an OCI tarball nor a `docker save` tarball.
     #[error("not an OCI image layout or image tarball: {0}")]
     NotAnImage(PathBuf),
+    /// The index names no manifest this VM can run.
     #[error("no manifest for linux/amd64 in the image index")]
     NoManifest,
+    /// A blob's content hashes to something other than its name.
     #[error("blob {digest} does not match its digest")]
-    DigestMismatch { digest: String },
+    DigestMismatch {
+        /// The digest the blob is stored under.
+        digest: String,
+    },
+    /// A digest that is not `sha256:<64 hex digits>`.
     #[error("unsupported digest {0:?}")]
     BadDigest(String),
+    /// A layer compressed with something other than gzip (or not at all).
     #[error("unsupported layer media type {0}")]
     MediaType(String),
+    /// A layer entry whose path (or link target) leaves the root, or that
+    /// would be written through a symlink.
     #[error("layer entry {entry:?} escapes the root filesystem")]
-    PathTraversal { entry: String },
+    PathTraversal {
+        /// The entry's name in the layer.
+        entry: String,
+    },
+    /// A layer entry owned by an id Linux cannot represent (ids are 32 bits).
+    #[error("layer entry {entry:?} has owner {uid}:{gid}, beyond 32-bit user and group ids")]
+    Owner {
+        /// The entry's name in the layer.
+        entry: String,
+        /// Its user id as the tar header gives it.
+        uid: u64,
+        /// Its group id as the tar header gives it.
+        gid: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OciError + '_ {
@@ -38,14 +74,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OciError + '_ {
 /// The parts of the image configuration a VM needs to start the workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct RunConfig {
+    /// `NAME=value` environment entries.
     #[serde(rename = "Env", default)]
     pub env: Vec<String>,
+    /// The program and leading arguments; `cmd` is appended to it.
     #[serde(rename = "Entrypoint", default)]
     pub entrypoint: Option<Vec<String>>,
+    /// Default arguments (or the whole command when there is no entrypoint).
     #[serde(rename = "Cmd", default)]
     pub cmd: Option<Vec<String>>,
+    /// Working directory of the workload.
     #[serde(rename = "WorkingDir", default)]
     pub working_dir: Option<String>,
+    /// `user[:group]` the workload runs as.
     #[serde(rename = "User", default)]
     pub user: Option<String>,
 }
@@ -93,14 +134,18 @@ struct DockerManifest {
 /// One layer blob and how it is compressed.
 #[derive(Debug, Clone)]
 pub struct Layer {
+    /// The blob file (a tar stream, possibly gzipped).
     pub path: PathBuf,
+    /// Whether the blob is gzip-compressed.
     pub gzip: bool,
 }
 
 /// An image opened for reading: its layers (bottom first) and run config.
 #[derive(Debug)]
 pub struct Image {
+    /// Layers in application order, bottom first.
     pub layers: Vec<Layer>,
+    /// How the image says to run its workload.
     pub config: RunConfig,
     /// Keeps an extracted tarball alive while the image is used.
     _tmp: Option<tempfile::TempDir>,
@@ -396,7 +441,7 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
         let h = e.header().clone();
         // Setuid/setgid bits never survive into a VM root.
         let mode = h.mode().unwrap_or(0o644) & 0o1777;
-        let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+        let (uid, gid) = owner(&h, &name)?;
         match h.entry_type() {
             tar::EntryType::Directory => {
                 if fs::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
@@ -450,9 +495,23 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
     Ok(())
 }
 
+/// An entry's owner as Linux ids. Tar headers can carry wider ids (in
+/// base-256 fields); truncating one could turn it into root, so it is refused.
+fn owner(h: &tar::Header, entry: &str) -> Result<(u32, u32), OciError> {
+    let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+    match (u32::try_from(uid), u32::try_from(gid)) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(OciError::Owner {
+            entry: entry.into(),
+            uid,
+            gid,
+        }),
+    }
+}
+
 /// Ownership is kept when running as root; unprivileged builds leave files
 /// owned by the builder (mke2fs/mkfs.erofs are then told to map them to root).
-fn chown(p: &Path, uid: u64, gid: u64, nofollow: bool) {
+fn chown(p: &Path, uid: u32, gid: u32, nofollow: bool) {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
         return;
@@ -460,9 +519,9 @@ fn chown(p: &Path, uid: u64, gid: u64, nofollow: bool) {
     // SAFETY: c is a valid NUL-terminated path; failure (EPERM) is fine.
     unsafe {
         if nofollow {
-            libc::lchown(c.as_ptr(), uid as u32, gid as u32);
+            libc::lchown(c.as_ptr(), uid, gid);
         } else {
-            libc::chown(c.as_ptr(), uid as u32, gid as u32);
+            libc::chown(c.as_ptr(), uid, gid);
         }
     }
 }
@@ -624,6 +683,31 @@ mod tests {
         let err = img.unpack(&dir.path().join("root")).unwrap_err();
         assert!(matches!(err, OciError::PathTraversal { .. }), "{err}");
         assert!(!outside.path().join("passwd").exists());
+    }
+
+    #[test]
+    fn owner_ids_beyond_32_bits_are_refused() {
+        // 2^32 would truncate to uid 0 (root).
+        let mut h = tar::Header::new_gnu();
+        h.set_path("etc/owned").unwrap();
+        h.set_mode(0o644);
+        h.set_uid(1 << 32);
+        h.set_gid(5);
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_layout(&dir.path().join("img"), &[tar], serde_json::json!({})).unwrap();
+        let img = Image::open(&dir.path().join("img")).unwrap();
+        let err = img.unpack(&dir.path().join("root")).unwrap_err();
+        assert!(
+            matches!(err, OciError::Owner { uid, gid: 5, .. } if uid == 1 << 32),
+            "{err}"
+        );
+        assert!(!dir.path().join("root/etc/owned").exists());
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! * [`vm`]: assembles memory, kernel, devices and the vCPU into a running VM.
 //! * [`host`]: can this host run microVMs, and if not, what to do.
 
+#![deny(clippy::cast_possible_truncation)]
+
 #[cfg(target_os = "linux")]
 pub mod arch;
+mod convert;
 pub mod devices;
 #[cfg(target_os = "linux")]
 pub mod host;

@@ -13,6 +13,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64 as arch;
+use crate::convert::usize_from_u64;
 use crate::devices::serial::{SerialConsole, COM1_BASE, COM1_GSI, PORT_COUNT};
 use crate::devices::virtio::blk::{Block, BlockError, DiskMode};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, REG_QUEUE_NOTIFY};
@@ -22,60 +23,93 @@ use crate::devices::MmioDevice;
 use crate::hypervisor::kvm::KvmHypervisor;
 use crate::hypervisor::{Control, ExitHandler, Hypervisor, HypervisorError, StopReason, Vcpu};
 
+/// Smallest guest memory the VM accepts, in MiB.
 pub const MIN_MEM_MIB: u64 = 64;
 /// RAM sits below the virtio-mmio window at 0xd0000000.
 pub const MAX_MEM_MIB: u64 = 3 * 1024;
 
+/// One disk of the VM; disks appear as vda, vdb, ... in order.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
+    /// The image file.
     pub path: PathBuf,
+    /// Offer the disk read-only (and lock it shared rather than exclusive).
     pub read_only: bool,
 }
 
+/// Where the guest's serial console (the kernel log) goes.
 #[derive(Debug, Clone)]
 pub enum Console {
+    /// The VMM's own stderr.
     Stderr,
+    /// A file, created or truncated.
     File(PathBuf),
+    /// Discarded.
     Null,
 }
 
+/// Everything needed to build one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// Guest kernel: ELF `vmlinux` or bzImage.
     pub kernel: PathBuf,
+    /// Initial ramdisk, copied to the top of guest RAM.
     pub initrd: Option<PathBuf>,
     /// Appended to the base command line (e.g. `quiet iii.root=/dev/vda`).
     pub cmdline: String,
+    /// Guest memory in MiB, [`MIN_MEM_MIB`]`..=`[`MAX_MEM_MIB`].
     pub mem_mib: u64,
+    /// vCPU count, `1..=`[`arch::mptable::MAX_CPUS`].
     pub vcpus: u8,
+    /// virtio-blk disks, in guest device order.
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// Destination of the serial console.
     pub console: Console,
+    /// The KVM device node (normally `/dev/kvm`).
     pub kvm_device: PathBuf,
 }
 
+/// Why a VM could not be built or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The requested memory size is out of range.
     #[error("memory must be {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB, got {0}")]
     Memory(u64),
+    /// The vCPU count is out of range, or the MP table cannot be written.
     #[error(transparent)]
     Vcpus(#[from] arch::mptable::MpTableError),
+    /// More virtio devices than there are interrupt lines for them.
+    #[error("{0} virtio devices configured, at most {max} have an interrupt line", max = arch::MAX_VIRTIO_DEVICES)]
+    Devices(usize),
+    /// A vCPU thread could not be started.
     #[error("vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// The guest memory mapping failed.
     #[error("cannot allocate guest memory: {0}")]
     Alloc(String),
+    /// A KVM call failed.
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
+    /// The kernel, initrd or boot parameters could not be loaded.
     #[error(transparent)]
     Boot(#[from] arch::BootError),
+    /// A disk image could not be opened or locked.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// The vsock device could not be set up.
     #[error(transparent)]
     Vsock(#[from] MuxerError),
+    /// The console file cannot be created.
     #[error("console {path}: {source}")]
     Console {
+        /// The console file.
         path: PathBuf,
+        /// Why creating it failed.
         source: std::io::Error,
     },
+    /// The device event thread could not be set up.
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
 }
@@ -198,7 +232,11 @@ fn event_loop(
                     Err(_) => return,
                 };
                 for ev in &events[..n] {
-                    match &sources[ev.data() as usize] {
+                    // Every registered token is an index into `sources`.
+                    let Some(source) = sources.get(usize_from_u64(ev.data())) else {
+                        continue;
+                    };
+                    match source {
                         Source::Notify { dev, queue, fd } => {
                             let _ = fd.read();
                             let mut t = lock(&transports[*dev]);
@@ -228,13 +266,14 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
         return Err(arch::mptable::MpTableError::CpuCount(cfg.vcpus).into());
     }
     let mut hv = KvmHypervisor::new(&cfg.kvm_device)?;
-    let mem: GuestMemoryMmap =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (cfg.mem_mib << 20) as usize)])
-            .map_err(|e| VmError::Alloc(e.to_string()))?;
-    for (slot, r) in mem.iter().enumerate() {
+    // At most MAX_MEM_MIB (checked above), so the shift cannot overflow.
+    let mem_bytes = usize_from_u64(cfg.mem_mib << 20);
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes)])
+        .map_err(|e| VmError::Alloc(e.to_string()))?;
+    for (slot, r) in (0u32..).zip(mem.iter()) {
         // SAFETY: `mem` owns the mapping and lives until the process exits
         // (the vCPU runs inside this function and the event thread holds a clone).
-        unsafe { hv.map_memory(slot as u32, r.start_addr().0, r.as_ptr(), r.len())? };
+        unsafe { hv.map_memory(slot, r.start_addr().0, r.as_ptr(), r.len())? };
     }
 
     let kernel = arch::load_kernel(&mem, &cfg.kernel)?;
@@ -255,6 +294,9 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
     if let Some(v) = &cfg.vsock {
         devices.push(Box::new(Vsock::new(v)?));
     }
+    if devices.len() > arch::MAX_VIRTIO_DEVICES as usize {
+        return Err(VmError::Devices(devices.len()));
+    }
 
     let mut cmdline = Cmdline::new(arch::CMDLINE_MAX).map_err(arch::BootError::Cmdline)?;
     cmdline
@@ -269,9 +311,9 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
     let mut transports = Vec::new();
     let mut slots = Vec::new();
     let mut sources = Vec::new();
-    for (i, dev) in devices.into_iter().enumerate() {
-        let base = arch::MMIO_BASE + i as u64 * MMIO_WINDOW;
-        let gsi = arch::VIRTIO_GSI_BASE + i as u32;
+    for (dev_index, (i, dev)) in (0u32..).zip(devices).enumerate() {
+        let base = arch::MMIO_BASE + u64::from(i) * MMIO_WINDOW;
+        let gsi = arch::VIRTIO_GSI_BASE + i;
         let irq = hv.irq_line(gsi)?;
         let host_fd = dev.host_event_fd();
         let queues = dev.queue_max_sizes().len();
@@ -280,16 +322,16 @@ pub fn run(cfg: &VmConfig, on_first_run: impl FnOnce()) -> Result<StopReason, Vm
             mem.clone(),
             Arc::new(irq),
         )));
-        for q in 0..queues {
-            let fd = hv.mmio_notifier(base + REG_QUEUE_NOTIFY, q as u32)?;
+        for (queue, notify_value) in (0..queues).zip(0u32..) {
+            let fd = hv.mmio_notifier(base + REG_QUEUE_NOTIFY, notify_value)?;
             sources.push(Source::Notify {
-                dev: i,
-                queue: q,
+                dev: dev_index,
+                queue,
                 fd,
             });
         }
         if let Some(fd) = host_fd {
-            sources.push(Source::Host { dev: i, fd });
+            sources.push(Source::Host { dev: dev_index, fd });
         }
         cmdline
             .add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(base), gsi, None)

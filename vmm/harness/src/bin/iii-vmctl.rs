@@ -1,6 +1,8 @@
 //! `iii-vmctl`: host-side client for a running iii microVM, and the suite
 //! that runs inside the nested L1 (where this is the only Rust on board).
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Command-line front end: build VM root images from OCI images.
 
+#![deny(clippy::cast_possible_truncation)]
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -87,7 +89,7 @@ fn main() -> Result<()> {
         Cmd::Initramfs { init, out } => {
             let data =
                 std::fs::read(&init).with_context(|| format!("reading {}", init.display()))?;
-            std::fs::write(&out, initramfs::build(&data, &[]))?;
+            std::fs::write(&out, initramfs::build(&data, &[])?)?;
         }
         Cmd::Package { dir, out, cmd } => {
             let tar = tar_dir(&dir)?;

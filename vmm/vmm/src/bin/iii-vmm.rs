@@ -1,5 +1,7 @@
 //! `iii-vmm`: runs one microVM in this process.
 
+#![deny(clippy::cast_possible_truncation)]
+
 #[cfg(target_os = "linux")]
 fn main() -> anyhow::Result<()> {
     linux::main()

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An edge-triggered interrupt line into the guest.
 pub trait IrqLine: Send + Sync {
+    /// Raises the line once.
     fn trigger(&self) -> io::Result<()>;
 }
 
@@ -28,6 +29,7 @@ pub struct CountingIrq {
 }
 
 impl CountingIrq {
+    /// How many times the line has been raised.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }
@@ -42,6 +44,8 @@ impl IrqLine for CountingIrq {
 
 /// A device that claims a window of guest-physical MMIO space.
 pub trait MmioDevice: Send {
+    /// A guest load of `data.len()` bytes at `offset` into the window.
     fn mmio_read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest store of `data` at `offset` into the window.
     fn mmio_write(&mut self, offset: u64, data: &[u8]);
 }

@@ -63,6 +63,7 @@ fn check(op: &'static str, r: HvReturn) -> Result<(), HypervisorError> {
     }
 }
 
+/// The process's Hypervisor.framework VM.
 pub struct HvfHypervisor;
 
 impl HvfHypervisor {
@@ -102,7 +103,7 @@ impl Hypervisor for HvfHypervisor {
             hv_vm_map(
                 host.cast(),
                 gpa,
-                size as usize,
+                crate::convert::usize_from_u64(size),
                 HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC,
             )
         };

@@ -17,8 +17,11 @@ fn call(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HypervisorError {
     }
 }
 
+/// A KVM VM with its in-kernel irqchip and PIT.
 pub struct KvmHypervisor {
+    /// The open KVM device (for capability and CPUID queries).
     pub kvm: Kvm,
+    /// The VM.
     pub vm: VmFd,
 }
 
@@ -77,7 +80,9 @@ impl KvmHypervisor {
 /// that hang without console output.
 pub static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
+/// One KVM vCPU.
 pub struct KvmVcpu {
+    /// The vCPU descriptor, for register setup before it runs.
     pub fd: VcpuFd,
 }
 

@@ -22,29 +22,41 @@ pub enum StopReason {
 /// What the vCPU loop should do after an exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Resume the guest.
     Continue,
+    /// The guest requested a reset: stop with [`StopReason::Reset`].
     Reset,
 }
 
 /// Guest accesses the backend could not complete by itself.
 pub trait ExitHandler: Send {
+    /// A port read of `data.len()` bytes; the handler fills `data`.
     fn pio_read(&mut self, port: u16, data: &mut [u8]);
+    /// A port write of `data`.
     fn pio_write(&mut self, port: u16, data: &[u8]) -> Control;
+    /// An MMIO load of `data.len()` bytes at guest-physical `addr`; the handler fills `data`.
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]);
+    /// An MMIO store of `data` at guest-physical `addr`.
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Control;
 }
 
+/// A failure of the hypervisor backend or of the guest's execution.
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
+    /// A backend call (ioctl, framework function) failed.
     #[error("{op} failed: {source}")]
     Call {
+        /// The call that failed.
         op: &'static str,
+        /// The error it returned.
         source: std::io::Error,
     },
+    /// The backend could not emulate an instruction of the guest.
     #[error(
         "guest stopped with an emulation failure ({0}); on a PVM host a stock kernel cannot run"
     )]
     Emulation(String),
+    /// The backend refused to enter the guest (invalid vCPU state).
     #[error("vCPU entry failed: {0}")]
     EntryFailed(String),
 }
@@ -57,6 +69,7 @@ pub trait Vcpu: Send {
 
 /// A VM: its memory map and vCPU factory.
 pub trait Hypervisor {
+    /// The backend's vCPU.
     type Vcpu: Vcpu;
     /// Maps `size` bytes of host memory at `host` to guest-physical `gpa`.
     ///
@@ -70,5 +83,6 @@ pub trait Hypervisor {
         host: *mut u8,
         size: u64,
     ) -> Result<(), HypervisorError>;
+    /// Creates vCPU number `id` (0 is the boot CPU).
     fn create_vcpu(&mut self, id: u8) -> Result<Self::Vcpu, HypervisorError>;
 }

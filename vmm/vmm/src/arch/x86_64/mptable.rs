@@ -5,21 +5,37 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::convert::const_u32;
+
+/// Guest-physical address of the MP floating pointer structure.
 pub const MPTABLE_START: u64 = super::EBDA_START;
+/// The configuration table follows the 16-byte floating pointer.
+const TABLE_ADDR: u64 = MPTABLE_START + 16;
+/// The same address in the floating pointer's 32-bit field.
+const TABLE_ADDR_FIELD: u32 = const_u32(TABLE_ADDR);
+/// The configuration table must end below 640 KiB.
+const TABLE_END_MAX: u64 = 0xa0000;
+/// Length of the configuration table header, before the entries.
+const TABLE_HEADER_LEN: usize = 44;
 const APIC_DEFAULT_BASE: u32 = 0xfee0_0000;
 const IO_APIC_DEFAULT_BASE: u32 = 0xfec0_0000;
 const APIC_VERSION: u8 = 0x14;
 const IO_APIC_VERSION: u8 = 0x11;
 /// GSIs 0..=23 are routed 1:1 to I/O APIC pins.
-const IRQ_COUNT: u8 = 24;
+pub const IRQ_COUNT: u8 = 24;
+/// Most vCPUs the MP table describes.
 pub const MAX_CPUS: u8 = 32;
 
+/// Why the MP table could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum MpTableError {
+    /// A vCPU count outside `1..=MAX_CPUS`.
     #[error("{0} vCPUs requested, the MP table supports 1..={MAX_CPUS}")]
     CpuCount(u8),
+    /// Writing the tables into guest memory failed.
     #[error("writing the MP table: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
+    /// The configuration table (of this many bytes) would not end below 640 KiB.
     #[error("MP table of {0} bytes does not fit below 640 KiB")]
     TooLarge(usize),
 }
@@ -74,11 +90,16 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MpTableError> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(MpTableError::CpuCount(cpus));
     }
-    let table_addr = MPTABLE_START + 16;
     let (body, count) = entries(cpus);
-    let mut table = Vec::with_capacity(44 + body.len());
+    let table_len = TABLE_HEADER_LEN + body.len();
+    if TABLE_ADDR + table_len as u64 > TABLE_END_MAX {
+        return Err(MpTableError::TooLarge(table_len));
+    }
+    // Below 640 KiB, so the length fits its 16-bit field.
+    let len_field = u16::try_from(table_len).map_err(|_| MpTableError::TooLarge(table_len))?;
+    let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&((44 + body.len()) as u16).to_le_bytes());
+    table.extend_from_slice(&len_field.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, filled below
     table.extend_from_slice(b"III-VMM ");
@@ -91,14 +112,12 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MpTableError> {
     table.push(0); // extended checksum
     table.push(0); // reserved
     table.extend_from_slice(&body);
+    debug_assert_eq!(table.len(), table_len);
     table[7] = checksum(&table);
-    if table_addr + table.len() as u64 > 0xa0000 {
-        return Err(MpTableError::TooLarge(table.len()));
-    }
 
     let mut fp = Vec::with_capacity(16);
     fp.extend_from_slice(b"_MP_");
-    fp.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    fp.extend_from_slice(&TABLE_ADDR_FIELD.to_le_bytes());
     fp.push(1); // length in 16-byte units
     fp.push(4); // spec revision 1.4
     fp.push(0); // checksum, filled below
@@ -106,7 +125,7 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MpTableError> {
     fp[10] = checksum(&fp);
 
     mem.write_slice(&fp, GuestAddress(MPTABLE_START))?;
-    mem.write_slice(&table, GuestAddress(table_addr))?;
+    mem.write_slice(&table, GuestAddress(TABLE_ADDR))?;
     Ok(())
 }
 

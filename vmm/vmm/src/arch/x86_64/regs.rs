@@ -5,6 +5,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::convert::const_u16;
 use crate::hypervisor::HypervisorError;
 
 fn call(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HypervisorError {
@@ -21,6 +22,8 @@ const GDT: [u64; 4] = [
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x808b, 0, 0xfffff),
 ];
+/// The GDTR limit: the table's size in bytes, minus one.
+const GDT_LIMIT: u16 = const_u16(GDT.len() * 8 - 1);
 
 const fn gdt_entry(flags: u64, base: u64, limit: u64) -> u64 {
     ((base & 0xff00_0000) << 32)
@@ -34,15 +37,16 @@ const fn gdt_entry(flags: u64, base: u64, limit: u64) -> u64 {
 /// the flags word instead gets the bit positions wrong and triple-faults.
 fn segment(index: u16, desc: u64) -> kvm_segment {
     let base = ((desc >> 16) & 0xff_ffff) | ((desc >> 32) & 0xff00_0000);
-    let limit_raw = (desc & 0xffff) | ((desc >> 32) & 0xf_0000);
+    // The 20-bit limit: descriptor bits 0..16 and 48..52.
+    let limit_raw = (desc & 0xffff) as u32 | ((desc >> 32) & 0xf_0000) as u32;
     let g = ((desc >> 55) & 1) as u8;
     kvm_segment {
         base,
         // With G set the limit counts 4 KiB pages.
         limit: if g == 1 {
-            ((limit_raw << 12) | 0xfff) as u32
+            (limit_raw << 12) | 0xfff
         } else {
-            limit_raw as u32
+            limit_raw
         },
         selector: index * 8,
         type_: ((desc >> 40) & 0xf) as u8,
@@ -168,7 +172,7 @@ pub fn setup_bsp_registers(
 
     let mut sregs = vcpu.get_sregs().map_err(call("KVM_GET_SREGS"))?;
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
     let code = segment(1, GDT[1]);

@@ -18,41 +18,65 @@ use super::{
     VIRTIO_F_VERSION_1,
 };
 
+/// Bytes per sector, the unit of capacity and request offsets.
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
 
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 
+/// Request type: read sectors into the guest's buffers.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write the guest's buffers to sectors.
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: make earlier writes durable.
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: return the device ID string.
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
+/// Request status: success.
 pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Request status: I/O error (also bounds violations and writes to a read-only disk).
 pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Request status: unknown request type.
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 /// Length of the device ID string returned for GET_ID.
-const ID_BYTES: usize = 20;
+const ID_BYTES: u32 = 20;
 
+/// Why a disk image cannot back a virtio-blk device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// The image cannot be opened or its size read.
     #[error("cannot open disk image {path}: {source}")]
     Open {
+        /// The image path.
         path: PathBuf,
+        /// Why opening or `stat` failed.
         source: std::io::Error,
     },
+    /// Another VM holds a conflicting `flock` on the image.
     #[error("disk image {path} is in use by another VM (lock held)")]
-    Locked { path: PathBuf },
+    Locked {
+        /// The image path.
+        path: PathBuf,
+    },
+    /// The image size is not a whole number of sectors.
     #[error("disk image {path} is {size} bytes, not a multiple of 512")]
-    Size { path: PathBuf, size: u64 },
+    Size {
+        /// The image path.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 /// How the guest may use a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskMode {
+    /// Writes fail with `IOERR`; the image is locked shared.
     ReadOnly,
+    /// Reads and writes; the image is locked exclusively.
     ReadWrite,
 }
 
@@ -60,18 +84,22 @@ pub enum DiskMode {
 #[derive(Copy, Clone, Default, Debug)]
 #[repr(C)]
 pub struct RequestHeader {
+    /// One of the `VIRTIO_BLK_T_*` request types.
     pub request_type: u32,
+    /// Unused; zero.
     pub reserved: u32,
+    /// First sector of the transfer, for reads and writes.
     pub sector: u64,
 }
 // SAFETY: plain old data made of integers, no padding (4 + 4 + 8 bytes).
 unsafe impl vm_memory::ByteValued for RequestHeader {}
 
+/// A virtio-blk device backed by one image file.
 pub struct Block {
     file: File,
     mode: DiskMode,
     capacity_sectors: u64,
-    id: [u8; ID_BYTES],
+    id: [u8; ID_BYTES as usize],
     acked: u64,
     mem: Option<GuestMem>,
     queue: Option<Queue>,
@@ -79,6 +107,8 @@ pub struct Block {
 }
 
 impl Block {
+    /// Opens and locks the image at `path`; its file name (up to 20 bytes)
+    /// becomes the device ID.
     pub fn open(path: &Path, mode: DiskMode) -> Result<Self, BlockError> {
         let file = OpenOptions::new()
             .read(true)
@@ -109,12 +139,12 @@ impl Block {
                 size,
             });
         }
-        let mut id = [0u8; ID_BYTES];
+        let mut id = [0u8; ID_BYTES as usize];
         let name = path
             .file_name()
             .map(|n| n.as_encoded_bytes())
             .unwrap_or(b"disk");
-        let n = name.len().min(ID_BYTES);
+        let n = name.len().min(id.len());
         id[..n].copy_from_slice(&name[..n]);
         Ok(Self {
             file,
@@ -128,6 +158,7 @@ impl Block {
         })
     }
 
+    /// The disk's size in sectors, as the guest sees it in config space.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
     }
@@ -147,8 +178,12 @@ impl Block {
         let data_room = writer.available_bytes().saturating_sub(1);
         match hdr.request_type {
             VIRTIO_BLK_T_IN => {
-                let len = data_room as u64;
-                if !self.in_bounds(hdr.sector, len) {
+                // The used length is a u32: a chain with more room than that
+                // (possible with many large descriptors) cannot be reported.
+                let Ok(used) = u32::try_from(data_room) else {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                };
+                if !self.in_bounds(hdr.sector, u64::from(used)) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let mut buf = vec![0u8; data_room];
@@ -162,7 +197,7 @@ impl Block {
                 if writer.write_all(&buf).is_err() {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                (VIRTIO_BLK_S_OK, data_room as u32)
+                (VIRTIO_BLK_S_OK, used)
             }
             VIRTIO_BLK_T_OUT => {
                 if self.mode == DiskMode::ReadOnly {
@@ -190,11 +225,12 @@ impl Block {
                 (VIRTIO_BLK_S_OK, 0)
             }
             VIRTIO_BLK_T_GET_ID => {
-                let n = data_room.min(ID_BYTES);
-                if writer.write_all(&self.id[..n]).is_err() {
+                // As much of the ID as fits the buffer.
+                let n = u32::try_from(data_room).map_or(ID_BYTES, |room| room.min(ID_BYTES));
+                if writer.write_all(&self.id[..n as usize]).is_err() {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                (VIRTIO_BLK_S_OK, n as u32)
+                (VIRTIO_BLK_S_OK, n)
             }
             _ => (VIRTIO_BLK_S_UNSUPP, 0),
         }
@@ -277,7 +313,7 @@ impl VirtioDevice for Block {
                                 Some(w)
                             };
                             match status_w.as_mut().map(|sw| sw.write_all(&[status])) {
-                                Some(Ok(())) => used + 1,
+                                Some(Ok(())) => used.saturating_add(1),
                                 _ => used,
                             }
                         }
@@ -520,12 +556,15 @@ mod tests {
         reg_write(&mut t, 0x30, 0);
         assert_eq!(reg_read(&mut t, 0x34), 256);
         reg_write(&mut t, 0x38, 16);
-        reg_write(&mut t, 0x80, dq.desc_table() as u32);
-        reg_write(&mut t, 0x84, (dq.desc_table() >> 32) as u32);
-        reg_write(&mut t, 0x90, dq.avail_ring() as u32);
-        reg_write(&mut t, 0x94, 0);
-        reg_write(&mut t, 0xa0, dq.used_ring() as u32);
-        reg_write(&mut t, 0xa4, 0);
+        let (desc_lo, desc_hi) = split_addr(dq.desc_table());
+        let (avail_lo, avail_hi) = split_addr(dq.avail_ring());
+        let (used_lo, used_hi) = split_addr(dq.used_ring());
+        reg_write(&mut t, 0x80, desc_lo);
+        reg_write(&mut t, 0x84, desc_hi);
+        reg_write(&mut t, 0x90, avail_lo);
+        reg_write(&mut t, 0x94, avail_hi);
+        reg_write(&mut t, 0xa0, used_lo);
+        reg_write(&mut t, 0xa4, used_hi);
         reg_write(&mut t, 0x44, 1);
         reg_write(
             &mut t,

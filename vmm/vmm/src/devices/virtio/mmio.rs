@@ -12,18 +12,25 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x0069_6969;
 
+/// Offset of the QueueNotify register, where the driver kicks a queue.
 pub const REG_QUEUE_NOTIFY: u64 = 0x50;
 const CONFIG_SPACE: u64 = 0x100;
 
+/// Device status bit: the driver has found the device.
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
+/// Device status bit: the driver knows how to drive it.
 pub const STATUS_DRIVER: u32 = 2;
+/// Device status bit: the driver is ready; the device activates.
 pub const STATUS_DRIVER_OK: u32 = 4;
+/// Device status bit: feature negotiation is complete.
 pub const STATUS_FEATURES_OK: u32 = 8;
+/// Device status bit: the device could not be activated.
 pub const STATUS_FAILED: u32 = 0x80;
 
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
 
+/// The virtio-mmio register file in front of one device.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMem,
@@ -39,6 +46,7 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
+    /// A transport for `device` over guest memory `mem`, interrupting through `irq`.
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMem, irq: Arc<dyn IrqLine>) -> Self {
         let queues = Self::fresh_queues(device.as_ref());
         Self {
@@ -66,18 +74,22 @@ impl MmioTransport {
             .collect()
     }
 
+    /// The device behind the transport.
     pub fn device(&self) -> &dyn VirtioDevice {
         self.device.as_ref()
     }
 
+    /// The device behind the transport, for the event thread to drive.
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
     }
 
+    /// Whether the driver has set DRIVER_OK and the device owns its queues.
     pub fn is_activated(&self) -> bool {
         self.activated
     }
 
+    /// The device status register as the driver last wrote it (plus FAILED).
     pub fn status(&self) -> u32 {
         self.status
     }
@@ -146,7 +158,7 @@ impl MmioTransport {
             0x10 => {
                 let f = self.device.features();
                 match self.device_features_sel {
-                    0 => f as u32,
+                    0 => (f & 0xffff_ffff) as u32,
                     1 => (f >> 32) as u32,
                     _ => 0,
                 }
@@ -175,8 +187,10 @@ impl MmioTransport {
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_size(v as u16)
+                // A size beyond u16 is invalid like any other bad size: the
+                // queue keeps its current one (as `set_size` does).
+                if let (Some(q), Ok(size)) = (self.selected_queue(), u16::try_from(v)) {
+                    q.set_size(size)
                 }
             }
             0x44 => {

@@ -27,9 +27,15 @@ pub struct Buf<'d> {
     pub data: &'d [u8],
 }
 
+/// The low and high 32-bit halves of a guest address, as a driver writes
+/// them into a pair of registers.
+pub fn split_addr(a: u64) -> (u32, u32) {
+    ((a & 0xffff_ffff) as u32, (a >> 32) as u32)
+}
+
 pub fn r(data: &[u8]) -> Buf<'_> {
     Buf {
-        len: data.len() as u32,
+        len: u32::try_from(data.len()).expect("test buffers are small"),
         writable: false,
         data,
     }
@@ -90,13 +96,22 @@ impl<'m> DriverQueue<'m> {
         let mut q = Queue::new(self.size).unwrap();
         q.set_size(self.size);
         let (d, a, u) = self.addrs;
-        q.set_desc_table_address(Some(d as u32), Some((d >> 32) as u32));
-        q.set_avail_ring_address(Some(a as u32), Some((a >> 32) as u32));
-        q.set_used_ring_address(Some(u as u32), Some((u >> 32) as u32));
+        let ((d_lo, d_hi), (a_lo, a_hi), (u_lo, u_hi)) =
+            (split_addr(d), split_addr(a), split_addr(u));
+        q.set_desc_table_address(Some(d_lo), Some(d_hi));
+        q.set_avail_ring_address(Some(a_lo), Some(a_hi));
+        q.set_used_ring_address(Some(u_lo), Some(u_hi));
         q.set_ready(true);
         q
     }
 
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(
+            dead_code,
+            reason = "only the vsock tests use it, and vsock is Linux-only"
+        )
+    )]
     pub fn free_descriptors(&self) -> usize {
         self.free.len()
     }
@@ -116,9 +131,10 @@ impl<'m> DriverQueue<'m> {
             if !b.writable {
                 self.mem.write_slice(b.data, GuestAddress(addr)).unwrap();
             }
-            let mut flags = if b.writable { VRING_DESC_F_WRITE } else { 0 } as u16;
+            let (write, next_flag) = (desc_flag(VRING_DESC_F_WRITE), desc_flag(VRING_DESC_F_NEXT));
+            let mut flags = if b.writable { write } else { 0 };
             let next = if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= next_flag;
                 idxs[i + 1]
             } else {
                 0
@@ -151,7 +167,7 @@ impl<'m> DriverQueue<'m> {
                 .unwrap()
                 .load();
             self.next_used = self.next_used.wrapping_add(1);
-            let head = e.id() as u16;
+            let head = u16::try_from(e.id()).expect("a head index beyond the queue size");
             let idxs = self.chains.remove(&head).unwrap_or_else(|| {
                 panic!(
                     "device returned unknown head {head} (len {}), outstanding {:?}",
@@ -171,4 +187,9 @@ impl<'m> DriverQueue<'m> {
         self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
         v
     }
+}
+
+/// A descriptor flag constant (bindgen makes them `u32`) as the `u16` field.
+fn desc_flag(f: u32) -> u16 {
+    u16::try_from(f).expect("descriptor flags are 16 bits")
 }

@@ -17,7 +17,7 @@ use vm_memory::ByteValued;
 
 pub use muxer::{HostTarget, MuxerError};
 use muxer::{Muxer, MAX_PKT_PAYLOAD};
-use packet::{Header, HEADER_LEN};
+use packet::{wire_len, Header, HEADER_LEN};
 
 use super::{
     read_config_bytes, DeviceError, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK,
@@ -28,8 +28,10 @@ const QUEUE_SIZE: u16 = 256;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 
+/// What a vsock device connects: the guest's CID and the host endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct VsockConfig {
+    /// The guest's context ID (3 or above).
     pub guest_cid: u64,
     /// guest→host: vsock port on CID 2 → host socket it may reach.
     pub host_ports: HashMap<u32, HostTarget>,
@@ -37,6 +39,7 @@ pub struct VsockConfig {
     pub listen_path: Option<PathBuf>,
 }
 
+/// A virtio-vsock device whose streams end in host sockets.
 pub struct Vsock {
     guest_cid: u64,
     muxer: Muxer,
@@ -48,6 +51,7 @@ pub struct Vsock {
 }
 
 impl Vsock {
+    /// A device for `cfg`; binds the host listening socket, if any, at once.
     pub fn new(cfg: &VsockConfig) -> Result<Self, MuxerError> {
         Ok(Self {
             guest_cid: cfg.guest_cid,
@@ -64,6 +68,7 @@ impl Vsock {
         })
     }
 
+    /// Open connections, for tests and diagnostics.
     pub fn connection_count(&self) -> usize {
         self.muxer.connection_count()
     }
@@ -129,7 +134,8 @@ impl Vsock {
                     let used = writer
                         .write_obj(pkt.header.to_le())
                         .and_then(|_| writer.write_all(&self.scratch[..pkt.payload_len]))
-                        .map(|_| (HEADER_LEN + pkt.payload_len) as u32)
+                        // payload_len ≤ n ≤ MAX_PKT_PAYLOAD (the scratch buffer).
+                        .map(|_| wire_len(HEADER_LEN + pkt.payload_len))
                         .unwrap_or(0);
                     self.queues[RXQ].add_used(&mem, head, used)?;
                     any = true;

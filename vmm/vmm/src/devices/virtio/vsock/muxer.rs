@@ -37,16 +37,26 @@ const TOKEN_LISTENER: u64 = u64::MAX;
 /// Where a guest→host connection on a given vsock port goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostTarget {
+    /// A TCP address (in practice on loopback).
     Tcp(SocketAddr),
+    /// A Unix stream socket.
     Unix(PathBuf),
 }
 
+/// Why the muxer could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
+    /// Creating or registering with the muxer's epoll instance failed.
     #[error("cannot create epoll instance: {0}")]
     Epoll(io::Error),
+    /// The Unix socket for host-initiated connections cannot be bound.
     #[error("cannot listen on vsock socket {path}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// Why binding failed.
+        source: io::Error,
+    },
 }
 
 enum HostStream {
@@ -212,7 +222,7 @@ impl Conn {
                     self.pending.drain(..n);
                     let ours = n.min(self.pending_uncounted);
                     self.pending_uncounted -= ours;
-                    self.fwd_cnt += Wrapping((n - ours) as u32);
+                    self.fwd_cnt += Wrapping(wire_len(n - ours));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -238,10 +248,13 @@ struct PendingClient {
 
 /// One packet for the guest: a header plus (for RW) its payload.
 pub struct RxPacket {
+    /// The header, in host byte order.
     pub header: Header,
+    /// How many bytes of the caller's buffer hold the payload.
     pub payload_len: usize,
 }
 
+/// The host side of every vsock connection of one VM.
 pub struct Muxer {
     guest_cid: u64,
     targets: HashMap<u32, HostTarget>,
@@ -258,6 +271,8 @@ pub struct Muxer {
 }
 
 impl Muxer {
+    /// A muxer for guest `guest_cid` that lets guest connections reach
+    /// `targets` (by port) and, with `listen`, accepts host clients there.
     pub fn new(
         guest_cid: u64,
         targets: HashMap<u32, HostTarget>,
@@ -298,10 +313,12 @@ impl Muxer {
         })
     }
 
+    /// The muxer's epoll descriptor: readable when a host socket needs attention.
     pub fn epoll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
     }
 
+    /// Open connections (established or waiting for the guest's answer).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
@@ -531,7 +548,10 @@ impl Muxer {
             self.accept_clients();
             return;
         }
-        let fd = token as u32 as RawFd;
+        // Connection tokens are the (non-negative) descriptors themselves.
+        let Ok(fd) = RawFd::try_from(token) else {
+            return;
+        };
         if self.clients.contains_key(&fd) {
             self.read_connect_line(fd);
             return;
@@ -712,12 +732,14 @@ impl Muxer {
                     });
                 }
                 Ok(n) => {
-                    c.rx_cnt += Wrapping(n as u32);
+                    // At most `want` ≤ MAX_PKT_PAYLOAD bytes.
+                    let len = wire_len(n);
+                    c.rx_cnt += Wrapping(len);
                     c.last_fwd_cnt_sent = c.fwd_cnt;
                     c.credit_update_due = false;
                     self.rr_cursor = Some(key);
                     let mut h = self.header(key, OP_RW);
-                    h.len = n as u32;
+                    h.len = len;
                     return Some(RxPacket {
                         header: h,
                         payload_len: n,

@@ -14,7 +14,8 @@ use crate::devices::virtio::testing::*;
 use crate::devices::CountingIrq;
 
 const GUEST_CID: u64 = 3;
-const SLOT: u64 = 0x11000;
+const SLOT_LEN: u32 = 0x11000;
+const SLOT: u64 = SLOT_LEN as u64;
 
 struct Guest<'m> {
     dev: Vsock,
@@ -66,7 +67,7 @@ impl<'m> Guest<'m> {
     fn post_rx(&mut self) {
         let mut posted = false;
         while self.rx.free_descriptors() > 0 {
-            self.rx.add(&[w(SLOT as u32)]);
+            self.rx.add(&[w(SLOT_LEN)]);
             posted = true;
         }
         if posted {
@@ -75,7 +76,7 @@ impl<'m> Guest<'m> {
     }
 
     fn send(&mut self, mut h: Header, payload: &[u8]) {
-        h.len = payload.len() as u32;
+        h.len = u32::try_from(payload.len()).unwrap();
         let hb = h.to_le();
         let bytes = hb.as_slice().to_vec();
         if payload.is_empty() {
@@ -395,7 +396,7 @@ fn bulk_echo_both_directions_with_credit() {
             }
         }
     });
-    let data: Vec<u8> = (0..TOTAL).map(|i| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..TOTAL).map(|i| u8::try_from(i % 253).unwrap()).collect();
     let mem = guest_memory();
     let mut g = Guest::new(&mem, tcp_cfg(5000, addr));
     const GUEST_BUF: u32 = 128 * 1024;
@@ -421,7 +422,7 @@ fn bulk_echo_both_directions_with_credit() {
             let n = credit.min(32 * 1024).min(TOTAL - sent);
             let mut h = hdr(OP_RW, 1025, 5000);
             h.buf_alloc = GUEST_BUF;
-            h.fwd_cnt = received.len() as u32;
+            h.fwd_cnt = u32::try_from(received.len()).unwrap();
             g.send(h, &data[sent..sent + n]);
             sent += n;
         } else {
@@ -439,7 +440,7 @@ fn bulk_echo_both_directions_with_credit() {
         if received.len() - reported >= GUEST_BUF as usize / 4 {
             let mut cu = hdr(OP_CREDIT_UPDATE, 1025, 5000);
             cu.buf_alloc = GUEST_BUF;
-            cu.fwd_cnt = received.len() as u32;
+            cu.fwd_cnt = u32::try_from(received.len()).unwrap();
             g.send(cu, &[]);
             reported = received.len();
         }
@@ -481,7 +482,7 @@ fn host_connect_before_driver_is_up_is_queued_not_spun_on() {
     let mut rx = DriverQueue::new(&mem, 0x1000, 0x10_0000, 32, SLOT);
     let tx = DriverQueue::new(&mem, 0x4000, 0x100_0000, 32, SLOT);
     let ev = DriverQueue::new(&mem, 0x1_0000, 0x200_0000, 4, 0x100);
-    rx.add(&[w(SLOT as u32)]);
+    rx.add(&[w(SLOT_LEN)]);
     dev.activate(
         mem.clone(),
         vec![rx.device_queue(), tx.device_queue(), ev.device_queue()],
