@@ -79,6 +79,12 @@ impl Running {
 /// then run all. Nothing is served until everything prepared, so a port clash or a bad
 /// adapter fails start-up cleanly.
 pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
+    start_with(cfg, Handles::default()).await
+}
+
+/// [`start`] with handles provided up front; without an `Arc<dyn AdapterLoader>` among them,
+/// adapters load through the plugin host.
+pub async fn start_with(cfg: EngineConfig, mut handles: Handles) -> Result<Running, StartError> {
     for (name, why) in &cfg.unavailable {
         tracing::warn!(worker = %name, "config entry `{name}` starts nothing: {why}");
     }
@@ -86,9 +92,10 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
         tracing::warn!(worker = %old, "config entry name `{old}` is deprecated; write `{new}`");
     }
     let core = Core::new(cfg.core.clone());
-    let mut handles = Handles::default();
-    let loader: Arc<dyn AdapterLoader> = Arc::new(LazyPluginHost::new(cfg.project_dir.clone()));
-    handles.insert(loader);
+    if handles.get::<Arc<dyn AdapterLoader>>().is_none() {
+        let loader: Arc<dyn AdapterLoader> = Arc::new(LazyPluginHost::new(cfg.project_dir.clone()));
+        handles.insert(loader);
+    }
 
     let mut prepared = Vec::new();
     for (info, configured) in cfg.services {
@@ -275,5 +282,50 @@ mod tests {
         assert_eq!(info.worker_name(), "echo");
         assert!(info.request_format.as_ref().unwrap()["properties"]["text"].is_object());
         running.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn every_builtin_function_has_request_and_response_schemas() {
+        let dir = std::env::temp_dir().join(format!("iii-engine-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = EngineConfig::parse(
+            "workers:\n  - name: iii-worker-manager\n    config: {port: 0}\n  - name: http\n    config: {port: 0}\n  - name: state\n  - name: stream\n",
+            "test.yaml",
+            ConfigSource::Embedded,
+        )
+        .unwrap();
+        cfg.project_dir = dir.clone();
+        let mut handles = Handles::default();
+        let loader: Arc<dyn AdapterLoader> = Arc::new(iii_adapter_api::memory::MemoryLoader);
+        handles.insert(loader);
+        let running = start_with(cfg, handles).await.unwrap();
+        let funcs = running.core.all_functions();
+        assert!(funcs.len() >= 30, "{}", funcs.len());
+        for f in &funcs {
+            assert!(f.request_format.is_some(), "{} has no request schema", f.id);
+            assert!(
+                f.response_format.is_some(),
+                "{} has no response schema",
+                f.id
+            );
+        }
+        let r = running
+            .core
+            .call(
+                "default",
+                "engine::functions::info",
+                r#"{"function_id":"state::set"}"#,
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(r.get()).unwrap();
+        assert!(v["request_schema"]["properties"]["key"].is_object(), "{v}");
+        assert!(v["response_schema"].is_object(), "{v}");
+        assert!(running.addr("REST trigger server").is_some());
+        running.shutdown(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -361,3 +361,107 @@ impl Prepared for StreamService {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_adapter_api::memory::MemoryLoader;
+    use iii_adapter_api::AdapterLoader;
+    use iii_core::testing::TestCore;
+    use iii_core::triggers::Binding;
+
+    async fn stream_core() -> TestCore {
+        let mut t = TestCore::new();
+        let loader: Arc<dyn AdapterLoader> = Arc::new(MemoryLoader);
+        t.handles.insert(loader);
+        t.start(&Stream, "").await.unwrap();
+        t
+    }
+
+    #[tokio::test]
+    async fn items_round_trip_and_fire_stream_triggers() {
+        let t = stream_core().await;
+        let seen = t.recorder("chat::on_message", Value::Null);
+        let b = Binding {
+            id: "b1".into(),
+            trigger_type: "stream".into(),
+            function_id: "chat::on_message".into(),
+            config: json!({"stream_name": "chat", "group_id": "room1"}),
+            metadata: None,
+            owner: None,
+            namespace: "default".into(),
+            trigger_namespace: None,
+            home_namespace: "default".into(),
+            provider: None,
+        };
+        t.core.triggers().upsert(b, &mut Vec::new()).unwrap();
+        let item = json!({"stream_name": "chat", "group_id": "room1", "item_id": "m1"});
+        let mut set = item.clone();
+        set["data"] = json!({"text": "hi"});
+        t.call("stream::set", set).await.unwrap();
+        assert_eq!(
+            t.call("stream::get", item.clone()).await.unwrap(),
+            json!({"text": "hi"})
+        );
+        t.call(
+            "stream::set",
+            json!({"stream_name": "chat", "group_id": "room2", "item_id": "m1", "data": 1}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            t.call("stream::list_groups", json!({"stream_name": "chat"}))
+                .await
+                .unwrap(),
+            json!(["room1", "room2"])
+        );
+        t.call("stream::delete", item).await.unwrap();
+        let got = TestCore::wait_for(&seen, 2, 2000).await;
+        assert_eq!(got.len(), 2, "room2 does not match the binding: {got:?}");
+        assert_eq!(got[0]["event"]["type"], "create");
+        assert_eq!(got[0]["streamName"], "chat");
+        assert_eq!(got[1]["event"]["type"], "delete");
+    }
+
+    #[tokio::test]
+    async fn a_custom_provider_serves_its_stream_and_others_use_the_adapter() {
+        let t = stream_core().await;
+        let calls = t.recorder("stream::get(live)", json!({"from": "provider"}));
+        let r = t
+            .call(
+                "stream::get",
+                json!({"stream_name": "live", "group_id": "g", "item_id": "x"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"from": "provider"}));
+        assert_eq!(calls.lock().len(), 1);
+        let r = t
+            .call(
+                "stream::get",
+                json!({"stream_name": "stored", "group_id": "g", "item_id": "x"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_binding_without_stream_name_is_refused() {
+        let t = stream_core().await;
+        let b = Binding {
+            id: "b2".into(),
+            trigger_type: "stream".into(),
+            function_id: "f".into(),
+            config: json!({}),
+            metadata: None,
+            owner: None,
+            namespace: "default".into(),
+            trigger_namespace: None,
+            home_namespace: "default".into(),
+            provider: None,
+        };
+        let e = t.core.triggers().upsert(b, &mut Vec::new()).unwrap_err();
+        assert!(e.message.contains("`stream_name` is required"), "{e}");
+    }
+}
