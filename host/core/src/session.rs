@@ -286,7 +286,10 @@ async fn apply_decoded(
         }
         Kind::UnregisterTrigger => {
             if let Some(id) = frame.id.as_deref() {
-                let sends = engine.inner.triggers.lock().unregister(id);
+                let mut sends = Vec::new();
+                engine
+                    .triggers()
+                    .unregister_owned(id, Some(conn.id), false, &mut sends);
                 crate::triggers::deliver(sends).await;
             }
         }

@@ -273,6 +273,19 @@ impl TriggerRegistry {
     /// that id is kept and the error is returned.
     pub fn upsert(&mut self, b: Binding, sends: &mut Sends) -> Result<(), ErrorBody> {
         let old = self.bindings.get(&b.id).cloned();
+        // A binding belongs to the connection that registered it: another one cannot take its
+        // id over (it would steal the route or the subscription).
+        if let Some(old) = &old {
+            if old.owner != b.owner {
+                return Err(ErrorBody::new(
+                    "trigger_registration_failed",
+                    format!(
+                        "trigger id {} is already registered by another worker; choose another id",
+                        b.id
+                    ),
+                ));
+            }
+        }
         let mut b = b;
         let key = self.resolve(&b);
         match &key {
@@ -366,7 +379,33 @@ impl TriggerRegistry {
         sends
     }
 
-    /// Removes a binding and disarms it.
+    /// Removes a binding and disarms it if `by` may: a worker's `unregistertrigger` removes
+    /// only its own bindings; `engine::unregister_trigger` (`allow_unowned`) also removes those
+    /// `engine::register_trigger` made, which no connection owns. Returns whether it removed.
+    pub fn unregister_owned(
+        &mut self,
+        id: &str,
+        by: Option<u128>,
+        allow_unowned: bool,
+        sends: &mut Sends,
+    ) -> bool {
+        let allowed = self.bindings.get(id).is_some_and(|b| {
+            (b.owner.is_some() && b.owner == by) || (allow_unowned && b.owner.is_none())
+        });
+        if !allowed {
+            if self.bindings.contains_key(id) {
+                tracing::warn!(
+                    trigger_id = id,
+                    "trigger unregistration refused: the trigger belongs to another worker"
+                );
+            }
+            return false;
+        }
+        sends.extend(self.unregister(id));
+        true
+    }
+
+    /// Removes a binding and disarms it, whoever owns it (disconnect cleanup).
     pub fn unregister(&mut self, id: &str) -> Sends {
         let mut sends = Sends::new();
         if let Some(b) = self.bindings.remove(id) {

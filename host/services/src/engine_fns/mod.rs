@@ -534,11 +534,19 @@ fn install(reg: &mut Registrar<'_>) {
         FunctionSpec::typed(
             "engine::unregister_trigger",
             "Remove a trigger binding",
-            |e: Core, _ctx, i: IdIn| async move {
-                let existed = e.triggers().binding(&i.id).is_some();
-                let sends = e.triggers().unregister(&i.id);
+            |e: Core, ctx, i: IdIn| async move {
+                let by = ctx.caller.as_ref().map(|c| c.id);
+                let exists = e.triggers().binding(&i.id).is_some();
+                let mut sends = Vec::new();
+                let removed = e.triggers().unregister_owned(&i.id, by, true, &mut sends);
                 iii_core::triggers::deliver(sends).await;
-                Ok(json!({ "removed": existed }))
+                if exists && !removed {
+                    return Err(ErrorBody::new(
+                        "FORBIDDEN",
+                        format!("trigger {} belongs to another worker", i.id),
+                    ));
+                }
+                Ok(json!({ "removed": removed }))
             },
         )
         .returns(obj(json!({"removed": {"type": "boolean"}}))),

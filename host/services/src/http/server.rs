@@ -168,18 +168,18 @@ impl BuiltinTriggerType for HttpRoutes {
     fn register(&self, b: &Binding) -> Result<(), String> {
         let route = Self::route_from(b)?;
         let mut routes = self.routes.write();
-        if let Some(c) = routes.iter().find(|r| {
-            r.trigger_id != route.trigger_id && r.same_shape(&route) && r.path != route.path
-        }) {
+        if let Some(c) = routes
+            .iter()
+            .find(|r| r.trigger_id != route.trigger_id && r.same_shape(&route))
+        {
             return Err(format!(
                 "Route '{} {}' conflicts with already-registered route '{} {}'",
                 route.method, route.path, c.method, c.path
             ));
         }
-        // Same key (method + path) replaces; the same trigger id re-registering replaces its route.
-        routes.retain(|r| {
-            r.trigger_id != route.trigger_id && !(r.method == route.method && r.path == route.path)
-        });
+        // A route belongs to its trigger: only the same trigger id re-registering replaces it
+        // (another binding of the same method and path is a conflict, not a takeover).
+        routes.retain(|r| r.trigger_id != route.trigger_id);
         tracing::info!(method = %route.method, path = %route.path, function_id = %route.function_id, "[REGISTERED] HTTP route");
         routes.push(route);
         Ok(())
@@ -633,12 +633,20 @@ mod tests {
             e,
             "Route 'GET users/:userId' conflicts with already-registered route 'GET users/:id'"
         );
-        // Same key from another trigger replaces it.
-        r.register(&binding("d", "users/:id", "GET")).unwrap();
-        assert_eq!(r.find("GET", "/users/1").unwrap().0.trigger_id, "d");
-        // Unregistering a trigger that no longer holds the route leaves it alone.
-        r.unregister(&binding("a", "users/:id", "GET"));
-        assert!(r.find("GET", "/users/1").is_some());
+        // The same method and path from another trigger is a conflict, not a takeover.
+        let e = r.register(&binding("d", "users/:id", "GET")).unwrap_err();
+        assert!(
+            e.contains("conflicts with already-registered route 'GET users/:id'"),
+            "{e}"
+        );
+        assert_eq!(r.find("GET", "/users/1").unwrap().0.trigger_id, "a");
+        // The owning trigger re-registering moves its route.
+        r.register(&binding("a", "users/:id/x", "GET")).unwrap();
+        assert!(r.find("GET", "/users/1").is_none());
+        assert_eq!(r.find("GET", "/users/1/x").unwrap().0.trigger_id, "a");
+        // Unregistering a trigger that does not hold the route leaves it alone.
+        r.unregister(&binding("d", "users/:id/x", "GET"));
+        assert!(r.find("GET", "/users/1/x").is_some());
         assert!(HttpRoutes::route_from(&binding("x", "", "GET")).is_err());
         assert!(HttpRoutes::route_from(&binding("x", "/a", "FETCH")).is_err());
     }
