@@ -372,3 +372,25 @@ async fn an_owner_leaving_removes_and_disarms_its_bindings() {
     assert!(core.triggers().binding("t1").is_none());
     assert_eq!(armed_at(&core, "t2"), at(DEFAULT_NS, "hook"));
 }
+
+#[tokio::test]
+async fn a_binding_parked_on_a_closing_provider_falls_back_when_that_provider_leaves() {
+    let core = core();
+    let mut fallback = TestConn::connect(&core, DEFAULT_NS);
+    fallback.register(&core, type_frame("hook")).await;
+    let mut home = TestConn::connect(&core, "orders");
+    home.register(&core, type_frame("hook")).await;
+
+    // The home provider is tearing down when the binding arrives: it is parked (§4.3).
+    home.conn.close();
+    let owner = TestConn::connect(&core, "orders");
+    owner.register(&core, bind_frame("t1", "hook")).await;
+    assert_eq!(armed_at(&core, "t1"), None);
+
+    // Once the home provider is gone the binding resolves to `default`, as it would have had
+    // it arrived a moment later; parking must not strand it while a provider can serve it.
+    home.leave(&core).await;
+    home.assert_silent();
+    assert_arms(&fallback.expect("registertrigger").await, "t1", None);
+    assert_eq!(armed_at(&core, "t1"), at(DEFAULT_NS, "hook"));
+}
