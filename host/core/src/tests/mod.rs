@@ -1,2 +1,6 @@
 //! Unit tests of the core's intricate parts, against a real [`crate::Core`] with test
 //! connections whose outbound frames the test reads.
+
+mod router;
+mod support;
+mod triggers;
