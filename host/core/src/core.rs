@@ -400,6 +400,14 @@ impl Core {
                     }
                     return;
                 }
+                // The callee's cleanup may have drained its calls between the lookup above and
+                // the insert: it marks the connection closing first, so this catches it.
+                if target.is_closing() {
+                    if let Take::Found(call) = self.inner.pending.take(id, None) {
+                        self.resolve(id, call, Err(stopped())).await;
+                    }
+                    return;
+                }
                 let data = f.data.map(RawValue::get).unwrap_or("null");
                 let data = iii_protocol::inject_caller_worker_id(data, &conn.id_str);
                 let id_owned;
@@ -573,6 +581,11 @@ impl Core {
                         "invocation_error",
                         "invocation id collision",
                     ));
+                }
+                // As in `invoke_from_worker`: a callee whose cleanup already drained its calls.
+                if target.is_closing() {
+                    self.inner.pending.take(id, None);
+                    return Err(stopped());
                 }
                 let data = match caller {
                     Some(c) => iii_protocol::inject_caller_worker_id(data, &c.id_str),

@@ -517,16 +517,26 @@ impl TriggerRegistry {
         let mut sends = Sends::new();
         self.types.remove(key);
         tracing::info!(trigger_type = %key.1, namespace = %key.0, "[UNREGISTERED] trigger type");
+        // The bindings it served, and parked bindings of its type: one parked because this
+        // provider was already closing when it arrived now resolves to a fallback provider.
         let ids: Vec<String> = self
             .bindings
             .values()
-            .filter(|b| b.provider.as_ref() == Some(key))
+            .filter(|b| {
+                b.provider.as_ref() == Some(key)
+                    || (b.provider.is_none() && b.trigger_type == key.1)
+            })
             .map(|b| b.id.clone())
             .collect();
         for bid in ids {
             let mut b = self.bindings[&bid].clone();
+            let was_parked = b.provider.is_none();
             b.provider = None;
-            match self.resolve(&b) {
+            let target = self.resolve(&b);
+            if was_parked && target.is_none() {
+                continue;
+            }
+            match target {
                 Some(k) => match self.arm(&b, &k, &mut sends) {
                     Ok(()) => b.provider = Some(k),
                     Err(msg) => {
