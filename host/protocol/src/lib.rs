@@ -1,29 +1,44 @@
-//! Wire types and codec of the iii worker protocol (spec: `shared/spec/protocol.md` §2).
+//! Wire types and codec of the iii worker protocol.
+//!
+//! The contract itself, in prose, is `PROTOCOL.md` beside this crate's `Cargo.toml`; every
+//! "§N" in the code of this repository refers to a section of that file.
 //!
 //! Inbound frames are decoded into one flat, borrowed [`Frame`] (every field optional) and then
 //! validated per message type. Payload fields (`data`, `result`, `metadata`, …) stay as borrowed
 //! [`RawValue`]s so the engine can forward a call without re-parsing or re-serializing its payload:
 //! the hot path copies the bytes once, into the outbound frame.
 //!
-//! Outbound frames are built by the functions in [`out`]; they always produce one JSON text frame.
+//! | module | holds |
+//! |---|---|
+//! | crate root | [`decode`], [`Frame`], [`Kind`], [`Action`], [`ErrorBody`], UUID helpers, the `_caller_worker_id` injection |
+//! | [`out`] | builders of engine → worker frames; each returns one JSON text frame |
+//! | [`codes`] | the catalogue of every wire error code, with where it is used and whether it is upstream's |
+//! | [`ids`] | the `engine::*` function ids, trigger-type ids and event names the protocol fixes |
+#![deny(missing_docs)]
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub mod codes;
+pub mod ids;
 pub mod out;
 
-/// The error object used in results and registration failures.
+/// The error object of `invocationresult` and `triggerregistrationresult` (§2.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// Machine-readable code; the engine's codes are the constants of [`codes`].
     pub code: String,
+    /// Human-readable explanation.
     pub message: String,
+    /// The handler's stack trace, when a worker reports one; omitted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacktrace: Option<String>,
 }
 
 impl ErrorBody {
+    /// An error without a stack trace. `code` should be one of [`codes`].
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         ErrorBody {
             code: code.into(),
@@ -39,25 +54,40 @@ impl std::fmt::Display for ErrorBody {
     }
 }
 
-/// Every message type the engine understands on input.
+/// Every message type the engine understands on input (§2.2), named after its `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `registerfunction`: expose a function.
     RegisterFunction,
+    /// `unregisterfunction`: retire a function.
     UnregisterFunction,
+    /// `registertriggertype`: become the provider of a trigger type.
     RegisterTriggerType,
+    /// `unregistertriggertype`: stop providing a trigger type (sent by SDKs; upstream 0.23
+    /// does not understand it).
     UnregisterTriggerType,
+    /// `registertrigger`: bind a function to a trigger.
     RegisterTrigger,
+    /// `unregistertrigger`: remove a binding.
     UnregisterTrigger,
+    /// `triggerregistrationresult`: a provider's answer to a `registertrigger`.
     TriggerRegistrationResult,
+    /// `invokefunction`: call a function.
     InvokeFunction,
+    /// `invocationresult`: the result or error of a call.
     InvocationResult,
+    /// `reattach`: first frame of a reconnect; retire the previous connection.
     Reattach,
+    /// `registerservice`: legacy grouping, accepted and ignored for routing.
     RegisterService,
+    /// `ping`: JSON-level liveness; answered with `pong`.
     Ping,
+    /// `pong`: ignored.
     Pong,
 }
 
 impl Kind {
+    /// The kind whose `type` string is `s`, or `None` for an unknown type.
     pub fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "registerfunction" => Kind::RegisterFunction,
@@ -77,7 +107,7 @@ impl Kind {
         })
     }
 
-    /// Registration messages are queued until the connection's namespace is known (spec §3.8).
+    /// Registration messages are queued until the connection's namespace is known (§3.8).
     pub fn is_registration(self) -> bool {
         matches!(
             self,
@@ -92,64 +122,94 @@ impl Kind {
     }
 }
 
-/// `action` of an `invokefunction`.
+/// `action` of an `invokefunction` (§3.4). Absent means request/response.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Action {
+    /// `{"type":"void"}`: fire-and-forget; no result is returned to the caller.
     Void,
-    Enqueue { queue: String },
+    /// `{"type":"enqueue","queue":Q}`: hand the call to the queue provider
+    /// ([`ids::functions::QUEUE_ENQUEUE`]); the caller gets a receipt.
+    Enqueue {
+        /// The named queue.
+        queue: String,
+    },
 }
 
 /// A decoded inbound frame: all fields of all message types, borrowed from the frame text.
-/// `null` is treated as absent everywhere (spec §2.1).
+/// `null` is treated as absent everywhere (§2.1).
 #[derive(Debug, Default, Deserialize)]
 pub struct Frame<'a> {
+    /// `type`: the message type, parsed by [`Kind::parse`].
     #[serde(rename = "type", borrow, default)]
     pub kind: Option<Cow<'a, str>>,
+    /// `id`: the function id, trigger-type id or binding id, depending on the message.
     #[serde(borrow, default)]
     pub id: Option<Cow<'a, str>>,
+    /// `invocation_id` of a call or result; absent on a fire-and-forget call.
     #[serde(borrow, default)]
     pub invocation_id: Option<Cow<'a, str>>,
+    /// `function_id`: the target of a call or binding.
     #[serde(borrow, default)]
     pub function_id: Option<Cow<'a, str>>,
+    /// `data`: a call's payload, kept as raw JSON.
     #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
+    /// `result`: a successful call's value, kept as raw JSON.
     #[serde(borrow, default)]
     pub result: Option<&'a RawValue>,
+    /// `error`: a failed call's or binding's error.
     #[serde(default)]
     pub error: Option<ErrorBody>,
+    /// `metadata`: per-call or per-binding side channel, or registration metadata.
     #[serde(borrow, default)]
     pub metadata: Option<&'a RawValue>,
+    /// `traceparent`: W3C trace context.
     #[serde(borrow, default)]
     pub traceparent: Option<Cow<'a, str>>,
+    /// `baggage`: W3C baggage.
     #[serde(borrow, default)]
     pub baggage: Option<Cow<'a, str>>,
+    /// `action` of an `invokefunction`.
     #[serde(default)]
     pub action: Option<Action>,
+    /// `namespace`: where the target resolves, or the namespace a trigger type is provided in (§3.8).
     #[serde(borrow, default)]
     pub namespace: Option<Cow<'a, str>>,
+    /// `trigger_namespace` of a `registertrigger`: where to find the provider.
     #[serde(borrow, default)]
     pub trigger_namespace: Option<Cow<'a, str>>,
+    /// `trigger_type` of a binding.
     #[serde(borrow, default)]
     pub trigger_type: Option<Cow<'a, str>>,
+    /// `config` of a binding, kept as raw JSON.
     #[serde(borrow, default)]
     pub config: Option<&'a RawValue>,
+    /// `description` of a function or trigger type.
     #[serde(borrow, default)]
     pub description: Option<Cow<'a, str>>,
+    /// `request_format` of a function (stored, never validated, §3.9).
     #[serde(borrow, default)]
     pub request_format: Option<&'a RawValue>,
+    /// `response_format` of a function.
     #[serde(borrow, default)]
     pub response_format: Option<&'a RawValue>,
+    /// `trigger_request_format` of a trigger type: the schema of a binding's `config`.
     #[serde(borrow, default)]
     pub trigger_request_format: Option<&'a RawValue>,
+    /// `call_request_format` of a trigger type: the schema of the payload it delivers.
     #[serde(borrow, default)]
     pub call_request_format: Option<&'a RawValue>,
+    /// `invocation` of a `registerfunction`: makes it an HTTP-invoked function (§3.10).
     #[serde(borrow, default)]
     pub invocation: Option<&'a RawValue>,
+    /// `previous_worker_id` of a `reattach`.
     #[serde(borrow, default)]
     pub previous_worker_id: Option<Cow<'a, str>>,
+    /// `reattach_token` of a `reattach`.
     #[serde(borrow, default)]
     pub reattach_token: Option<Cow<'a, str>>,
+    /// `name` of a legacy `registerservice`.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
 }
@@ -157,22 +217,34 @@ pub struct Frame<'a> {
 /// Why an inbound frame could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The text is not JSON, or a field has the wrong JSON type (the parser's message).
     #[error("frame is not valid JSON: {0}")]
     InvalidJson(String),
+    /// The object has no `type`.
     #[error("frame has no \"type\" field")]
     MissingType,
+    /// The `type` is not one of [`Kind`].
     #[error("unknown message type \"{0}\"")]
     UnknownType(String),
+    /// A field the message type requires is absent or `null`.
     #[error("{kind} frame is missing the required field \"{field}\"")]
     MissingField {
+        /// The message type.
         kind: &'static str,
+        /// The missing field.
         field: &'static str,
     },
+    /// A field that must hold a UUID does not.
     #[error("{field} \"{value}\" is not a UUID")]
-    InvalidUuid { field: &'static str, value: String },
+    InvalidUuid {
+        /// The field.
+        field: &'static str,
+        /// Its value, cut to 64 characters.
+        value: String,
+    },
 }
 
-/// Decodes a frame and checks that the fields its type requires are present.
+/// Decodes a frame and checks that the fields its type requires are present (§1.3, §2.1).
 pub fn decode(text: &str) -> Result<(Kind, Frame<'_>), DecodeError> {
     let frame: Frame<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
@@ -228,7 +300,8 @@ pub fn decode(text: &str) -> Result<(Kind, Frame<'_>), DecodeError> {
     Ok((kind, frame))
 }
 
-/// Parses a hyphenated (or simple) UUID string into its 128-bit value.
+/// Parses a hyphenated (or simple, 32-digit) UUID string into its 128-bit value; `field`
+/// names the field in the error.
 pub fn parse_uuid(field: &'static str, s: &str) -> Result<u128, DecodeError> {
     let bad = || DecodeError::InvalidUuid {
         field,
@@ -267,7 +340,7 @@ pub fn format_uuid(v: u128) -> String {
 }
 
 /// Returns `data` with `"_caller_worker_id": <worker_id>` added when it is a JSON object
-/// (spec §3.3). The key goes last so that it wins over a same-named key the caller sent,
+/// (§3.3). The key goes last so that it wins over a same-named key the caller sent,
 /// as upstream's map insert does. Non-objects are returned unchanged.
 pub fn inject_caller_worker_id<'a>(data: &'a str, worker_id: &str) -> Cow<'a, str> {
     let trimmed = data.trim();
@@ -281,7 +354,8 @@ pub fn inject_caller_worker_id<'a>(data: &'a str, worker_id: &str) -> Cow<'a, st
     if !empty {
         s.push(',');
     }
-    s.push_str("\"_caller_worker_id\":");
+    out::push_json_str(&mut s, ids::CALLER_WORKER_ID_KEY);
+    s.push(':');
     out::push_json_str(&mut s, worker_id);
     s.push('}');
     Cow::Owned(s)
@@ -368,5 +442,59 @@ mod tests {
         .unwrap();
         assert_eq!(v["_caller_worker_id"], "real");
         assert_eq!(v["b"]["c"], 2);
+    }
+
+    /// Section numbers of PROTOCOL.md's headings (`## 3. …`, `#### 4.6.1 …`).
+    fn protocol_sections() -> Vec<String> {
+        include_str!("../PROTOCOL.md")
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .filter_map(|l| l.trim_start_matches('#').split_whitespace().next())
+            .map(|n| n.trim_end_matches('.').to_string())
+            .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+            .collect()
+    }
+
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable source directory") {
+            let path = entry.expect("directory entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if !(name.starts_with('.') || name == "target" || name == "node_modules") {
+                    rust_files(&path, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every "§N" in the repository's Rust code names a heading of PROTOCOL.md, so a reader of
+    /// a clone can follow it.
+    #[test]
+    fn section_references_in_the_code_resolve_to_protocol_md() {
+        let sections = protocol_sections();
+        assert!(sections.iter().any(|s| s == "3.6"), "headings not found");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        assert!(root.join("Cargo.toml").exists(), "workspace root not found");
+        let mut files = Vec::new();
+        rust_files(&root, &mut files);
+        let mut missing = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for (at, _) in text.match_indices('§') {
+                let number: String = text[at + '§'.len_utf8()..]
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.')
+                    .collect();
+                let number = number.trim_end_matches('.');
+                if !number.is_empty() && !sections.iter().any(|s| s == number) {
+                    missing.push(format!("{}: §{number}", file.display()));
+                }
+            }
+        }
+        assert!(files.len() > 20, "walked too few files: {}", files.len());
+        assert!(missing.is_empty(), "unresolved references: {missing:#?}");
     }
 }

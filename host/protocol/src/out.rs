@@ -1,8 +1,9 @@
 //! Builders for engine → worker frames. Each returns the complete JSON text of one frame.
-//! Optional fields are omitted when absent (spec §2.1).
+//! Optional fields are omitted when absent (§2.1).
 
 use std::fmt::Write;
 
+use crate::codes;
 use crate::ErrorBody;
 
 /// Appends `s` as a JSON string literal.
@@ -61,10 +62,20 @@ fn start(kind: &str, cap: usize) -> String {
     s
 }
 
+/// The JSON of an [`ErrorBody`], written directly: three strings cannot fail to serialize, so
+/// no fallback code is needed.
 fn error_json(e: &ErrorBody) -> String {
-    serde_json::to_string(e).unwrap_or_else(|_| "{\"code\":\"UNKNOWN\",\"message\":\"\"}".into())
+    let trace = e.stacktrace.as_deref().map_or(0, str::len);
+    let mut s = String::with_capacity(e.code.len() + e.message.len() + trace + 48);
+    s.push_str("{\"code\":");
+    push_json_str(&mut s, &e.code);
+    field_str(&mut s, "message", &e.message);
+    field_opt_str(&mut s, "stacktrace", e.stacktrace.as_deref());
+    s.push('}');
+    s
 }
 
+/// `workerregistered`, the first frame of every session (§1.2, §2.3).
 pub fn worker_registered(worker_id: &str, reattach_token: &str) -> String {
     let mut s = start("workerregistered", 96);
     field_str(&mut s, "worker_id", worker_id);
@@ -73,21 +84,28 @@ pub fn worker_registered(worker_id: &str, reattach_token: &str) -> String {
     s
 }
 
+/// The JSON-level `pong` answering a `ping` (§1.4).
 pub fn pong() -> String {
     "{\"type\":\"pong\"}".to_string()
 }
 
-/// What an engine → worker `invokefunction` carries.
+/// What an engine → worker `invokefunction` carries (§2.3, §3.3).
 pub struct Invoke<'a> {
+    /// Always present towards a worker: the caller's id, or a fresh one.
     pub invocation_id: &'a str,
+    /// The id as the worker registered it.
     pub function_id: &'a str,
     /// Raw JSON of the payload (already with `_caller_worker_id` where it applies).
     pub data: &'a str,
+    /// Raw JSON of the per-call metadata, if any.
     pub metadata: Option<&'a str>,
+    /// W3C trace context to continue.
     pub traceparent: Option<&'a str>,
+    /// W3C baggage to pass on.
     pub baggage: Option<&'a str>,
 }
 
+/// An engine → worker `invokefunction`.
 pub fn invoke_function(i: &Invoke<'_>) -> String {
     let mut s = start("invokefunction", i.data.len() + i.function_id.len() + 160);
     field_str(&mut s, "invocation_id", i.invocation_id);
@@ -102,7 +120,7 @@ pub fn invoke_function(i: &Invoke<'_>) -> String {
     s
 }
 
-/// An `invocationresult`: `Ok(raw result JSON or None for null)` or `Err(error)`.
+/// An `invocationresult` (§2.3): `Ok(raw result JSON or None for null)` or `Err(error)`.
 pub fn invocation_result(
     invocation_id: &str,
     function_id: &str,
@@ -128,9 +146,12 @@ pub fn invocation_result(
     s
 }
 
+/// `registrationrejected` with [`codes::FUNCTION_NAMESPACE_CONFLICT`]: one `registerfunction`
+/// is refused (§2.3, §3.2). `owner_worker_id` is empty when no worker owns the id (an engine
+/// builtin, or a reserved `engine::*` id outside `default`).
 pub fn function_conflict(namespace: &str, function_id: &str, owner_worker_id: &str) -> String {
     let mut s = start("registrationrejected", 160);
-    field_str(&mut s, "code", "FUNCTION_NAMESPACE_CONFLICT");
+    field_str(&mut s, "code", codes::FUNCTION_NAMESPACE_CONFLICT);
     field_str(&mut s, "namespace", namespace);
     field_str(&mut s, "function_id", function_id);
     field_str(&mut s, "owner_worker_id", owner_worker_id);
@@ -138,9 +159,11 @@ pub fn function_conflict(namespace: &str, function_id: &str, owner_worker_id: &s
     s
 }
 
+/// `registrationrejected` with [`codes::WORKER_NAMESPACE_CONFLICT`]: the worker name is taken
+/// in this namespace; the engine closes the connection after sending it (§2.3, §3.8).
 pub fn worker_conflict(namespace: &str, worker_name: &str, owner_worker_id: &str) -> String {
     let mut s = start("registrationrejected", 160);
-    field_str(&mut s, "code", "WORKER_NAMESPACE_CONFLICT");
+    field_str(&mut s, "code", codes::WORKER_NAMESPACE_CONFLICT);
     field_str(&mut s, "namespace", namespace);
     field_str(&mut s, "worker_name", worker_name);
     field_str(&mut s, "owner_worker_id", owner_worker_id);
@@ -148,17 +171,26 @@ pub fn worker_conflict(namespace: &str, worker_name: &str, owner_worker_id: &str
     s
 }
 
-/// What the engine sends a worker that provides a trigger type, so it arms a binding.
+/// What the engine sends a worker that provides a trigger type, so it arms a binding (§2.3,
+/// §4.4).
 pub struct RegisterTrigger<'a> {
+    /// The binding id.
     pub id: &'a str,
+    /// The trigger type the provider serves.
     pub trigger_type: &'a str,
+    /// The function the provider must invoke when the trigger fires.
     pub function_id: &'a str,
+    /// Raw JSON of the binding's config.
     pub config: &'a str,
+    /// Raw JSON of the binding's metadata, if any.
     pub metadata: Option<&'a str>,
+    /// The target's namespace; only set when it is not `default`.
     pub namespace: Option<&'a str>,
+    /// The provider's namespace; only set when it is not `default`.
     pub trigger_namespace: Option<&'a str>,
 }
 
+/// An engine → provider `registertrigger`.
 pub fn register_trigger(r: &RegisterTrigger<'_>) -> String {
     let mut s = start("registertrigger", r.config.len() + 160);
     field_str(&mut s, "id", r.id);
@@ -174,6 +206,7 @@ pub fn register_trigger(r: &RegisterTrigger<'_>) -> String {
     s
 }
 
+/// An engine → provider `unregistertrigger`: disarm the binding (§2.3, §4.4).
 pub fn unregister_trigger(id: &str, trigger_type: &str) -> String {
     let mut s = start("unregistertrigger", 96);
     field_str(&mut s, "id", id);
@@ -182,6 +215,8 @@ pub fn unregister_trigger(id: &str, trigger_type: &str) -> String {
     s
 }
 
+/// A `triggerregistrationresult` to a binding's originator; the engine only sends failures
+/// (§2.3).
 pub fn trigger_registration_result(
     id: &str,
     trigger_type: &str,
@@ -216,6 +251,20 @@ mod tests {
     }
 
     #[test]
+    fn error_bodies_match_serde() {
+        let mut e = ErrorBody::new("c\u{1}", "m \"q\" \\ é\n");
+        assert_eq!(
+            parse(&error_json(&e)),
+            serde_json::to_value(&e).unwrap(),
+            "without a stack trace"
+        );
+        e.stacktrace = Some("at f()\n\tat g()".into());
+        assert_eq!(parse(&error_json(&e)), serde_json::to_value(&e).unwrap());
+        let back: ErrorBody = serde_json::from_str(&error_json(&e)).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
     fn frames_are_valid_json() {
         let v = parse(&invoke_function(&Invoke {
             invocation_id: "i",
@@ -238,6 +287,10 @@ mod tests {
         assert!(v.get("result").is_none() && v.get("error").is_none());
         let v = parse(&worker_conflict("ns", "w", "o"));
         assert_eq!(v["code"], "WORKER_NAMESPACE_CONFLICT");
+        assert_eq!(v["worker_name"], "w");
+        let v = parse(&function_conflict("ns", "f", ""));
+        assert_eq!(v["code"], "FUNCTION_NAMESPACE_CONFLICT");
+        assert_eq!(v["owner_worker_id"], "");
         let v = parse(&register_trigger(&RegisterTrigger {
             id: "t",
             trigger_type: "webhook",
