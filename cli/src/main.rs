@@ -118,7 +118,7 @@ fn run_engine(config: Option<PathBuf>, use_default: bool) -> anyhow::Result<()> 
         tracing::info!("{n}");
     }
     if let ConfigSource::File(p) = &cfg.source {
-        // Spawned workers find the engine's config through this (spec §7.1).
+        // Spawned workers find the engine's config through this (PROTOCOL.md §7.1).
         std::env::set_var("III_CONFIG_PATH", p);
         tracing::info!(config = %p.display(), "configuration loaded");
     }

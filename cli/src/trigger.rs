@@ -1,4 +1,4 @@
-//! `iii trigger`: one request/response call against a running engine (spec §10).
+//! `iii trigger`: one request/response call against a running engine (PROTOCOL.md §10).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,7 +49,7 @@ pub enum PayloadError {
     JsonNotObject,
 }
 
-/// Builds the payload from `--json` and `key=value` tokens (spec §10).
+/// Builds the payload from `--json` and `key=value` tokens (PROTOCOL.md §10).
 pub fn build_payload(json: Option<&str>, kv: &[String]) -> Result<Value, PayloadError> {
     let base = match json {
         Some(j) => Some(

@@ -1,4 +1,4 @@
-//! Data channels (spec §6): byte/stream pipes between workers outside the JSON messages.
+//! Data channels (PROTOCOL.md §6): byte/stream pipes between workers outside the JSON messages.
 //! A channel is a bounded queue of items; each side (reader, writer) can be taken once, either by
 //! a WebSocket at `/ws/channels/{id}` or by the engine itself (HTTP request/response bodies).
 

@@ -45,7 +45,7 @@ pub struct WorkerMeta {
 #[derive(Default)]
 /// Mutable state of a connection.
 pub struct ConnState {
-    /// `None` until the worker declares it or the grace period ends (spec §3.8).
+    /// `None` until the worker declares it or the grace period ends (PROTOCOL.md §3.8).
     pub namespace: Option<String>,
     /// Registration frames received before the namespace was known, in arrival order.
     pub buffer: Vec<String>,

@@ -3,6 +3,7 @@
 //! Everything a session, a listener or a service needs goes through [`Core`], a cheap clonable
 //! handle. Services register through [`crate::service::Registrar`]; they never see `Inner`.
 
+use iii_protocol::codes;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::triggers::TriggerRegistry;
 
 /// The namespace of everything that names none.
-pub const DEFAULT_NS: &str = "default";
+pub const DEFAULT_NS: &str = iii_protocol::ids::DEFAULT_NAMESPACE;
 
 /// Context of a call into an in-process function.
 #[derive(Clone)]
@@ -254,7 +255,7 @@ impl Core {
             tracing::error!(function_id = id, "HTTP-invoked function registration ignored: the iii-http-functions service is not available in this engine");
             return;
         }
-        if ns != DEFAULT_NS && id.starts_with("engine::") {
+        if ns != DEFAULT_NS && id.starts_with(iii_protocol::ids::ENGINE_PREFIX) {
             let _ = conn.send(out::function_conflict(ns, id, "")).await;
             return;
         }
@@ -339,7 +340,7 @@ impl Core {
         };
 
         if ns.trim().is_empty() {
-            let e = ErrorBody::new("INVALID_NAMESPACE", "namespace must not be blank");
+            let e = ErrorBody::new(codes::INVALID_NAMESPACE, "namespace must not be blank");
             if let Some(fr) = reply(Err(&e)) {
                 let _ = conn.send(fr).await;
             }
@@ -353,7 +354,7 @@ impl Core {
 
         let Some(entry) = self.lookup(ns, fid) else {
             let e = ErrorBody::new(
-                "function_not_found",
+                codes::FUNCTION_NOT_FOUND,
                 not_found_message(fid, ns, &self.namespaces_with(fid, ns)),
             );
             if let Some(fr) = reply(Err(&e)) {
@@ -392,7 +393,7 @@ impl Core {
                     },
                 ) {
                     let e = ErrorBody::new(
-                        "invocation_error",
+                        codes::INVOCATION_ERROR,
                         "an invocation with this invocation_id is already in flight",
                     );
                     if let Some(fr) = reply(Err(&e)) {
@@ -432,7 +433,7 @@ impl Core {
                             id,
                             call,
                             Err(ErrorBody::new(
-                                "channel_send_failed",
+                                codes::CHANNEL_SEND_FAILED,
                                 "target worker connection closed while sending",
                             )),
                         )
@@ -447,7 +448,7 @@ impl Core {
                     Some(Ok(v)) => v,
                     Some(Err(e)) => {
                         let e = ErrorBody::new(
-                            "deserialization_error",
+                            codes::DESERIALIZATION_ERROR,
                             format!("Failed to deserialize input for {fid}: {e}"),
                         );
                         if let Some(fr) = reply(Err(&e)) {
@@ -500,24 +501,29 @@ impl Core {
     async fn enqueue_from_worker(&self, conn: &Arc<Conn>, f: &Frame<'_>, queue: &str, ns: &str) {
         let fid = f.function_id.as_deref().unwrap_or_default();
         let receipt = iii_protocol::format_uuid(new_id());
-        let mut payload = json!({
-            "queue": queue,
-            "function_id": fid,
-            "data": f.data.and_then(|d| serde_json::from_str::<Value>(d.get()).ok()).unwrap_or(Value::Null),
-            "messageReceiptId": receipt,
-            "traceparent": f.traceparent.as_deref(),
-            "baggage": f.baggage.as_deref(),
-        });
-        if ns != DEFAULT_NS {
-            payload["namespace"] = json!(ns);
+        let payload = out::EnqueueRequest {
+            queue,
+            function_id: fid,
+            data: f
+                .data
+                .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
+                .unwrap_or(Value::Null),
+            receipt: &receipt,
+            traceparent: f.traceparent.as_deref(),
+            baggage: f.baggage.as_deref(),
+            namespace: (ns != DEFAULT_NS).then_some(ns),
         }
-        let res = if self.lookup(DEFAULT_NS, "engine::queue::enqueue").is_none() {
-            Err(ErrorBody::new("enqueue_error", "No queue provider is installed. `TriggerAction::Enqueue` routes through the `engine::queue::enqueue` provider, and no worker provides it; start a queue worker that registers it."))
+        .to_json();
+        let res = if self
+            .lookup(DEFAULT_NS, iii_protocol::ids::functions::QUEUE_ENQUEUE)
+            .is_none()
+        {
+            Err(ErrorBody::new(codes::ENQUEUE_ERROR, "No queue provider is installed. `TriggerAction::Enqueue` routes through the `engine::queue::enqueue` provider, and no worker provides it; start a queue worker that registers it."))
         } else {
             match self
                 .call(
                     DEFAULT_NS,
-                    "engine::queue::enqueue",
+                    iii_protocol::ids::functions::QUEUE_ENQUEUE,
                     &payload.to_string(),
                     None,
                     None,
@@ -525,7 +531,7 @@ impl Core {
                 .await
             {
                 Ok(_) => Ok(json!({ "messageReceiptId": receipt }).to_string()),
-                Err(e) => Err(ErrorBody::new("enqueue_error", e.message)),
+                Err(e) => Err(ErrorBody::new(codes::ENQUEUE_ERROR, e.message)),
             }
         };
         if let Some(id) = f.invocation_id.as_deref() {
@@ -561,7 +567,7 @@ impl Core {
     ) -> Outcome {
         let Some(entry) = self.lookup(ns, function_id) else {
             return Err(ErrorBody::new(
-                "function_not_found",
+                codes::FUNCTION_NOT_FOUND,
                 format!("Function {function_id} not found in namespace {ns}"),
             ));
         };
@@ -578,7 +584,7 @@ impl Core {
                     },
                 ) {
                     return Err(ErrorBody::new(
-                        "invocation_error",
+                        codes::INVOCATION_ERROR,
                         "invocation id collision",
                     ));
                 }
@@ -602,7 +608,7 @@ impl Core {
                 if target.send(frame).await.is_err() {
                     self.inner.pending.take(id, None);
                     return Err(ErrorBody::new(
-                        "channel_send_failed",
+                        codes::CHANNEL_SEND_FAILED,
                         "target worker connection closed while sending",
                     ));
                 }
@@ -611,7 +617,7 @@ impl Core {
             Handler::Builtin(func) => {
                 let value: Value = serde_json::from_str(data).map_err(|e| {
                     ErrorBody::new(
-                        "deserialization_error",
+                        codes::DESERIALIZATION_ERROR,
                         format!("Failed to deserialize input for {function_id}: {e}"),
                     )
                 })?;
@@ -760,7 +766,7 @@ impl Core {
         self.inner.pending.active_for(conn)
     }
 
-    /// Tears a connection down (spec §3.6). Runs once; later callers return at once.
+    /// Tears a connection down (PROTOCOL.md §3.6). Runs once; later callers return at once.
     pub(crate) async fn cleanup_conn(&self, conn: &Arc<Conn>) {
         if !conn.begin_cleanup() {
             return;
@@ -797,7 +803,11 @@ impl Core {
 
     pub(crate) fn fire_workers_available(&self, event: &str, worker_id: &str) {
         let payload = json!({ "event": event, "worker_id": worker_id });
-        self.fire("engine::workers-available", payload, |_| true);
+        self.fire(
+            iii_protocol::ids::trigger_types::WORKERS_AVAILABLE,
+            payload,
+            |_| true,
+        );
     }
 
     /// Runs every armed binding of `trigger_type` whose config `matches`, one after another,
@@ -887,7 +897,7 @@ impl Core {
         }
     }
 
-    /// Applies `engine::workers::register` for a connection (spec §2.4, §3.8). Returns the result
+    /// Applies `engine::workers::register` for a connection (PROTOCOL.md §2.4, §3.8). Returns the result
     /// JSON, or an error; closes the connection on a worker-name conflict.
     pub async fn register_worker(
         &self,
@@ -898,7 +908,7 @@ impl Core {
         let requested_ns = s("namespace");
         if requested_ns.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err(ErrorBody::new(
-                "INVALID_NAMESPACE",
+                codes::INVALID_NAMESPACE,
                 "namespace must not be blank",
             ));
         }
@@ -980,7 +990,7 @@ impl Core {
         }
     }
 
-    /// `reattach`: retire the previous connection of a reconnecting worker (spec §2.3).
+    /// `reattach`: retire the previous connection of a reconnecting worker (PROTOCOL.md §2.3).
     pub(crate) async fn reattach(&self, conn: &Arc<Conn>, f: &Frame<'_>) {
         let (Some(prev), Some(token)) =
             (f.previous_worker_id.as_deref(), f.reattach_token.as_deref())
@@ -1053,10 +1063,10 @@ impl Core {
 
 /// The error a call ends with when its caller or callee went away.
 pub fn stopped() -> ErrorBody {
-    ErrorBody::new("invocation_stopped", "Invocation stopped")
+    ErrorBody::new(codes::INVOCATION_STOPPED, "Invocation stopped")
 }
 
-/// Strips control and bidi characters and caps the length (spec §2.4).
+/// Strips control and bidi characters and caps the length (PROTOCOL.md §2.4).
 pub fn sanitize_name(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control() && !matches!(*c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))

@@ -21,7 +21,7 @@ enum Route {
         id: String,
         dir: Direction,
     },
-    /// A channel side that was already taken: upgrade, then close at once (spec §6).
+    /// A channel side that was already taken: upgrade, then close at once (PROTOCOL.md §6).
     ChannelTaken,
 }
 

@@ -14,6 +14,7 @@
 //!
 //! The core never names a service: the composition root holds the one list and iterates it.
 
+use iii_protocol::codes;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -328,7 +329,7 @@ pub fn input<T: DeserializeOwned>(ctx: &CallCtx, v: Value) -> Result<T, ErrorBod
     let v = if v.is_null() { json!({}) } else { v };
     serde_json::from_value(v).map_err(|e| {
         ErrorBody::new(
-            "deserialization_error",
+            codes::DESERIALIZATION_ERROR,
             format!("Failed to deserialize input for {}: {e}", ctx.function_id),
         )
     })

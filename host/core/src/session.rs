@@ -1,5 +1,6 @@
 //! One worker WebSocket session: the read loop, frame dispatch and the writer task.
 
+use iii_protocol::codes;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::conn::{Conn, Out, OUTBOUND_QUEUE};
 use crate::core::{new_id, Core};
 
-/// Telemetry frames on the worker socket start with one of these (spec §11); never protocol.
+/// Telemetry frames on the worker socket start with one of these (PROTOCOL.md §11); never protocol.
 pub fn is_telemetry(b: &[u8]) -> bool {
     b.len() >= 4 && matches!(&b[..4], b"OTLP" | b"MTRC" | b"LOGS")
 }
@@ -157,7 +158,7 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
     }
     match kind {
         Kind::InvokeFunction => {
-            if frame.function_id.as_deref() == Some("engine::workers::register")
+            if frame.function_id.as_deref() == Some(iii_protocol::ids::functions::WORKERS_REGISTER)
                 && !matches!(frame.action, Some(iii_protocol::Action::Enqueue { .. }))
             {
                 // Inline, so that registrations that follow it are applied after the namespace is fixed.
@@ -176,7 +177,7 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
                     let _ = conn
                         .send(iii_protocol::out::invocation_result(
                             id,
-                            "engine::workers::register",
+                            iii_protocol::ids::functions::WORKERS_REGISTER,
                             outcome,
                             None,
                             None,
@@ -204,7 +205,7 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
     }
 }
 
-/// Malformed frames are logged and never kill the connection (spec §1.3, §14). If the frame
+/// Malformed frames are logged and never kill the connection (PROTOCOL.md §1.3, §14). If the frame
 /// was a call with a usable invocation id, the caller also gets a structured error instead of
 /// waiting for its timeout.
 async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
@@ -222,7 +223,7 @@ async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
         {
             if iii_protocol::parse_uuid("invocation_id", id).is_ok() {
                 let err = iii_protocol::ErrorBody::new(
-                    "deserialization_error",
+                    codes::DESERIALIZATION_ERROR,
                     format!("malformed invokefunction frame: {e}"),
                 );
                 let _ = conn

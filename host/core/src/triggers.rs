@@ -1,9 +1,10 @@
-//! Trigger types and bindings (spec §4): provider resolution, parking of bindings whose type
+//! Trigger types and bindings (PROTOCOL.md §4): provider resolution, parking of bindings whose type
 //! does not exist yet, replay to a (re)registering provider, re-homing, worker-provided types.
 //!
 //! Methods run under the registry lock and never await: frames for worker providers are
 //! returned as [`Sends`] and delivered by the caller after the lock is released, in order.
 
+use iii_protocol::codes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,7 +279,7 @@ impl TriggerRegistry {
         if let Some(old) = &old {
             if old.owner != b.owner {
                 return Err(ErrorBody::new(
-                    "trigger_registration_failed",
+                    codes::TRIGGER_REGISTRATION_FAILED,
                     format!(
                         "trigger id {} is already registered by another worker; choose another id",
                         b.id
@@ -296,7 +297,7 @@ impl TriggerRegistry {
                 );
                 if builtin {
                     if let Err(msg) = self.arm(&b, k, sends) {
-                        return Err(ErrorBody::new("trigger_registration_failed", msg));
+                        return Err(ErrorBody::new(codes::TRIGGER_REGISTRATION_FAILED, msg));
                     }
                     if let Some(old) = &old {
                         if old.provider.as_ref() != Some(k) {
@@ -350,7 +351,7 @@ impl TriggerRegistry {
             s.as_deref().is_some_and(|n| n.trim().is_empty())
         };
         if blank(&f.namespace) || blank(&f.trigger_namespace) {
-            let e = ErrorBody::new("INVALID_NAMESPACE", "namespace must not be blank");
+            let e = ErrorBody::new(codes::INVALID_NAMESPACE, "namespace must not be blank");
             sends.push((
                 conn.clone(),
                 out::trigger_registration_result(id, ty, fid, Some(&e)),
@@ -543,7 +544,7 @@ impl TriggerRegistry {
                         self.failure_to_owner(
                             engine,
                             &b,
-                            "trigger_registration_failed",
+                            codes::TRIGGER_REGISTRATION_FAILED,
                             &msg,
                             &mut sends,
                         );

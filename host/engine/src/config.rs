@@ -330,7 +330,7 @@ fn grace_from_env() -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// Expands `${VAR}` and `${VAR:default}` in raw config text (spec §7.3). An unset variable
+/// Expands `${VAR}` and `${VAR:default}` in raw config text (PROTOCOL.md §7.3). An unset variable
 /// without a default is an error, not a crash.
 pub fn interpolate(
     text: &str,

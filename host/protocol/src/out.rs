@@ -234,6 +234,42 @@ pub fn trigger_registration_result(
     s
 }
 
+/// What an `enqueue` action becomes: the input of `engine::queue::enqueue` (PROTOCOL.md §3.4).
+pub struct EnqueueRequest<'a> {
+    /// The queue named by the action.
+    pub queue: &'a str,
+    /// The function the message is for.
+    pub function_id: &'a str,
+    /// The call's data (null when absent or not JSON).
+    pub data: serde_json::Value,
+    /// The receipt id the caller gets back.
+    pub receipt: &'a str,
+    /// The caller's traceparent, if any.
+    pub traceparent: Option<&'a str>,
+    /// The caller's baggage, if any.
+    pub baggage: Option<&'a str>,
+    /// The caller's namespace when it is not `default`.
+    pub namespace: Option<&'a str>,
+}
+
+impl EnqueueRequest<'_> {
+    /// The JSON input of `engine::queue::enqueue`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "queue": self.queue,
+            "function_id": self.function_id,
+            "data": self.data,
+            "messageReceiptId": self.receipt,
+            "traceparent": self.traceparent,
+            "baggage": self.baggage,
+        });
+        if let Some(ns) = self.namespace {
+            v["namespace"] = serde_json::json!(ns);
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! `state::*` functions and the `state` trigger type (PROTOCOL.md §5.3, §4.6.3) over a
 //! [`StateStore`] adapter. Config entry `state` (`iii-state` is the deprecated name).
 
+use iii_protocol::codes;
 use std::sync::Arc;
 
 use iii_adapter_api::{AdapterSpec, StateStore, StateWorld, UpdateOp};
@@ -232,7 +233,7 @@ impl Prepared for StateService {
                         let len = value.to_string().len();
                         if len > max {
                             return Err(ErrorBody::new(
-                                "VALUE_TOO_LARGE",
+                                codes::VALUE_TOO_LARGE,
                                 format!("value is {len} bytes of JSON; max_value_bytes is {max}"),
                             ));
                         }
@@ -241,7 +242,7 @@ impl Prepared for StateService {
                         .store
                         .set(&i.scope, &i.key, &value)
                         .await
-                        .map_err(|e| err("SET_ERROR", e))?;
+                        .map_err(|e| err(codes::SET_ERROR, e))?;
                     emit(
                         &e,
                         &svc,
@@ -265,7 +266,7 @@ impl Prepared for StateService {
                         .store
                         .get(&i.scope, &i.key)
                         .await
-                        .map_err(|e| err("GET_ERROR", e))?
+                        .map_err(|e| err(codes::GET_ERROR, e))?
                         .unwrap_or(Value::Null))
                 },
             )
@@ -281,7 +282,7 @@ impl Prepared for StateService {
                         .store
                         .delete(&i.scope, &i.key)
                         .await
-                        .map_err(|e| err("DELETE_ERROR", e))?;
+                        .map_err(|e| err(codes::DELETE_ERROR, e))?;
                     if old.is_some() {
                         emit(&e, &svc, &i.scope, &i.key, old.clone(), None);
                     }
@@ -297,12 +298,12 @@ impl Prepared for StateService {
                 "Apply update ops to the value under scope/key",
                 |e, i: UpdateIn, svc| async move {
                     let ops = UpdateOp::parse_list(&i.ops)
-                        .map_err(|e| err("UPDATE_ERROR", format!("invalid ops: {e}")))?;
+                        .map_err(|e| err(codes::UPDATE_ERROR, format!("invalid ops: {e}")))?;
                     let r = svc
                         .store
                         .update(&i.scope, &i.key, &ops)
                         .await
-                        .map_err(|e| err("UPDATE_ERROR", e))?;
+                        .map_err(|e| err(codes::UPDATE_ERROR, e))?;
                     emit(
                         &e,
                         &svc,
@@ -311,7 +312,7 @@ impl Prepared for StateService {
                         r.old_value.clone(),
                         Some(r.new_value.clone()),
                     );
-                    serde_json::to_value(&r).map_err(|e| err("serialization_error", e))
+                    serde_json::to_value(&r).map_err(|e| err(codes::SERIALIZATION_ERROR, e))
                 },
             )
             .returns(
@@ -329,7 +330,7 @@ impl Prepared for StateService {
                         svc.store
                             .list(&i.scope)
                             .await
-                            .map_err(|e| err("LIST_ERROR", e))?,
+                            .map_err(|e| err(codes::LIST_ERROR, e))?,
                     ))
                 },
             )
@@ -341,7 +342,7 @@ impl Prepared for StateService {
                     .store
                     .list_groups()
                     .await
-                    .map_err(|e| err("LIST_GROUPS_ERROR", e))?;
+                    .map_err(|e| err(codes::LIST_GROUPS_ERROR, e))?;
                 Ok(json!({ "groups": g }))
             })
             .returns(json!({"type": "object", "properties": {"groups": {"type": "array", "items": {"type": "string"}}}})),

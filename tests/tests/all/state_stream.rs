@@ -80,7 +80,7 @@ async fn state_functions_follow_the_spec() {
     )
     .await;
     assert_eq!(r["old_value"], Value::Null);
-    // Appending a string to a missing field gives the string itself (spec §8.3).
+    // Appending a string to a missing field gives the string itself (PROTOCOL.md §8.3).
     assert_eq!(
         r["new_value"],
         json!({"a": 3, "n": 5, "profile": {"address": {"city": "Oslo"}}, "log": "x"})

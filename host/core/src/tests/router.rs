@@ -1,4 +1,4 @@
-//! Invocation router (spec §3.1, §3.3, §3.6): recording before forwarding, the sender check
+//! Invocation router (PROTOCOL.md §3.1, §3.3, §3.6): recording before forwarding, the sender check
 //! on results, not-found hints, disconnect cleanup, duplicate ids, in-process functions.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! Trigger registry (spec §4.3, §4.4): parking, replay, re-homing, resends of unanswered
+//! Trigger registry (PROTOCOL.md §4.3, §4.4): parking, replay, re-homing, resends of unanswered
 //! `registertrigger` frames, protection of service types, unregistering.
 
 use std::sync::Arc;

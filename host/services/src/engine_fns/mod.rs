@@ -5,6 +5,7 @@
 
 mod views;
 
+use iii_protocol::codes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,7 +222,7 @@ fn install(reg: &mut Registrar<'_>) {
                 match &ctx.caller {
                     Some(c) => e.register_worker(c, &v).await,
                     None => Err(ErrorBody::new(
-                        "INVALID_ARGUMENTS",
+                        codes::INVALID_ARGUMENTS,
                         "engine::workers::register must be called by a connected worker",
                     )),
                 }
@@ -262,7 +263,7 @@ fn install(reg: &mut Registrar<'_>) {
                             && i.namespace.as_deref().is_none_or(|n| w["namespace"] == n)
                     })
                     .ok_or_else(|| {
-                        ErrorBody::new("NOT_FOUND", format!("Worker {} not found", i.name))
+                        ErrorBody::new(codes::NOT_FOUND, format!("Worker {} not found", i.name))
                     })?;
                 let name = i.name.clone();
                 let functions: Vec<Value> = e
@@ -357,7 +358,7 @@ fn install(reg: &mut Registrar<'_>) {
                     (None, Some(ids)) => {
                         if ids.len() > 32 {
                             return Err(ErrorBody::new(
-                                "INVALID_ARGUMENTS",
+                                codes::INVALID_ARGUMENTS,
                                 "function_ids accepts at most 32 ids",
                             ));
                         }
@@ -372,7 +373,7 @@ fn install(reg: &mut Registrar<'_>) {
                         Ok(json!({ "functions": functions }))
                     }
                     _ => Err(ErrorBody::new(
-                        "INVALID_ARGUMENTS",
+                        codes::INVALID_ARGUMENTS,
                         "pass exactly one of `function_id` or `function_ids`",
                     )),
                 }
@@ -413,7 +414,7 @@ fn install(reg: &mut Registrar<'_>) {
             "Details and schemas of a trigger type",
             |e: Core, _ctx, i: TypeInfoIn| async move {
                 trigger_type_info(&e, &i.id, i.namespace.as_deref()).ok_or_else(|| {
-                    ErrorBody::new("NOT_FOUND", format!("Trigger type {} not found", i.id))
+                    ErrorBody::new(codes::NOT_FOUND, format!("Trigger type {} not found", i.id))
                 })
             },
         )
@@ -461,7 +462,7 @@ fn install(reg: &mut Registrar<'_>) {
             "Details of one trigger binding",
             |e: Core, _ctx, i: IdIn| async move {
                 let b = e.triggers().binding(&i.id).ok_or_else(|| {
-                    ErrorBody::new("NOT_FOUND", format!("Trigger {} not found", i.id))
+                    ErrorBody::new(codes::NOT_FOUND, format!("Trigger {} not found", i.id))
                 })?;
                 let w = binding_worker_name(&e, &b);
                 let mut out = binding_summary(&b, &w);
@@ -490,7 +491,7 @@ fn install(reg: &mut Registrar<'_>) {
                     .is_some_and(|n| n.trim().is_empty())
                 {
                     return Err(ErrorBody::new(
-                        "INVALID_NAMESPACE",
+                        codes::INVALID_NAMESPACE,
                         "namespace must not be blank",
                     ));
                 }
@@ -519,7 +520,10 @@ fn install(reg: &mut Registrar<'_>) {
                 if let Some(rx) = ack {
                     match tokio::time::timeout(Duration::from_secs(10), rx).await {
                         Ok(Ok(Some(err))) => {
-                            return Err(ErrorBody::new("trigger_registration_failed", err.message))
+                            return Err(ErrorBody::new(
+                                codes::TRIGGER_REGISTRATION_FAILED,
+                                err.message,
+                            ))
                         }
                         Ok(_) => {}
                         Err(_) => e.triggers().forget_ack(&id),
@@ -542,7 +546,7 @@ fn install(reg: &mut Registrar<'_>) {
                 iii_core::triggers::deliver(sends).await;
                 if exists && !removed {
                     return Err(ErrorBody::new(
-                        "FORBIDDEN",
+                        codes::FORBIDDEN,
                         format!("trigger {} belongs to another worker", i.id),
                     ));
                 }

@@ -3,6 +3,7 @@
 
 use iii_core::triggers::{Binding, Provider};
 use iii_core::{Core, FunctionEntry, Handler, DEFAULT_NS};
+use iii_protocol::codes;
 use iii_protocol::ErrorBody;
 use serde_json::{json, Value};
 
@@ -51,7 +52,7 @@ pub(super) fn function_detail(e: &Core, id: &str, ns: Option<&str>) -> Result<Va
             (found.len() == 1).then(|| found[0].clone())
         }),
     }
-    .ok_or_else(|| ErrorBody::new("NOT_FOUND", format!("Function {id} not found")))?;
+    .ok_or_else(|| ErrorBody::new(codes::NOT_FOUND, format!("Function {id} not found")))?;
     let mut v = function_summary(&func);
     if let Some(s) = &func.request_format {
         v["request_schema"] = s.clone();

@@ -1,6 +1,7 @@
 //! The route table (the `http` trigger type's provider) and the REST trigger server
 //! (PROTOCOL.md §4.6.1).
 
+use iii_protocol::codes;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -280,7 +281,7 @@ impl Server {
             Ok(_permit) => self.handle_inner(req).await,
             Err(_) => envelope(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "INTERNAL_ERROR",
+                codes::INTERNAL_ERROR,
                 "server is shutting down",
             ),
         };
@@ -302,7 +303,7 @@ impl Server {
             }
             return envelope(
                 StatusCode::NOT_FOUND,
-                "NOT_FOUND",
+                codes::NOT_FOUND,
                 &format!("No route for {method} {path}"),
             );
         };
@@ -324,7 +325,7 @@ impl Server {
             Err(e) => {
                 return envelope(
                     StatusCode::BAD_REQUEST,
-                    "INTERNAL_ERROR",
+                    codes::INTERNAL_ERROR,
                     &format!("could not read the request body: {e}"),
                 )
             }
@@ -535,7 +536,7 @@ fn stream_response(
         .unwrap_or_else(|_| {
             envelope(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_ERROR",
+                codes::INTERNAL_ERROR,
                 "invalid response headers",
             )
         })
@@ -547,7 +548,7 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Maps a handler's `{status_code, headers, body}` to a response (spec §4.6.1 body rules).
+/// Maps a handler's `{status_code, headers, body}` to a response (PROTOCOL.md §4.6.1 body rules).
 pub fn build_response(v: &Value) -> Response<Body> {
     let status = v.get("status_code").and_then(Value::as_u64).unwrap_or(200);
     let mut headers: Vec<(String, String)> = Vec::new();
@@ -591,7 +592,7 @@ pub fn build_response(v: &Value) -> Response<Body> {
     b.body(full(body)).unwrap_or_else(|e| {
         envelope(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
+            codes::INTERNAL_ERROR,
             &format!("handler returned an invalid response: {e}"),
         )
     })

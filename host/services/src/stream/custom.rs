@@ -1,4 +1,4 @@
-//! Custom stream providers (spec §5.4): a worker that registers `stream::get(<name>)` (likewise
+//! Custom stream providers (PROTOCOL.md §5.4): a worker that registers `stream::get(<name>)` (likewise
 //! `set`, `delete`, `list`, `list_groups`, `update`) in `default` serves that stream instead of the
 //! adapter. The wrapper sits between the `stream::*` functions and the adapter, so events and
 //! triggers fire the same way for both.

@@ -4,6 +4,7 @@
 
 mod custom;
 
+use iii_protocol::codes;
 use std::sync::Arc;
 
 use iii_adapter_api::{AdapterSpec, StreamStore, StreamWorld, UpdateOp};
@@ -223,7 +224,7 @@ impl Prepared for StreamService {
                     let r = s
                         .set(&i.stream_name, &i.group_id, &i.item_id, &i.data)
                         .await
-                        .map_err(|e| err("STREAM_SET_ERROR", e))?;
+                        .map_err(|e| err(codes::STREAM_SET_ERROR, e))?;
                     emit(
                         &e,
                         &i.stream_name,
@@ -244,7 +245,7 @@ impl Prepared for StreamService {
                 |_e, i: Item, s| async move {
                     Ok(s.get(&i.stream_name, &i.group_id, &i.item_id)
                         .await
-                        .map_err(|e| err("STREAM_GET_ERROR", e))?
+                        .map_err(|e| err(codes::STREAM_GET_ERROR, e))?
                         .unwrap_or(Value::Null))
                 },
             )
@@ -259,7 +260,7 @@ impl Prepared for StreamService {
                     let old = s
                         .delete(&i.stream_name, &i.group_id, &i.item_id)
                         .await
-                        .map_err(|e| err("STREAM_DELETE_ERROR", e))?;
+                        .map_err(|e| err(codes::STREAM_DELETE_ERROR, e))?;
                     if let Some(o) = &old {
                         emit(
                             &e,
@@ -280,12 +281,13 @@ impl Prepared for StreamService {
                 "stream::update",
                 "Apply update ops to an item",
                 |e, i: UpdateIn, s| async move {
-                    let ops = UpdateOp::parse_list(&i.ops)
-                        .map_err(|e| err("STREAM_UPDATE_ERROR", format!("invalid ops: {e}")))?;
+                    let ops = UpdateOp::parse_list(&i.ops).map_err(|e| {
+                        err(codes::STREAM_UPDATE_ERROR, format!("invalid ops: {e}"))
+                    })?;
                     let r = s
                         .update(&i.stream_name, &i.group_id, &i.item_id, &ops)
                         .await
-                        .map_err(|e| err("STREAM_UPDATE_ERROR", e))?;
+                        .map_err(|e| err(codes::STREAM_UPDATE_ERROR, e))?;
                     emit(
                         &e,
                         &i.stream_name,
@@ -293,7 +295,7 @@ impl Prepared for StreamService {
                         Some(&i.item_id),
                         write_event(&r.old_value, &r.new_value),
                     );
-                    serde_json::to_value(&r).map_err(|e| err("JSON_ERROR", e))
+                    serde_json::to_value(&r).map_err(|e| err(codes::JSON_ERROR, e))
                 },
             )
             .returns(
@@ -310,7 +312,7 @@ impl Prepared for StreamService {
                     Ok(Value::Array(
                         s.list(&i.stream_name, &i.group_id)
                             .await
-                            .map_err(|e| err("STREAM_GET_GROUP_ERROR", e))?,
+                            .map_err(|e| err(codes::STREAM_GET_GROUP_ERROR, e))?,
                     ))
                 },
             )
@@ -325,7 +327,7 @@ impl Prepared for StreamService {
                     Ok(json!(s
                         .list_groups(&i.stream_name)
                         .await
-                        .map_err(|e| err("STREAM_LIST_GROUPS_ERROR", e))?))
+                        .map_err(|e| err(codes::STREAM_LIST_GROUPS_ERROR, e))?))
                 },
             )
             .returns(json!({"type": "array", "items": {"type": "string"}})),
@@ -335,7 +337,7 @@ impl Prepared for StreamService {
                 let all = s
                     .list_all()
                     .await
-                    .map_err(|e| err("STREAM_LIST_ALL_ERROR", e))?;
+                    .map_err(|e| err(codes::STREAM_LIST_ALL_ERROR, e))?;
                 let count = all.len();
                 Ok(json!({"stream": all, "count": count}))
             })

@@ -156,7 +156,7 @@ pub async fn http(
     .expect("http task")
 }
 
-/// Removes the engine-injected `_caller_worker_id` from an object payload (spec §3.3) and
+/// Removes the engine-injected `_caller_worker_id` from an object payload (PROTOCOL.md §3.3) and
 /// returns it.
 pub fn take_caller_id(v: &mut Value) -> Option<String> {
     v.as_object_mut()?

@@ -118,7 +118,7 @@ async fn handler_error_reaches_caller_as_invocation_failed() {
     wait_for_function(&caller, "fail::coded").await;
 
     // The SDK maps a handler `Err` to `{"code":"invocation_failed","message":"handler error: …",
-    // "stacktrace":…}` (spec §2.1 ErrorBody); the engine forwards it unchanged.
+    // "stacktrace":…}` (PROTOCOL.md §2.1 ErrorBody); the engine forwards it unchanged.
     let (code, message, stacktrace) = remote_error(call(&caller, "fail::plain", json!({})).await);
     assert_eq!(code, "invocation_failed");
     assert!(message.contains("boom: disk on fire"), "message: {message}");
@@ -146,7 +146,7 @@ async fn unknown_function_is_function_not_found_fast() {
     let e = EngineProc::start("");
     let caller = connect_ready(&e.url(), &unique_name("caller")).await;
 
-    // The engine answers at once (spec §2.5/§3.1); a 3 s client timeout would surface as
+    // The engine answers at once (PROTOCOL.md §2.5/§3.1); a 3 s client timeout would surface as
     // `Error::Timeout` instead of the remote error.
     let r = call_timeout(&caller, "nope::missing", json!({"a": 1}), 3_000).await;
     let (code, message, _) = remote_error(r);
@@ -221,7 +221,7 @@ async fn fire_and_forget_reaches_handler_with_metadata() {
     assert_eq!(data, json!({"event": "login", "n": 1}));
     assert_eq!(metadata, None, "no metadata was sent");
 
-    // Fire-and-forget with the per-invocation metadata side channel (spec §3.7).
+    // Fire-and-forget with the per-invocation metadata side channel (PROTOCOL.md §3.7).
     let mut req = TriggerRequest::new("audit::log", json!({"event": "logout"}));
     req.action = Some(TriggerAction::Void);
     caller

@@ -1,5 +1,5 @@
 //! `http` triggers registered through the official Rust SDK (`iii-sdk` 0.25.0) and called with
-//! plain HTTP requests against the engine's REST listener (spec §4.6.1).
+//! plain HTTP requests against the engine's REST listener (PROTOCOL.md §4.6.1).
 //!
 //! `IIIClient::register_trigger` is deprecated in 0.25 in favour of `observe`, which needs the
 //! engine's observe extension (not advertised by a 0.23-compatible engine), so the deprecated
