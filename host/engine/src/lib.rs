@@ -33,7 +33,7 @@ pub enum StartError {
     #[error("cannot start the {service} adapter: {source}")]
     Adapter {
         service: &'static str,
-        source: iii_plugin_host::PluginError,
+        source: iii_plugin_host::AdapterError,
     },
     #[error("cannot create {path}: {source}")]
     DataDir {
@@ -100,17 +100,16 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
         })
         .map_err(|source| StartError::Adapter {
             service: "plugin host",
-            source,
+            source: source.into(),
         })?;
         if let Some(sc) = state_cfg {
             let spec = with_default_data_dir(&sc.adapter, &project_dir, "state")?;
-            let store =
-                host.load_state_store(&spec)
-                    .await
-                    .map_err(|source| StartError::Adapter {
-                        service: "iii-state",
-                        source,
-                    })?;
+            let store = iii_plugin_host::load::<iii_plugin_host::StateWorld>(&host, &spec)
+                .await
+                .map_err(|source| StartError::Adapter {
+                    service: "iii-state",
+                    source,
+                })?;
             services::state::install(
                 &engine,
                 store,
@@ -123,13 +122,12 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
         }
         if let Some(sc) = stream_cfg {
             let spec = with_default_data_dir(&sc.adapter, &project_dir, "stream")?;
-            let store =
-                host.load_stream_store(&spec)
-                    .await
-                    .map_err(|source| StartError::Adapter {
-                        service: "iii-stream",
-                        source,
-                    })?;
+            let store = iii_plugin_host::load::<iii_plugin_host::StreamWorld>(&host, &spec)
+                .await
+                .map_err(|source| StartError::Adapter {
+                    service: "iii-stream",
+                    source,
+                })?;
             services::stream::install(&engine, store);
             tracing::info!(adapter = %spec.label(), data_dir = ?spec.grants.data_dir, "stream service ready");
         }

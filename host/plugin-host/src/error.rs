@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use iii_adapter_api::{AdapterError, AdapterErrorKind};
+
 /// Everything that can go wrong loading or calling an adapter. Each variant
 /// names the adapter (its `name:` or `path:` as configured) so a message in
 /// a log points at the config entry to fix.
@@ -75,26 +77,11 @@ pub enum PluginError {
         last: String,
     },
 
+    #[error("the plugin host provides no adapter world `{world}`; it provides {known}")]
+    UnknownWorld { world: String, known: String },
+
     #[error("wasmtime: {0}")]
     Engine(String),
-}
-
-/// The `error` variant of `iii:adapter/types`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdapterErrorKind {
-    InvalidInput,
-    Backend,
-    Other,
-}
-
-impl std::fmt::Display for AdapterErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AdapterErrorKind::InvalidInput => "invalid input",
-            AdapterErrorKind::Backend => "a backend failure",
-            AdapterErrorKind::Other => "an error",
-        })
-    }
 }
 
 impl From<iii_adapter_api::SpecError> for PluginError {
@@ -114,5 +101,65 @@ impl PluginError {
                 | PluginError::MemoryLimit { .. }
                 | PluginError::FuelExhausted { .. }
         )
+    }
+}
+
+/// What services see: the kind a service maps to a wire code, and this error's text (which
+/// names the adapter and the knob to change) as the message.
+impl From<PluginError> for AdapterError {
+    fn from(e: PluginError) -> Self {
+        let kind = match &e {
+            PluginError::Trap { .. }
+            | PluginError::DeadlineExceeded { .. }
+            | PluginError::MemoryLimit { .. }
+            | PluginError::FuelExhausted { .. }
+            | PluginError::GaveUp { .. } => AdapterErrorKind::Unavailable,
+            PluginError::Adapter { kind, .. } => *kind,
+            _ => AdapterErrorKind::Other,
+        };
+        AdapterError::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_get_the_kind_and_the_full_message() {
+        let e: AdapterError = PluginError::DeadlineExceeded {
+            adapter: "kv".into(),
+            deadline_ms: 50,
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::Unavailable);
+        assert!(
+            e.message.contains("`kv`") && e.message.contains("grants.deadline_ms"),
+            "{e}"
+        );
+        let e: AdapterError = PluginError::Adapter {
+            adapter: "kv".into(),
+            kind: AdapterErrorKind::InvalidInput,
+            message: "key too long".into(),
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::InvalidInput);
+        assert_eq!(
+            e.message,
+            "adapter `kv` reported invalid input: key too long"
+        );
+        let e: AdapterError = PluginError::GaveUp {
+            adapter: "kv".into(),
+            restarts: 3,
+            window_s: 60,
+            last: "trapped".into(),
+        }
+        .into();
+        assert!(e.is_instance_failure());
+        let e: AdapterError = PluginError::MissingFile {
+            path: "/x.wasm".into(),
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::Other);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use iii_plugin_host::{
-    AdapterErrorKind, PluginError, SetResult, StreamGroups, StreamStore, UpdateOp, UpdateResult,
+    AdapterError, AdapterErrorKind, SetResult, StreamGroups, StreamStore, UpdateOp, UpdateResult,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -34,7 +34,7 @@ impl DelegatingStreams {
         op: &str,
         stream: &str,
         input: Value,
-    ) -> Option<Result<T, PluginError>> {
+    ) -> Option<Result<T, AdapterError>> {
         let engine = Engine {
             inner: self.engine.upgrade()?,
         };
@@ -48,17 +48,23 @@ impl DelegatingStreams {
                 .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null),
             Err(e) => {
-                return Some(Err(PluginError::Adapter {
-                    adapter: id,
-                    kind: AdapterErrorKind::Other,
-                    message: format!("{}: {}", e.code, e.message),
-                }))
+                return Some(Err(AdapterError::new(
+                    AdapterErrorKind::Other,
+                    format!(
+                        "adapter `{id}` reported an error: {}: {}",
+                        e.code, e.message
+                    ),
+                )))
             }
         };
         Some(
-            serde_json::from_value(result).map_err(|e| PluginError::InvalidJson {
-                adapter: id,
-                message: format!("result does not have the shape of {op}: {e}"),
+            serde_json::from_value(result).map_err(|e| {
+                AdapterError::new(
+                    AdapterErrorKind::Other,
+                    format!(
+                        "adapter `{id}` returned invalid JSON: result does not have the shape of {op}: {e}"
+                    ),
+                )
             }),
         )
     }
@@ -76,7 +82,7 @@ impl StreamStore for DelegatingStreams {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item});
         match self.provider::<Value>("get", stream, input).await {
             Some(r) => r.map(|v| (!v.is_null()).then_some(v)),
@@ -90,7 +96,7 @@ impl StreamStore for DelegatingStreams {
         group: &str,
         item: &str,
         value: &Value,
-    ) -> Result<SetResult, PluginError> {
+    ) -> Result<SetResult, AdapterError> {
         let input =
             json!({"stream_name": stream, "group_id": group, "item_id": item, "data": value});
         match self.provider("set", stream, input).await {
@@ -104,7 +110,7 @@ impl StreamStore for DelegatingStreams {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item});
         match self.provider::<Deleted>("delete", stream, input).await {
             Some(r) => r.map(|d| d.old_value),
@@ -118,7 +124,7 @@ impl StreamStore for DelegatingStreams {
         group: &str,
         item: &str,
         ops: &[UpdateOp],
-    ) -> Result<UpdateResult, PluginError> {
+    ) -> Result<UpdateResult, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group, "item_id": item, "ops": ops});
         match self.provider("update", stream, input).await {
             Some(r) => r,
@@ -126,7 +132,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list(&self, stream: &str, group: &str) -> Result<Vec<Value>, PluginError> {
+    async fn list(&self, stream: &str, group: &str) -> Result<Vec<Value>, AdapterError> {
         let input = json!({"stream_name": stream, "group_id": group});
         match self.provider("list", stream, input).await {
             Some(r) => r,
@@ -134,7 +140,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list_groups(&self, stream: &str) -> Result<Vec<String>, PluginError> {
+    async fn list_groups(&self, stream: &str) -> Result<Vec<String>, AdapterError> {
         match self
             .provider("list_groups", stream, json!({"stream_name": stream}))
             .await
@@ -144,7 +150,7 @@ impl StreamStore for DelegatingStreams {
         }
     }
 
-    async fn list_all(&self) -> Result<Vec<StreamGroups>, PluginError> {
+    async fn list_all(&self) -> Result<Vec<StreamGroups>, AdapterError> {
         self.inner.list_all().await
     }
 }
