@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Component, InstancePre};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 
 use crate::cache::CacheOutcome;
 use crate::caps::{AdapterCtx, Capabilities};
+use crate::containment::{self, Contained, Limits, Observed};
 use crate::error::PluginError;
 use crate::host::HostInner;
 use crate::worlds::{GuestError, WorldBinding};
@@ -41,20 +42,12 @@ pub(crate) struct Slot<W: WorldBinding> {
     gave_up: Option<GaveUp>,
 }
 
-/// Per-call limits of one adapter, from its grants.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallLimits {
-    pub(crate) deadline_ms: u64,
-    pub(crate) memory_mb: u64,
-    pub(crate) fuel: Option<u64>,
-}
-
 /// Everything [`Adapter::start`] needs besides the host.
 pub(crate) struct StartArgs<'a> {
     pub(crate) label: String,
     pub(crate) component: &'a Component,
     pub(crate) caps: Capabilities,
-    pub(crate) limits: CallLimits,
+    pub(crate) limits: Limits,
     pub(crate) cache: CacheOutcome,
 }
 
@@ -67,7 +60,7 @@ pub struct Adapter<W: WorldBinding> {
     pre: InstancePre<AdapterCtx>,
     indices: W::Indices,
     caps: Capabilities,
-    pub(crate) limits: CallLimits,
+    pub(crate) limits: Limits,
     cache: CacheOutcome,
     pub(crate) slot: tokio::sync::Mutex<Slot<W>>,
 }
@@ -181,41 +174,26 @@ impl<W: WorldBinding> Adapter<W> {
         err: wasmtime::Error,
         deadline_ms: u64,
     ) -> PluginError {
-        let adapter = self.label.clone();
-        if store.data().limiter.hit {
-            return PluginError::MemoryLimit {
-                adapter,
-                limit_mb: self.limits.memory_mb,
-            };
-        }
-        if let Some(d) = store.data().denials.lock().first() {
-            return PluginError::CapabilityDenied {
-                adapter,
-                capability: d.clone(),
-            };
-        }
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginError::DeadlineExceeded {
-                adapter,
-                deadline_ms,
-            },
-            Some(Trap::OutOfFuel) => PluginError::FuelExhausted {
-                adapter,
-                fuel: self.limits.fuel.unwrap_or(0),
-            },
-            _ => PluginError::Trap {
-                adapter,
-                message: format!("{err:#}"),
-            },
+        let data = store.data();
+        let denials = data.denials.lock();
+        let observed = Observed {
+            memory_hit: data.limiter.hit,
+            denial: denials.first().map(String::as_str),
+        };
+        PluginError::Contained {
+            adapter: self.label.clone(),
+            cause: containment::classify(&err, observed, &self.limits, deadline_ms),
         }
     }
 
     /// An error the adapter returned, unless a capability denial explains it better.
     fn adapter_error(&self, store: &Store<AdapterCtx>, e: GuestError) -> PluginError {
         if let Some(d) = store.data().denials.lock().first() {
-            return PluginError::CapabilityDenied {
+            return PluginError::Contained {
                 adapter: self.label.clone(),
-                capability: d.clone(),
+                cause: Contained::CapabilityDenied {
+                    capability: d.clone(),
+                },
             };
         }
         PluginError::Adapter {

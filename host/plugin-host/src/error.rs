@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use iii_adapter_api::{AdapterError, AdapterErrorKind};
 
+use crate::containment::Contained;
+
 /// Everything that can go wrong loading or calling an adapter. Each variant
 /// names the adapter (its `name:` or `path:` as configured) so a message in
 /// a log points at the config entry to fix.
@@ -44,20 +46,8 @@ pub enum PluginError {
     #[error("adapter `{adapter}` failed to initialise: {message}")]
     Init { adapter: String, message: String },
 
-    #[error("adapter `{adapter}` trapped: {message}")]
-    Trap { adapter: String, message: String },
-
-    #[error("adapter `{adapter}` exceeded its deadline of {deadline_ms} ms and was stopped (raise `grants.deadline_ms` if the work is legitimate)")]
-    DeadlineExceeded { adapter: String, deadline_ms: u64 },
-
-    #[error("adapter `{adapter}` hit its memory cap of {limit_mb} MiB (raise `grants.memory_mb` if the data is legitimate)")]
-    MemoryLimit { adapter: String, limit_mb: u64 },
-
-    #[error("adapter `{adapter}` ran out of fuel ({fuel} units per call)")]
-    FuelExhausted { adapter: String, fuel: u64 },
-
-    #[error("adapter `{adapter}` was denied a capability it was not granted: {capability}")]
-    CapabilityDenied { adapter: String, capability: String },
+    #[error("adapter `{adapter}` {cause}")]
+    Contained { adapter: String, cause: Contained },
 
     #[error("adapter `{adapter}` reported {kind}: {message}")]
     Adapter {
@@ -94,13 +84,7 @@ impl PluginError {
     /// True when the adapter instance was lost (trap, deadline, memory cap)
     /// and the supervisor restarted it.
     pub fn is_instance_failure(&self) -> bool {
-        matches!(
-            self,
-            PluginError::Trap { .. }
-                | PluginError::DeadlineExceeded { .. }
-                | PluginError::MemoryLimit { .. }
-                | PluginError::FuelExhausted { .. }
-        )
+        matches!(self, PluginError::Contained { cause, .. } if cause.loses_the_instance())
     }
 }
 
@@ -109,11 +93,10 @@ impl PluginError {
 impl From<PluginError> for AdapterError {
     fn from(e: PluginError) -> Self {
         let kind = match &e {
-            PluginError::Trap { .. }
-            | PluginError::DeadlineExceeded { .. }
-            | PluginError::MemoryLimit { .. }
-            | PluginError::FuelExhausted { .. }
-            | PluginError::GaveUp { .. } => AdapterErrorKind::Unavailable,
+            PluginError::Contained { cause, .. } if cause.loses_the_instance() => {
+                AdapterErrorKind::Unavailable
+            }
+            PluginError::GaveUp { .. } => AdapterErrorKind::Unavailable,
             PluginError::Adapter { kind, .. } => *kind,
             _ => AdapterErrorKind::Other,
         };
@@ -127,9 +110,12 @@ mod tests {
 
     #[test]
     fn services_get_the_kind_and_the_full_message() {
-        let e: AdapterError = PluginError::DeadlineExceeded {
+        let e: AdapterError = PluginError::Contained {
             adapter: "kv".into(),
-            deadline_ms: 50,
+            cause: Contained::DeadlineExceeded {
+                deadline_ms: 50,
+                knob: "grants.deadline_ms",
+            },
         }
         .into();
         assert_eq!(e.kind, AdapterErrorKind::Unavailable);
@@ -156,6 +142,18 @@ mod tests {
         }
         .into();
         assert!(e.is_instance_failure());
+        let e: AdapterError = PluginError::Contained {
+            adapter: "kv".into(),
+            cause: Contained::CapabilityDenied {
+                capability: "network tcp connect to 10.0.0.1:80".into(),
+            },
+        }
+        .into();
+        assert_eq!(
+            e.kind,
+            AdapterErrorKind::Other,
+            "a denial does not lose the instance"
+        );
         let e: AdapterError = PluginError::MissingFile {
             path: "/x.wasm".into(),
         }

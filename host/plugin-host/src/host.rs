@@ -13,9 +13,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use async_trait::async_trait;
 use iii_adapter_api::{AdapterError, AdapterLoader, AdapterSource, AdapterSpec};
 
-use crate::adapter::{Adapter, CallLimits, StartArgs};
+use crate::adapter::{Adapter, StartArgs};
 use crate::cache::{self, CacheOutcome, CodeCache};
 use crate::caps::{AdapterCtx, Capabilities};
+use crate::containment::Limits;
 use crate::embedded;
 use crate::error::PluginError;
 use crate::worlds::{self, WorldBinding};
@@ -220,10 +221,12 @@ impl PluginHost {
         let bytes = self.resolve_bytes(spec)?;
         let (component, cache) = self.compile(&bytes, &label)?;
         let caps = Capabilities::new(&label, spec.config.clone(), g, &self.inner.cfg.base_dir)?;
-        let limits = CallLimits {
+        let limits = Limits {
             deadline_ms: g.deadline_ms(),
             memory_mb: g.memory_mb(),
             fuel: g.fuel,
+            deadline_knob: "grants.deadline_ms",
+            memory_knob: "grants.memory_mb",
         };
         Adapter::start(
             self.inner.clone(),

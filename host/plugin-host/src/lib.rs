@@ -19,6 +19,7 @@
 mod adapter;
 mod cache;
 mod caps;
+mod containment;
 pub mod embedded;
 mod error;
 mod host;
@@ -28,6 +29,7 @@ pub mod worlds;
 pub use adapter::Adapter;
 pub use cache::CacheOutcome;
 pub use caps::{AdapterCtx, GUEST_DATA_DIR};
+pub use containment::Contained;
 pub use error::PluginError;
 pub use host::{HostConfig, PluginHost};
 pub use iii_adapter_api::{

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use iii_plugin_host::{
-    AdapterErrorKind, AdapterSpec, AdapterWorld, Grants, PluginError, StateStore, StateWorld,
-    StreamWorld,
+    AdapterErrorKind, AdapterSpec, AdapterWorld, Contained, Grants, PluginError, StateStore,
+    StateWorld, StreamWorld,
 };
 use serde_json::{json, Map, Value};
 
@@ -52,8 +52,11 @@ async fn infinite_loop_hits_the_deadline_while_others_are_served() {
     assert!(
         matches!(
             err,
-            PluginError::DeadlineExceeded {
-                deadline_ms: 1_500,
+            PluginError::Contained {
+                cause: Contained::DeadlineExceeded {
+                    deadline_ms: 1_500,
+                    ..
+                },
                 ..
             }
         ),
@@ -90,7 +93,16 @@ async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
         t.elapsed()
     );
     let err = spinner.await.unwrap().unwrap_err();
-    assert!(matches!(err, PluginError::DeadlineExceeded { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::DeadlineExceeded { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +120,13 @@ async fn memory_bomb_hits_the_cap() {
         .unwrap();
     let err = bomb.set("s", "k", &json!(1)).await.unwrap_err();
     assert!(
-        matches!(err, PluginError::MemoryLimit { limit_mb: 16, .. }),
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::MemoryLimit { limit_mb: 16, .. },
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("memory cap of 16 MiB"), "{err}");
@@ -132,7 +150,10 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
     let denied = host.load_adapter::<StateWorld>(&spec).await.unwrap();
     let err = denied.get("s", "k").await.unwrap_err();
     match &err {
-        PluginError::CapabilityDenied { capability, .. } => {
+        PluginError::Contained {
+            cause: Contained::CapabilityDenied { capability, .. },
+            ..
+        } => {
             assert!(
                 capability.contains(&target) && capability.contains("tcp connect"),
                 "{capability}"
@@ -150,7 +171,16 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
         .get("s", "k")
         .await
         .unwrap_err();
-    assert!(matches!(err, PluginError::CapabilityDenied { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::CapabilityDenied { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Granting the address (by name: localhost resolves to it) lets it through.
     let port = target.rsplit(':').next().unwrap();
     let mut granted = spec.clone();
@@ -175,7 +205,10 @@ async fn always_trapping_plugin_is_restarted_then_given_up() {
     let mut gave_up = None;
     for _ in 0..10 {
         match trapper.get("s", "k").await {
-            Err(PluginError::Trap { message, .. }) => {
+            Err(PluginError::Contained {
+                cause: Contained::Trap { message, .. },
+                ..
+            }) => {
                 assert!(
                     message.contains("unreachable") || message.contains("trap"),
                     "{message}"
@@ -226,7 +259,16 @@ async fn deadline_failure_restarts_the_instance_and_it_serves_again() {
         .unwrap();
     for _ in 0..2 {
         let e = a.get("s", "k").await.unwrap_err();
-        assert!(matches!(e, PluginError::DeadlineExceeded { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                PluginError::Contained {
+                    cause: Contained::DeadlineExceeded { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     assert_eq!(a.restarts().await, 2);
 }
@@ -284,8 +326,11 @@ async fn fuel_grant_bounds_a_call_deterministically() {
     assert!(
         matches!(
             err,
-            PluginError::FuelExhausted {
-                fuel: 5_000_000,
+            PluginError::Contained {
+                cause: Contained::FuelExhausted {
+                    fuel: 5_000_000,
+                    ..
+                },
                 ..
             }
         ),
