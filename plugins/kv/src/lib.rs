@@ -175,9 +175,11 @@ mod component {
             None => OnCorruption::Refuse,
             Some(Value::String(s)) if s == "refuse" => OnCorruption::Refuse,
             Some(Value::String(s)) if s == "salvage" => OnCorruption::Salvage,
-            Some(v) => return Err(Error::InvalidInput(format!(
+            Some(v) => {
+                return Err(Error::InvalidInput(format!(
                 "config `on_corruption` must be \"refuse\" (the default) or \"salvage\", got {v}"
-            ))),
+            )))
+            }
         };
         let defaults = Options::default();
         let max_value = config_u64("max_value_bytes", defaults.max_value_bytes as u64)?;
@@ -344,7 +346,7 @@ mod component {
             with_kv(|kv| {
                 let (new, result) =
                     run_update(kv.state_get(&scope, &key).map_err(store_error)?, ops)?;
-                kv.state_set(&scope, &key, new).map_err(store_error)?;
+                kv.state_put(&scope, &key, new).map_err(store_error)?;
                 Ok(result)
             })
         }
@@ -398,7 +400,7 @@ mod component {
                     kv.stream_get(&stream, &group, &item).map_err(store_error)?,
                     ops,
                 )?;
-                kv.stream_set(&stream, &group, &item, new)
+                kv.stream_put(&stream, &group, &item, new)
                     .map_err(store_error)?;
                 Ok(result)
             })

@@ -439,10 +439,18 @@ impl Kv {
     ) -> Result<Option<String>, StoreError> {
         self.check_value(&value)?;
         let old = self.state_get(scope, key)?;
+        self.state_put(scope, key, value)?;
+        Ok(old)
+    }
+
+    /// Stores `value` durably without reading back the value it replaces
+    /// (`update` has read it already).
+    pub fn state_put(&mut self, scope: &str, key: &str, value: String) -> Result<(), StoreError> {
+        self.check_value(&value)?;
         let slot = self.log_put(TABLE_STATE, &[scope, key], value)?;
         self.put_state(scope, key, slot);
         self.maybe_compact();
-        Ok(old)
+        Ok(())
     }
 
     /// Removes `scope`/`key`; returns the removed value.
@@ -498,10 +506,23 @@ impl Kv {
     ) -> Result<Option<String>, StoreError> {
         self.check_value(&value)?;
         let old = self.stream_get(s, g, i)?;
+        self.stream_put(s, g, i, value)?;
+        Ok(old)
+    }
+
+    /// Stores an item durably without reading back the one it replaces.
+    pub fn stream_put(
+        &mut self,
+        s: &str,
+        g: &str,
+        i: &str,
+        value: String,
+    ) -> Result<(), StoreError> {
+        self.check_value(&value)?;
         let slot = self.log_put(TABLE_STREAM, &[s, g, i], value)?;
         self.put_stream(s, g, i, slot);
         self.maybe_compact();
-        Ok(old)
+        Ok(())
     }
 
     /// Removes an item; returns it.

@@ -1,0 +1,287 @@
+//! Durability of the builtin kv adapter against the real binary: state far larger than the
+//! adapter's memory survives SIGKILL and the engine boots with bounded memory; a flipped byte
+//! mid-log stops start-up with a precise message, and `on_corruption: salvage` keeps the
+//! records on both sides of the damage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iii_tests::{iii_bin, EngineProc, RawWorker};
+use serde_json::{json, Value};
+
+const MIB: usize = 1024 * 1024;
+
+fn config(ws: u16, http: u16, state_extra: &str, kv_config: &str) -> String {
+    format!(
+        "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{{state_extra}adapter: {{name: kv, config: {{{kv_config}}}}}}}\n"
+    )
+}
+
+async fn ok(w: &mut RawWorker, f: &str, data: Value) -> Value {
+    let r = w.call(f, data).await;
+    assert!(r.get("error").is_none(), "{f} failed: {r}");
+    r.get("result").cloned().unwrap_or(Value::Null)
+}
+
+fn state_log(e: &EngineProc) -> PathBuf {
+    e.dir.join(".iii/data/state/kv.wal")
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Waits until `needle` occurs `n` times in the engine's log; returns the log.
+fn wait_for_count(e: &EngineProc, needle: &str, n: usize, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = e.log();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not seen {n} times:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A 4 MiB JSON string value that differs per key.
+fn big_value(i: usize) -> String {
+    let unit = format!("{i:04}-abcdefghijklmnopqrstuvwxyz-");
+    let mut s = unit.repeat(4 * MIB / unit.len() + 1);
+    s.truncate(4 * MIB - 2); // with the quotes, 4 MiB of JSON
+    s
+}
+
+#[tokio::test]
+async fn a_gib_of_state_survives_sigkill_and_the_engine_boots_with_bounded_memory() {
+    let values = 256; // 256 × 4 MiB = 1 GiB
+    let mut e = EngineProc::start_with(|ws, http| {
+        config(ws, http, "max_value_bytes: 8388608, ", "")
+    });
+    let mut w = RawWorker::connect(&e.url()).await;
+    let t0 = Instant::now();
+    for i in 0..values {
+        let r = w
+            .call(
+                "state::set",
+                json!({"scope": "big", "key": format!("k{i}"), "value": big_value(i)}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "set k{i} failed: {r}");
+    }
+    let write_s = t0.elapsed().as_secs_f64();
+    let rss_before = rss_kib(e.child.id());
+    let log_bytes = std::fs::metadata(state_log(&e)).unwrap().len();
+    assert!(log_bytes >= (values * 4 * MIB) as u64, "{log_bytes}");
+
+    // Every write was acknowledged: kill the engine now.
+    let t1 = Instant::now();
+    e.kill9_and_restart();
+    wait_for_count(&e, "state service ready", 2, Duration::from_secs(60));
+    let restart_s = t1.elapsed().as_secs_f64();
+    let rss_after_restart = rss_kib(e.child.id());
+
+    let mut w = RawWorker::connect(&e.url()).await;
+    let t2 = Instant::now();
+    for i in 0..values {
+        let got = ok(
+            &mut w,
+            "state::get",
+            json!({"scope": "big", "key": format!("k{i}")}),
+        )
+        .await;
+        assert!(
+            got.as_str() == Some(big_value(i).as_str()),
+            "k{i} did not read back intact ({} bytes)",
+            got.as_str().map_or(0, str::len)
+        );
+    }
+    let read_s = t2.elapsed().as_secs_f64();
+    let rss_after_reads = rss_kib(e.child.id());
+
+    // A list of the whole GiB cannot fit one call: a structured refusal, not a dead adapter.
+    let r = w.call("state::list", json!({"scope": "big"})).await;
+    let msg = r["error"].to_string();
+    assert!(msg.contains("max_list_bytes"), "{r}");
+    assert_eq!(
+        ok(&mut w, "state::list_groups", json!({})).await,
+        json!({"groups": ["big"]})
+    );
+    // … and the adapter still serves afterwards.
+    let got = ok(&mut w, "state::get", json!({"scope": "big", "key": "k7"})).await;
+    assert_eq!(got.as_str().map(str::len), Some(4 * MIB - 2));
+
+    println!("| values | log bytes | write | restart (replay) | read back | RSS before kill | RSS after restart | RSS after reads |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {values} x 4 MiB | {log_bytes} | {write_s:.1} s | {restart_s:.2} s | {read_s:.1} s | {} MiB | {} MiB | {} MiB |",
+        rss_before / 1024,
+        rss_after_restart / 1024,
+        rss_after_reads / 1024
+    );
+    let replay_line = e
+        .log()
+        .lines()
+        .filter(|l| l.contains("opened /data/kv.wal"))
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    println!("adapter: {replay_line}");
+    assert!(
+        rss_after_restart < 400 * 1024,
+        "RSS after restart {} MiB",
+        rss_after_restart / 1024
+    );
+    assert!(
+        rss_after_reads < 400 * 1024,
+        "RSS after reading 1 GiB back {} MiB",
+        rss_after_reads / 1024
+    );
+}
+
+/// Offsets of the records of a v2 kv log (each header: marker, u32 length, u32 crc).
+fn record_offsets(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"IIIKVWL2");
+    let mut at = 8;
+    let mut out = Vec::new();
+    while at + 12 <= bytes.len() {
+        assert_eq!(bytes[at], 0xFF, "record marker at {at}");
+        out.push(at);
+        at += 12 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    out
+}
+
+/// Runs the engine in `dir` expecting it to refuse to start; returns its output.
+fn start_expecting_failure(dir: &Path) -> String {
+    let mut child = Command::new(iii_bin())
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iii");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!status.success(), "engine exited 0:\n{text}");
+            return text;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "engine kept running on a damaged log:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
+    let keys = 1000;
+    let mut e = EngineProc::start_with(|ws, http| config(ws, http, "", ""));
+    let mut w = RawWorker::connect(&e.url()).await;
+    for i in 0..keys {
+        ok(
+            &mut w,
+            "state::set",
+            json!({"scope": "s", "key": format!("k{i}"), "value": {"i": i, "pad": "p".repeat(40)}}),
+        )
+        .await;
+    }
+    let _ = e.child.kill();
+    let _ = e.child.wait();
+
+    // Flip one byte inside the value of record 2 (key k2).
+    let path = state_log(&e);
+    let offs = record_offsets(&path);
+    assert_eq!(offs.len(), keys);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = offs[2] + 40;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = start_expecting_failure(&e.dir);
+    assert!(out.contains("kv.wal"), "names the file:\n{out}");
+    assert!(
+        out.contains(&format!("byte offset {}", offs[2])),
+        "names the offset:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("{} valid records follow", keys - 3)),
+        "counts the records after the damage:\n{out}"
+    );
+    assert!(out.contains("on_corruption: salvage"), "says the way out:\n{out}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "refusing leaves the log untouched"
+    );
+
+    // An unknown policy is a clear config error.
+    let cfg = config(e.ws_port, e.http_port, "", "on_corruption: ignore");
+    std::fs::write(e.dir.join("config.yaml"), cfg).unwrap();
+    let out = start_expecting_failure(&e.dir);
+    assert!(
+        out.contains("on_corruption") && out.contains("\"salvage\""),
+        "names the key and the values:\n{out}"
+    );
+
+    // Opt in to salvage: the engine starts and keeps both sides of the damage.
+    let cfg = config(e.ws_port, e.http_port, "", "on_corruption: salvage");
+    std::fs::write(e.dir.join("config.yaml"), cfg).unwrap();
+    e.kill9_and_restart();
+    let log = e.wait_for_log(&["on_corruption salvage: kept", "state service ready"]);
+    assert!(
+        log.contains(&format!("kept {} valid records ({} keys)", keys - 1, keys - 1)),
+        "{log}"
+    );
+    let saved: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kv.wal.corrupt-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "original saved beside the log");
+    assert_eq!(
+        std::fs::read(path.parent().unwrap().join(&saved[0])).unwrap(),
+        bytes
+    );
+
+    let mut w = RawWorker::connect(&e.url()).await;
+    for i in [0, 1, 3, 4, 500, keys - 1] {
+        assert_eq!(
+            ok(&mut w, "state::get", json!({"scope": "s", "key": format!("k{i}")})).await,
+            json!({"i": i, "pad": "p".repeat(40)}),
+            "k{i}"
+        );
+    }
+    assert_eq!(
+        ok(&mut w, "state::get", json!({"scope": "s", "key": "k2"})).await,
+        Value::Null,
+        "the damaged record is the only loss"
+    );
+    let list = ok(&mut w, "state::list", json!({"scope": "s"})).await;
+    assert_eq!(list.as_array().unwrap().len(), keys - 1);
+}
