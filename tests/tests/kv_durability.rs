@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use iii_tests::{iii_bin, EngineProc, RawWorker};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const MIB: usize = 1024 * 1024;
 
@@ -62,23 +64,77 @@ fn big_value(i: usize) -> String {
     s
 }
 
+/// Invocation ids of [`pipelined`] calls: a UUID whose last group is the call's number.
+const ID_PREFIX: &str = "00000000-0000-4000-8000-";
+
+/// Runs `n` calls of `function_id` with `data(i)` (JSON text), keeping `window` of them in
+/// flight, and hands each answer's raw frame to `check(i, frame)`. The frames are built and
+/// read as text: the answers carry 4 MiB values, and parsing each one in this debug-built test
+/// would dominate its run time. The values used here are ASCII letters, digits and `-`, so a
+/// frame holds `"error"` or the id prefix only where the engine put it.
+async fn pipelined(
+    w: &mut RawWorker,
+    function_id: &str,
+    n: usize,
+    window: usize,
+    data: impl Fn(usize) -> String,
+    check: impl Fn(usize, &str),
+) {
+    let frame = |i: usize| {
+        format!(
+            "{{\"type\":\"invokefunction\",\"invocation_id\":\"{ID_PREFIX}{i:012}\",\"function_id\":\"{function_id}\",\"data\":{}}}",
+            data(i)
+        )
+    };
+    let (mut sent, mut done) = (0, 0);
+    while done < n {
+        while sent < n && sent - done < window {
+            w.ws.send(Message::text(frame(sent))).await.expect("send");
+            sent += 1;
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(60), w.ws.next())
+            .await
+            .expect("no answer within 60 s")
+            .expect("socket closed")
+            .expect("socket error");
+        let Message::Text(t) = msg else { continue };
+        let t = t.as_str();
+        if !t.contains("\"invocationresult\"") {
+            continue;
+        }
+        let at = t.find(ID_PREFIX).expect("answer carries its invocation id") + ID_PREFIX.len();
+        let i: usize = t[at..at + 12].parse().expect("call number");
+        assert!(
+            !t.contains("\"error\""),
+            "call {i} failed: {}",
+            &t[..t.len().min(500)]
+        );
+        check(i, t);
+        done += 1;
+    }
+}
+
 #[tokio::test]
 async fn a_gib_of_state_survives_sigkill_and_the_engine_boots_with_bounded_memory() {
     let values = 256; // 256 × 4 MiB = 1 GiB
-    let mut e = EngineProc::start_with(|ws, http| {
-        config(ws, http, "max_value_bytes: 8388608, ", "")
-    });
+    let mut e =
+        EngineProc::start_with(|ws, http| config(ws, http, "max_value_bytes: 8388608, ", ""));
     let mut w = RawWorker::connect(&e.url()).await;
     let t0 = Instant::now();
-    for i in 0..values {
-        let r = w
-            .call(
-                "state::set",
-                json!({"scope": "big", "key": format!("k{i}"), "value": big_value(i)}),
+    pipelined(
+        &mut w,
+        "state::set",
+        values,
+        4,
+        |i| {
+            format!(
+                "{{\"scope\":\"big\",\"key\":\"k{i}\",\"value\":\"{}\"}}",
+                big_value(i)
             )
-            .await;
-        assert!(r.get("error").is_none(), "set k{i} failed: {r}");
-    }
+        },
+        |_, _| {},
+    )
+    .await;
     let write_s = t0.elapsed().as_secs_f64();
     let rss_before = rss_kib(e.child.id());
     let log_bytes = std::fs::metadata(state_log(&e)).unwrap().len();
@@ -93,19 +149,21 @@ async fn a_gib_of_state_survives_sigkill_and_the_engine_boots_with_bounded_memor
 
     let mut w = RawWorker::connect(&e.url()).await;
     let t2 = Instant::now();
-    for i in 0..values {
-        let got = ok(
-            &mut w,
-            "state::get",
-            json!({"scope": "big", "key": format!("k{i}")}),
-        )
-        .await;
-        assert!(
-            got.as_str() == Some(big_value(i).as_str()),
-            "k{i} did not read back intact ({} bytes)",
-            got.as_str().map_or(0, str::len)
-        );
-    }
+    pipelined(
+        &mut w,
+        "state::get",
+        values,
+        4,
+        |i| format!("{{\"scope\":\"big\",\"key\":\"k{i}\"}}"),
+        |i, frame| {
+            assert!(
+                frame.contains(&format!("\"{}\"", big_value(i))),
+                "k{i} did not read back intact (answer of {} bytes)",
+                frame.len()
+            )
+        },
+    )
+    .await;
     let read_s = t2.elapsed().as_secs_f64();
     let rss_after_reads = rss_kib(e.child.id());
 
@@ -132,8 +190,7 @@ async fn a_gib_of_state_survives_sigkill_and_the_engine_boots_with_bounded_memor
     let replay_line = e
         .log()
         .lines()
-        .filter(|l| l.contains("opened /data/kv.wal"))
-        .last()
+        .rfind(|l| l.contains("opened /data/kv.wal"))
         .unwrap_or_default()
         .to_string();
     println!("adapter: {replay_line}");
@@ -232,7 +289,10 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
         out.contains(&format!("{} valid records follow", keys - 3)),
         "counts the records after the damage:\n{out}"
     );
-    assert!(out.contains("on_corruption: salvage"), "says the way out:\n{out}");
+    assert!(
+        out.contains("on_corruption: salvage"),
+        "says the way out:\n{out}"
+    );
     assert_eq!(
         std::fs::read(&path).unwrap(),
         bytes,
@@ -254,7 +314,11 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     e.kill9_and_restart();
     let log = e.wait_for_log(&["on_corruption salvage: kept", "state service ready"]);
     assert!(
-        log.contains(&format!("kept {} valid records ({} keys)", keys - 1, keys - 1)),
+        log.contains(&format!(
+            "kept {} valid records ({} keys)",
+            keys - 1,
+            keys - 1
+        )),
         "{log}"
     );
     let saved: Vec<_> = std::fs::read_dir(path.parent().unwrap())
@@ -272,7 +336,12 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     let mut w = RawWorker::connect(&e.url()).await;
     for i in [0, 1, 3, 4, 500, keys - 1] {
         assert_eq!(
-            ok(&mut w, "state::get", json!({"scope": "s", "key": format!("k{i}")})).await,
+            ok(
+                &mut w,
+                "state::get",
+                json!({"scope": "s", "key": format!("k{i}")})
+            )
+            .await,
             json!({"i": i, "pad": "p".repeat(40)}),
             "k{i}"
         );
