@@ -259,6 +259,24 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     let keys = 1000;
     let mut e = EngineProc::start_with(|ws, http| config(ws, http, "", ""));
     let mut w = RawWorker::connect(&e.url()).await;
+    // A value larger than the adapter holds (default `max_value_bytes` 16 MiB) is refused at
+    // `set` with a structured invalid-input error, and the adapter keeps serving.
+    let r = w
+        .call(
+            "state::set",
+            json!({"scope": "s", "key": "huge", "value": "x".repeat(17 * MIB)}),
+        )
+        .await;
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("invalid input") || msg.contains("invalid-input"),
+        "{r}"
+    );
+    assert!(msg.contains("max_value_bytes"), "{r}");
+    assert_eq!(
+        ok(&mut w, "state::get", json!({"scope": "s", "key": "huge"})).await,
+        Value::Null
+    );
     for i in 0..keys {
         ok(
             &mut w,

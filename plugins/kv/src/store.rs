@@ -61,6 +61,15 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+    /// A value this instance has no memory left to handle; nothing was written.
+    #[error(
+        "value is {len} bytes of JSON; the kv adapter has not enough memory left to store it \
+         (raise `grants.memory_mb` or lower `max_value_bytes`)"
+    )]
+    NoMemoryFor {
+        /// The value's length.
+        len: usize,
+    },
     /// A `list` whose values together exceed what one call may return.
     #[error(
         "{what} holds {bytes} bytes of values, more than one list call returns \
@@ -81,7 +90,9 @@ impl StoreError {
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            StoreError::ValueTooLarge { .. } | StoreError::ListTooLarge { .. }
+            StoreError::ValueTooLarge { .. }
+                | StoreError::NoMemoryFor { .. }
+                | StoreError::ListTooLarge { .. }
         )
     }
 }
@@ -259,13 +270,23 @@ impl Kv {
         self.compaction_error.take()
     }
 
-    /// Refuses a value the store cannot hold.
+    /// Refuses a value the store cannot hold: over the configured limit, or
+    /// too big for the memory this instance has left to finish the call
+    /// (the returned copy and the replaced value read back). Asking for the
+    /// memory up front turns a would-be trap mid-call into a refusal.
     fn check_value(&self, value: &str) -> Result<(), StoreError> {
         if value.len() > self.opts.max_value_bytes {
             return Err(StoreError::ValueTooLarge {
                 len: value.len(),
                 max: self.opts.max_value_bytes,
             });
+        }
+        let mut headroom: Vec<u8> = Vec::new();
+        if headroom
+            .try_reserve_exact(value.len().saturating_mul(2))
+            .is_err()
+        {
+            return Err(StoreError::NoMemoryFor { len: value.len() });
         }
         Ok(())
     }
