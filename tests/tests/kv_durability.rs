@@ -254,17 +254,20 @@ fn start_expecting_failure(dir: &Path) -> String {
     }
 }
 
+/// The adapter's own value limit in the damage test, below the engine's frame limit.
+const KV_LIMIT: &str = "max_value_bytes: 1048576";
+
 #[tokio::test]
 async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     let keys = 1000;
-    let mut e = EngineProc::start_with(|ws, http| config(ws, http, "", ""));
+    let mut e = EngineProc::start_with(|ws, http| config(ws, http, "", KV_LIMIT));
     let mut w = RawWorker::connect(&e.url()).await;
-    // A value larger than the adapter holds (default `max_value_bytes` 16 MiB) is refused at
-    // `set` with a structured invalid-input error, and the adapter keeps serving.
+    // A value larger than the adapter holds is refused at `set` with a structured
+    // invalid-input error, and the adapter keeps serving.
     let r = w
         .call(
             "state::set",
-            json!({"scope": "s", "key": "huge", "value": "x".repeat(17 * MIB)}),
+            json!({"scope": "s", "key": "huge", "value": "x".repeat(2 * MIB)}),
         )
         .await;
     let msg = r["error"]["message"].as_str().unwrap_or_default();
@@ -318,7 +321,12 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     );
 
     // An unknown policy is a clear config error.
-    let cfg = config(e.ws_port, e.http_port, "", "on_corruption: ignore");
+    let cfg = config(
+        e.ws_port,
+        e.http_port,
+        "",
+        "max_value_bytes: 1048576, on_corruption: ignore",
+    );
     std::fs::write(e.dir.join("config.yaml"), cfg).unwrap();
     let out = start_expecting_failure(&e.dir);
     assert!(
@@ -327,7 +335,12 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     );
 
     // Opt in to salvage: the engine starts and keeps both sides of the damage.
-    let cfg = config(e.ws_port, e.http_port, "", "on_corruption: salvage");
+    let cfg = config(
+        e.ws_port,
+        e.http_port,
+        "",
+        "max_value_bytes: 1048576, on_corruption: salvage",
+    );
     std::fs::write(e.dir.join("config.yaml"), cfg).unwrap();
     e.kill9_and_restart();
     let log = e.wait_for_log(&["on_corruption salvage: kept", "state service ready"]);
