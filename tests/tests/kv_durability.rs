@@ -385,3 +385,69 @@ async fn a_flipped_byte_mid_log_refuses_start_and_salvage_keeps_both_sides() {
     let list = ok(&mut w, "state::list", json!({"scope": "s"})).await;
     assert_eq!(list.as_array().unwrap().len(), keys - 1);
 }
+
+/// CRC-32 (IEEE), bit by bit: enough to write a small log in the old format.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A state put in the v1 format the previous adapter wrote: `len | crc32(payload) | payload`.
+fn v1_put(scope: &str, key: &str, value: &str) -> Vec<u8> {
+    let mut p = vec![1u8, 0, 2];
+    for part in [scope, key, value] {
+        p.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        p.extend_from_slice(part.as_bytes());
+    }
+    let mut out = (p.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32(&p).to_le_bytes());
+    out.extend(p);
+    out
+}
+
+#[tokio::test]
+async fn a_data_directory_in_the_old_format_still_boots() {
+    let mut e = EngineProc::start_with(|ws, http| config(ws, http, "", ""));
+    let _ = e.child.kill();
+    let _ = e.child.wait();
+    let mut log = b"IIIKVWL1".to_vec();
+    log.extend(v1_put("old", "a", r#"{"v":1}"#));
+    log.extend(v1_put("old", "b", r#""two""#));
+    log.extend(v1_put("old", "a", r#"{"v":11}"#));
+    std::fs::write(state_log(&e), &log).unwrap();
+
+    e.kill9_and_restart();
+    e.wait_for_log(&["migrated the log from format v1 to v2"]);
+    let mut w = RawWorker::connect(&e.url()).await;
+    assert_eq!(
+        ok(&mut w, "state::list", json!({"scope": "old"})).await,
+        json!([{"v": 11}, "two"])
+    );
+    ok(
+        &mut w,
+        "state::set",
+        json!({"scope": "old", "key": "c", "value": 3}),
+    )
+    .await;
+    assert_eq!(
+        &std::fs::read(state_log(&e)).unwrap()[..8],
+        b"IIIKVWL2",
+        "rewritten in the current format"
+    );
+    e.kill9_and_restart();
+    let mut w = RawWorker::connect(&e.url()).await;
+    assert_eq!(
+        ok(&mut w, "state::list", json!({"scope": "old"})).await,
+        json!([{"v": 11}, "two", 3])
+    );
+}
