@@ -5,5 +5,6 @@
 
 mod cli;
 mod http_trigger;
+mod kv_durability;
 mod state_stream;
 mod wire;
