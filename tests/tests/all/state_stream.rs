@@ -415,7 +415,10 @@ fn bad_adapter_entries_fail_start_up_clearly() {
         std::fs::write(d.join("config.yaml"), format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n  - name: iii-state\n    config: {{adapter: {adapter}}}\n")).unwrap();
         let (code, _, err) = run_iii(&[], Some(&d));
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("iii-state") && err.contains(expect), "{err}");
+        assert!(
+            err.contains("state service") && err.contains(expect),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }
