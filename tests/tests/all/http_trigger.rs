@@ -225,3 +225,61 @@ async fn streamed_response_through_the_response_channel() {
     assert_eq!(header(&h, "content-type"), Some("text/plain"));
     assert_eq!(b, b"hello world");
 }
+
+/// Upstream 0.22+ names: `- name: http` and `- name: state` start the REST server and the state
+/// service (they used to be accepted and start nothing), and each logs no deprecation.
+#[tokio::test]
+async fn new_service_names_serve_rest_triggers_and_state() {
+    let e = EngineProc::start_with(|ws, http| {
+        format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}}}\n  - name: http\n    config: {{host: 127.0.0.1, port: {http}, default_timeout: 5000}}\n  - name: state\n")
+    });
+    assert_ne!(
+        e.http_port,
+        0,
+        "the REST server did not start:\n{}",
+        e.log()
+    );
+    let mut w = worker_with_route(&e, "hello::get", "hello", "get").await;
+    let req = tokio::spawn(get(e.http_port, "GET", "/hello", vec![], b""));
+    w.serve_one(|_| json!({"status_code": 200, "body": {"hi": true}}))
+        .await;
+    let (status, _, body) = req.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"hi": true})
+    );
+    let r = w
+        .call("state::set", json!({"scope": "s", "key": "k", "value": 7}))
+        .await;
+    assert_eq!(r["result"]["new_value"], 7, "{r}");
+    let r = w
+        .call("state::get", json!({"scope": "s", "key": "k"}))
+        .await;
+    assert_eq!(r["result"], 7, "{r}");
+    assert!(!e.log().contains("deprecated"), "{}", e.log());
+}
+
+/// The old names still work, with one deprecation warning naming the new name.
+#[tokio::test]
+async fn old_service_names_work_with_a_deprecation_warning() {
+    let e = EngineProc::start("");
+    e.wait_for_log(&["`iii-http` is deprecated; write `http`"]);
+}
+
+/// A near miss of a builtin fails start-up with a suggestion instead of being taken for an
+/// external worker (an `rbac:` block on it would otherwise be silently dropped).
+#[test]
+fn a_misspelled_builtin_fails_start_up_with_a_suggestion() {
+    let d = std::env::temp_dir().join(format!("iii-typo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("config.yaml"),
+        "workers:\n  - name: iii_worker_manager\n    config: {port: 0, rbac: {auth_function_id: a::b}}\n",
+    )
+    .unwrap();
+    let (code, _, err) = iii_tests::run_iii(&[], Some(&d));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did you mean `iii-worker-manager`"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
