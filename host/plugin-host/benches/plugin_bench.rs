@@ -9,6 +9,10 @@
 //! * cold load of the embedded kv plugin with and without the compile cache.
 
 #[path = "../tests/all/fixtures.rs"]
+#[expect(
+    dead_code,
+    reason = "the bench needs only the policy fixture, not the components"
+)]
 mod fixtures;
 
 use std::collections::HashMap;
