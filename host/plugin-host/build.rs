@@ -5,8 +5,9 @@
 //! lock of its own, and sharing it would deadlock. Set `III_KV_WASM` to a
 //! prebuilt component to skip the nested build.
 
+mod guest_build;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=III_KV_WASM");
@@ -15,6 +16,10 @@ fn main() {
         return;
     }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("guest_build.rs").display()
+    );
     let root = manifest_dir.join("../..");
     let plugins = root.join("plugins");
     for p in ["Cargo.toml", "Cargo.lock", "kv", "update-ops"] {
@@ -32,35 +37,13 @@ fn main() {
         .map(|t| t.join("wasm-plugins"))
         .unwrap_or_else(|| out_dir.join("wasm-plugins"));
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--manifest-path")
-        .arg(plugins.join("Cargo.toml"))
-        .args(["-p", "iii-kv", "--release", "--target", "wasm32-wasip2"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // Host flags (e.g. -C target-cpu) must not leak into the wasm build.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_PROFILE_RELEASE_LTO",
-        // `cargo clippy` on the host must not turn the guest build into a
-        // lint run (it would also invalidate the guest's fingerprints).
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CLIPPY_ARGS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("running cargo for plugins/kv");
-    if !status.success() {
-        panic!(
-            "building plugins/kv for wasm32-wasip2 failed ({status}); if the target is missing run \
-             `rustup target add wasm32-wasip2` (tests/plugins.sh does this)"
-        );
+    if let Err(e) = guest_build::build(
+        &plugins.join("Cargo.toml"),
+        &["iii-kv"],
+        "wasm32-wasip2",
+        &target_dir,
+    ) {
+        panic!("{e}");
     }
     let wasm = target_dir.join("wasm32-wasip2/release/iii_kv.wasm");
     assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -8,8 +8,12 @@
 //! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
 //! * cold load of the embedded kv plugin with and without the compile cache.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/all/fixtures.rs"]
+#[expect(
+    dead_code,
+    reason = "the bench needs only the policy fixture, not the components"
+)]
+mod fixtures;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -161,7 +165,7 @@ async fn run() {
     );
 
     // Durable set: fsync per write dominates; shown for scale.
-    let dir = common::tempdir();
+    let dir = tempfile::tempdir().expect("tempdir");
     let durable = iii_plugin_host::load::<StateWorld>(
         &host,
         &AdapterSpec::named("kv").with_grants(iii_plugin_host::Grants {
@@ -186,8 +190,7 @@ async fn run() {
     );
 
     // Policy instances.
-    let fx = common::fixtures();
-    let mut spec = PolicySpec::new(&fx.policy);
+    let mut spec = PolicySpec::new(fixtures::policy());
     spec.config.insert("allowed_roles".into(), "admin".into());
     let policy = host.load_policy(&spec).expect("policy");
     let inst = timed(2_000, |_| {
@@ -223,7 +226,7 @@ async fn run() {
         nocache.push(t.elapsed());
         assert_eq!(a.compile_cache(), CacheOutcome::Disabled);
     }
-    let cache_dir = common::tempdir();
+    let cache_dir = tempfile::tempdir().expect("tempdir");
     let cfg = HostConfig {
         cache_dir: Some(cache_dir.path().to_path_buf()),
         ..HostConfig::default()

@@ -11,65 +11,136 @@ use crate::containment::Contained;
 /// a log points at the config entry to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// `name:` is not one of the embedded plugins.
     #[error("unknown adapter `{name}`: builtin adapters are {known}; to load your own, give `path: ./adapter.wasm` instead of `name:`")]
-    UnknownAdapter { name: String, known: String },
+    UnknownAdapter {
+        /// The name asked for.
+        name: String,
+        /// The embedded names, comma-separated.
+        known: String,
+    },
 
+    /// `path:` names no file.
     #[error("adapter file {} does not exist (fix the `path:` of the adapter entry)", path.display())]
-    MissingFile { path: PathBuf },
+    MissingFile {
+        /// The path after resolving it against the host's base dir.
+        path: PathBuf,
+    },
 
+    /// Reading a component, or preparing a data directory, failed.
     #[error("reading {}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
 
+    /// Another adapter (in this or another process) holds the data directory.
     #[error("data directory {} of adapter `{adapter}` is in use by another adapter or engine (give each adapter its own `grants.data_dir`)", path.display())]
-    DataDirInUse { adapter: String, path: PathBuf },
+    DataDirInUse {
+        /// The adapter that asked for it.
+        adapter: String,
+        /// The directory.
+        path: PathBuf,
+    },
 
+    /// The `adapter:` entry is malformed or asks for more than the host allows.
     #[error("invalid adapter spec: {0}")]
     InvalidSpec(String),
 
+    /// The bytes are not a component this engine can compile.
     #[error("adapter `{adapter}` is not a valid WebAssembly component: {reason}")]
-    NotAComponent { adapter: String, reason: String },
+    NotAComponent {
+        /// The adapter's label.
+        adapter: String,
+        /// wasmtime's reason.
+        reason: String,
+    },
 
+    /// The component lacks an export of the world it was loaded as, or has it with other
+    /// signatures.
     #[error("adapter `{adapter}` does not implement world `{world}`: missing export `{export}`")]
     MissingExport {
+        /// The adapter's label.
         adapter: String,
+        /// The world it was loaded as.
         world: String,
+        /// The export, `package/interface@version`.
         export: String,
     },
 
+    /// The component imports something the host does not link.
     #[error("adapter `{adapter}` needs imports this host does not provide: {reason}")]
-    UnsatisfiedImport { adapter: String, reason: String },
-
-    #[error("adapter `{adapter}` failed to initialise: {message}")]
-    Init { adapter: String, message: String },
-
-    #[error("adapter `{adapter}` {cause}")]
-    Contained { adapter: String, cause: Contained },
-
-    #[error("adapter `{adapter}` reported {kind}: {message}")]
-    Adapter {
+    UnsatisfiedImport {
+        /// The adapter's label.
         adapter: String,
-        kind: AdapterErrorKind,
+        /// wasmtime's description of the missing import.
+        reason: String,
+    },
+
+    /// `lifecycle.init` returned an error.
+    #[error("adapter `{adapter}` failed to initialise: {message}")]
+    Init {
+        /// The adapter's label.
+        adapter: String,
+        /// The adapter's error.
         message: String,
     },
 
-    #[error("adapter `{adapter}` returned invalid JSON: {message}")]
-    InvalidJson { adapter: String, message: String },
+    /// The host stopped a call (deadline, memory, fuel, trap) or refused a capability.
+    #[error("adapter `{adapter}` {cause}")]
+    Contained {
+        /// The adapter's label.
+        adapter: String,
+        /// Why.
+        cause: Contained,
+    },
 
+    /// The adapter returned its world's `error`.
+    #[error("adapter `{adapter}` reported {kind}: {message}")]
+    Adapter {
+        /// The adapter's label.
+        adapter: String,
+        /// The adapter's classification.
+        kind: AdapterErrorKind,
+        /// The adapter's message.
+        message: String,
+    },
+
+    /// A JSON text the adapter returned does not parse.
+    #[error("adapter `{adapter}` returned invalid JSON: {message}")]
+    InvalidJson {
+        /// The adapter's label.
+        adapter: String,
+        /// The parse error.
+        message: String,
+    },
+
+    /// The supervisor spent its restart budget; every call fails with this from now on.
     #[error("adapter `{adapter}` was restarted {restarts} times within {window_s} s and has been given up; last failure: {last}")]
     GaveUp {
+        /// The adapter's label.
         adapter: String,
+        /// Restarts within the window.
         restarts: usize,
+        /// The window (`HostConfig::restart_window`).
         window_s: u64,
+        /// The failure that spent the budget.
         last: String,
     },
 
+    /// A loader asked for a world no module of this host binds.
     #[error("the plugin host provides no adapter world `{world}`; it provides {known}")]
-    UnknownWorld { world: String, known: String },
+    UnknownWorld {
+        /// The world asked for.
+        world: String,
+        /// The registered worlds.
+        known: String,
+    },
 
+    /// wasmtime failed outside a plugin call (engine set-up, linking, export loading).
     #[error("wasmtime: {0}")]
     Engine(String),
 }

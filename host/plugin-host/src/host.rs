@@ -36,6 +36,7 @@ pub struct HostConfig {
     pub epoch_tick: Duration,
     /// Restarts allowed within `restart_window` before the supervisor gives up.
     pub max_restarts: usize,
+    /// The sliding window `max_restarts` counts in.
     pub restart_window: Duration,
     /// Deadline for instantiation + `lifecycle.init` (log replay).
     pub init_deadline_ms: u64,
@@ -84,6 +85,8 @@ fn engine_err(e: wasmtime::Error) -> PluginError {
 }
 
 impl PluginHost {
+    /// Builds the engine (pooling allocator sized by `cfg`, epoch interruption), links every
+    /// registered world package's host imports and starts the epoch ticker thread.
     pub fn new(cfg: HostConfig) -> Result<PluginHost, PluginError> {
         let mut pool = PoolingAllocationConfig::new();
         let n = cfg.max_instances;
@@ -142,10 +145,12 @@ impl PluginHost {
         })
     }
 
+    /// The shared wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
 
+    /// The settings the host was built with.
     pub fn config(&self) -> &HostConfig {
         &self.inner.cfg
     }

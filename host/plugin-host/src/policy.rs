@@ -29,33 +29,80 @@ const ENV: &str = "extism:host/env";
 /// Errors of loading and calling policy plugins.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The module file does not exist.
     #[error("policy plugin file {} does not exist", path.display())]
-    MissingFile { path: PathBuf },
+    MissingFile {
+        /// The path after resolving it against the host's base dir.
+        path: PathBuf,
+    },
+    /// Reading the module failed.
     #[error("reading {}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// The bytes are not a core module this engine can compile.
     #[error("policy plugin `{plugin}` is not a valid WebAssembly module: {reason}")]
-    NotAModule { plugin: String, reason: String },
+    NotAModule {
+        /// The plugin's path as configured.
+        plugin: String,
+        /// wasmtime's reason.
+        reason: String,
+    },
+    /// The module imports something beyond the Extism host ABI (typically WASI).
     #[error("policy plugin `{plugin}` needs imports this host does not provide (build it for wasm32-unknown-unknown): {reason}")]
-    UnsatisfiedImport { plugin: String, reason: String },
+    UnsatisfiedImport {
+        /// The plugin's path as configured.
+        plugin: String,
+        /// wasmtime's description of the missing import.
+        reason: String,
+    },
+    /// The called function is not exported.
     #[error("policy plugin `{plugin}` has no exported function `{function}`")]
-    MissingFunction { plugin: String, function: String },
+    MissingFunction {
+        /// The plugin's path as configured.
+        plugin: String,
+        /// The function asked for.
+        function: String,
+    },
+    /// The host stopped the call (deadline, memory, fuel, trap) or refused a capability.
     #[error("policy plugin `{plugin}` {cause}")]
-    Contained { plugin: String, cause: Contained },
+    Contained {
+        /// The plugin's path as configured.
+        plugin: String,
+        /// Why.
+        cause: Contained,
+    },
+    /// The function returned a non-zero code (with the message it set through `error_set`).
     #[error("policy plugin `{plugin}` function `{function}` failed (code {code}): {message}")]
     Failed {
+        /// The plugin's path as configured.
         plugin: String,
+        /// The function.
         function: String,
+        /// Its return code.
         code: i32,
+        /// Its error message, or "no error message".
         message: String,
     },
+    /// The output of [`PolicyPlugin::call`] is not JSON.
     #[error("policy plugin `{plugin}` returned invalid JSON: {message}")]
-    InvalidJson { plugin: String, message: String },
+    InvalidJson {
+        /// The plugin's path as configured.
+        plugin: String,
+        /// The parse error.
+        message: String,
+    },
+    /// The spec asks for fuel on a host built without fuel metering.
     #[error("policy plugin `{plugin}` asks for fuel but the host runs without fuel metering")]
-    FuelUnavailable { plugin: String },
+    FuelUnavailable {
+        /// The plugin's path as configured.
+        plugin: String,
+    },
+    /// wasmtime failed outside a plugin call.
     #[error("wasmtime: {0}")]
     Engine(String),
 }
@@ -67,12 +114,16 @@ pub struct PolicySpec {
     pub path: PathBuf,
     /// String config readable with the PDK's `config::get`.
     pub config: BTreeMap<String, String>,
+    /// Memory cap of one call's instance, in MiB (default 32).
     pub memory_mb: u64,
+    /// Per-call deadline in milliseconds (default 1000).
     pub deadline_ms: u64,
+    /// Fuel units per call; needs `HostConfig::fuel`.
     pub fuel: Option<u64>,
 }
 
 impl PolicySpec {
+    /// The module at `path` with no config and the default limits.
     pub fn new(path: impl Into<PathBuf>) -> PolicySpec {
         PolicySpec {
             path: path.into(),

@@ -81,13 +81,14 @@ pub(crate) struct Package {
     pub(crate) worlds: &'static [World],
 }
 
-/// The type-erased load of one world, as [`iii_adapter_api::AdapterLoader`] needs it.
-type ErasedLoad = for<'a> fn(
-    &'a PluginHost,
-    &'a AdapterSpec,
-) -> Pin<
-    Box<dyn Future<Output = Result<Box<dyn Any + Send + Sync>, PluginError>> + Send + 'a>,
->;
+/// A loaded store (`Arc<W::Store>`), boxed for [`iii_adapter_api::AdapterLoader`].
+type AnyStore = Box<dyn Any + Send + Sync>;
+
+/// The future of an erased load.
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<AnyStore, PluginError>> + Send + 'a>>;
+
+/// The type-erased load of one world.
+type ErasedLoad = for<'a> fn(&'a PluginHost, &'a AdapterSpec) -> LoadFuture<'a>;
 
 /// One world a package provides.
 pub(crate) struct World {
@@ -104,14 +105,11 @@ pub(crate) const fn world<W: WorldBinding>() -> World {
     }
 }
 
-fn load_erased<'a, W: WorldBinding>(
-    host: &'a PluginHost,
-    spec: &'a AdapterSpec,
-) -> Pin<Box<dyn Future<Output = Result<Box<dyn Any + Send + Sync>, PluginError>> + Send + 'a>> {
+fn load_erased<'a, W: WorldBinding>(host: &'a PluginHost, spec: &'a AdapterSpec) -> LoadFuture<'a> {
     Box::pin(async move {
         let adapter = host.load_adapter::<W>(spec).await?;
         let store: Arc<W::Store> = W::into_store(adapter);
-        Ok(Box::new(store) as Box<dyn Any + Send + Sync>)
+        Ok(Box::new(store) as AnyStore)
     })
 }
 

@@ -1,7 +1,8 @@
 //! Hostile and misbuilt plugins are contained and reported; the host keeps
 //! serving everything else.
 
-mod common;
+use crate::fixtures;
+use crate::{host, tempdir};
 
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,14 @@ use serde_json::{json, Map, Value};
 fn hostile(mode: &str, grants: Grants) -> AdapterSpec {
     let mut cfg = Map::new();
     cfg.insert("mode".into(), json!(mode));
-    AdapterSpec::path(&common::fixtures().hostile)
+    AdapterSpec::path(&fixtures::components().hostile)
         .with_config(cfg)
         .with_grants(grants)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_hits_the_deadline_while_others_are_served() {
-    let host = common::host();
+    let host = host();
     let looping = host
         .load_adapter::<StateWorld>(&hostile(
             "loop",
@@ -71,7 +72,7 @@ async fn infinite_loop_hits_the_deadline_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
-    let host = common::host();
+    let host = host();
     let looping = host
         .load_adapter::<StateWorld>(&hostile(
             "loop",
@@ -107,7 +108,7 @@ async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_the_cap() {
-    let host = common::host();
+    let host = host();
     let bomb = host
         .load_adapter::<StateWorld>(&hostile(
             "membomb",
@@ -144,7 +145,7 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
         }
         n
     });
-    let host = common::host();
+    let host = host();
     let mut spec = hostile("connect", Grants::default());
     spec.config.insert("target".into(), json!(target));
     let denied = host.load_adapter::<StateWorld>(&spec).await.unwrap();
@@ -196,7 +197,7 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_trapping_plugin_is_restarted_then_given_up() {
-    let host = common::host();
+    let host = host();
     let trapper = host
         .load_adapter::<StateWorld>(&hostile("trap", Grants::default()))
         .await
@@ -246,7 +247,7 @@ async fn always_trapping_plugin_is_restarted_then_given_up() {
 async fn deadline_failure_restarts_the_instance_and_it_serves_again() {
     // `mode` is read on every call, so a deadline-trapped instance is
     // replaced and the fresh one answers (here it loops again).
-    let host = common::host();
+    let host = host();
     let a = host
         .load_adapter::<StateWorld>(&hostile(
             "loop",
@@ -275,8 +276,8 @@ async fn deadline_failure_restarts_the_instance_and_it_serves_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_world_names_the_missing_export() {
-    let host = common::host();
-    let spec = AdapterSpec::path(&common::fixtures().wrong_world);
+    let host = host();
+    let spec = AdapterSpec::path(&fixtures::components().wrong_world);
     let err = host
         .load_adapter::<StateWorld>(&spec)
         .await
@@ -308,7 +309,7 @@ async fn fuel_grant_bounds_a_call_deterministically() {
         },
     );
     // The shared test host runs without fuel metering: the grant is refused.
-    let err = common::host()
+    let err = host()
         .load_adapter::<StateWorld>(&spec)
         .await
         .err()
@@ -344,7 +345,7 @@ async fn fuel_grant_bounds_a_call_deterministically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_leaves_a_usable_adapter() {
-    let host = common::host();
+    let host = host();
     let mut spec = hostile(
         "slow",
         Grants {
@@ -367,13 +368,13 @@ async fn a_cancelled_call_leaves_a_usable_adapter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_environment_and_no_files_beyond_the_data_dir() {
     std::env::set_var("III_SECRET_FOR_PROBE", "hunter2");
-    let host = common::host();
+    let host = host();
     let ungranted = host
         .load_adapter::<StateWorld>(&hostile("probe", Grants::default()))
         .await
         .unwrap();
     assert_eq!(ungranted.get("s", "k").await.unwrap(), None);
-    let dir = common::tempdir();
+    let dir = tempdir();
     let granted = host
         .load_adapter::<StateWorld>(&hostile(
             "probe",
@@ -390,7 +391,7 @@ async fn no_environment_and_no_files_beyond_the_data_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_see_the_failure_kind_and_the_knob_through_the_loader() {
-    let host = common::host();
+    let host = host();
     let bomb = iii_plugin_host::load::<StateWorld>(
         &host,
         &hostile(
@@ -416,7 +417,7 @@ async fn services_see_the_failure_kind_and_the_knob_through_the_loader() {
     // A load failure keeps the host's message, which names the export.
     let err = iii_plugin_host::load::<StateWorld>(
         &host,
-        &AdapterSpec::path(&common::fixtures().wrong_world),
+        &AdapterSpec::path(&fixtures::components().wrong_world),
     )
     .await
     .err()
@@ -438,7 +439,7 @@ impl AdapterWorld for QueueWorld {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_world_without_a_module_is_named_with_the_ones_there_are() {
-    let err = iii_plugin_host::load::<QueueWorld>(&common::host(), &AdapterSpec::named("kv"))
+    let err = iii_plugin_host::load::<QueueWorld>(&host(), &AdapterSpec::named("kv"))
         .await
         .err()
         .expect("no queue world yet");

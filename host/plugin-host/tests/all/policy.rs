@@ -1,14 +1,15 @@
 //! Extism policy plugins built with the official Rust PDK, run on our own
 //! implementation of the Extism host ABI.
 
-mod common;
+use crate::fixtures;
+use crate::host;
 
 use iii_plugin_host::policy::{PolicyError, PolicySpec};
 use iii_plugin_host::Contained;
 use serde_json::json;
 
 fn spec() -> PolicySpec {
-    let mut s = PolicySpec::new(&common::fixtures().policy);
+    let mut s = PolicySpec::new(fixtures::policy());
     s.config.insert("allowed_roles".into(), "admin,ops".into());
     s.deadline_ms = 200;
     s.memory_mb = 16;
@@ -17,7 +18,7 @@ fn spec() -> PolicySpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_in_json_out_with_config_and_vars() {
-    let p = common::host().load_policy(&spec()).unwrap();
+    let p = host().load_policy(&spec()).unwrap();
     let out = p.call("check", &json!({"role": "admin"})).await.unwrap();
     assert_eq!(out, json!({"allow": true, "role": "admin", "calls": 1}));
     let out = p.call("check", &json!({"role": "guest"})).await.unwrap();
@@ -30,7 +31,7 @@ async fn json_in_json_out_with_config_and_vars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_errors_deadlines_and_memory_are_reported() {
-    let p = common::host().load_policy(&spec()).unwrap();
+    let p = host().load_policy(&spec()).unwrap();
     match p.call("fail", &json!({})).await.unwrap_err() {
         PolicyError::Failed { code, message, .. } => {
             assert_eq!(code, 1);
@@ -74,7 +75,7 @@ async fn plugin_errors_deadlines_and_memory_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_is_not_a_policy_module() {
     let mut s = spec();
-    s.path = common::fixtures().hostile.clone();
-    let e = common::host().load_policy(&s).err().unwrap();
+    s.path = fixtures::components().hostile.clone();
+    let e = host().load_policy(&s).err().unwrap();
     assert!(matches!(e, PolicyError::NotAModule { .. }), "{e}");
 }

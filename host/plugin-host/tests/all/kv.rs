@@ -1,6 +1,6 @@
 //! The embedded kv adapter, called through the host's traits.
 
-mod common;
+use crate::{host, tempdir};
 
 use std::io::Write;
 use std::path::Path;
@@ -20,7 +20,7 @@ fn durable(dir: &Path) -> AdapterSpec {
 }
 
 async fn state(spec: &AdapterSpec) -> Arc<Adapter<StateWorld>> {
-    common::host()
+    host()
         .load_adapter::<StateWorld>(spec)
         .await
         .expect("load kv")
@@ -32,7 +32,7 @@ fn ops(v: Value) -> Vec<UpdateOp> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_set_get_delete_roundtrip() {
-    let dir = common::tempdir();
+    let dir = tempdir();
     let s = state(&durable(dir.path())).await;
     assert_eq!(s.get("users", "u1").await.unwrap(), None);
     let r = s.set("users", "u1", &json!({"name": "ada"})).await.unwrap();
@@ -201,7 +201,7 @@ async fn malformed_ops_are_rejected_before_the_adapter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ops() {
-    let host = common::host();
+    let host = host();
     // Through the loader, as the stream service does: the trait object.
     let s: Arc<dyn StreamStore> =
         iii_plugin_host::load::<StreamWorld>(&host, &AdapterSpec::named("kv"))
@@ -258,7 +258,7 @@ async fn stream_ops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_a_reload() {
-    let dir = common::tempdir();
+    let dir = tempdir();
     {
         let s = state(&durable(dir.path())).await;
         s.set("a", "1", &json!({"v": 1})).await.unwrap();
@@ -281,7 +281,7 @@ async fn writes_survive_a_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_tail_is_ignored_without_losing_earlier_writes() {
-    let dir = common::tempdir();
+    let dir = tempdir();
     {
         let s = state(&durable(dir.path())).await;
         s.set("s", "k1", &json!("one")).await.unwrap();
@@ -319,7 +319,7 @@ async fn torn_tail_is_ignored_without_losing_earlier_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_log() {
-    let dir = common::tempdir();
+    let dir = tempdir();
     let mut cfg = Map::new();
     cfg.insert("compact_min_bytes".into(), json!(4096));
     let spec = durable(dir.path()).with_config(cfg);
@@ -360,7 +360,7 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
 
     let mut cfg = Map::new();
     cfg.insert("store_method".into(), json!("file_based"));
-    let err = common::host()
+    let err = host()
         .load_adapter::<StateWorld>(&AdapterSpec::named("kv").with_config(cfg))
         .await
         .err()
@@ -371,7 +371,7 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_names_and_missing_files_are_reported() {
-    let host = common::host();
+    let host = host();
     let err = host
         .load_adapter::<StateWorld>(&AdapterSpec::named("redis"))
         .await
@@ -388,7 +388,7 @@ async fn unknown_names_and_missing_files_are_reported() {
         .err()
         .unwrap();
     assert!(matches!(err, PluginError::MissingFile { .. }), "{err}");
-    let junk = common::tempdir();
+    let junk = tempdir();
     let p = junk.path().join("junk.wasm");
     std::fs::write(&p, b"not wasm at all").unwrap();
     let err = host
@@ -401,7 +401,7 @@ async fn unknown_names_and_missing_files_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_load_hits_the_compiled_code_cache() {
-    let host = common::host();
+    let host = host();
     host.load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
         .await
         .unwrap();
@@ -414,8 +414,8 @@ async fn second_load_hits_the_compiled_code_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_writes_survive_a_reload_and_a_data_dir_has_one_owner() {
-    let dir = common::tempdir();
-    let host = common::host();
+    let dir = tempdir();
+    let host = host();
     {
         let s = host
             .load_adapter::<StreamWorld>(&durable(dir.path()))
