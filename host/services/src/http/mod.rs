@@ -267,3 +267,50 @@ impl Prepared for Bound {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_core::config::EntryReader;
+
+    fn read(yaml: &str) -> Result<HttpConfig, String> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let e = Entry {
+            at: "workers[0](http)".into(),
+            name: "http",
+            config: &config,
+            reader: EntryReader { path: "test.yaml" },
+        };
+        configure(&e).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_default_and_are_read_and_checked() {
+        let d = read("{}").unwrap();
+        assert_eq!(d.body_limit_bytes, DEFAULT_BODY_LIMIT_BYTES);
+        assert_eq!(
+            d.header_read_timeout,
+            Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS)
+        );
+        assert_eq!(
+            d.body_read_timeout,
+            Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS)
+        );
+        let c =
+            read("{body_limit_bytes: 1024, header_read_timeout_ms: 50, body_read_timeout_ms: 70}")
+                .unwrap();
+        assert_eq!(c.body_limit_bytes, 1024);
+        assert_eq!(c.header_read_timeout, Duration::from_millis(50));
+        assert_eq!(c.body_read_timeout, Duration::from_millis(70));
+        for key in [
+            "body_limit_bytes",
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+        ] {
+            let e = read(&format!("{{{key}: 0}}")).unwrap_err();
+            assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
+            let e = read(&format!("{{{key}: lots}}")).unwrap_err();
+            assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
+        }
+    }
+}
