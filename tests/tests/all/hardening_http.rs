@@ -214,8 +214,10 @@ async fn a_body_over_the_limit_is_413_and_never_reaches_the_handler() {
     }
     let chunked = exchange(port, chunked).await;
     assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
-    w.expect_none(Duration::from_millis(300), |v| v["type"] == "invokefunction")
-        .await;
+    w.expect_none(Duration::from_millis(300), |v| {
+        v["type"] == "invokefunction"
+    })
+    .await;
 
     // At the limit it is served.
     let req = tokio::spawn(request(
@@ -223,7 +225,7 @@ async fn a_body_over_the_limit_is_413_and_never_reaches_the_handler() {
         "POST",
         "/echo",
         vec![("Content-Type", "application/json")],
-        vec![b'1'; 65536],
+        [b"\"".to_vec(), vec![b'a'; 65534], b"\"".to_vec()].concat(),
     ));
     w.serve_one(|_| json!({"status_code": 200, "body": "ok"}))
         .await;
@@ -299,7 +301,9 @@ async fn a_504_leaves_no_pending_call_and_no_request_channel() {
             r["access_key"].as_str().expect("key")
         );
         assert!(
-            tokio_tungstenite::connect_async(url.as_str()).await.is_err(),
+            tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .is_err(),
             "the {side} channel of a finished request still accepts its {dir} side"
         );
     }
@@ -351,7 +355,9 @@ async fn the_response_channel_is_freed_with_an_answered_request() {
         r["access_key"].as_str().expect("key")
     );
     assert!(
-        tokio_tungstenite::connect_async(url.as_str()).await.is_err(),
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .is_err(),
         "the response channel of an answered request is still registered"
     );
 }
@@ -372,8 +378,11 @@ async fn the_cached_function_listing_follows_every_change() {
     let mut w = RawWorker::connect(&e.url()).await;
     w.declare("lister", None).await;
     for i in 0..N {
-        w.register_function(&format!("many::f{i:05}"), json!({"description": format!("number {i}")}))
-            .await;
+        w.register_function(
+            &format!("many::f{i:05}"),
+            json!({"description": format!("number {i}")}),
+        )
+        .await;
     }
     w.sync().await;
     let mut timings = Vec::new();
@@ -454,8 +463,11 @@ async fn listing_cost_table() {
     let e = EngineProc::start("");
     let mut w = RawWorker::connect_named(&e.url(), "lister", None).await;
     for i in 0..N {
-        w.register_function(&format!("many::f{i:06}"), json!({"description": "a function"}))
-            .await;
+        w.register_function(
+            &format!("many::f{i:06}"),
+            json!({"description": "a function"}),
+        )
+        .await;
     }
     w.sync().await;
     let pid = e.child.id();

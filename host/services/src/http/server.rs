@@ -238,6 +238,60 @@ impl Drop for RegisteredChannels<'_> {
     }
 }
 
+/// The body as raw JSON if a worker's JSON parser can read it: valid, and every number within
+/// the range of an `f64` (`1e400` is valid JSON that serde_json, and so the Rust SDK, refuses;
+/// upstream turns such a body into `null`). Checked without building a tree.
+fn readable_json(raw: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice::<JsonCheck>(raw).ok()?;
+    serde_json::from_slice(raw).ok()
+}
+
+/// Walks a JSON document, keeping nothing; numbers are read as numbers, so out-of-range ones fail.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, JsonCheck>()?
+            .is_some()
+        {}
+        Ok(JsonCheck)
+    }
+}
+
 fn encode(request: &CallRequest<'_>) -> String {
     // Maps of strings, strings and already-valid JSON: serialising cannot fail.
     serde_json::to_string(request).expect("an HTTP call request serialises")
@@ -493,7 +547,7 @@ impl Server {
             .is_some_and(|ct| ct.contains("application/json"));
         // Invalid JSON is `null`, as upstream; valid JSON is forwarded as the bytes that came.
         let body: Option<&RawValue> = if is_json {
-            serde_json::from_slice(&raw_body).ok()
+            readable_json(&raw_body)
         } else {
             None
         };
@@ -791,6 +845,20 @@ mod tests {
             home_namespace: "default".into(),
             provider: None,
         }
+    }
+
+    #[test]
+    fn a_json_body_is_forwarded_verbatim_only_if_workers_can_read_it() {
+        let ok = br#" {"a": [1, 2.5, -3, "x\u00e9", null, true], "b": {}} "#;
+        assert_eq!(
+            readable_json(ok).map(RawValue::get),
+            Some(r#"{"a": [1, 2.5, -3, "x\u00e9", null, true], "b": {}}"#)
+        );
+        assert!(readable_json(b"1e400").is_none());
+        assert!(readable_json(br#"{"n": [123456789e999]}"#).is_none());
+        assert!(readable_json(b"{\"a\": 1").is_none());
+        assert!(readable_json(b"not json").is_none());
+        assert!(readable_json(&[b'['; 1000]).is_none(), "nesting is bounded");
     }
 
     #[test]
