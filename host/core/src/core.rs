@@ -7,6 +7,7 @@ use iii_protocol::codes;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,19 @@ use crate::channels::Channels;
 use crate::conn::Conn;
 use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::triggers::TriggerRegistry;
+
+/// Takes an in-process call's pending entry out when the call ends in any way, including its
+/// future being dropped. After a result arrived the entry is gone already and this is a no-op.
+struct PendingGuard<'a> {
+    table: &'a PendingTable,
+    id: u128,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.table.take(self.id, None);
+    }
+}
 
 /// The namespace of everything that names none.
 pub const DEFAULT_NS: &str = iii_protocol::ids::DEFAULT_NAMESPACE;
@@ -124,6 +138,8 @@ impl Default for CoreSettings {
 pub(crate) struct Inner {
     pub cfg: CoreSettings,
     pub functions: RwLock<FunctionMap>,
+    /// Bumped on every change a function listing shows (see [`Core::functions_generation`]).
+    pub functions_gen: AtomicU64,
     pub conns: RwLock<HashMap<u128, Arc<Conn>>>,
     /// Live worker names: (namespace, name) → connection id.
     pub names: Mutex<HashMap<(String, String), u128>>,
@@ -174,6 +190,7 @@ impl Core {
             inner: Arc::new(Inner {
                 cfg,
                 functions: RwLock::new(HashMap::new()),
+                functions_gen: AtomicU64::new(0),
                 conns: RwLock::new(HashMap::new()),
                 names: Mutex::new(HashMap::new()),
                 pending: PendingTable::default(),
@@ -219,6 +236,18 @@ impl Core {
             .entry(DEFAULT_NS.into())
             .or_default()
             .insert(spec.id, Arc::new(entry));
+        self.functions_changed();
+    }
+
+    /// A number that changes whenever a function is added or removed or a worker names itself
+    /// (a listing shows worker names): equal numbers mean an unchanged listing, so listings can
+    /// be cached against it.
+    pub fn functions_generation(&self) -> u64 {
+        self.inner.functions_gen.load(Ordering::Acquire)
+    }
+
+    fn functions_changed(&self) {
+        self.inner.functions_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The function `id` in namespace `ns`.
@@ -293,6 +322,7 @@ impl Core {
                 let _ = conn.send(out::function_conflict(ns, id, &owner)).await;
             }
             None => {
+                self.functions_changed();
                 tracing::info!(function_id = id, namespace = ns, worker_id = %conn.id_str, "[REGISTERED] function")
             }
         }
@@ -307,6 +337,7 @@ impl Core {
                 .is_some_and(|c| c.id == conn.id)
             {
                 slot.remove(id);
+                self.functions_changed();
                 tracing::info!(function_id = id, namespace = ns, "[UNREGISTERED] function");
             }
         }
@@ -588,9 +619,15 @@ impl Core {
                         "invocation id collision",
                     ));
                 }
+                // A caller that stops waiting (an HTTP request that timed out, a client that went
+                // away) drops this future; the guard takes the entry out then, so abandoned calls
+                // do not pile up while the callee stays connected.
+                let guard = PendingGuard {
+                    table: &self.inner.pending,
+                    id,
+                };
                 // As in `invoke_from_worker`: a callee whose cleanup already drained its calls.
                 if target.is_closing() {
-                    self.inner.pending.take(id, None);
                     return Err(stopped());
                 }
                 let data = match caller {
@@ -606,13 +643,14 @@ impl Core {
                     baggage: None,
                 });
                 if target.send(frame).await.is_err() {
-                    self.inner.pending.take(id, None);
                     return Err(ErrorBody::new(
                         codes::CHANNEL_SEND_FAILED,
                         "target worker connection closed while sending",
                     ));
                 }
-                rx.await.unwrap_or_else(|_| Err(stopped()))
+                let outcome = rx.await.unwrap_or_else(|_| Err(stopped()));
+                drop(guard);
+                outcome
             }
             Handler::Builtin(func) => {
                 let value: Value = serde_json::from_str(data).map_err(|e| {
@@ -782,6 +820,7 @@ impl Core {
             }
             map.retain(|_, slot| !slot.is_empty());
         }
+        self.functions_changed();
         // 3. Halt every call it made or serves.
         for (id, call) in self.inner.pending.drain_conn(conn.id) {
             let to_self = matches!(&call.waiter, Waiter::Conn { conn: c, .. } if c.id == conn.id);
@@ -964,6 +1003,7 @@ impl Core {
                 Vec::new()
             }
         };
+        self.functions_changed();
         for text in buffered {
             crate::session::apply_registration(self, conn, &ns, &text).await;
         }

@@ -349,3 +349,38 @@ async fn an_in_process_function_called_with_data_it_cannot_read_is_deserializati
     assert_eq!(r["error"]["code"], "deserialization_error", "{r}");
     caller.assert_silent();
 }
+
+#[tokio::test]
+async fn an_in_process_call_given_up_by_its_caller_leaves_the_pending_table() {
+    let core = core();
+    let mut callee = TestConn::connect(&core, DEFAULT_NS);
+    callee.register(&core, function_frame("svc::silent")).await;
+
+    // A caller with a deadline (the REST server's 504) drops the call future when it passes.
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        core.call(DEFAULT_NS, "svc::silent", "{}", None, None),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the callee never answers");
+    callee.expect("invokefunction").await;
+    assert_eq!(core.pending_len(), 0, "the abandoned call is not pending");
+
+    // A caller task that is cancelled (an HTTP client that went away) does the same.
+    let task = {
+        let core = core.clone();
+        tokio::spawn(async move { core.call(DEFAULT_NS, "svc::silent", "{}", None, None).await })
+    };
+    let f = callee.expect("invokefunction").await;
+    assert_eq!(core.pending_len(), 1, "the call is in flight");
+    task.abort();
+    let _ = task.await;
+    assert_eq!(core.pending_len(), 0, "the cancelled call is not pending");
+
+    // A late answer to the abandoned call is ignored, not misrouted.
+    let id = f["invocation_id"].as_str().expect("id").to_string();
+    callee
+        .answer(&core, result_frame(&id, "svc::silent", json!(1)))
+        .await;
+    assert_eq!(core.pending_len(), 0);
+}

@@ -3,6 +3,7 @@
 //! the engine-fired trigger types `engine::functions-available` and
 //! `engine::workers-available`. Config entry `iii-engine-functions`; always on.
 
+mod listing;
 mod views;
 
 use iii_protocol::codes;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use iii_core::service::schema_of;
+use listing::ListingCache;
 use views::{
     binding_summary, binding_worker_name, contains_ci, function_detail, function_summary,
     relevance, trigger_type_info, worker_summaries,
@@ -299,51 +301,62 @@ fn install(reg: &mut Registrar<'_>) {
         .returns(obj(json!({"worker": {"type": "object"}, "functions": {"type": "array"},
             "trigger_types": {"type": "array"}, "registered_triggers": {"type": "array"}}))),
     );
+    let cache = Arc::new(ListingCache::default());
     reg.function(
         FunctionSpec::typed(
             "engine::functions::list",
             "List registered functions",
-            |e: Core, _ctx, i: FunctionsListIn| async move {
-                let mut list: Vec<(u32, Value)> = Vec::new();
-                for func in e.all_functions() {
-                    let hidden = (func.id.starts_with("engine::")
-                        && !func.id.starts_with("engine::queue::"))
-                        || func.is_internal();
-                    if hidden && !i.include_internal {
-                        continue;
-                    }
-                    if i.prefix.as_deref().is_some_and(|p| !func.id.starts_with(p)) {
-                        continue;
-                    }
-                    let wn = func.worker_name();
-                    if i.worker.as_deref().is_some_and(|w| w != wn) {
-                        continue;
-                    }
-                    if i.workers.as_ref().is_some_and(|ws| !ws.contains(&wn)) {
-                        continue;
-                    }
-                    let score = match &i.search {
-                        None => 0,
-                        Some(s) => {
-                            match relevance(&func.id, func.description.as_deref().unwrap_or(""), s)
-                            {
-                                Some(score) => score,
-                                None => continue,
-                            }
+            move |e: Core, _ctx, i: FunctionsListIn| {
+                let cache = cache.clone();
+                async move {
+                    let mut list: Vec<(u32, &Value)> = Vec::new();
+                    let listed = cache.functions(&e);
+                    for f in listed.iter() {
+                        if f.hidden && !i.include_internal {
+                            continue;
                         }
-                    };
-                    list.push((score, function_summary(&func)));
+                        if i.prefix
+                            .as_deref()
+                            .is_some_and(|p| !f.func.id.starts_with(p))
+                        {
+                            continue;
+                        }
+                        if i.worker.as_deref().is_some_and(|w| w != f.worker_name) {
+                            continue;
+                        }
+                        if i.workers
+                            .as_ref()
+                            .is_some_and(|ws| !ws.contains(&f.worker_name))
+                        {
+                            continue;
+                        }
+                        let score = match &i.search {
+                            None => 0,
+                            Some(s) => {
+                                match relevance(
+                                    &f.func.id,
+                                    f.func.description.as_deref().unwrap_or(""),
+                                    s,
+                                ) {
+                                    Some(score) => score,
+                                    None => continue,
+                                }
+                            }
+                        };
+                        list.push((score, &f.summary));
+                    }
+                    if i.search.is_some() {
+                        list.sort_by(|a, b| {
+                            b.0.cmp(&a.0).then_with(|| {
+                                a.1["function_id"]
+                                    .as_str()
+                                    .cmp(&b.1["function_id"].as_str())
+                            })
+                        });
+                    }
+                    let functions: Vec<Value> = list.into_iter().map(|(_, v)| v.clone()).collect();
+                    Ok(json!({ "functions": functions }))
                 }
-                if i.search.is_some() {
-                    list.sort_by(|a, b| {
-                        b.0.cmp(&a.0).then_with(|| {
-                            a.1["function_id"]
-                                .as_str()
-                                .cmp(&b.1["function_id"].as_str())
-                        })
-                    });
-                }
-                Ok(json!({ "functions": list.into_iter().map(|(_, v)| v).collect::<Vec<_>>() }))
             },
         )
         .returns(list_of("functions")),
@@ -577,11 +590,18 @@ fn install(reg: &mut Registrar<'_>) {
 async fn watch_functions(core: Core, every: Duration, stop: CancellationToken) {
     use std::hash::{Hash, Hasher};
     let mut last: Option<u64> = None;
+    let mut last_generation: Option<u64> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        // Unchanged generation, unchanged set: no need to list and hash every function.
+        let generation = core.functions_generation();
+        if last_generation == Some(generation) {
+            continue;
+        }
+        last_generation = Some(generation);
         let funcs = core.all_functions();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for f in &funcs {

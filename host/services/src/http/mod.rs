@@ -40,9 +40,25 @@ pub struct HttpConfig {
     pub default_timeout: Duration,
     /// CORS; `None` allows any origin.
     pub cors: Option<CorsConfig>,
-    /// Requests served at once; more wait.
+    /// Requests served at once; more wait. A request takes its place once its body is read.
     pub concurrency_request_limit: usize,
+    /// The largest request body accepted; a larger one is answered 413.
+    pub body_limit_bytes: usize,
+    /// How long a client may take to send a request's headers (and how long an idle
+    /// keep-alive connection stays open) before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body before it is answered 408.
+    pub body_read_timeout: Duration,
 }
+
+/// Default of `body_limit_bytes`: 32 MiB. A JSON body travels inside one `invokefunction`
+/// message, which workers cap at 64 MiB; half of that leaves room for headers and escaping,
+/// and a laptop holds a few hundred such requests at once.
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 32 << 20;
+/// Default of `header_read_timeout_ms`: 10 s, ample for any real client's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default of `body_read_timeout_ms`: 30 s, the default request timeout: 32 MiB at about 1 MB/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -52,6 +68,9 @@ impl Default for HttpConfig {
             default_timeout: Duration::from_millis(30_000),
             cors: None,
             concurrency_request_limit: 1024,
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
         }
     }
 }
@@ -72,9 +91,32 @@ fn configure(e: &Entry<'_>) -> Result<HttpConfig, ConfigError> {
             "default_timeout",
             "cors",
             "concurrency_request_limit",
+            "body_limit_bytes",
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
             "middleware",
         ],
     )?;
+    let positive = |key: &str, what: &'static str| -> Result<Option<u64>, ConfigError> {
+        let Some(v) = m.get(key) else { return Ok(None) };
+        let at = format!("{at}.{key}");
+        match r.u64(v, &at)? {
+            0 => Err(r.invalid(&at, what, v)),
+            n => Ok(Some(n)),
+        }
+    };
+    if let Some(n) = positive("body_limit_bytes", "a positive number of bytes")? {
+        h.body_limit_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(ms) = positive(
+        "header_read_timeout_ms",
+        "a positive number of milliseconds",
+    )? {
+        h.header_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = positive("body_read_timeout_ms", "a positive number of milliseconds")? {
+        h.body_read_timeout = Duration::from_millis(ms);
+    }
     if let Some(p) = m.get("port") {
         h.port = r.port(p, &format!("{at}.port"))?;
     }
@@ -223,5 +265,52 @@ impl Prepared for Bound {
         Some(Box::pin(server::serve(
             core, b.routes, b.listener, b.cfg, stop,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_core::config::EntryReader;
+
+    fn read(yaml: &str) -> Result<HttpConfig, String> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let e = Entry {
+            at: "workers[0](http)".into(),
+            name: "http",
+            config: &config,
+            reader: EntryReader { path: "test.yaml" },
+        };
+        configure(&e).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_default_and_are_read_and_checked() {
+        let d = read("{}").unwrap();
+        assert_eq!(d.body_limit_bytes, DEFAULT_BODY_LIMIT_BYTES);
+        assert_eq!(
+            d.header_read_timeout,
+            Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS)
+        );
+        assert_eq!(
+            d.body_read_timeout,
+            Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS)
+        );
+        let c =
+            read("{body_limit_bytes: 1024, header_read_timeout_ms: 50, body_read_timeout_ms: 70}")
+                .unwrap();
+        assert_eq!(c.body_limit_bytes, 1024);
+        assert_eq!(c.header_read_timeout, Duration::from_millis(50));
+        assert_eq!(c.body_read_timeout, Duration::from_millis(70));
+        for key in [
+            "body_limit_bytes",
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+        ] {
+            let e = read(&format!("{{{key}: 0}}")).unwrap_err();
+            assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
+            let e = read(&format!("{{{key}: lots}}")).unwrap_err();
+            assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
+        }
     }
 }

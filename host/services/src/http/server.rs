@@ -7,11 +7,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -23,6 +25,15 @@ use iii_core::{CancellationToken, Core};
 use super::HttpConfig;
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+/// The largest WebSocket message the official SDKs accept (PROTOCOL.md §1). A call whose
+/// `invokefunction` frame would be larger is answered 413 here: sent, it would disconnect the
+/// handler's worker instead.
+pub const MAX_WORKER_MESSAGE: usize = 64 << 20;
+
+/// Room left in a frame for everything beside the request's own JSON (type, ids, metadata is
+/// counted separately).
+const FRAME_OVERHEAD: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
@@ -206,6 +217,137 @@ fn envelope(status: StatusCode, code: &str, message: &str) -> Response<Body> {
         .expect("valid response")
 }
 
+/// Request bodies go into the `request_body` channel in chunks of this size.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// The most a declared `content-length` reserves before the bytes arrive.
+const PREALLOCATE_AT_MOST: usize = 1 << 20;
+
+/// Removes a request's data channels from the registry when dropped. A side already opened by a
+/// worker keeps working: its socket holds the channel itself.
+struct RegisteredChannels<'a> {
+    channels: &'a iii_core::channels::Channels,
+    ids: [String; 2],
+}
+
+impl Drop for RegisteredChannels<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.channels.remove(id);
+        }
+    }
+}
+
+/// The body as raw JSON if a worker's JSON parser can read it: valid, and every number within
+/// the range of an `f64` (`1e400` is valid JSON that serde_json, and so the Rust SDK, refuses;
+/// upstream turns such a body into `null`). Checked without building a tree.
+fn readable_json(raw: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice::<JsonCheck>(raw).ok()?;
+    serde_json::from_slice(raw).ok()
+}
+
+/// Walks a JSON document, keeping nothing; numbers are read as numbers, so out-of-range ones fail.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, JsonCheck>()?
+            .is_some()
+        {}
+        Ok(JsonCheck)
+    }
+}
+
+fn encode(request: &CallRequest<'_>) -> String {
+    // Maps of strings, strings and already-valid JSON: serialising cannot fail.
+    serde_json::to_string(request).expect("an HTTP call request serialises")
+}
+
+/// The refusal of a call whose `invokefunction` message would exceed what a worker accepts.
+fn oversized(function_id: &str, data: &str, metadata: Option<&str>) -> Option<Response<Body>> {
+    let size = data.len() + function_id.len() + metadata.map_or(0, str::len) + FRAME_OVERHEAD;
+    if size > MAX_WORKER_MESSAGE {
+        return Some(envelope(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request makes a {size}-byte message for the handler's worker; workers accept at most {MAX_WORKER_MESSAGE} bytes"
+            ),
+        ));
+    }
+    None
+}
+
+/// An error answered before the request body was read to its end: the connection cannot carry
+/// another request, so it is closed.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let mut r = envelope(status, code, message);
+    r.headers_mut().insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// The HttpRequest object of PROTOCOL.md §4.6.1, serialised straight from the request's parts:
+/// a JSON body is spliced in as the bytes that arrived (validated, never parsed into a tree).
+#[derive(Serialize)]
+struct CallRequest<'a> {
+    query_params: &'a HashMap<String, String>,
+    path_params: &'a HashMap<String, String>,
+    headers: &'a serde_json::Map<String, Value>,
+    path: &'a str,
+    method: &'a str,
+    body: Option<&'a RawValue>,
+    trigger: TriggerInfo<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_body: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct TriggerInfo<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    path: &'a str,
+    method: &'a str,
+}
+
 struct Server {
     engine: Core,
     routes: Arc<HttpRoutes>,
@@ -242,13 +384,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
+        let header_timeout = server.cfg.header_read_timeout;
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 async move { Ok::<_, Infallible>(server.handle(req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
+            // The header deadline also bounds how long an idle keep-alive connection stays.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, svc)
                 .await;
         });
@@ -277,14 +423,7 @@ impl Server {
             .get("origin")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut resp = match self.limit.acquire().await {
-            Ok(_permit) => self.handle_inner(req).await,
-            Err(_) => envelope(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::INTERNAL_ERROR,
-                "server is shutting down",
-            ),
-        };
+        let mut resp = self.handle_inner(req).await;
         if let Some(o) = self.cors_origin(origin.as_deref()) {
             if let Ok(v) = o.parse() {
                 resp.headers_mut().insert("access-control-allow-origin", v);
@@ -307,56 +446,146 @@ impl Server {
                 &format!("No route for {method} {path}"),
             );
         };
-        let query_params = iii_core::url::parse_query(req.uri().query().unwrap_or(""));
+        let (parts, body) = req.into_parts();
+        // The body is read before a permit is taken, so a client that trickles its body holds
+        // its own connection and nothing else; the read has its own deadline.
+        let raw_body = match self.read_body(&parts, body).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
+        };
+        let Ok(_permit) = self.limit.acquire().await else {
+            return envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::INTERNAL_ERROR,
+                "server is shutting down",
+            );
+        };
+        self.dispatch(&route, &path_params, &method, &parts, raw_body)
+            .await
+    }
+
+    /// Reads the whole body within `body_read_timeout`, refusing one over `body_limit_bytes`
+    /// (by its declared length before reading anything, else as soon as it grows past it).
+    async fn read_body(
+        &self,
+        parts: &hyper::http::request::Parts,
+        mut body: Incoming,
+    ) -> Result<Bytes, Response<Body>> {
+        let limit = self.cfg.body_limit_bytes;
+        let too_large = || {
+            refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request body is larger than the limit of {limit} bytes (http config `body_limit_bytes`)"
+                ),
+            )
+        };
+        let declared = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        // Preallocate what the client declared, but not more than a little: a declaration alone
+        // must not reserve the whole limit per connection.
+        let initial = declared.map_or(0, |n| n.min(PREALLOCATE_AT_MOST as u64) as usize);
+        let read = async {
+            let mut buf = BytesMut::with_capacity(initial);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    refusal(
+                        StatusCode::BAD_REQUEST,
+                        codes::INVALID_ARGUMENTS,
+                        &format!("could not read the request body: {e}"),
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(too_large());
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(buf.freeze())
+        };
+        match tokio::time::timeout(self.cfg.body_read_timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                codes::TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} ms (http config `body_read_timeout_ms`)",
+                    self.cfg.body_read_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        route: &Route,
+        path_params: &HashMap<String, String>,
+        method: &str,
+        parts: &hyper::http::request::Parts,
+        raw_body: Bytes,
+    ) -> Response<Body> {
+        let query_params = iii_core::url::parse_query(parts.uri.query().unwrap_or(""));
         let mut headers = serde_json::Map::new();
-        for (k, v) in req.headers() {
+        for (k, v) in &parts.headers {
             headers.insert(
                 k.as_str().to_string(),
                 Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
             );
         }
-        let is_json = req
-            .headers()
+        let is_json = parts
+            .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.contains("application/json"));
-        let raw_body = match req.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return envelope(
-                    StatusCode::BAD_REQUEST,
-                    codes::INTERNAL_ERROR,
-                    &format!("could not read the request body: {e}"),
-                )
-            }
-        };
-        let body: Value = if is_json {
-            serde_json::from_slice(&raw_body).unwrap_or(Value::Null)
+        // Invalid JSON is `null`, as upstream; valid JSON is forwarded as the bytes that came.
+        let body: Option<&RawValue> = if is_json {
+            readable_json(&raw_body)
         } else {
-            Value::Null
+            None
         };
-
-        let mut request = json!({
-            "query_params": query_params,
-            "path_params": path_params,
-            "headers": headers,
-            "path": route.path,
-            "method": method,
-            "body": body,
-            "trigger": {"type": "http", "path": route.path, "method": method},
-        });
         let metadata = route.metadata.as_ref().map(Value::to_string);
 
+        // Both channels leave the registry with the request, however it ends (answered, timed
+        // out, client gone): a side nobody connected is not left to the unused-channel sweep.
+        let channels = self.engine.channels();
+        let req_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
+        let resp_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
+        let _registered = RegisteredChannels {
+            channels,
+            ids: [req_ch.id.clone(), resp_ch.id.clone()],
+        };
+        let mut request = CallRequest {
+            query_params: &query_params,
+            path_params,
+            headers: &headers,
+            path: &route.path,
+            method,
+            body,
+            trigger: TriggerInfo {
+                kind: "http",
+                path: &route.path,
+                method,
+            },
+            request_body: None,
+            response: None,
+        };
+
         if let Some(cond) = &route.condition_function_id {
+            let data = encode(&request);
+            if let Some(refused) = oversized(cond, &data, metadata.as_deref()) {
+                return refused;
+            }
             match self
                 .engine
-                .call(
-                    &route.namespace,
-                    cond,
-                    &request.to_string(),
-                    metadata.as_deref(),
-                    None,
-                )
+                .call(&route.namespace, cond, &data, metadata.as_deref(), None)
                 .await
             {
                 Ok(Some(r)) if r.get().trim() == "false" => {
@@ -372,21 +601,26 @@ impl Server {
             }
         }
 
-        let channels = self.engine.channels();
-        let req_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
-        let resp_ch = channels.create(iii_core::channels::DEFAULT_BUFFER);
-        request["request_body"] = req_ch.reference(Direction::Read);
-        request["response"] = resp_ch.reference(Direction::Write);
+        request.request_body = Some(req_ch.reference(Direction::Read));
+        request.response = Some(resp_ch.reference(Direction::Write));
+        let data = encode(&request);
+        drop(request);
+        if let Some(refused) = oversized(&route.function_id, &data, metadata.as_deref()) {
+            return refused;
+        }
         if let Some(tx) = channels.take_writer(&req_ch) {
             tokio::spawn(async move {
-                for chunk in raw_body.chunks(64 * 1024) {
+                let mut at = 0;
+                while at < raw_body.len() {
+                    let end = (at + BODY_CHUNK).min(raw_body.len());
                     if tx
-                        .send(ChanItem::Binary(Bytes::copy_from_slice(chunk)))
+                        .send(ChanItem::Binary(raw_body.slice(at..end)))
                         .await
                         .is_err()
                     {
                         break;
                     }
+                    at = end;
                 }
             });
             channels.side_finished(&req_ch);
@@ -394,18 +628,14 @@ impl Server {
         let rx = channels.take_reader(&resp_ch);
         channels.side_finished(&resp_ch);
 
-        let data = request.to_string();
-        let work = self.run(&route, data, metadata, rx);
-        let resp = match tokio::time::timeout(self.cfg.default_timeout, work).await {
+        let work = self.run(route, data, metadata, rx);
+        match tokio::time::timeout(self.cfg.default_timeout, work).await {
             Ok(r) => r,
             Err(_) => Response::builder()
                 .status(StatusCode::GATEWAY_TIMEOUT)
                 .body(full(Bytes::new()))
                 .expect("valid response"),
-        };
-        // Channels whose other side never connected are not left behind.
-        channels.remove(&req_ch.id);
-        resp
+        }
     }
 
     /// Waits for whichever comes first: a non-null return value (the full response) or the first
@@ -615,6 +845,20 @@ mod tests {
             home_namespace: "default".into(),
             provider: None,
         }
+    }
+
+    #[test]
+    fn a_json_body_is_forwarded_verbatim_only_if_workers_can_read_it() {
+        let ok = br#" {"a": [1, 2.5, -3, "x\u00e9", null, true], "b": {}} "#;
+        assert_eq!(
+            readable_json(ok).map(RawValue::get),
+            Some(r#"{"a": [1, 2.5, -3, "x\u00e9", null, true], "b": {}}"#)
+        );
+        assert!(readable_json(b"1e400").is_none());
+        assert!(readable_json(br#"{"n": [123456789e999]}"#).is_none());
+        assert!(readable_json(b"{\"a\": 1").is_none());
+        assert!(readable_json(b"not json").is_none());
+        assert!(readable_json(&[b'['; 1000]).is_none(), "nesting is bounded");
     }
 
     #[test]
