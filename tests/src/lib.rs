@@ -56,8 +56,6 @@ pub struct EngineProc {
     pub http_port: u16,
     /// Its working directory (config.yaml, engine.log, .iii/data).
     pub dir: PathBuf,
-    /// Renders the config for given ports: port 0 at first start, the bound ports on restart.
-    config: Box<dyn Fn(u16, u16) -> String + Send + Sync>,
 }
 
 impl EngineProc {
@@ -75,7 +73,7 @@ impl EngineProc {
     /// Starts the engine with `config(ws_port, http_port)` as its config.yaml. The first start
     /// passes port 0 for both, so the engine picks free ports itself (no bind-then-drop race)
     /// and the harness reads them from its "listening on" lines.
-    pub fn start_with(config: impl Fn(u16, u16) -> String + Send + Sync + 'static) -> EngineProc {
+    pub fn start_with(config: impl Fn(u16, u16) -> String) -> EngineProc {
         let (ws_port, http_port) = (0, 0);
         let dir = std::env::temp_dir().join(format!("iii-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -94,9 +92,12 @@ impl EngineProc {
             ws_port,
             http_port,
             dir,
-            config: Box::new(config),
         };
         e.wait_ready(0);
+        // From now on the file names the bound ports, so a restart (and a test that edits the
+        // config) keeps them: SDK clients reconnect to the address they know.
+        std::fs::write(e.dir.join("config.yaml"), config(e.ws_port, e.http_port))
+            .expect("write config");
         e
     }
 
@@ -161,12 +162,6 @@ impl EngineProc {
     }
 
     fn restart(&mut self) {
-        // Same ports as before: SDK clients reconnect to the address they know.
-        std::fs::write(
-            self.dir.join("config.yaml"),
-            (self.config)(self.ws_port, self.http_port),
-        )
-        .expect("write config");
         let skip = self.log().len();
         let log = std::fs::OpenOptions::new()
             .append(true)
