@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use iii_core::config::ConfigError;
+use iii_core::limits::ConnLimits;
 use iii_core::listener::{self, WorkerSocketConfig};
 use iii_core::{
     BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
@@ -31,6 +32,7 @@ fn default_listener(index: usize) -> WorkerSocketConfig {
         host: "127.0.0.1".into(),
         port: 49134,
         handshake_timeout: Duration::from_millis(10_000),
+        limits: ConnLimits::default(),
     }
 }
 
@@ -50,8 +52,61 @@ fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, Co
             "middleware_function_id",
             "rbac",
             "handshake_timeout_ms",
+            "max_connections",
+            "max_outbound_bytes",
+            "max_message_bytes",
+            "max_frame_bytes",
+            "max_pending_calls",
+            "max_buffered_registrations",
+            "max_buffered_registration_bytes",
+            "max_registrations",
+            "max_registration_bytes",
+            "max_channel_buffer_bytes",
+            "channel_unclaimed_timeout_ms",
         ],
     )?;
+    let l = &mut wm.limits;
+    for (key, slot) in [
+        ("max_connections", &mut l.max_connections),
+        ("max_outbound_bytes", &mut l.max_outbound_bytes),
+        ("max_message_bytes", &mut l.max_message_bytes),
+        ("max_frame_bytes", &mut l.max_frame_bytes),
+        ("max_pending_calls", &mut l.max_pending_calls),
+        (
+            "max_buffered_registrations",
+            &mut l.max_buffered_registrations,
+        ),
+        (
+            "max_buffered_registration_bytes",
+            &mut l.max_buffered_registration_bytes,
+        ),
+        ("max_registrations", &mut l.max_registrations),
+        ("max_registration_bytes", &mut l.max_registration_bytes),
+        ("max_channel_buffer_bytes", &mut l.max_channel_buffer_bytes),
+    ] {
+        if let Some(v) = m.get(key) {
+            let dotted = format!("{at}.{key}");
+            let n = r.u64(v, &dotted)?;
+            *slot = usize::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| r.invalid(&dotted, "a positive integer", v))?;
+        }
+    }
+    if let Some(v) = m.get("channel_unclaimed_timeout_ms") {
+        let key = format!("{at}.channel_unclaimed_timeout_ms");
+        let ms = r.u64(v, &key)?;
+        if ms == 0 {
+            return Err(r.invalid(&key, "a positive number of milliseconds", v));
+        }
+        l.channel_unclaimed_timeout = Duration::from_millis(ms);
+    }
+    if l.max_frame_bytes > l.max_message_bytes {
+        return Err(r.error(format!(
+            "`{at}.max_frame_bytes` ({}) must not exceed `{at}.max_message_bytes` ({})",
+            l.max_frame_bytes, l.max_message_bytes
+        )));
+    }
     if let Some(p) = m.get("port") {
         wm.port = r.port(p, &format!("{at}.port"))?;
     }
