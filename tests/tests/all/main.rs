@@ -4,6 +4,7 @@
 //! for figures).
 
 mod cli;
+mod hardening_core;
 mod http_trigger;
 mod state_stream;
 mod wire;
