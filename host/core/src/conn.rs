@@ -257,3 +257,48 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(
+        max_outbound_bytes: usize,
+        max_message_bytes: usize,
+    ) -> (Conn, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limits = ConnLimits {
+            max_outbound_bytes,
+            max_message_bytes,
+            ..ConnLimits::default()
+        };
+        let c = Conn::with_limits(1, 2, "x".into(), tx, Arc::default(), Arc::new(limits));
+        (c, rx)
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes_and_a_slow_consumer_is_closed() {
+        let (c, _rx) = conn(100, 1000);
+        // An empty queue takes one frame even past the bound.
+        c.try_send("a".repeat(150)).unwrap();
+        assert_eq!(c.queued_bytes(), 150);
+        assert!(matches!(
+            c.try_send("b".into()),
+            Err(SendError::SlowConsumer { limit: 100 })
+        ));
+        assert!(c.is_closing());
+        assert!(matches!(c.try_send("c".into()), Err(SendError::Closed)));
+    }
+
+    #[test]
+    fn frames_over_the_message_limit_are_refused_and_the_connection_stays() {
+        let (c, mut rx) = conn(10_000, 10);
+        assert!(matches!(
+            c.try_send("x".repeat(11)),
+            Err(SendError::TooLarge { len: 11, limit: 10 })
+        ));
+        assert!(!c.is_closing());
+        c.try_send("ok".into()).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Out::Text(t)) if t == "ok"));
+    }
+}

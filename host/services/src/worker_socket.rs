@@ -213,3 +213,70 @@ impl Prepared for Bound {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_core::config::EntryReader;
+
+    fn parse(yaml: &str) -> Result<WorkerSocketConfig, ConfigError> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test yaml");
+        let e = Entry {
+            at: "workers[0](iii-worker-manager)".into(),
+            name: WORKER,
+            config: &config,
+            reader: EntryReader {
+                path: "config.yaml",
+            },
+        };
+        listener_config(&e, 0)
+    }
+
+    #[test]
+    fn limits_default_and_are_configurable() {
+        let d = parse("port: 1").unwrap();
+        assert_eq!(d.limits, ConnLimits::default());
+        let c = parse(
+            "{max_connections: 7, max_outbound_bytes: 1000, max_pending_calls: 3, \
+             max_message_bytes: 4096, max_frame_bytes: 1024, max_buffered_registrations: 2, \
+             max_buffered_registration_bytes: 99, max_registrations: 5, max_registration_bytes: 77, \
+             max_channel_buffer_bytes: 55, channel_unclaimed_timeout_ms: 1500}",
+        )
+        .unwrap();
+        let l = c.limits;
+        assert_eq!(
+            (l.max_connections, l.max_outbound_bytes, l.max_pending_calls),
+            (7, 1000, 3)
+        );
+        assert_eq!((l.max_message_bytes, l.max_frame_bytes), (4096, 1024));
+        assert_eq!(
+            (
+                l.max_buffered_registrations,
+                l.max_buffered_registration_bytes
+            ),
+            (2, 99)
+        );
+        assert_eq!((l.max_registrations, l.max_registration_bytes), (5, 77));
+        assert_eq!(l.max_channel_buffer_bytes, 55);
+        assert_eq!(l.channel_unclaimed_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_limits_name_their_dotted_key() {
+        let e = parse("max_pending_calls: 0").unwrap_err().to_string();
+        assert!(
+            e.contains("workers[0](iii-worker-manager).config.max_pending_calls")
+                && e.contains("positive"),
+            "{e}"
+        );
+        let e = parse("max_connections: lots").unwrap_err().to_string();
+        assert!(e.contains("config.max_connections"), "{e}");
+        let e = parse("{max_message_bytes: 10, max_frame_bytes: 20}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_frame_bytes") && e.contains("must not exceed"),
+            "{e}"
+        );
+    }
+}
