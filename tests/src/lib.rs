@@ -37,6 +37,7 @@ pub fn iii_bin() -> PathBuf {
     );
 }
 
+/// A port that was free a moment ago, for tests that must name one before the engine starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -47,21 +48,24 @@ pub fn free_port() -> u16 {
 
 /// A running engine in its own temporary directory; killed on drop.
 pub struct EngineProc {
+    /// The engine process.
     pub child: Child,
     /// The worker socket's port, read from the engine's own "listening on" line.
     pub ws_port: u16,
     /// The REST server's port (0 when the config runs none), read the same way.
     pub http_port: u16,
+    /// Its working directory (config.yaml, engine.log, .iii/data).
     pub dir: PathBuf,
     /// Renders the config for given ports: port 0 at first start, the bound ports on restart.
-    config: Box<dyn Fn(u16, u16) -> String + Send>,
+    config: Box<dyn Fn(u16, u16) -> String + Send + Sync>,
 }
 
 impl EngineProc {
     /// Starts the engine with a config that puts the worker socket and the REST server on free
     /// ports; `extra` is appended to the `workers:` list (YAML, indented by two spaces).
     pub fn start(extra: &str) -> EngineProc {
-        Self::start_with(|ws, http| {
+        let extra = extra.to_string();
+        Self::start_with(move |ws, http| {
             format!(
                 "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}, handshake_timeout_ms: 2000}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}, default_timeout: 5000}}\n{extra}"
             )
@@ -71,7 +75,7 @@ impl EngineProc {
     /// Starts the engine with `config(ws_port, http_port)` as its config.yaml. The first start
     /// passes port 0 for both, so the engine picks free ports itself (no bind-then-drop race)
     /// and the harness reads them from its "listening on" lines.
-    pub fn start_with(config: impl Fn(u16, u16) -> String + Send + 'static) -> EngineProc {
+    pub fn start_with(config: impl Fn(u16, u16) -> String + Send + Sync + 'static) -> EngineProc {
         let (ws_port, http_port) = (0, 0);
         let dir = std::env::temp_dir().join(format!("iii-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -179,10 +183,12 @@ impl EngineProc {
         self.wait_ready(skip);
     }
 
+    /// The worker socket's URL.
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.ws_port)
     }
 
+    /// Everything the engine logged so far (all starts).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default()
     }
@@ -215,20 +221,26 @@ impl Drop for EngineProc {
     }
 }
 
+/// The raw WebSocket a [`RawWorker`] speaks on.
 pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
 
 /// A hand-written worker speaking the raw protocol.
 pub struct RawWorker {
+    /// The socket.
     pub ws: Ws,
+    /// The worker id the engine assigned.
     pub worker_id: String,
+    /// The reattach token the engine assigned.
     pub reattach_token: String,
     /// Frames received while waiting for something else.
     backlog: Vec<Value>,
 }
 
+/// How long a test waits for an expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 impl RawWorker {
+    /// Connects and reads the `workerregistered` greeting.
     pub async fn connect(url: &str) -> RawWorker {
         // Like the SDKs, accept messages up to 64 MiB in frames of any size.
         let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
@@ -291,6 +303,7 @@ impl RawWorker {
         w
     }
 
+    /// Calls `engine::workers::register` (void) with a name, this pid and an optional namespace.
     pub async fn declare(&mut self, name: &str, namespace: Option<&str>) {
         let mut data =
             json!({"runtime": "rust-raw", "version": "0", "name": name, "pid": std::process::id()});
@@ -300,6 +313,7 @@ impl RawWorker {
         self.send(json!({"type": "invokefunction", "function_id": "engine::workers::register", "data": data, "action": {"type": "void"}})).await;
     }
 
+    /// Sends a JSON frame.
     pub async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::text(v.to_string()))
@@ -307,6 +321,7 @@ impl RawWorker {
             .expect("send");
     }
 
+    /// Sends raw text (possibly malformed on purpose).
     pub async fn send_text(&mut self, t: &str) {
         self.ws
             .send(Message::text(t.to_string()))
@@ -382,6 +397,7 @@ impl RawWorker {
         }
     }
 
+    /// Sends `registerfunction` with `extra` fields merged in.
     pub async fn register_function(&mut self, id: &str, extra: Value) {
         let mut f = json!({"type": "registerfunction", "id": id});
         if let Value::Object(m) = extra {
@@ -397,6 +413,7 @@ impl RawWorker {
         self.call_with(function_id, data, json!({})).await
     }
 
+    /// [`RawWorker::call`] with `extra` fields merged into the frame.
     pub async fn call_with(&mut self, function_id: &str, data: Value, extra: Value) -> Value {
         let id = uuid::Uuid::new_v4().to_string();
         let mut f = json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data});
@@ -487,6 +504,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The value of header `name` (lower case).
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()

@@ -3,7 +3,8 @@
 //! `cargo bench -p iii-plugin-host --bench plugin_bench`
 //!
 //! * dispatch: a `get`/`set` on the embedded kv component (in memory, no
-//!   backend I/O) against the same operation on an in-process Rust map;
+//!   backend I/O), through `Arc<dyn StateStore>` as services call it, against
+//!   the same operation on an in-process Rust map;
 //! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
 //! * cold load of the embedded kv plugin with and without the compile cache.
 
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use iii_plugin_host::policy::PolicySpec;
-use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost};
+use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost, StateWorld};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -76,8 +77,7 @@ fn main() {
 async fn run() {
     const N: usize = 20_000;
     let host = PluginHost::new(HostConfig::default()).expect("host");
-    let kv = host
-        .load_state_store(&AdapterSpec::named("kv"))
+    let kv = iii_plugin_host::load::<StateWorld>(&host, &AdapterSpec::named("kv"))
         .await
         .expect("kv");
     let value = json!({"name": "ada", "n": 1});
@@ -117,8 +117,7 @@ async fn run() {
     );
 
     // The floor of one component call: no arguments, an empty list back.
-    let empty = host
-        .load_state_store(&AdapterSpec::named("kv"))
+    let empty = iii_plugin_host::load::<StateWorld>(&host, &AdapterSpec::named("kv"))
         .await
         .expect("kv");
     let floor = timed(N, |_| {
@@ -163,15 +162,15 @@ async fn run() {
 
     // Durable set: fsync per write dominates; shown for scale.
     let dir = common::tempdir();
-    let durable = host
-        .load_state_store(
-            &AdapterSpec::named("kv").with_grants(iii_plugin_host::Grants {
-                data_dir: Some(dir.path().to_path_buf()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .expect("durable kv");
+    let durable = iii_plugin_host::load::<StateWorld>(
+        &host,
+        &AdapterSpec::named("kv").with_grants(iii_plugin_host::Grants {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("durable kv");
     let dur_set = timed(500, |i| {
         let kv = &durable;
         let v = json!({"i": i});
@@ -218,10 +217,7 @@ async fn run() {
         let h = PluginHost::new(HostConfig::default()).expect("host");
         let t = Instant::now();
         let a = h
-            .load_adapter(
-                &AdapterSpec::named("kv"),
-                iii_plugin_host::AdapterKind::State,
-            )
+            .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
             .await
             .expect("load");
         nocache.push(t.elapsed());
@@ -235,10 +231,7 @@ async fn run() {
     let t = Instant::now();
     PluginHost::new(cfg.clone())
         .expect("host")
-        .load_adapter(
-            &AdapterSpec::named("kv"),
-            iii_plugin_host::AdapterKind::State,
-        )
+        .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
         .await
         .expect("load");
     let first = t.elapsed();
@@ -248,10 +241,7 @@ async fn run() {
         let h = PluginHost::new(cfg.clone()).expect("host");
         let t = Instant::now();
         let a = h
-            .load_adapter(
-                &AdapterSpec::named("kv"),
-                iii_plugin_host::AdapterKind::State,
-            )
+            .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
             .await
             .expect("load");
         cached.push(t.elapsed());

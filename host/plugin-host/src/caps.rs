@@ -63,8 +63,10 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// Store data of one adapter instance.
-pub(crate) struct Ctx {
+/// Store data of one adapter instance: its WASI context, memory limiter, config and the
+/// capability denials of the current call. Opaque outside the plugin host; world modules
+/// ([`crate::worlds`]) name it in their bindings.
+pub struct AdapterCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
@@ -76,7 +78,7 @@ pub(crate) struct Ctx {
     pub(crate) call_deadline: std::time::Instant,
 }
 
-impl WasiView for Ctx {
+impl WasiView for AdapterCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -85,7 +87,7 @@ impl WasiView for Ctx {
     }
 }
 
-/// Everything needed to build a fresh [`Ctx`] for each (re)start.
+/// Everything needed to build a fresh [`AdapterCtx`] for each (re)start.
 #[derive(Clone)]
 pub(crate) struct Capabilities {
     pub(crate) adapter: Arc<str>,
@@ -145,7 +147,7 @@ impl Capabilities {
         })
     }
 
-    pub(crate) fn build(&self) -> Result<Ctx, PluginError> {
+    pub(crate) fn build(&self) -> Result<AdapterCtx, PluginError> {
         let mut b = WasiCtxBuilder::new();
         // Nothing is inherited: no env, args, stdin; stdout/stderr go nowhere.
         if let Some(dir) = &self.data_dir {
@@ -182,7 +184,7 @@ impl Capabilities {
                 ok
             })
         });
-        Ok(Ctx {
+        Ok(AdapterCtx {
             wasi: b.build(),
             table: ResourceTable::new(),
             limiter: Limiter::new(self.memory_bytes),

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use iii_adapter_api::{AdapterError, AdapterErrorKind};
+
+use crate::containment::Contained;
+
 /// Everything that can go wrong loading or calling an adapter. Each variant
 /// names the adapter (its `name:` or `path:` as configured) so a message in
 /// a log points at the config entry to fix.
@@ -42,20 +46,8 @@ pub enum PluginError {
     #[error("adapter `{adapter}` failed to initialise: {message}")]
     Init { adapter: String, message: String },
 
-    #[error("adapter `{adapter}` trapped: {message}")]
-    Trap { adapter: String, message: String },
-
-    #[error("adapter `{adapter}` exceeded its deadline of {deadline_ms} ms and was stopped (raise `grants.deadline_ms` if the work is legitimate)")]
-    DeadlineExceeded { adapter: String, deadline_ms: u64 },
-
-    #[error("adapter `{adapter}` hit its memory cap of {limit_mb} MiB (raise `grants.memory_mb` if the data is legitimate)")]
-    MemoryLimit { adapter: String, limit_mb: u64 },
-
-    #[error("adapter `{adapter}` ran out of fuel ({fuel} units per call)")]
-    FuelExhausted { adapter: String, fuel: u64 },
-
-    #[error("adapter `{adapter}` was denied a capability it was not granted: {capability}")]
-    CapabilityDenied { adapter: String, capability: String },
+    #[error("adapter `{adapter}` {cause}")]
+    Contained { adapter: String, cause: Contained },
 
     #[error("adapter `{adapter}` reported {kind}: {message}")]
     Adapter {
@@ -75,26 +67,11 @@ pub enum PluginError {
         last: String,
     },
 
+    #[error("the plugin host provides no adapter world `{world}`; it provides {known}")]
+    UnknownWorld { world: String, known: String },
+
     #[error("wasmtime: {0}")]
     Engine(String),
-}
-
-/// The `error` variant of `iii:adapter/types`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdapterErrorKind {
-    InvalidInput,
-    Backend,
-    Other,
-}
-
-impl std::fmt::Display for AdapterErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AdapterErrorKind::InvalidInput => "invalid input",
-            AdapterErrorKind::Backend => "a backend failure",
-            AdapterErrorKind::Other => "an error",
-        })
-    }
 }
 
 impl From<iii_adapter_api::SpecError> for PluginError {
@@ -107,12 +84,80 @@ impl PluginError {
     /// True when the adapter instance was lost (trap, deadline, memory cap)
     /// and the supervisor restarted it.
     pub fn is_instance_failure(&self) -> bool {
-        matches!(
-            self,
-            PluginError::Trap { .. }
-                | PluginError::DeadlineExceeded { .. }
-                | PluginError::MemoryLimit { .. }
-                | PluginError::FuelExhausted { .. }
-        )
+        matches!(self, PluginError::Contained { cause, .. } if cause.loses_the_instance())
+    }
+}
+
+/// What services see: the kind a service maps to a wire code, and this error's text (which
+/// names the adapter and the knob to change) as the message.
+impl From<PluginError> for AdapterError {
+    fn from(e: PluginError) -> Self {
+        let kind = match &e {
+            PluginError::Contained { cause, .. } if cause.loses_the_instance() => {
+                AdapterErrorKind::Unavailable
+            }
+            PluginError::GaveUp { .. } => AdapterErrorKind::Unavailable,
+            PluginError::Adapter { kind, .. } => *kind,
+            _ => AdapterErrorKind::Other,
+        };
+        AdapterError::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_get_the_kind_and_the_full_message() {
+        let e: AdapterError = PluginError::Contained {
+            adapter: "kv".into(),
+            cause: Contained::DeadlineExceeded {
+                deadline_ms: 50,
+                knob: "grants.deadline_ms",
+            },
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::Unavailable);
+        assert!(
+            e.message.contains("`kv`") && e.message.contains("grants.deadline_ms"),
+            "{e}"
+        );
+        let e: AdapterError = PluginError::Adapter {
+            adapter: "kv".into(),
+            kind: AdapterErrorKind::InvalidInput,
+            message: "key too long".into(),
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::InvalidInput);
+        assert_eq!(
+            e.message,
+            "adapter `kv` reported invalid input: key too long"
+        );
+        let e: AdapterError = PluginError::GaveUp {
+            adapter: "kv".into(),
+            restarts: 3,
+            window_s: 60,
+            last: "trapped".into(),
+        }
+        .into();
+        assert!(e.is_instance_failure());
+        let e: AdapterError = PluginError::Contained {
+            adapter: "kv".into(),
+            cause: Contained::CapabilityDenied {
+                capability: "network tcp connect to 10.0.0.1:80".into(),
+            },
+        }
+        .into();
+        assert_eq!(
+            e.kind,
+            AdapterErrorKind::Other,
+            "a denial does not lose the instance"
+        );
+        let e: AdapterError = PluginError::MissingFile {
+            path: "/x.wasm".into(),
+        }
+        .into();
+        assert_eq!(e.kind, AdapterErrorKind::Other);
     }
 }

@@ -10,13 +10,16 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::adapter::{add_imports, Adapter, AdapterKind};
-use crate::api::{StateStore, StreamStore};
+use async_trait::async_trait;
+use iii_adapter_api::{AdapterError, AdapterLoader, AdapterSource, AdapterSpec};
+
+use crate::adapter::{Adapter, StartArgs};
 use crate::cache::{self, CacheOutcome, CodeCache};
-use crate::caps::{Capabilities, Ctx};
+use crate::caps::{AdapterCtx, Capabilities};
+use crate::containment::Limits;
 use crate::embedded;
 use crate::error::PluginError;
-use iii_adapter_api::{AdapterSource, AdapterSpec};
+use crate::worlds::{self, WorldBinding};
 
 /// Host-wide settings (not per adapter).
 #[derive(Debug, Clone)]
@@ -58,7 +61,7 @@ impl Default for HostConfig {
 
 pub(crate) struct HostInner {
     pub(crate) engine: Engine,
-    pub(crate) linker: Linker<Ctx>,
+    pub(crate) linker: Linker<AdapterCtx>,
     pub(crate) cfg: HostConfig,
     cache: Option<CodeCache>,
     stop_ticker: Arc<AtomicBool>,
@@ -106,7 +109,9 @@ impl PluginHost {
         let engine = Engine::new(&config).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
-        add_imports(&mut linker).map_err(engine_err)?;
+        for package in worlds::PACKAGES {
+            (package.add_imports)(&mut linker).map_err(engine_err)?;
+        }
         let cache = match &cfg.cache_dir {
             Some(dir) => Some(CodeCache::new(dir, &engine)?),
             None => None,
@@ -192,12 +197,13 @@ impl PluginHost {
         }
     }
 
-    /// Loads, instantiates and initialises an adapter for `kind`.
-    pub async fn load_adapter(
+    /// Loads, instantiates and initialises an adapter implementing world `W`, e.g.
+    /// `load_adapter::<StateWorld>(&spec)`. Services load through [`AdapterLoader`] instead
+    /// and get the world's store trait object.
+    pub async fn load_adapter<W: WorldBinding>(
         &self,
         spec: &AdapterSpec,
-        kind: AdapterKind,
-    ) -> Result<Arc<Adapter>, PluginError> {
+    ) -> Result<Arc<Adapter<W>>, PluginError> {
         let label = spec.label();
         let g = &spec.grants;
         if g.memory_mb() > self.inner.cfg.max_memory_mb {
@@ -213,35 +219,42 @@ impl PluginHost {
             )));
         }
         let bytes = self.resolve_bytes(spec)?;
-        let (component, outcome) = self.compile(&bytes, &label)?;
+        let (component, cache) = self.compile(&bytes, &label)?;
         let caps = Capabilities::new(&label, spec.config.clone(), g, &self.inner.cfg.base_dir)?;
+        let limits = Limits {
+            deadline_ms: g.deadline_ms(),
+            memory_mb: g.memory_mb(),
+            fuel: g.fuel,
+            deadline_knob: "grants.deadline_ms",
+            memory_knob: "grants.memory_mb",
+        };
         Adapter::start(
-            label,
-            kind,
             self.inner.clone(),
-            &component,
-            caps,
-            g.deadline_ms(),
-            g.memory_mb(),
-            g.fuel,
-            outcome,
+            StartArgs {
+                label,
+                component: &component,
+                caps,
+                limits,
+                cache,
+            },
         )
         .await
     }
+}
 
-    /// Loads an adapter implementing `iii:adapter/state-adapter`.
-    pub async fn load_state_store(
+/// Services load adapters through this: `iii_adapter_api::load::<StateWorld>(&host, &spec)`
+/// gives an `Arc<dyn StateStore>`. The world name picks the registered world module.
+#[async_trait]
+impl AdapterLoader for PluginHost {
+    async fn load_any(
         &self,
+        world: &'static str,
         spec: &AdapterSpec,
-    ) -> Result<Arc<dyn StateStore>, PluginError> {
-        Ok(self.load_adapter(spec, AdapterKind::State).await?)
-    }
-
-    /// Loads an adapter implementing `iii:adapter/stream-adapter`.
-    pub async fn load_stream_store(
-        &self,
-        spec: &AdapterSpec,
-    ) -> Result<Arc<dyn StreamStore>, PluginError> {
-        Ok(self.load_adapter(spec, AdapterKind::Stream).await?)
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, AdapterError> {
+        let entry = worlds::find(world).ok_or_else(|| PluginError::UnknownWorld {
+            world: world.to_string(),
+            known: worlds::names(),
+        })?;
+        Ok((entry.load)(self, spec).await?)
     }
 }

@@ -1,37 +1,39 @@
 //! iii plugin host.
 //!
 //! Storage adapters are WebAssembly components implementing the worlds of
-//! `wit/adapter-0.1.0` (`iii:adapter@0.1.0`); the engine calls them through
-//! the [`StateStore`] and [`StreamStore`] traits. Policy-style functions
-//! (auth, middleware) are Extism plugins, see [`policy`].
+//! `wit/adapter-0.1.0` (`iii:adapter@0.1.0`); services reach them through
+//! [`AdapterLoader`] and the consumer-side traits of `iii-adapter-api`
+//! ([`StateStore`], [`StreamStore`]). Each WIT package@version is one module
+//! of [`worlds`]. Policy-style functions (auth, middleware) are Extism
+//! plugins, see [`policy`].
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), iii_plugin_host::PluginError> {
-//! use iii_plugin_host::{AdapterSpec, HostConfig, PluginHost};
+//! # async fn demo() -> Result<(), iii_plugin_host::AdapterError> {
+//! use iii_plugin_host::{AdapterSpec, HostConfig, PluginHost, StateWorld};
 //! let host = PluginHost::new(HostConfig::default())?;
-//! let state = host.load_state_store(&AdapterSpec::named("kv")).await?;
+//! let state = iii_plugin_host::load::<StateWorld>(&host, &AdapterSpec::named("kv")).await?;
 //! state.set("users", "u1", &serde_json::json!({"name": "ada"})).await?;
 //! # Ok(()) }
 //! ```
 
 mod adapter;
-mod api;
 mod cache;
 mod caps;
+mod containment;
 pub mod embedded;
 mod error;
 mod host;
 pub mod policy;
+pub mod worlds;
 
-pub use adapter::{Adapter, AdapterKind};
-pub use api::{
-    SegmentPath, SetResult, StateStore, StreamGroups, StreamStore, UpdateOp, UpdateOpError,
-    UpdateResult,
-};
+pub use adapter::Adapter;
 pub use cache::CacheOutcome;
-pub use caps::GUEST_DATA_DIR;
-pub use error::{AdapterErrorKind, PluginError};
+pub use caps::{AdapterCtx, GUEST_DATA_DIR};
+pub use containment::Contained;
+pub use error::PluginError;
 pub use host::{HostConfig, PluginHost};
 pub use iii_adapter_api::{
-    AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+    load, AdapterError, AdapterErrorKind, AdapterLoader, AdapterSource, AdapterSpec, AdapterWorld,
+    Grants, SegmentPath, SetResult, SpecError, StateStore, StateWorld, StreamGroups, StreamStore,
+    StreamWorld, UpdateOp, UpdateOpError, UpdateResult, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
 };

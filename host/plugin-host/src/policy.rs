@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use wasmtime::{Caller, InstancePre, Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{Caller, InstancePre, Linker, Module, Store, UpdateDeadline};
 
 use crate::caps::Limiter;
+use crate::containment::{self, Contained, Limits, Observed};
 use crate::host::PluginHost;
 
 const ENV: &str = "extism:host/env";
@@ -42,16 +43,8 @@ pub enum PolicyError {
     UnsatisfiedImport { plugin: String, reason: String },
     #[error("policy plugin `{plugin}` has no exported function `{function}`")]
     MissingFunction { plugin: String, function: String },
-    #[error("policy plugin `{plugin}` exceeded its deadline of {deadline_ms} ms")]
-    DeadlineExceeded { plugin: String, deadline_ms: u64 },
-    #[error("policy plugin `{plugin}` hit its memory cap of {limit_mb} MiB")]
-    MemoryLimit { plugin: String, limit_mb: u64 },
-    #[error("policy plugin `{plugin}` ran out of fuel")]
-    FuelExhausted { plugin: String },
-    #[error("policy plugin `{plugin}` was denied a capability: {capability}")]
-    CapabilityDenied { plugin: String, capability: String },
-    #[error("policy plugin `{plugin}` trapped: {message}")]
-    Trap { plugin: String, message: String },
+    #[error("policy plugin `{plugin}` {cause}")]
+    Contained { plugin: String, cause: Contained },
     #[error("policy plugin `{plugin}` function `{function}` failed (code {code}): {message}")]
     Failed {
         plugin: String,
@@ -384,9 +377,7 @@ pub struct PolicyPlugin {
     pre: InstancePre<PolicyCtx>,
     config: Arc<BTreeMap<String, String>>,
     vars: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    memory_mb: u64,
-    deadline_ms: u64,
-    fuel: Option<u64>,
+    limits: Limits,
 }
 
 impl PluginHost {
@@ -426,16 +417,21 @@ impl PluginHost {
             pre,
             config: Arc::new(spec.config.clone()),
             vars: Arc::default(),
-            memory_mb: spec.memory_mb,
-            deadline_ms: spec.deadline_ms,
-            fuel: spec.fuel,
+            limits: Limits {
+                deadline_ms: spec.deadline_ms,
+                memory_mb: spec.memory_mb,
+                fuel: spec.fuel,
+                deadline_knob: "deadline_ms",
+                memory_knob: "memory_mb",
+            },
         })
     }
 }
 
 impl PolicyPlugin {
     fn store(&self, input: Vec<u8>) -> Result<Store<PolicyCtx>, PolicyError> {
-        let cap = usize::try_from(self.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let cap = usize::try_from(self.limits.memory_mb.saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX);
         let mut store = Store::new(
             &self.engine,
             PolicyCtx {
@@ -449,7 +445,7 @@ impl PolicyPlugin {
                 config: self.config.clone(),
                 vars: self.vars.clone(),
                 limiter: Limiter::new(cap),
-                deadline: Instant::now() + Duration::from_millis(self.deadline_ms),
+                deadline: Instant::now() + Duration::from_millis(self.limits.deadline_ms),
                 denied: None,
             },
         );
@@ -462,7 +458,7 @@ impl PolicyPlugin {
                 UpdateDeadline::Yield(1)
             })
         });
-        if let Some(f) = self.fuel {
+        if let Some(f) = self.limits.fuel {
             store
                 .set_fuel(f)
                 .map_err(|e| PolicyError::Engine(e.to_string()))?;
@@ -471,30 +467,14 @@ impl PolicyPlugin {
     }
 
     fn classify(&self, store: &Store<PolicyCtx>, e: wasmtime::Error) -> PolicyError {
-        let plugin = self.label.clone();
         let d = store.data();
-        if d.limiter.hit || d.arena_hit {
-            return PolicyError::MemoryLimit {
-                plugin,
-                limit_mb: self.memory_mb,
-            };
-        }
-        if let Some(c) = &d.denied {
-            return PolicyError::CapabilityDenied {
-                plugin,
-                capability: c.clone(),
-            };
-        }
-        match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PolicyError::DeadlineExceeded {
-                plugin,
-                deadline_ms: self.deadline_ms,
-            },
-            Some(Trap::OutOfFuel) => PolicyError::FuelExhausted { plugin },
-            _ => PolicyError::Trap {
-                plugin,
-                message: format!("{e:#}"),
-            },
+        let observed = Observed {
+            memory_hit: d.limiter.hit || d.arena_hit,
+            denial: d.denied.as_deref(),
+        };
+        PolicyError::Contained {
+            plugin: self.label.clone(),
+            cause: containment::classify(&e, observed, &self.limits, self.limits.deadline_ms),
         }
     }
 
@@ -548,9 +528,11 @@ impl PolicyPlugin {
             Some((offs, len)) => d
                 .arena
                 .range(offs, len)
-                .ok_or_else(|| PolicyError::Trap {
+                .ok_or_else(|| PolicyError::Contained {
                     plugin: self.label.clone(),
-                    message: "output points outside extism memory".into(),
+                    cause: Contained::Trap {
+                        message: "output points outside extism memory".into(),
+                    },
                 })?
                 .to_vec(),
             None => Vec::new(),

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use iii_plugin_host::{AdapterSpec, Grants, PluginError, StateStore};
+use iii_plugin_host::{
+    AdapterErrorKind, AdapterSpec, AdapterWorld, Contained, Grants, PluginError, StateStore,
+    StateWorld, StreamWorld,
+};
 use serde_json::{json, Map, Value};
 
 fn hostile(mode: &str, grants: Grants) -> AdapterSpec {
@@ -20,7 +23,7 @@ fn hostile(mode: &str, grants: Grants) -> AdapterSpec {
 async fn infinite_loop_hits_the_deadline_while_others_are_served() {
     let host = common::host();
     let looping = host
-        .load_state_store(&hostile(
+        .load_adapter::<StateWorld>(&hostile(
             "loop",
             Grants {
                 deadline_ms: Some(1_500),
@@ -30,7 +33,7 @@ async fn infinite_loop_hits_the_deadline_while_others_are_served() {
         .await
         .unwrap();
     let kv = host
-        .load_state_store(&AdapterSpec::named("kv"))
+        .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
         .await
         .unwrap();
     let started = Instant::now();
@@ -49,8 +52,11 @@ async fn infinite_loop_hits_the_deadline_while_others_are_served() {
     assert!(
         matches!(
             err,
-            PluginError::DeadlineExceeded {
-                deadline_ms: 1_500,
+            PluginError::Contained {
+                cause: Contained::DeadlineExceeded {
+                    deadline_ms: 1_500,
+                    ..
+                },
                 ..
             }
         ),
@@ -67,7 +73,7 @@ async fn infinite_loop_hits_the_deadline_while_others_are_served() {
 async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
     let host = common::host();
     let looping = host
-        .load_state_store(&hostile(
+        .load_adapter::<StateWorld>(&hostile(
             "loop",
             Grants {
                 deadline_ms: Some(3_000),
@@ -87,14 +93,23 @@ async fn a_spinning_plugin_does_not_starve_a_single_threaded_executor() {
         t.elapsed()
     );
     let err = spinner.await.unwrap().unwrap_err();
-    assert!(matches!(err, PluginError::DeadlineExceeded { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::DeadlineExceeded { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_the_cap() {
     let host = common::host();
     let bomb = host
-        .load_state_store(&hostile(
+        .load_adapter::<StateWorld>(&hostile(
             "membomb",
             Grants {
                 memory_mb: Some(16),
@@ -105,7 +120,13 @@ async fn memory_bomb_hits_the_cap() {
         .unwrap();
     let err = bomb.set("s", "k", &json!(1)).await.unwrap_err();
     assert!(
-        matches!(err, PluginError::MemoryLimit { limit_mb: 16, .. }),
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::MemoryLimit { limit_mb: 16, .. },
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("memory cap of 16 MiB"), "{err}");
@@ -126,10 +147,13 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
     let host = common::host();
     let mut spec = hostile("connect", Grants::default());
     spec.config.insert("target".into(), json!(target));
-    let denied = host.load_state_store(&spec).await.unwrap();
+    let denied = host.load_adapter::<StateWorld>(&spec).await.unwrap();
     let err = denied.get("s", "k").await.unwrap_err();
     match &err {
-        PluginError::CapabilityDenied { capability, .. } => {
+        PluginError::Contained {
+            cause: Contained::CapabilityDenied { capability, .. },
+            ..
+        } => {
             assert!(
                 capability.contains(&target) && capability.contains("tcp connect"),
                 "{capability}"
@@ -141,18 +165,27 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
     let mut other_port = spec.clone();
     other_port.grants.network = vec!["127.0.0.1:1".into()];
     let err = host
-        .load_state_store(&other_port)
+        .load_adapter::<StateWorld>(&other_port)
         .await
         .unwrap()
         .get("s", "k")
         .await
         .unwrap_err();
-    assert!(matches!(err, PluginError::CapabilityDenied { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PluginError::Contained {
+                cause: Contained::CapabilityDenied { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Granting the address (by name: localhost resolves to it) lets it through.
     let port = target.rsplit(':').next().unwrap();
     let mut granted = spec.clone();
     granted.grants.network = vec![format!("localhost:{port}")];
-    let ok = host.load_state_store(&granted).await.unwrap();
+    let ok = host.load_adapter::<StateWorld>(&granted).await.unwrap();
     assert_eq!(ok.get("s", "k").await.unwrap(), None::<Value>);
     assert_eq!(
         accept.await.unwrap(),
@@ -164,18 +197,18 @@ async fn unauthorized_connect_is_denied_and_granted_connect_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_trapping_plugin_is_restarted_then_given_up() {
     let host = common::host();
-    let trapper = iii_plugin_host::PluginHost::load_adapter(
-        &host,
-        &hostile("trap", Grants::default()),
-        iii_plugin_host::AdapterKind::State,
-    )
-    .await
-    .unwrap();
+    let trapper = host
+        .load_adapter::<StateWorld>(&hostile("trap", Grants::default()))
+        .await
+        .unwrap();
     let mut traps = 0;
     let mut gave_up = None;
     for _ in 0..10 {
-        match StateStore::get(&*trapper, "s", "k").await {
-            Err(PluginError::Trap { message, .. }) => {
+        match trapper.get("s", "k").await {
+            Err(PluginError::Contained {
+                cause: Contained::Trap { message, .. },
+                ..
+            }) => {
                 assert!(
                     message.contains("unreachable") || message.contains("trap"),
                     "{message}"
@@ -199,11 +232,11 @@ async fn always_trapping_plugin_is_restarted_then_given_up() {
     );
     // Stays given up, and the rest of the host is fine.
     assert!(matches!(
-        StateStore::list_groups(&*trapper).await,
+        trapper.list_groups().await,
         Err(PluginError::GaveUp { .. })
     ));
     let kv = host
-        .load_state_store(&AdapterSpec::named("kv"))
+        .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
         .await
         .unwrap();
     kv.set("a", "b", &json!(1)).await.unwrap();
@@ -215,21 +248,27 @@ async fn deadline_failure_restarts_the_instance_and_it_serves_again() {
     // replaced and the fresh one answers (here it loops again).
     let host = common::host();
     let a = host
-        .load_adapter(
-            &hostile(
-                "loop",
-                Grants {
-                    deadline_ms: Some(50),
-                    ..Grants::default()
-                },
-            ),
-            iii_plugin_host::AdapterKind::State,
-        )
+        .load_adapter::<StateWorld>(&hostile(
+            "loop",
+            Grants {
+                deadline_ms: Some(50),
+                ..Grants::default()
+            },
+        ))
         .await
         .unwrap();
     for _ in 0..2 {
-        let e = StateStore::get(&*a, "s", "k").await.unwrap_err();
-        assert!(matches!(e, PluginError::DeadlineExceeded { .. }), "{e}");
+        let e = a.get("s", "k").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PluginError::Contained {
+                    cause: Contained::DeadlineExceeded { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     assert_eq!(a.restarts().await, 2);
 }
@@ -239,7 +278,7 @@ async fn wrong_world_names_the_missing_export() {
     let host = common::host();
     let spec = AdapterSpec::path(&common::fixtures().wrong_world);
     let err = host
-        .load_state_store(&spec)
+        .load_adapter::<StateWorld>(&spec)
         .await
         .err()
         .expect("must not load as state");
@@ -254,7 +293,7 @@ async fn wrong_world_names_the_missing_export() {
         .to_string()
         .contains("missing export `iii:adapter/state-store@0.1.0`"));
     // It is a fine stream adapter, though.
-    let s = host.load_stream_store(&spec).await.unwrap();
+    let s = host.load_adapter::<StreamWorld>(&spec).await.unwrap();
     assert_eq!(s.list_all().await.unwrap(), vec![]);
 }
 
@@ -269,7 +308,11 @@ async fn fuel_grant_bounds_a_call_deterministically() {
         },
     );
     // The shared test host runs without fuel metering: the grant is refused.
-    let err = common::host().load_state_store(&spec).await.err().unwrap();
+    let err = common::host()
+        .load_adapter::<StateWorld>(&spec)
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, PluginError::InvalidSpec(_)), "{err}");
     let metered = iii_plugin_host::PluginHost::new(iii_plugin_host::HostConfig {
         fuel: true,
@@ -277,14 +320,17 @@ async fn fuel_grant_bounds_a_call_deterministically() {
         ..Default::default()
     })
     .unwrap();
-    let a = metered.load_state_store(&spec).await.unwrap();
+    let a = metered.load_adapter::<StateWorld>(&spec).await.unwrap();
     let t = Instant::now();
     let err = a.get("s", "k").await.unwrap_err();
     assert!(
         matches!(
             err,
-            PluginError::FuelExhausted {
-                fuel: 5_000_000,
+            PluginError::Contained {
+                cause: Contained::FuelExhausted {
+                    fuel: 5_000_000,
+                    ..
+                },
                 ..
             }
         ),
@@ -307,17 +353,14 @@ async fn a_cancelled_call_leaves_a_usable_adapter() {
         },
     );
     spec.config.insert("spin_ms".into(), json!("300"));
-    let a = host
-        .load_adapter(&spec, iii_plugin_host::AdapterKind::State)
-        .await
-        .unwrap();
+    let a = host.load_adapter::<StateWorld>(&spec).await.unwrap();
     let b = a.clone();
-    let call = tokio::spawn(async move { StateStore::get(&*b, "s", "k").await });
+    let call = tokio::spawn(async move { b.get("s", "k").await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The caller goes away while the plugin is mid-call.
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
-    assert_eq!(StateStore::get(&*a, "s", "k").await.unwrap(), None);
+    assert_eq!(a.get("s", "k").await.unwrap(), None);
     assert_eq!(a.restarts().await, 0, "cancellation is not a failure");
 }
 
@@ -326,13 +369,13 @@ async fn no_environment_and_no_files_beyond_the_data_dir() {
     std::env::set_var("III_SECRET_FOR_PROBE", "hunter2");
     let host = common::host();
     let ungranted = host
-        .load_state_store(&hostile("probe", Grants::default()))
+        .load_adapter::<StateWorld>(&hostile("probe", Grants::default()))
         .await
         .unwrap();
     assert_eq!(ungranted.get("s", "k").await.unwrap(), None);
     let dir = common::tempdir();
     let granted = host
-        .load_state_store(&hostile(
+        .load_adapter::<StateWorld>(&hostile(
             "probe",
             Grants {
                 data_dir: Some(dir.path().join("inner")),
@@ -343,4 +386,66 @@ async fn no_environment_and_no_files_beyond_the_data_dir() {
         .unwrap();
     assert_eq!(granted.get("s", "k").await.unwrap(), None);
     assert!(!dir.path().join("escape").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_see_the_failure_kind_and_the_knob_through_the_loader() {
+    let host = common::host();
+    let bomb = iii_plugin_host::load::<StateWorld>(
+        &host,
+        &hostile(
+            "membomb",
+            Grants {
+                memory_mb: Some(16),
+                ..Grants::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let err = bomb.set("s", "k", &json!(1)).await.unwrap_err();
+    assert_eq!(err.kind, AdapterErrorKind::Unavailable, "{err}");
+    assert!(
+        err.message.contains("memory cap of 16 MiB") && err.message.contains("grants.memory_mb"),
+        "{err}"
+    );
+    // The instance was replaced: the next call fails the same way, not with a stale state.
+    let again = bomb.get("s", "k").await.unwrap_err();
+    assert_eq!(again.kind, AdapterErrorKind::Unavailable, "{again}");
+
+    // A load failure keeps the host's message, which names the export.
+    let err = iii_plugin_host::load::<StateWorld>(
+        &host,
+        &AdapterSpec::path(&common::fixtures().wrong_world),
+    )
+    .await
+    .err()
+    .expect("wrong world must not load as state");
+    assert_eq!(err.kind, AdapterErrorKind::Other);
+    assert!(
+        err.message
+            .contains("missing export `iii:adapter/state-store@0.1.0`"),
+        "{err}"
+    );
+}
+
+/// A world this host has no module for.
+struct QueueWorld;
+impl AdapterWorld for QueueWorld {
+    const WORLD: &'static str = "iii:queue/queue-adapter@0.1.0";
+    type Store = dyn StateStore;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_without_a_module_is_named_with_the_ones_there_are() {
+    let err = iii_plugin_host::load::<QueueWorld>(&common::host(), &AdapterSpec::named("kv"))
+        .await
+        .err()
+        .expect("no queue world yet");
+    assert!(
+        err.message.contains("`iii:queue/queue-adapter@0.1.0`")
+            && err.message.contains("`iii:adapter/state-adapter@0.1.0`")
+            && err.message.contains("`iii:adapter/stream-adapter@0.1.0`"),
+        "{err}"
+    );
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use iii_plugin_host::{
-    AdapterSpec, CacheOutcome, Grants, PluginError, StateStore, StreamGroups, StreamStore, UpdateOp,
+    Adapter, AdapterSpec, CacheOutcome, Grants, PluginError, StateWorld, StreamGroups, StreamStore,
+    StreamWorld, UpdateOp,
 };
 use serde_json::{json, Map, Value};
 
@@ -18,9 +19,9 @@ fn durable(dir: &Path) -> AdapterSpec {
     })
 }
 
-async fn state(spec: &AdapterSpec) -> Arc<dyn StateStore> {
+async fn state(spec: &AdapterSpec) -> Arc<Adapter<StateWorld>> {
     common::host()
-        .load_state_store(spec)
+        .load_adapter::<StateWorld>(spec)
         .await
         .expect("load kv")
 }
@@ -201,57 +202,45 @@ async fn malformed_ops_are_rejected_before_the_adapter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ops() {
     let host = common::host();
-    let s = host
-        .load_stream_store(&AdapterSpec::named("kv"))
-        .await
-        .unwrap();
-    assert_eq!(
-        StreamStore::get(&*s, "chat", "room-1", "m1").await.unwrap(),
-        None
-    );
-    let r = StreamStore::set(&*s, "chat", "room-1", "m1", &json!({"t": "hi"}))
+    // Through the loader, as the stream service does: the trait object.
+    let s: Arc<dyn StreamStore> =
+        iii_plugin_host::load::<StreamWorld>(&host, &AdapterSpec::named("kv"))
+            .await
+            .unwrap();
+    assert_eq!(s.get("chat", "room-1", "m1").await.unwrap(), None);
+    let r = s
+        .set("chat", "room-1", "m1", &json!({"t": "hi"}))
         .await
         .unwrap();
     assert_eq!(r.old_value, None);
-    StreamStore::set(&*s, "chat", "room-1", "m2", &json!({"t": "yo"}))
+    s.set("chat", "room-1", "m2", &json!({"t": "yo"}))
         .await
         .unwrap();
-    StreamStore::set(&*s, "chat", "room-0", "m1", &json!(1))
-        .await
-        .unwrap();
-    StreamStore::set(&*s, "alerts", "g", "a1", &json!(2))
-        .await
-        .unwrap();
+    s.set("chat", "room-0", "m1", &json!(1)).await.unwrap();
+    s.set("alerts", "g", "a1", &json!(2)).await.unwrap();
     assert_eq!(
-        StreamStore::list(&*s, "chat", "room-1").await.unwrap(),
+        s.list("chat", "room-1").await.unwrap(),
         vec![json!({"t": "hi"}), json!({"t": "yo"})]
     );
     assert_eq!(
-        StreamStore::list_groups(&*s, "chat").await.unwrap(),
+        s.list_groups("chat").await.unwrap(),
         vec!["room-0", "room-1"]
     );
-    let r = StreamStore::update(
-        &*s,
-        "chat",
-        "room-1",
-        "m1",
-        &ops(json!([{"type": "append", "path": "reactions", "value": "+1"}])),
-    )
-    .await
-    .unwrap();
+    let r = s
+        .update(
+            "chat",
+            "room-1",
+            "m1",
+            &ops(json!([{"type": "append", "path": "reactions", "value": "+1"}])),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.new_value, json!({"t": "hi", "reactions": "+1"}));
     assert_eq!(
-        StreamStore::delete(&*s, "chat", "room-0", "m1")
-            .await
-            .unwrap(),
+        s.delete("chat", "room-0", "m1").await.unwrap(),
         Some(json!(1))
     );
-    assert_eq!(
-        StreamStore::delete(&*s, "chat", "room-0", "m1")
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(s.delete("chat", "room-0", "m1").await.unwrap(), None);
     assert_eq!(
         s.list_all().await.unwrap(),
         vec![
@@ -372,7 +361,7 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
     let mut cfg = Map::new();
     cfg.insert("store_method".into(), json!("file_based"));
     let err = common::host()
-        .load_state_store(&AdapterSpec::named("kv").with_config(cfg))
+        .load_adapter::<StateWorld>(&AdapterSpec::named("kv").with_config(cfg))
         .await
         .err()
         .expect("file_based without a data dir must fail");
@@ -384,7 +373,7 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
 async fn unknown_names_and_missing_files_are_reported() {
     let host = common::host();
     let err = host
-        .load_state_store(&AdapterSpec::named("redis"))
+        .load_adapter::<StateWorld>(&AdapterSpec::named("redis"))
         .await
         .err()
         .unwrap();
@@ -394,7 +383,7 @@ async fn unknown_names_and_missing_files_are_reported() {
         "{err}"
     );
     let err = host
-        .load_state_store(&AdapterSpec::path("/nonexistent/adapter.wasm"))
+        .load_adapter::<StateWorld>(&AdapterSpec::path("/nonexistent/adapter.wasm"))
         .await
         .err()
         .unwrap();
@@ -403,7 +392,7 @@ async fn unknown_names_and_missing_files_are_reported() {
     let p = junk.path().join("junk.wasm");
     std::fs::write(&p, b"not wasm at all").unwrap();
     let err = host
-        .load_state_store(&AdapterSpec::path(&p))
+        .load_adapter::<StateWorld>(&AdapterSpec::path(&p))
         .await
         .err()
         .unwrap();
@@ -413,17 +402,11 @@ async fn unknown_names_and_missing_files_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_load_hits_the_compiled_code_cache() {
     let host = common::host();
-    host.load_adapter(
-        &AdapterSpec::named("kv"),
-        iii_plugin_host::AdapterKind::State,
-    )
-    .await
-    .unwrap();
+    host.load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
+        .await
+        .unwrap();
     let again = host
-        .load_adapter(
-            &AdapterSpec::named("kv"),
-            iii_plugin_host::AdapterKind::State,
-        )
+        .load_adapter::<StateWorld>(&AdapterSpec::named("kv"))
         .await
         .unwrap();
     assert_eq!(again.compile_cache(), CacheOutcome::Hit);
@@ -434,25 +417,24 @@ async fn stream_writes_survive_a_reload_and_a_data_dir_has_one_owner() {
     let dir = common::tempdir();
     let host = common::host();
     {
-        let s = host.load_stream_store(&durable(dir.path())).await.unwrap();
-        StreamStore::set(&*s, "chat", "g1", "m1", &json!("a"))
+        let s = host
+            .load_adapter::<StreamWorld>(&durable(dir.path()))
             .await
             .unwrap();
-        StreamStore::set(&*s, "chat", "g1", "m2", &json!("b"))
-            .await
-            .unwrap();
-        StreamStore::delete(&*s, "chat", "g1", "m1").await.unwrap();
+        s.set("chat", "g1", "m1", &json!("a")).await.unwrap();
+        s.set("chat", "g1", "m2", &json!("b")).await.unwrap();
+        s.delete("chat", "g1", "m1").await.unwrap();
         // While it is open, nobody else may write the same log.
         let err = host
-            .load_state_store(&durable(dir.path()))
+            .load_adapter::<StateWorld>(&durable(dir.path()))
             .await
             .err()
             .unwrap();
         assert!(matches!(err, PluginError::DataDirInUse { .. }), "{err}");
     }
-    let s = host.load_stream_store(&durable(dir.path())).await.unwrap();
-    assert_eq!(
-        StreamStore::list(&*s, "chat", "g1").await.unwrap(),
-        vec![json!("b")]
-    );
+    let s = host
+        .load_adapter::<StreamWorld>(&durable(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(s.list("chat", "g1").await.unwrap(), vec![json!("b")]);
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use iii_plugin_host::policy::{PolicyError, PolicySpec};
+use iii_plugin_host::Contained;
 use serde_json::json;
 
 fn spec() -> PolicySpec {
@@ -41,16 +42,26 @@ async fn plugin_errors_deadlines_and_memory_are_reported() {
     assert!(
         matches!(
             e,
-            PolicyError::DeadlineExceeded {
-                deadline_ms: 200,
+            PolicyError::Contained {
+                cause: Contained::DeadlineExceeded {
+                    deadline_ms: 200,
+                    ..
+                },
                 ..
             }
         ),
         "{e}"
     );
+    assert!(e.to_string().contains("raise `deadline_ms`"), "{e}");
     let e = p.call("hog", &json!({})).await.unwrap_err();
     assert!(
-        matches!(e, PolicyError::MemoryLimit { limit_mb: 16, .. }),
+        matches!(
+            e,
+            PolicyError::Contained {
+                cause: Contained::MemoryLimit { limit_mb: 16, .. },
+                ..
+            }
+        ),
         "{e}"
     );
     let e = p.call("nope", &json!({})).await.unwrap_err();

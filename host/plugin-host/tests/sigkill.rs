@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use iii_plugin_host::{AdapterSpec, Grants, HostConfig, PluginHost};
+use iii_plugin_host::{AdapterSpec, Grants, HostConfig, PluginHost, StateWorld};
 use serde_json::json;
 
 const CHILD_ENV: &str = "III_SIGKILL_CHILD_DIR";
@@ -24,7 +24,10 @@ fn child(dir: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let host = PluginHost::new(HostConfig::default()).unwrap();
-        let s = host.load_state_store(&spec(dir.as_ref())).await.unwrap();
+        let s = host
+            .load_adapter::<StateWorld>(&spec(dir.as_ref()))
+            .await
+            .unwrap();
         let mut i = 0u64;
         loop {
             s.set("acked", &i.to_string(), &json!({"i": i}))
@@ -65,7 +68,7 @@ fn parent() -> Result<(), String> {
     rt.block_on(async {
         let host = PluginHost::new(HostConfig::default()).map_err(|e| e.to_string())?;
         let s = host
-            .load_state_store(&spec(dir.path()))
+            .load_adapter::<StateWorld>(&spec(dir.path()))
             .await
             .map_err(|e| e.to_string())?;
         for i in 0..=last {

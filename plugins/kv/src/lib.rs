@@ -1,10 +1,12 @@
 //! The builtin iii kv adapter as a WebAssembly component (`kv-adapter` world).
 //!
-//! State and stream data live in ordered in-memory maps; with a data
-//! directory granted (preopened at `/data`) every write is appended to a
-//! checksummed write-ahead log and fsynced before the call returns. See
-//! README.md for the log format, replay and compaction.
+//! With a data directory granted (preopened at `/data`) every write is
+//! appended to a checksummed log and fsynced before the call returns; memory
+//! holds only a keydir (where each value is in the log) and values are read
+//! from disk on demand. Without one, values live in memory. See README.md for
+//! the log format, replay, damage handling and compaction.
 
+pub mod format;
 pub mod store;
 pub mod wal;
 
@@ -15,7 +17,8 @@ mod component {
 
     use serde_json::Value;
 
-    use crate::store::{Kv, Options, StoreError};
+    use crate::store::{Kv, Opened, Options, StoreError};
+    use crate::wal::OnCorruption;
 
     wit_bindgen::generate!({
         path: "../../wit/adapter-0.1.0",
@@ -40,13 +43,92 @@ mod component {
 
     fn with_kv<R>(f: impl FnOnce(&mut Kv) -> Result<R, Error>) -> Result<R, Error> {
         KV.with(|cell| match cell.borrow_mut().as_mut() {
-            Some(kv) => f(kv),
+            Some(kv) => {
+                let r = f(kv);
+                report_compaction(kv);
+                r
+            }
             None => Err(Error::Other("kv adapter used before init".into())),
         })
     }
 
-    fn backend(e: StoreError) -> Error {
-        Error::Backend(e.to_string())
+    fn store_error(e: StoreError) -> Error {
+        if e.is_invalid_input() {
+            Error::InvalidInput(e.to_string())
+        } else {
+            Error::Backend(e.to_string())
+        }
+    }
+
+    /// Reports a compaction that failed after a write had succeeded.
+    fn report_compaction(kv: &mut Kv) {
+        if let Some(e) = kv.take_compaction_error() {
+            log(
+                Level::Error,
+                "compaction",
+                &format!("compaction failed, the log keeps growing: {e}"),
+            );
+        }
+    }
+
+    fn report_open(o: &Opened) {
+        if o.torn_tail > 0 && o.damage.is_empty() {
+            log(
+                Level::Warn,
+                "replay",
+                &format!(
+                    "discarded {} bytes of an incomplete record at the end of the log (a write torn by a crash)",
+                    o.torn_tail
+                ),
+            );
+        }
+        if o.migrated_v1 {
+            log(
+                Level::Info,
+                "replay",
+                &format!(
+                    "migrated the log from format v1 to v2: {} records read, {} keys kept",
+                    o.records, o.keys
+                ),
+            );
+        }
+        if !o.damage.is_empty() {
+            let lost_records: u64 = o.damage.iter().map(|d| d.records).sum();
+            let lost_bytes: u64 = o.damage.iter().map(|d| d.bytes).sum();
+            let regions: Vec<String> = o
+                .damage
+                .iter()
+                .map(|d| {
+                    let keys = if d.keys.is_empty() {
+                        "keys unreadable".to_string()
+                    } else {
+                        format!("keys {}", d.keys.join(", "))
+                    };
+                    format!(
+                        "offset {} ({} bytes, {} records, {keys})",
+                        d.offset, d.bytes, d.records
+                    )
+                })
+                .collect();
+            log(
+                Level::Error,
+                "salvage",
+                &format!(
+                    "on_corruption salvage: kept {} valid records ({} keys); lost {lost_records} damaged records ({lost_bytes} bytes) plus {} torn bytes at the end; damaged at {}; the latest write of the keys named there may be lost",
+                    o.records,
+                    o.keys,
+                    o.torn_tail,
+                    regions.join("; ")
+                ),
+            );
+        }
+        if let Some(b) = &o.backup {
+            log(
+                Level::Warn,
+                "replay",
+                &format!("the original log was saved as {b}"),
+            );
+        }
     }
 
     fn config_value(key: &str) -> Result<Option<Value>, Error> {
@@ -89,11 +171,31 @@ mod component {
                 )))
             }
         };
+        let on_corruption = match config_value("on_corruption")? {
+            None => OnCorruption::Refuse,
+            Some(Value::String(s)) if s == "refuse" => OnCorruption::Refuse,
+            Some(Value::String(s)) if s == "salvage" => OnCorruption::Salvage,
+            Some(v) => {
+                return Err(Error::InvalidInput(format!(
+                "config `on_corruption` must be \"refuse\" (the default) or \"salvage\", got {v}"
+            )))
+            }
+        };
         let defaults = Options::default();
+        let max_value = config_u64("max_value_bytes", defaults.max_value_bytes as u64)?;
+        if max_value == 0 || max_value > u64::from(crate::format::MAX_PAYLOAD) / 2 {
+            return Err(Error::InvalidInput(format!(
+                "config `max_value_bytes` must be between 1 and {}, got {max_value}",
+                crate::format::MAX_PAYLOAD / 2
+            )));
+        }
         let opts = Options {
             fsync,
             compact_min_bytes: config_u64("compact_min_bytes", defaults.compact_min_bytes)?,
             compact_ratio: config_u64("compact_ratio", defaults.compact_ratio)?.max(1),
+            max_value_bytes: max_value as usize,
+            max_list_bytes: config_u64("max_list_bytes", defaults.max_list_bytes)?,
+            on_corruption,
         };
         let dir = Path::new(DATA_DIR);
         let have_dir = std::fs::metadata(dir).map(|m| m.is_dir()).unwrap_or(false);
@@ -104,19 +206,31 @@ mod component {
                     "kv",
                     "store_method in_memory: data is lost on restart",
                 );
-                Ok(Kv::in_memory())
+                Ok(Kv::in_memory(opts))
             }
             Some("file_based") | None if have_dir => {
-                let (kv, torn) = Kv::open(dir, opts).map_err(backend)?;
-                if torn > 0 {
-                    log(
-                        Level::Warn,
-                        "replay",
-                        &format!(
-                            "discarded {torn} bytes of an incomplete record at the end of the log"
-                        ),
-                    );
-                }
+                let started = std::time::Instant::now();
+                let (kv, opened) = Kv::open(dir, opts).map_err(|e| {
+                    // The guest sees the data directory as /data; say which
+                    // host directory that is.
+                    let mut e = store_error(e);
+                    if let Error::Backend(m) | Error::InvalidInput(m) = &mut e {
+                        m.push_str(" (/data is the adapter's `grants.data_dir`; for the builtin kv by default <project>/.iii/data/state or .iii/data/stream)");
+                    }
+                    e
+                })?;
+                report_open(&opened);
+                log(
+                    Level::Info,
+                    "replay",
+                    &format!(
+                        "opened /data/kv.wal: {} records, {} keys, {} bytes, in {} ms",
+                        opened.records,
+                        opened.keys,
+                        kv.log_bytes(),
+                        started.elapsed().as_millis()
+                    ),
+                );
                 Ok(kv)
             }
             Some("file_based") => Err(Error::InvalidInput(
@@ -128,7 +242,7 @@ mod component {
                     "kv",
                     "no data directory granted: running in memory, data is lost on restart",
                 );
-                Ok(Kv::in_memory())
+                Ok(Kv::in_memory(opts))
             }
             Some(other) => Err(Error::InvalidInput(format!(
                 "config `store_method` must be \"file_based\" or \"in_memory\", got \"{other}\""
@@ -209,12 +323,14 @@ mod component {
 
     impl StateStore for Component {
         fn get(scope: String, key: String) -> Result<Option<String>, Error> {
-            with_kv(|kv| Ok(kv.state_get(&scope, &key)))
+            with_kv(|kv| kv.state_get(&scope, &key).map_err(store_error))
         }
 
         fn set(scope: String, key: String, value: String) -> Result<SetResult, Error> {
             with_kv(|kv| {
-                let old = kv.state_set(&scope, &key, value.clone()).map_err(backend)?;
+                let old = kv
+                    .state_set(&scope, &key, value.clone())
+                    .map_err(store_error)?;
                 Ok(SetResult {
                     old_value: old,
                     new_value: value,
@@ -223,19 +339,20 @@ mod component {
         }
 
         fn delete(scope: String, key: String) -> Result<Option<String>, Error> {
-            with_kv(|kv| kv.state_delete(&scope, &key).map_err(backend))
+            with_kv(|kv| kv.state_delete(&scope, &key).map_err(store_error))
         }
 
         fn update(scope: String, key: String, ops: Vec<UpdateOp>) -> Result<UpdateResult, Error> {
             with_kv(|kv| {
-                let (new, result) = run_update(kv.state_get(&scope, &key), ops)?;
-                kv.state_set(&scope, &key, new).map_err(backend)?;
+                let (new, result) =
+                    run_update(kv.state_get(&scope, &key).map_err(store_error)?, ops)?;
+                kv.state_put(&scope, &key, new).map_err(store_error)?;
                 Ok(result)
             })
         }
 
         fn list(scope: String) -> Result<Vec<String>, Error> {
-            with_kv(|kv| Ok(kv.state_list(&scope)))
+            with_kv(|kv| kv.state_list(&scope).map_err(store_error))
         }
 
         fn list_groups() -> Result<Vec<String>, Error> {
@@ -245,7 +362,7 @@ mod component {
 
     impl StreamStore for Component {
         fn get(stream: String, group: String, item: String) -> Result<Option<String>, Error> {
-            with_kv(|kv| Ok(kv.stream_get(&stream, &group, &item)))
+            with_kv(|kv| kv.stream_get(&stream, &group, &item).map_err(store_error))
         }
 
         fn set(
@@ -257,7 +374,7 @@ mod component {
             with_kv(|kv| {
                 let old = kv
                     .stream_set(&stream, &group, &item, value.clone())
-                    .map_err(backend)?;
+                    .map_err(store_error)?;
                 Ok(SetResult {
                     old_value: old,
                     new_value: value,
@@ -266,7 +383,10 @@ mod component {
         }
 
         fn delete(stream: String, group: String, item: String) -> Result<Option<String>, Error> {
-            with_kv(|kv| kv.stream_delete(&stream, &group, &item).map_err(backend))
+            with_kv(|kv| {
+                kv.stream_delete(&stream, &group, &item)
+                    .map_err(store_error)
+            })
         }
 
         fn update(
@@ -276,15 +396,18 @@ mod component {
             ops: Vec<UpdateOp>,
         ) -> Result<UpdateResult, Error> {
             with_kv(|kv| {
-                let (new, result) = run_update(kv.stream_get(&stream, &group, &item), ops)?;
-                kv.stream_set(&stream, &group, &item, new)
-                    .map_err(backend)?;
+                let (new, result) = run_update(
+                    kv.stream_get(&stream, &group, &item).map_err(store_error)?,
+                    ops,
+                )?;
+                kv.stream_put(&stream, &group, &item, new)
+                    .map_err(store_error)?;
                 Ok(result)
             })
         }
 
         fn list(stream: String, group: String) -> Result<Vec<String>, Error> {
-            with_kv(|kv| Ok(kv.stream_list(&stream, &group)))
+            with_kv(|kv| kv.stream_list(&stream, &group).map_err(store_error))
         }
 
         fn list_groups(stream: String) -> Result<Vec<String>, Error> {

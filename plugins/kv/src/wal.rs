@@ -1,231 +1,612 @@
-//! Write-ahead log: length-prefixed, CRC32-checksummed records appended to one
-//! file and fsynced before a write is acknowledged. See README.md.
+//! The log file: appends that are durable before they return, reads of
+//! one record by offset, a streaming replay that tells a torn tail from
+//! mid-log damage, and the rewrite that compaction, salvage and migration
+//! share. See README.md for the layout ([`crate::format`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// File magic + format version; a file without it is not ours.
-const MAGIC: &[u8; 8] = b"IIIKVWL1";
-/// Upper bound of one record; a larger length prefix is garbage, not data.
-const MAX_RECORD: u32 = 256 * 1024 * 1024;
+use crate::format::{
+    self, DecodeError, FILE_HEADER, MAGIC_V1, MAGIC_V2, MAX_PAYLOAD, RECORD_HEADER,
+    RECORD_HEADER_V1, RECORD_MARKER,
+};
 
-pub const TABLE_STATE: u8 = 0;
-pub const TABLE_STREAM: u8 = 1;
+/// Bytes of a payload read up front while scanning: enough for the parts
+/// of any ordinary key, so replay never buffers a value.
+const SCAN_PREFIX: usize = 64 * 1024;
+/// Read-ahead of the scanner.
+const READ_BUF: usize = 256 * 1024;
+/// Keys named in a salvage report, at most.
+const REPORT_KEYS: usize = 10;
 
-const OP_PUT: u8 = 1;
-const OP_DEL: u8 = 2;
+/// Where a record sits in the log: its first byte and its payload length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Offset of the record header.
+    pub off: u64,
+    /// Payload length (the record is a header plus this many bytes).
+    pub len: u32,
+}
 
-/// One logged mutation. `parts` address the entry: `[scope, key]` for state,
-/// `[stream, group, item]` for stream.
+/// What to do when valid records follow a damaged one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCorruption {
+    /// Refuse to open (the default): nothing is changed on disk.
+    #[default]
+    Refuse,
+    /// Keep every valid record, save the original log beside it.
+    Salvage,
+}
+
+/// Failures of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The file system said no.
+    #[error("kv log I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// The file does not start with a kv log header.
+    #[error(
+        "{path} is not an iii kv log (bad header); move it away or point `data_dir` elsewhere"
+    )]
+    NotALog {
+        /// The file.
+        path: String,
+    },
+    /// Valid records follow a damaged one and the policy is to refuse.
+    #[error(
+        "kv log {path} is damaged at byte offset {offset} ({bytes} unreadable bytes) and \
+         {records_after} valid records follow the damage; refusing to start so they are not \
+         lost. Set `on_corruption: salvage` in the adapter's config to keep every valid record \
+         (the original log is saved beside it)"
+    )]
+    MidLogDamage {
+        /// The file.
+        path: String,
+        /// Offset of the first damaged byte.
+        offset: u64,
+        /// Length of the first damaged region.
+        bytes: u64,
+        /// Valid records after the first damaged region.
+        records_after: u64,
+    },
+    /// A record the index points at did not read back intact.
+    #[error("kv log {path}: the record at byte offset {offset} is damaged ({reason})")]
+    BadRecord {
+        /// The file.
+        path: String,
+        /// Offset of the record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// One valid record met by the replay.
+#[derive(Debug)]
+pub struct Replayed<'a> {
+    /// [`format::OP_PUT`] or [`format::OP_DEL`].
+    pub op: u8,
+    /// [`format::TABLE_STATE`] or [`format::TABLE_STREAM`].
+    pub table: u8,
+    /// The entry's address.
+    pub parts: Vec<&'a str>,
+    /// Where the record is.
+    pub loc: Loc,
+}
+
+/// A stretch of the log between two valid records that is not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    Put {
-        table: u8,
-        parts: Vec<String>,
-        value: String,
-    },
-    Del {
-        table: u8,
-        parts: Vec<String>,
-    },
+pub struct Damage {
+    /// First damaged byte.
+    pub offset: u64,
+    /// Length of the stretch.
+    pub bytes: u64,
+    /// Record headers found inside it (records that were there and are lost).
+    pub records: u64,
+    /// Keys those records name, when their addresses still decode.
+    pub keys: Vec<String>,
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
+/// What opening the log found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Valid records replayed.
+    pub records: u64,
+    /// Bytes cut off the end: a write torn by a crash.
+    pub torn_tail: u64,
+    /// Mid-log damage that was salvaged (empty unless `Salvage`).
+    pub damage: Vec<Damage>,
+    /// Valid records after the first damaged region.
+    pub records_after_damage: u64,
+    /// The log was in format v1 and must be rewritten before use.
+    pub v1: bool,
+    /// Where the original log was saved (salvage, or v1 with unread bytes).
+    pub backup: Option<PathBuf>,
 }
 
-impl Record {
-    fn payload(&self) -> Vec<u8> {
-        let mut p = Vec::new();
-        let (op, table, parts, value) = match self {
-            Record::Put {
-                table,
-                parts,
-                value,
-            } => (OP_PUT, *table, parts, Some(value)),
-            Record::Del { table, parts } => (OP_DEL, *table, parts, None),
-        };
-        p.push(op);
-        p.push(table);
-        p.push(parts.len() as u8);
-        for part in parts {
-            put_bytes(&mut p, part.as_bytes());
+/// The log's record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    V1,
+    V2,
+}
+
+impl Format {
+    fn header_len(self) -> u64 {
+        match self {
+            Format::V1 => RECORD_HEADER_V1,
+            Format::V2 => RECORD_HEADER,
         }
-        if let Some(v) = value {
-            put_bytes(&mut p, v.as_bytes());
+    }
+}
+
+/// Reads at arbitrary offsets through one read-ahead buffer, so the
+/// sequential replay costs few host calls and a resync can jump.
+struct PosReader<'f> {
+    file: &'f mut File,
+    buf: Vec<u8>,
+    start: u64,
+    filled: usize,
+}
+
+impl<'f> PosReader<'f> {
+    fn new(file: &'f mut File) -> Self {
+        PosReader {
+            file,
+            buf: vec![0; READ_BUF],
+            start: 0,
+            filled: 0,
         }
-        p
     }
 
-    /// The framed record: `len u32 LE | crc32(payload) u32 LE | payload`.
-    pub fn encode(&self) -> Vec<u8> {
-        let payload = self.payload();
-        let mut out = Vec::with_capacity(8 + payload.len());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out
-    }
-
-    /// Framed size of a put, used to estimate the live size of the data.
-    pub fn put_size(parts: &[&str], value: &str) -> u64 {
-        8 + 3 + parts.iter().map(|p| 4 + p.len() as u64).sum::<u64>() + 4 + value.len() as u64
-    }
-
-    fn decode(payload: &[u8]) -> Option<Record> {
-        let mut pos = 0usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let s = payload.get(pos..pos.checked_add(n)?)?;
-            pos += n;
-            Some(s)
-        };
-        let head = take(3)?;
-        let (op, table, n) = (head[0], head[1], head[2]);
-        let mut read_str = || -> Option<String> {
-            let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            String::from_utf8(take(len)?.to_vec()).ok()
-        };
-        let mut parts = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            parts.push(read_str()?);
+    fn read_at(&mut self, mut pos: u64, out: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            let end = self.start + self.filled as u64;
+            if pos >= self.start && pos < end {
+                let at = (pos - self.start) as usize;
+                let n = (self.filled - at).min(out.len() - done);
+                out[done..done + n].copy_from_slice(&self.buf[at..at + n]);
+                done += n;
+                pos += n as u64;
+                continue;
+            }
+            if out.len() - done >= self.buf.len() {
+                self.file.seek(SeekFrom::Start(pos))?;
+                return self.file.read_exact(&mut out[done..]);
+            }
+            self.file.seek(SeekFrom::Start(pos))?;
+            self.start = pos;
+            self.filled = 0;
+            while self.filled < self.buf.len() {
+                match self.file.read(&mut self.buf[self.filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => self.filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.filled == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
         }
-        let rec = match op {
-            OP_PUT => Record::Put {
-                table,
-                parts,
-                value: read_str()?,
+        Ok(())
+    }
+}
+
+/// A record that checked out: its payload length and the decoded prefix.
+struct Probed {
+    len: u32,
+    /// The first bytes of the payload (the whole payload when short).
+    head: Vec<u8>,
+}
+
+/// Scratch buffers of a scan.
+struct Scanner<'f> {
+    r: PosReader<'f>,
+    file_len: u64,
+    format: Format,
+    chunk: Vec<u8>,
+}
+
+impl Scanner<'_> {
+    /// Checks the record at `pos` (header, bounds, checksum, shape) without
+    /// buffering its value. `None` if there is no intact record there.
+    fn probe(&mut self, pos: u64) -> io::Result<Option<Probed>> {
+        let hlen = self.format.header_len();
+        if self.file_len.saturating_sub(pos) < hlen {
+            return Ok(None);
+        }
+        let mut h = [0u8; RECORD_HEADER as usize];
+        self.r.read_at(pos, &mut h[..hlen as usize])?;
+        let (len, crc) = match self.format {
+            Format::V2 => match format::parse_header(&h) {
+                Some(lc) => lc,
+                None => return Ok(None),
             },
-            OP_DEL => Record::Del { table, parts },
-            _ => return None,
+            Format::V1 => (
+                u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")),
+                u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")),
+            ),
         };
-        Some(rec)
+        if len > MAX_PAYLOAD || pos + hlen + len as u64 > self.file_len {
+            return Ok(None);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        if self.format == Format::V2 {
+            hasher.update(&len.to_le_bytes());
+        }
+        let body = pos + hlen;
+        let head_len = (len as usize).min(SCAN_PREFIX);
+        let mut head = vec![0u8; head_len];
+        self.r.read_at(body, &mut head)?;
+        hasher.update(&head);
+        let mut at = head_len as u64;
+        while at < len as u64 {
+            let n = ((len as u64 - at) as usize).min(self.chunk.len());
+            let (r, chunk) = (&mut self.r, &mut self.chunk[..n]);
+            r.read_at(body + at, chunk)?;
+            hasher.update(chunk);
+            at += n as u64;
+        }
+        if hasher.finalize() != crc {
+            return Ok(None);
+        }
+        // The checksum holds, so `len` is real: reading the whole payload
+        // for a key longer than the prefix is a legitimate allocation.
+        if let Err(DecodeError::Short) = format::decode(&head, head_len == len as usize) {
+            if head_len < len as usize {
+                head = vec![0u8; len as usize];
+                self.r.read_at(body, &mut head)?;
+            }
+        }
+        let full = head.len() == len as usize;
+        match format::decode(&head, full) {
+            Ok(p) => {
+                if let Some((start, n)) = p.value {
+                    if start + n != len as usize {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(Probed { len, head }))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The offset of the next intact v2 record after `from`, if any.
+    fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut p = from;
+        let mut window = vec![0u8; READ_BUF];
+        while p + RECORD_HEADER <= self.file_len {
+            let n = ((self.file_len - p) as usize).min(window.len());
+            self.r.read_at(p, &mut window[..n])?;
+            let mut i = 0;
+            while i + RECORD_MARKER.len() <= n {
+                if window[i..i + RECORD_MARKER.len()] == RECORD_MARKER
+                    && self.probe(p + i as u64)?.is_some()
+                {
+                    return Ok(Some(p + i as u64));
+                }
+                i += 1;
+            }
+            if p + n as u64 >= self.file_len {
+                break;
+            }
+            // Overlap so a marker across the window edge is seen.
+            p += (n - (RECORD_MARKER.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Record headers inside a damaged stretch and the keys they name.
+    fn autopsy(&mut self, offset: u64, bytes: u64) -> io::Result<(u64, Vec<String>)> {
+        let mut records = 0;
+        let mut keys = Vec::new();
+        let end = offset + bytes;
+        let mut buf = vec![0u8; bytes.min(SCAN_PREFIX as u64) as usize];
+        let mut p = offset;
+        while p < end {
+            let n = ((end - p) as usize).min(buf.len());
+            self.r.read_at(p, &mut buf[..n])?;
+            let mut i = 0;
+            while i + RECORD_MARKER.len() <= n {
+                if buf[i..i + RECORD_MARKER.len()] == RECORD_MARKER {
+                    records += 1;
+                    let at = p + i as u64 + RECORD_HEADER;
+                    let m = (end.saturating_sub(at) as usize).min(SCAN_PREFIX);
+                    let mut head = vec![0u8; m];
+                    if self.r.read_at(at, &mut head).is_ok() {
+                        if let Ok(d) = format::decode(&head, false) {
+                            if keys.len() < REPORT_KEYS {
+                                keys.push(d.parts.join("/"));
+                            }
+                        }
+                    }
+                }
+                i += 1;
+            }
+            if p + n as u64 >= end {
+                break;
+            }
+            p += (n - (RECORD_MARKER.len() - 1)) as u64;
+        }
+        // A flipped byte in a marker hides that record's header; the
+        // stretch held at least one record all the same.
+        Ok((records.max(1), keys))
     }
 }
 
-/// Outcome of reading a log at open.
-pub struct Replay {
-    pub records: Vec<Record>,
-    /// Bytes after the last intact record that were cut off (a torn write).
-    pub discarded_tail: u64,
-}
-
-/// An open log file positioned for appends.
+/// An open log positioned for appends.
 pub struct Wal {
     path: PathBuf,
     file: File,
-    /// Current length of the file (header + intact records).
+    /// Length of the file: header + records.
     len: u64,
     fsync: bool,
+    format: Format,
+}
+
+fn io_path(p: &Path) -> String {
+    p.display().to_string()
 }
 
 impl Wal {
-    /// Opens (creating if needed) `path`, reads every intact record, and cuts
-    /// a torn tail off so new appends follow the last good record.
-    pub fn open(path: &Path, fsync: bool) -> io::Result<(Wal, Replay)> {
+    /// Opens (creating if needed) the log at `path` and streams every
+    /// intact record to `visit` in log order.
+    ///
+    /// A torn tail (a bad stretch with no intact record after it) is cut
+    /// off. Damage followed by intact records is refused, or with
+    /// [`OnCorruption::Salvage`] skipped after the original is saved beside
+    /// the log; the caller must then [`Wal::rewrite`] it. A v1 log is read
+    /// the same way and must be rewritten too ([`OpenReport::v1`]).
+    pub fn open(
+        path: &Path,
+        fsync: bool,
+        policy: OnCorruption,
+        mut visit: impl FnMut(Replayed<'_>) -> Result<(), WalError>,
+    ) -> Result<(Wal, OpenReport), WalError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf)?;
-        if buf.is_empty() {
-            file.write_all(MAGIC)?;
+        let file_len = file.metadata()?.len();
+        let mut magic = [0u8; FILE_HEADER as usize];
+        let got = read_up_to(&mut file, &mut magic)?;
+        let format = if got == magic.len() && &magic == MAGIC_V2 {
+            Format::V2
+        } else if got == magic.len() && &magic == MAGIC_V1 {
+            Format::V1
+        } else if MAGIC_V2.starts_with(&magic[..got]) && got as u64 == file_len {
+            // Empty, or a crash while writing the header of a new log.
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(MAGIC_V2)?;
             if fsync {
                 file.sync_all()?;
             }
+            let report = OpenReport {
+                torn_tail: got as u64,
+                ..OpenReport::default()
+            };
             let wal = Wal {
                 path: path.to_path_buf(),
                 file,
-                len: MAGIC.len() as u64,
+                len: FILE_HEADER,
                 fsync,
+                format: Format::V2,
             };
-            return Ok((
-                wal,
-                Replay {
-                    records: Vec::new(),
-                    discarded_tail: 0,
-                },
-            ));
+            return Ok((wal, report));
+        } else {
+            return Err(WalError::NotALog {
+                path: io_path(path),
+            });
+        };
+
+        let mut report = OpenReport {
+            v1: format == Format::V1,
+            ..OpenReport::default()
+        };
+        let mut first_damage: Option<(u64, u64)> = None;
+        let mut damage = Vec::new();
+        let mut end = FILE_HEADER;
+        {
+            let mut sc = Scanner {
+                r: PosReader::new(&mut file),
+                file_len,
+                format,
+                chunk: vec![0u8; READ_BUF],
+            };
+            let mut pos = FILE_HEADER;
+            while pos < file_len {
+                if let Some(p) = sc.probe(pos)? {
+                    let d = format::decode(&p.head, p.head.len() == p.len as usize)
+                        .expect("probe decoded it");
+                    visit(Replayed {
+                        op: d.op,
+                        table: d.table,
+                        parts: d.parts,
+                        loc: Loc {
+                            off: pos,
+                            len: p.len,
+                        },
+                    })?;
+                    report.records += 1;
+                    if first_damage.is_some() {
+                        report.records_after_damage += 1;
+                    }
+                    pos += format.header_len() + p.len as u64;
+                    end = pos;
+                    continue;
+                }
+                // v1 has no markers to resynchronise on: its first bad
+                // record ends what can be read.
+                let next = match format {
+                    Format::V2 => sc.resync(pos + 1)?,
+                    Format::V1 => None,
+                };
+                match next {
+                    None => break,
+                    Some(q) => {
+                        let (records, keys) = sc.autopsy(pos, q - pos)?;
+                        first_damage.get_or_insert((pos, q - pos));
+                        damage.push(Damage {
+                            offset: pos,
+                            bytes: q - pos,
+                            records,
+                            keys,
+                        });
+                        pos = q;
+                    }
+                }
+            }
         }
-        if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
-            // A crash while writing the header of a brand-new log leaves a
-            // prefix of the magic; anything else is a foreign file we must
-            // not overwrite.
-            if MAGIC.starts_with(&buf) {
-                file.set_len(0)?;
-                file.seek(SeekFrom::Start(0))?;
-                file.write_all(MAGIC)?;
+        let unread = file_len - end;
+        if let Some((offset, bytes)) = first_damage {
+            if policy == OnCorruption::Refuse {
+                return Err(WalError::MidLogDamage {
+                    path: io_path(path),
+                    offset,
+                    bytes,
+                    records_after: report.records_after_damage,
+                });
+            }
+            report.damage = damage;
+            report.backup = Some(save_beside(path, "corrupt")?);
+            report.torn_tail = unread;
+        } else if unread > 0 {
+            if format == Format::V1 {
+                // v1 cannot tell a torn tail from damage: keep the bytes.
+                report.backup = Some(save_beside(path, "v1")?);
+            } else {
+                file.set_len(end)?;
                 if fsync {
                     file.sync_all()?;
                 }
-                let discarded_tail = buf.len() as u64;
-                let wal = Wal {
-                    path: path.to_path_buf(),
-                    file,
-                    len: MAGIC.len() as u64,
-                    fsync,
-                };
-                return Ok((
-                    wal,
-                    Replay {
-                        records: Vec::new(),
-                        discarded_tail,
-                    },
-                ));
             }
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is not an iii kv log (bad header)", path.display()),
-            ));
+            report.torn_tail = unread;
         }
-        let (records, good) = scan(&buf);
-        let discarded_tail = buf.len() as u64 - good;
-        if discarded_tail > 0 {
-            file.set_len(good)?;
-            if fsync {
-                file.sync_all()?;
-            }
-        }
-        file.seek(SeekFrom::Start(good))?;
+        file.seek(SeekFrom::Start(end))?;
         let wal = Wal {
             path: path.to_path_buf(),
             file,
-            len: good,
+            len: end,
             fsync,
+            format,
         };
-        Ok((
-            wal,
-            Replay {
-                records,
-                discarded_tail,
-            },
-        ))
+        Ok((wal, report))
     }
 
-    /// Appends one record and makes it durable before returning.
-    pub fn append(&mut self, rec: &Record) -> io::Result<()> {
-        let bytes = rec.encode();
-        if let Err(e) = self.file.write_all(&bytes) {
-            // Never leave half a record before the next append: cut back to
-            // the last good length (replay would drop it, but later records
-            // would then be unreachable).
+    /// Appends a put (`value: Some`) or a delete and makes it durable
+    /// before returning. Returns where the record went.
+    pub fn append(
+        &mut self,
+        op: u8,
+        table: u8,
+        parts: &[&str],
+        value: Option<&str>,
+    ) -> Result<Loc, WalError> {
+        debug_assert_eq!(self.format, Format::V2, "a v1 log is rewritten at open");
+        let prefix = format::payload_prefix(op, table, parts, value.map(str::len));
+        let value = value.unwrap_or("").as_bytes();
+        let header = format::record_header(&[&prefix, value]);
+        let loc = Loc {
+            off: self.len,
+            len: (prefix.len() + value.len()) as u32,
+        };
+        let written = (|| {
+            self.file.write_all(&header)?;
+            self.file.write_all(&prefix)?;
+            self.file.write_all(value)?;
+            if self.fsync {
+                self.file.sync_data()?;
+            }
+            Ok::<(), io::Error>(())
+        })();
+        if let Err(e) = written {
+            // Never leave half a record before the next append.
             let _ = self.file.set_len(self.len);
             let _ = self.file.seek(SeekFrom::Start(self.len));
-            return Err(e);
+            return Err(e.into());
         }
-        if self.fsync {
-            if let Err(e) = self.file.sync_data() {
-                let _ = self.file.set_len(self.len);
-                let _ = self.file.seek(SeekFrom::Start(self.len));
-                return Err(e);
+        self.len += RECORD_HEADER + loc.len as u64;
+        Ok(loc)
+    }
+
+    /// Reads the payload at `loc` and checks its checksum.
+    fn read_payload(&mut self, loc: Loc) -> Result<Vec<u8>, WalError> {
+        let hlen = self.format.header_len();
+        let mut buf = vec![0u8; hlen as usize + loc.len as usize];
+        self.file.seek(SeekFrom::Start(loc.off))?;
+        let read = self.file.read_exact(&mut buf);
+        self.file.seek(SeekFrom::Start(self.len))?;
+        let bad = |reason: &str| WalError::BadRecord {
+            path: io_path(&self.path),
+            offset: loc.off,
+            reason: reason.to_string(),
+        };
+        read.map_err(|e| bad(&format!("short read: {e}")))?;
+        let (len, crc, ok_marker) = match self.format {
+            Format::V2 => {
+                let h: [u8; RECORD_HEADER as usize] =
+                    buf[..RECORD_HEADER as usize].try_into().expect("12 bytes");
+                match format::parse_header(&h) {
+                    Some((l, c)) => (l, c, true),
+                    None => (0, 0, false),
+                }
             }
+            Format::V1 => (
+                u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")),
+                u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")),
+                true,
+            ),
+        };
+        if !ok_marker || len != loc.len {
+            return Err(bad("header does not match the index"));
         }
-        self.len += bytes.len() as u64;
-        Ok(())
+        let payload = &buf[hlen as usize..];
+        let actual = match self.format {
+            Format::V2 => format::record_crc(len, &[payload]),
+            Format::V1 => crc32fast::hash(payload),
+        };
+        if actual != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        buf.drain(..hlen as usize);
+        Ok(buf)
+    }
+
+    /// The value of the put at `loc`, which must address `parts`.
+    pub fn read_value(&mut self, loc: Loc, parts: &[&str]) -> Result<String, WalError> {
+        let mut payload = self.read_payload(loc)?;
+        let (start, n) = {
+            let d = format::decode(&payload, true).map_err(|e| WalError::BadRecord {
+                path: io_path(&self.path),
+                offset: loc.off,
+                reason: e.to_string(),
+            })?;
+            match d.value {
+                Some(v) if d.parts == parts => v,
+                _ => {
+                    return Err(WalError::BadRecord {
+                        path: io_path(&self.path),
+                        offset: loc.off,
+                        reason: format!("it is not the put of {}", parts.join("/")),
+                    })
+                }
+            }
+        };
+        // Move the value to the front in place: no second copy of it.
+        payload.truncate(start + n);
+        payload.drain(..start);
+        String::from_utf8(payload).map_err(|_| WalError::BadRecord {
+            path: io_path(&self.path),
+            offset: loc.off,
+            reason: "value is not UTF-8".into(),
+        })
     }
 
     /// Bytes in the log file, header included.
@@ -233,100 +614,85 @@ impl Wal {
         self.len
     }
 
-    /// Replaces the log with `records` (a snapshot of the live data): written
-    /// to a side file, synced, then renamed over the log, so a crash at any
-    /// point leaves either the old or the new complete log.
-    pub fn rewrite(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
+    /// Replaces the log with copies of the records at `locs` (the live
+    /// entries, in order), one record in memory at a time. Written to a side
+    /// file, synced, then renamed over the log, so a crash leaves either the
+    /// old or the new complete log. Returns the records' new places.
+    pub fn rewrite(&mut self, locs: &[Loc]) -> Result<Vec<Loc>, WalError> {
         let tmp = self.path.with_extension("compact");
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        for r in records {
-            out.extend_from_slice(&r.encode());
-        }
+        let mut new_locs = Vec::with_capacity(locs.len());
         {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&out)?;
+            let mut out = io::BufWriter::with_capacity(READ_BUF, File::create(&tmp)?);
+            out.write_all(MAGIC_V2)?;
+            let mut at = FILE_HEADER;
+            for &loc in locs {
+                let payload = self.read_payload(loc)?;
+                out.write_all(&format::record_header(&[&payload]))?;
+                out.write_all(&payload)?;
+                new_locs.push(Loc {
+                    off: at,
+                    len: loc.len,
+                });
+                at += RECORD_HEADER + loc.len as u64;
+            }
+            let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            // Persist the rename; some platforms cannot open directories,
-            // where the rename is already as durable as it gets.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_dir(&self.path);
         let mut file = OpenOptions::new().read(true).write(true).open(&self.path)?;
-        file.seek(SeekFrom::End(0))?;
+        self.len = file.seek(SeekFrom::End(0))?;
         self.file = file;
-        self.len = out.len() as u64;
-        Ok(())
+        self.format = Format::V2;
+        Ok(new_locs)
     }
 }
 
-/// Decodes records after the header; returns them with the offset just past
-/// the last intact one. Stops at the first short or corrupt record.
-fn scan(buf: &[u8]) -> (Vec<Record>, u64) {
-    let mut records = Vec::new();
-    let mut pos = MAGIC.len();
-    while let Some(head) = buf.get(pos..pos + 8) {
-        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-        if len > MAX_RECORD {
-            break;
+/// Persists a rename; some platforms cannot open directories, where the
+/// rename is already as durable as it gets.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
         }
-        let Some(payload) = buf.get(pos + 8..pos + 8 + len as usize) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Some(rec) = Record::decode(payload) else {
-            break;
-        };
-        records.push(rec);
-        pos += 8 + len as usize;
     }
-    (records, pos as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(k: &str, v: &str) -> Record {
-        Record::Put {
-            table: TABLE_STATE,
-            parts: vec!["s".into(), k.into()],
-            value: v.into(),
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
         }
     }
+    Ok(n)
+}
 
-    #[test]
-    fn torn_tail_is_cut_and_earlier_records_survive() {
-        let dir = std::env::temp_dir().join(format!("iii-kv-wal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.wal");
-        let _ = std::fs::remove_file(&path);
-        {
-            let (mut w, _) = Wal::open(&path, true).unwrap();
-            w.append(&put("a", "1")).unwrap();
-            w.append(&put("b", "2")).unwrap();
-        }
-        let full = std::fs::metadata(&path).unwrap().len();
-        // Half of a third record.
-        let third = put("c", "3").encode();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&third[..third.len() / 2]).unwrap();
-        drop(f);
-        let (mut w, replay) = Wal::open(&path, true).unwrap();
-        assert_eq!(replay.records, vec![put("a", "1"), put("b", "2")]);
-        assert_eq!(replay.discarded_tail, (third.len() / 2) as u64);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
-        w.append(&put("d", "4")).unwrap();
-        drop(w);
-        let (_, replay) = Wal::open(&path, true).unwrap();
-        assert_eq!(replay.records.len(), 3);
-        std::fs::remove_dir_all(&dir).unwrap();
+/// Saves the log as `<name>.<tag>-<unix seconds>` beside it: a hard link
+/// when the file system allows (the rewrite then leaves the old inode to
+/// it), else a streamed copy.
+fn save_beside(path: &Path, tag: &str) -> io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "kv.wal".into());
+    let mut dest = path.with_file_name(format!("{name}.{tag}-{secs}"));
+    let mut n = 1;
+    while dest.exists() {
+        dest = path.with_file_name(format!("{name}.{tag}-{secs}-{n}"));
+        n += 1;
     }
+    if std::fs::hard_link(path, &dest).is_err() {
+        let mut from = File::open(path)?;
+        let mut to = File::create(&dest)?;
+        io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+    }
+    sync_dir(&dest);
+    Ok(dest)
 }

@@ -29,8 +29,10 @@ fn ws_config() -> WebSocketConfig {
 // ---- the relay floor ------------------------------------------------------------------------
 
 /// Forwards every frame from `/caller` to `/callee` and back: the least any broker can do.
-// The handshake callback's error type is fixed by tungstenite.
-#[allow(clippy::result_large_err)]
+#[allow(
+    clippy::result_large_err,
+    reason = "the handshake callback's error type is fixed by tungstenite"
+)]
 async fn relay(port: u16) -> Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let (to_callee_tx, to_callee_rx) = mpsc::channel::<Message>(4096);

@@ -6,5 +6,6 @@
 mod cli;
 mod hardening_core;
 mod http_trigger;
+mod kv_durability;
 mod state_stream;
 mod wire;

@@ -57,6 +57,7 @@ pub async fn call(c: &IIIClient, function_id: &str, payload: Value) -> Result<Va
     call_timeout(c, function_id, payload, 10_000).await
 }
 
+/// A request/response call with a client-side timeout of `timeout_ms`.
 pub async fn call_timeout(
     c: &IIIClient,
     function_id: &str,
@@ -74,6 +75,7 @@ pub async fn wait_for_function(c: &IIIClient, function_id: &str) {
     wait_for_function_in(c, function_id, "default").await
 }
 
+/// [`wait_for_function`] in `namespace`.
 pub async fn wait_for_function_in(c: &IIIClient, function_id: &str, namespace: &str) {
     let deadline = Instant::now() + WAIT;
     let mut last = Value::Null;

@@ -4,7 +4,10 @@
 //! `IIIClient::register_trigger` is deprecated in 0.25 in favour of `observe`, which needs the
 //! engine's observe extension (not advertised by a 0.23-compatible engine), so the deprecated
 //! call is the one SDK users have for HTTP routes here.
-#![allow(deprecated)]
+#![allow(
+    deprecated,
+    reason = "register_trigger is the SDK's only call for HTTP routes against a 0.23-compatible engine; see above"
+)]
 
 use std::time::{Duration, Instant};
 
