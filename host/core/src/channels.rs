@@ -223,7 +223,13 @@ pub async fn run_socket<S>(
                 return;
             };
             let mut held = Held::default();
-            while let Some(Ok(msg)) = ws.next().await {
+            loop {
+                // A reclaimed channel drops its reader end: stop waiting on the writer then.
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = tx.closed() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let item = match msg {
                     Message::Text(t) => ChanItem::Text(t.as_str().to_string()),
                     Message::Binary(b) => ChanItem::Binary(b),

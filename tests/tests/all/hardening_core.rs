@@ -67,7 +67,8 @@ async fn spawn_echo(url: &str, id: &str) -> tokio::task::JoinHandle<()> {
 // once its queue passes the byte bound; the shared callee and a healthy caller never wait.
 #[tokio::test]
 async fn slow_caller_is_disconnected_and_shared_callee_keeps_serving() {
-    let e = engine_with("max_outbound_bytes: 262144");
+    // The callee's own queue (1500 small calls) stays well under the bound.
+    let e = engine_with("max_outbound_bytes: 1048576");
     let _echo = spawn_echo(&e.url(), "echo::pad").await;
     let mut slow = RawWorker::connect(&e.url()).await;
     // Small calls, 24 MiB of results: far past the bound and the kernel's socket buffers.
@@ -253,10 +254,10 @@ async fn registration_limits_refuse_clearly() {
     w.send(json!({"type": "unregisterfunction", "id": "many::f0"}))
         .await;
     w.register_function("many::again", json!({})).await;
-    w.sync().await;
-    let r = w.call("many::again", json!({})).await;
-    assert_ne!(r["error"]["code"], "function_not_found", "{r}");
-    assert!(!e.log().contains("registration of `many::again` refused"));
+    let r = w.call("engine::functions::list", json!({})).await;
+    let listed = r["result"]["functions"].to_string();
+    assert!(listed.contains("many::again"), "{r}");
+    assert!(!listed.contains("many::f5"), "{r}");
 }
 
 // Item 7: calls in flight per connection are bounded with a structured refusal.
@@ -278,11 +279,14 @@ async fn pending_calls_per_connection_are_bounded() {
         .recv_where(move |v| v["type"] == "invocationresult" && v["invocation_id"] == last.as_str())
         .await;
     assert_eq!(r["error"]["code"], "too_many_pending_calls", "{r}");
-    // Answering one frees a slot.
+    // Answering one frees a slot: the next call is forwarded again.
     callee.serve_one(|_| json!(1)).await;
-    let r = caller.call("silent::f", json!({})).await;
-    assert_ne!(r["error"]["code"], "too_many_pending_calls", "{r}");
-    drop(callee);
+    let (id, f) = invoke("silent::f", json!({"again": true}));
+    caller.send(f).await;
+    let inv = callee
+        .recv_where(move |v| v["type"] == "invokefunction" && v["invocation_id"] == id.as_str())
+        .await;
+    assert_eq!(inv["data"]["again"], true, "{inv}");
 }
 
 // Item 7: the engine never sends a frame larger than the receiver's message limit; the
@@ -339,4 +343,53 @@ async fn non_string_function_id_gets_deserialization_error() {
         .recv_where(move |v| v["type"] == "invocationresult" && v["invocation_id"] == id.as_str())
         .await;
     assert_eq!(r["error"]["code"], "deserialization_error", "{r}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// Item 15, a measurement rather than a check: 1 GiB queued to a callee that does not read,
+// then the callee leaves; prints the engine's RSS before, at the peak and after release.
+// Run with `-- --ignored --nocapture`, on a release binary (III_BIN).
+#[tokio::test]
+#[ignore = "measurement; prints RSS figures"]
+async fn memory_comes_back_after_a_burst() {
+    let e = engine_with("max_outbound_bytes: 2147483648");
+    let pid = e.child.id();
+    let mut callee = RawWorker::connect_named(&e.url(), "sink", None).await;
+    callee.register_function("sink::f", json!({})).await;
+    callee.sync().await;
+    let mut caller = RawWorker::connect(&e.url()).await;
+    let idle = rss_kib(pid);
+    let pad = "p".repeat(1 << 20);
+    for _ in 0..1024 {
+        let (_, f) = invoke("sink::f", json!({"pad": pad}));
+        caller.ws.feed(Message::text(f.to_string())).await.unwrap();
+    }
+    caller.ws.flush().await.unwrap();
+    caller.sync().await;
+    let peak = rss_kib(pid);
+    drop(callee);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stopped = 0;
+    while stopped < 1024 && Instant::now() < deadline {
+        match caller.recv_raw(Duration::from_secs(10)).await {
+            Some(v) if v["error"]["code"] == "invocation_stopped" => stopped += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    println!("| engine RSS | MiB |\n| --- | --- |");
+    println!("| idle | {} |", idle / 1024);
+    println!("| 1 GiB queued to a non-reading callee | {} |", peak / 1024);
+    println!("| 3 s after the callee left | {} |", after / 1024);
+    assert_eq!(stopped, 1024, "every queued call ends invocation_stopped");
 }
