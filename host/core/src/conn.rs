@@ -187,6 +187,11 @@ impl Conn {
         Ok(())
     }
 
+    /// The connection was disconnected for exceeding its outbound byte bound.
+    pub fn is_slow_consumer(&self) -> bool {
+        self.slow.load(Ordering::SeqCst)
+    }
+
     /// Bytes queued for this connection right now.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::SeqCst)

@@ -158,6 +158,10 @@ pub async fn run_worker<S>(
     // The writer ends on the queued Close; if the queue was full it may not see it while some
     // task still holds the connection, so do not wait on it forever.
     let abort = writer_task.abort_handle();
+    // A slow consumer's queue is not worth flushing: free it now.
+    if conn.is_slow_consumer() {
+        abort.abort();
+    }
     if tokio::time::timeout(std::time::Duration::from_secs(5), writer_task)
         .await
         .is_err()

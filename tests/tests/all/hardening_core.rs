@@ -385,11 +385,12 @@ async fn memory_comes_back_after_a_burst() {
             None => break,
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past the engine's 5 s writer-flush grace, so only the allocator can still hold memory.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let after = rss_kib(pid);
     println!("| engine RSS | MiB |\n| --- | --- |");
     println!("| idle | {} |", idle / 1024);
     println!("| 1 GiB queued to a non-reading callee | {} |", peak / 1024);
-    println!("| 3 s after the callee left | {} |", after / 1024);
+    println!("| 8 s after the callee left | {} |", after / 1024);
     assert_eq!(stopped, 1024, "every queued call ends invocation_stopped");
 }
