@@ -9,6 +9,30 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use iii_engine::{ConfigSource, EngineConfig};
 
+/// Gives freed heap memory back to the OS every few seconds. glibc's malloc keeps what a burst
+/// freed (837 of 1043 MiB still resident 8 s after a 1 GiB burst was released; mimalloc with its
+/// defaults kept all of it), so the engine trims explicitly; trimming an idle heap costs
+/// microseconds.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_heap_trimmer() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+    }
+    let _ = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            // SAFETY: glibc's malloc_trim takes the allocator's own locks and may be called from
+            // any thread at any time; it only releases free memory.
+            unsafe {
+                malloc_trim(0);
+            }
+        });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn spawn_heap_trimmer() {}
+
 #[derive(Parser)]
 #[command(
     name = "iii",
@@ -102,6 +126,7 @@ fn load_config(
 
 fn run_engine(config: Option<PathBuf>, use_default: bool) -> anyhow::Result<()> {
     let (cfg, note) = load_config(config, use_default)?;
+    spawn_heap_trimmer();
     let level = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| cfg.log_level())

@@ -22,8 +22,11 @@ use crate::core::{new_id, Core};
 pub const DEFAULT_BUFFER: usize = 64;
 /// The largest buffer a creator may ask for.
 pub const MAX_BUFFER: usize = 1024;
-/// A channel at least one side of which never connected is removed after this long.
-pub const UNUSED_TTL: Duration = Duration::from_secs(300);
+/// A channel at least one side of which never connected is reclaimed after this long, unless
+/// the listener's `channel_unclaimed_timeout_ms` says otherwise.
+pub const UNUSED_TTL: Duration = Duration::from_secs(60);
+/// How often the writer side looks again while the channel holds its byte budget.
+const BUDGET_POLL: Duration = Duration::from_millis(5);
 
 /// Result of [`Channels::check`]: unknown channel or wrong key is `NotFound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +84,19 @@ impl Channel {
     }
 }
 
-#[derive(Default)]
 /// Every open channel, by id.
 pub struct Channels {
     map: Mutex<HashMap<String, Arc<Channel>>>,
+    unclaimed_ttl: Mutex<Duration>,
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels {
+            map: Mutex::default(),
+            unclaimed_ttl: Mutex::new(UNUSED_TTL),
+        }
+    }
 }
 
 impl Channels {
@@ -148,12 +160,32 @@ impl Channels {
         self.map.lock().remove(id);
     }
 
-    /// Removes channels older than the TTL that never had both sides taken.
+    /// Sets how long a channel may wait for its other side (the shortest a listener asks).
+    pub fn set_unclaimed_timeout(&self, ttl: Duration) {
+        let mut cur = self.unclaimed_ttl.lock();
+        *cur = (*cur).min(ttl);
+    }
+
+    /// How long a channel may wait for its other side.
+    pub fn unclaimed_timeout(&self) -> Duration {
+        *self.unclaimed_ttl.lock()
+    }
+
+    /// Reclaims channels older than the timeout that never had both sides taken: the record
+    /// goes, and so do the buffered frames, so a connected writer sees its channel closed.
     pub fn sweep(&self) -> usize {
+        let ttl = self.unclaimed_timeout();
         let mut map = self.map.lock();
         let before = map.len();
         map.retain(|_, ch| {
-            ch.created.elapsed() < UNUSED_TTL || (ch.tx.lock().is_none() && ch.rx.lock().is_none())
+            let keep =
+                ch.created.elapsed() < ttl || (ch.tx.lock().is_none() && ch.rx.lock().is_none());
+            if !keep {
+                tracing::info!(channel_id = %ch.id, "data channel reclaimed: its other side never connected");
+                ch.tx.lock().take();
+                ch.rx.lock().take();
+            }
+            keep
         });
         before - map.len()
     }
@@ -170,8 +202,13 @@ impl Channels {
 }
 
 /// Serves one side of a channel over a WebSocket.
-pub async fn run_socket<S>(engine: Core, mut ws: WebSocketStream<S>, id: String, dir: Direction)
-where
+pub async fn run_socket<S>(
+    engine: Core,
+    mut ws: WebSocketStream<S>,
+    id: String,
+    dir: Direction,
+    budget: usize,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let channels = engine.channels();
@@ -185,17 +222,37 @@ where
                 let _ = ws.close(None).await;
                 return;
             };
-            while let Some(Ok(msg)) = ws.next().await {
+            let mut held = Held::default();
+            loop {
+                // A reclaimed channel drops its reader end: stop waiting on the writer then.
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = tx.closed() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let item = match msg {
                     Message::Text(t) => ChanItem::Text(t.as_str().to_string()),
                     Message::Binary(b) => ChanItem::Binary(b),
                     Message::Close(_) => break,
                     _ => continue,
                 };
-                // Back-pressure: while the queue is full we stop reading the writer's socket.
+                let n = match &item {
+                    ChanItem::Text(t) => t.len(),
+                    ChanItem::Binary(b) => b.len(),
+                };
+                // Back-pressure in bytes: while the channel holds its budget we stop reading
+                // the writer's socket. The reader may be the engine itself (HTTP bodies), so
+                // the budget is tracked from the queue's free permits rather than by the reader.
+                held.settle(&tx);
+                while held.bytes > 0 && held.bytes + n > budget && !tx.is_closed() {
+                    tokio::time::sleep(BUDGET_POLL).await;
+                    held.settle(&tx);
+                }
                 if tx.send(item).await.is_err() {
                     break;
                 }
+                held.sizes.push_back(n);
+                held.bytes += n;
             }
             drop(tx);
             let _ = ws.close(None).await;
@@ -222,6 +279,24 @@ where
         }
     }
     channels.side_finished(&ch);
+}
+
+/// The sizes of the frames a writer socket queued that the reader has not taken yet.
+#[derive(Default)]
+struct Held {
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Forgets the frames the reader took. Only this writer sends on the queue, so the frames
+    /// still queued are exactly its last `queued` ones.
+    fn settle(&mut self, tx: &mpsc::Sender<ChanItem>) {
+        let queued = tx.max_capacity() - tx.capacity();
+        while self.sizes.len() > queued {
+            self.bytes -= self.sizes.pop_front().unwrap_or(0);
+        }
+    }
 }
 
 #[cfg(test)]

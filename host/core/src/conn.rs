@@ -1,17 +1,14 @@
 //! A worker connection as the engine sees it: identity, outbound queue, namespace state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
-/// Outbound queue depth per connection. A reader that stops reading for longer than
-/// [`SEND_STALL_LIMIT`] while its queue is full is disconnected instead of stalling the engine.
-pub const OUTBOUND_QUEUE: usize = 1024;
-/// How long a send may wait on a full outbound queue before the connection counts as stalled.
-pub const SEND_STALL_LIMIT: Duration = Duration::from_secs(30);
+use crate::limits::ConnLimits;
 
 /// What the writer task sends to the socket.
 pub enum Out {
@@ -19,6 +16,8 @@ pub enum Out {
     Text(String),
     /// Close the socket after what is queued.
     Close,
+    /// Close the socket at once with this status code and reason (a protocol error).
+    CloseWith(u16, String),
 }
 
 /// What a worker declared through `engine::workers::register`.
@@ -49,6 +48,14 @@ pub struct ConnState {
     pub namespace: Option<String>,
     /// Registration frames received before the namespace was known, in arrival order.
     pub buffer: Vec<String>,
+    /// Bytes held in `buffer`.
+    pub buffer_bytes: usize,
+    /// Live registrations of this connection by (kind, id): the frame size each came in.
+    pub registrations: std::collections::HashMap<(u8, String), usize>,
+    /// Sum of the sizes in `registrations`.
+    pub registration_bytes: usize,
+    /// Malformed frames seen in the current log window, and when the window started.
+    pub malformed: (u32, Option<Instant>),
     /// What the worker declared about itself.
     pub meta: WorkerMeta,
 }
@@ -65,7 +72,16 @@ pub struct Conn {
     pub ip: String,
     /// When it connected, ms since the Unix epoch.
     pub connected_at_ms: u64,
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::UnboundedSender<Out>,
+    /// Bytes queued and not yet handed to the socket (shared with the writer task).
+    queued: Arc<AtomicUsize>,
+    /// The listener's limits.
+    pub limits: Arc<ConnLimits>,
+    /// Calls this connection made that are still in flight.
+    pub(crate) calls_made: AtomicUsize,
+    /// Calls this connection serves that are still in flight.
+    pub(crate) calls_served: AtomicUsize,
+    slow: AtomicBool,
     /// Namespace, buffered registrations and metadata.
     pub state: Mutex<ConnState>,
     closing: AtomicBool,
@@ -81,14 +97,37 @@ pub enum SendError {
     #[error("connection is closed")]
     /// The connection is closed.
     Closed,
-    #[error("connection stopped reading (outbound queue full for {0:?})")]
-    /// The outbound queue stayed full for this long; the connection was closed.
-    Stalled(Duration),
+    #[error("connection stopped reading: more than {limit} bytes queued for it; disconnected as a slow consumer")]
+    /// The outbound queue exceeded its byte bound; the connection was closed.
+    SlowConsumer {
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    #[error("frame of {len} bytes exceeds the {limit}-byte message limit of the receiving worker")]
+    /// The frame is larger than any worker accepts; nothing was queued, the connection stays.
+    TooLarge {
+        /// The frame's size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl Conn {
-    /// A connection that queues outbound frames on `tx`.
-    pub fn new(id: u128, token: u128, ip: String, tx: mpsc::Sender<Out>) -> Self {
+    /// A connection with the default limits that queues outbound frames on `tx`.
+    pub fn new(id: u128, token: u128, ip: String, tx: mpsc::UnboundedSender<Out>) -> Self {
+        Self::with_limits(id, token, ip, tx, Arc::default(), Arc::default())
+    }
+
+    /// A connection under `limits`; `queued` is the byte count the writer task decrements.
+    pub fn with_limits(
+        id: u128,
+        token: u128,
+        ip: String,
+        tx: mpsc::UnboundedSender<Out>,
+        queued: Arc<AtomicUsize>,
+        limits: Arc<ConnLimits>,
+    ) -> Self {
         Conn {
             id,
             id_str: iii_protocol::format_uuid(id),
@@ -96,6 +135,11 @@ impl Conn {
             ip,
             connected_at_ms: now_ms(),
             tx,
+            queued,
+            limits,
+            calls_made: AtomicUsize::new(0),
+            calls_served: AtomicUsize::new(0),
+            slow: AtomicBool::new(false),
             state: Mutex::new(ConnState::default()),
             closing: AtomicBool::new(false),
             cleanup_started: AtomicBool::new(false),
@@ -105,30 +149,65 @@ impl Conn {
         }
     }
 
-    /// Queues a text frame. Waits while the queue is full, up to [`SEND_STALL_LIMIT`].
+    /// Queues a text frame without ever waiting (NATS's slow-consumer model): a frame larger
+    /// than the message limit is refused and the connection stays; a frame that would take the
+    /// queue past its byte bound disconnects the connection as a slow consumer, so no sender —
+    /// least of all another connection's read loop — waits on this one.
     pub async fn send(&self, frame: String) -> Result<(), SendError> {
-        match self.tx.try_send(Out::Text(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(Out::Text(frame))) => {
-                match tokio::time::timeout(SEND_STALL_LIMIT, self.tx.send(Out::Text(frame))).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(SendError::Closed),
-                    Err(_) => {
-                        tracing::warn!(worker_id = %self.id_str, "worker stopped reading; disconnecting it");
-                        self.close();
-                        Err(SendError::Stalled(SEND_STALL_LIMIT))
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Full(Out::Close)) => Err(SendError::Closed),
+        self.try_send(frame)
+    }
+
+    /// [`Conn::send`], usable outside async code.
+    pub fn try_send(&self, frame: String) -> Result<(), SendError> {
+        let len = frame.len();
+        if len > self.limits.max_message_bytes {
+            return Err(SendError::TooLarge {
+                len,
+                limit: self.limits.max_message_bytes,
+            });
         }
+        if self.is_closing() {
+            return Err(SendError::Closed);
+        }
+        let before = self.queued.fetch_add(len, Ordering::SeqCst);
+        // An empty queue always takes one frame, so the bound never refuses a legal frame.
+        if before > 0 && before + len > self.limits.max_outbound_bytes {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            let limit = self.limits.max_outbound_bytes;
+            if !self.slow.swap(true, Ordering::SeqCst) {
+                tracing::warn!(worker_id = %self.id_str, queued_bytes = before, limit_bytes = limit, "slow consumer: worker stopped reading its socket; disconnecting it (its calls end with invocation_stopped)");
+            }
+            self.close();
+            return Err(SendError::SlowConsumer { limit });
+        }
+        if self.tx.send(Out::Text(frame)).is_err() {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            return Err(SendError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The connection was disconnected for exceeding its outbound byte bound.
+    pub fn is_slow_consumer(&self) -> bool {
+        self.slow.load(Ordering::SeqCst)
+    }
+
+    /// Bytes queued for this connection right now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Closes the socket at once with a WebSocket status code (1007, 1009 …).
+    pub(crate) fn close_with(&self, code: u16, reason: String) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Out::CloseWith(code, reason));
+        self.close_now.notify_one();
     }
 
     /// Asks the session to end: flushes queued frames, sends Close, runs cleanup.
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        let _ = self.tx.try_send(Out::Close);
+        let _ = self.tx.send(Out::Close);
         self.close_now.notify_one();
     }
 
@@ -182,4 +261,49 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(
+        max_outbound_bytes: usize,
+        max_message_bytes: usize,
+    ) -> (Conn, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limits = ConnLimits {
+            max_outbound_bytes,
+            max_message_bytes,
+            ..ConnLimits::default()
+        };
+        let c = Conn::with_limits(1, 2, "x".into(), tx, Arc::default(), Arc::new(limits));
+        (c, rx)
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes_and_a_slow_consumer_is_closed() {
+        let (c, _rx) = conn(100, 1000);
+        // An empty queue takes one frame even past the bound.
+        c.try_send("a".repeat(150)).unwrap();
+        assert_eq!(c.queued_bytes(), 150);
+        assert!(matches!(
+            c.try_send("b".into()),
+            Err(SendError::SlowConsumer { limit: 100 })
+        ));
+        assert!(c.is_closing());
+        assert!(matches!(c.try_send("c".into()), Err(SendError::Closed)));
+    }
+
+    #[test]
+    fn frames_over_the_message_limit_are_refused_and_the_connection_stays() {
+        let (c, mut rx) = conn(10_000, 10);
+        assert!(matches!(
+            c.try_send("x".repeat(11)),
+            Err(SendError::TooLarge { len: 11, limit: 10 })
+        ));
+        assert!(!c.is_closing());
+        c.try_send("ok".into()).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Out::Text(t)) if t == "ok"));
+    }
 }

@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::channels::Channels;
-use crate::conn::Conn;
-use crate::pending::{Outcome, PendingCall, PendingTable, Take, Waiter};
+use crate::conn::{Conn, SendError};
+use crate::limits::{FRAME_TOO_LARGE, TOO_MANY_PENDING_CALLS};
+use crate::pending::{CallSlot, Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::triggers::TriggerRegistry;
 
 /// Takes an in-process call's pending entry out when the call ends in any way, including its
@@ -414,10 +415,18 @@ impl Core {
                         function_id: fn_arc,
                     },
                 };
+                let Some(slots) = call_slots(Some(conn), target) else {
+                    let e = too_many_calls(conn, target);
+                    if let Some(fr) = reply(Err(&e)) {
+                        let _ = conn.send(fr).await;
+                    }
+                    return;
+                };
                 // Record before forwarding: the reply may come back before `send` returns.
                 if !self.inner.pending.insert(
                     id,
                     PendingCall {
+                        slots,
                         waiter,
                         caller: Some(conn.id),
                         target: target.id,
@@ -458,17 +467,9 @@ impl Core {
                     traceparent: f.traceparent.as_deref(),
                     baggage: f.baggage.as_deref(),
                 });
-                if target.send(frame).await.is_err() {
+                if let Err(e) = target.send(frame).await {
                     if let Take::Found(call) = self.inner.pending.take(id, None) {
-                        self.resolve(
-                            id,
-                            call,
-                            Err(ErrorBody::new(
-                                codes::CHANNEL_SEND_FAILED,
-                                "target worker connection closed while sending",
-                            )),
-                        )
-                        .await;
+                        self.resolve(id, call, Err(send_failed(&e))).await;
                     }
                 }
             }
@@ -509,15 +510,14 @@ impl Core {
                                 Ok(_) => Ok(text.as_deref()),
                                 Err(e) => Err(e),
                             };
-                            let _ = conn
-                                .send(out::invocation_result(
-                                    &id,
-                                    &ctx.function_id,
-                                    outcome,
-                                    tp.as_deref(),
-                                    bg.as_deref(),
-                                ))
-                                .await;
+                            send_result(
+                                &conn,
+                                &id,
+                                &ctx.function_id,
+                                outcome,
+                                tp.as_deref(),
+                                bg.as_deref(),
+                            );
                         }
                         (Err(e), None) => {
                             tracing::warn!(function_id = %ctx.function_id, error = %e, "fire-and-forget call failed")
@@ -545,44 +545,44 @@ impl Core {
             namespace: (ns != DEFAULT_NS).then_some(ns),
         }
         .to_json();
-        let res = if self
+        let fid = fid.to_string();
+        let reply_to = f.invocation_id.as_deref().map(str::to_string);
+        let tp = f.traceparent.as_deref().map(str::to_string);
+        let bg = f.baggage.as_deref().map(str::to_string);
+        let (engine, conn) = (self.clone(), conn.clone());
+        // Off the read loop: the queue provider may be slow, and the caller's other frames
+        // must not wait behind it.
+        tokio::spawn(async move {
+            let res = engine.enqueue(payload, &receipt).await;
+            if let Some(id) = reply_to {
+                let outcome = match &res {
+                    Ok(r) => Ok(Some(r.as_str())),
+                    Err(e) => Err(e),
+                };
+                send_result(&conn, &id, &fid, outcome, tp.as_deref(), bg.as_deref());
+            }
+        });
+    }
+
+    async fn enqueue(&self, payload: Value, receipt: &str) -> Result<String, ErrorBody> {
+        if self
             .lookup(DEFAULT_NS, iii_protocol::ids::functions::QUEUE_ENQUEUE)
             .is_none()
         {
-            Err(ErrorBody::new(codes::ENQUEUE_ERROR, "No queue provider is installed. `TriggerAction::Enqueue` routes through the `engine::queue::enqueue` provider, and no worker provides it; start a queue worker that registers it."))
-        } else {
-            match self
-                .call(
-                    DEFAULT_NS,
-                    iii_protocol::ids::functions::QUEUE_ENQUEUE,
-                    &payload.to_string(),
-                    None,
-                    None,
-                )
-                .await
-            {
-                Ok(_) => Ok(json!({ "messageReceiptId": receipt }).to_string()),
-                Err(e) => Err(ErrorBody::new(codes::ENQUEUE_ERROR, e.message)),
-            }
-        };
-        if let Some(id) = f.invocation_id.as_deref() {
-            let frame = match &res {
-                Ok(r) => out::invocation_result(
-                    id,
-                    fid,
-                    Ok(Some(r)),
-                    f.traceparent.as_deref(),
-                    f.baggage.as_deref(),
-                ),
-                Err(e) => out::invocation_result(
-                    id,
-                    fid,
-                    Err(e),
-                    f.traceparent.as_deref(),
-                    f.baggage.as_deref(),
-                ),
-            };
-            let _ = conn.send(frame).await;
+            return Err(ErrorBody::new(codes::ENQUEUE_ERROR, "No queue provider is installed. `TriggerAction::Enqueue` routes through the `engine::queue::enqueue` provider, and no worker provides it; start a queue worker that registers it."));
+        }
+        match self
+            .call(
+                DEFAULT_NS,
+                iii_protocol::ids::functions::QUEUE_ENQUEUE,
+                &payload.to_string(),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(json!({ "messageReceiptId": receipt }).to_string()),
+            Err(e) => Err(ErrorBody::new(codes::ENQUEUE_ERROR, e.message)),
         }
     }
 
@@ -606,9 +606,16 @@ impl Core {
             Handler::Remote(target) => {
                 let id = new_id();
                 let (tx, rx) = oneshot::channel();
+                let Some(slots) = call_slots(caller, target) else {
+                    return Err(match caller {
+                        Some(c) => too_many_calls(c, target),
+                        None => too_many_calls(target, target),
+                    });
+                };
                 if !self.inner.pending.insert(
                     id,
                     PendingCall {
+                        slots,
                         waiter: Waiter::Oneshot(tx),
                         caller: caller.map(|c| c.id),
                         target: target.id,
@@ -642,11 +649,8 @@ impl Core {
                     traceparent: None,
                     baggage: None,
                 });
-                if target.send(frame).await.is_err() {
-                    return Err(ErrorBody::new(
-                        codes::CHANNEL_SEND_FAILED,
-                        "target worker connection closed while sending",
-                    ));
+                if let Err(e) = target.send(frame).await {
+                    return Err(send_failed(&e));
                 }
                 let outcome = rx.await.unwrap_or_else(|_| Err(stopped()));
                 drop(guard);
@@ -715,23 +719,18 @@ impl Core {
                         traceparent,
                         baggage,
                     } => {
-                        let frame = match &outcome {
-                            Ok(r) => out::invocation_result(
-                                id_str,
-                                &function_id,
-                                Ok(r.map(RawValue::get)),
-                                traceparent.as_deref(),
-                                baggage.as_deref(),
-                            ),
-                            Err(e) => out::invocation_result(
-                                id_str,
-                                &function_id,
-                                Err(e),
-                                traceparent.as_deref(),
-                                baggage.as_deref(),
-                            ),
+                        let outcome = match &outcome {
+                            Ok(r) => Ok(r.map(RawValue::get)),
+                            Err(e) => Err(e),
                         };
-                        let _ = caller.send(frame).await;
+                        send_result(
+                            &caller,
+                            id_str,
+                            &function_id,
+                            outcome,
+                            traceparent.as_deref(),
+                            baggage.as_deref(),
+                        );
                     }
                     Waiter::Oneshot(tx) => {
                         let _ = tx.send(outcome.map(|r| r.map(RawValue::to_owned)));
@@ -917,12 +916,13 @@ impl Core {
         self.inner.triggers.lock()
     }
 
-    /// The core's own background work until `stop`: unused channels are swept every minute,
+    /// The core's own background work until `stop`: unused channels are swept every second,
     /// and worker providers that left a `registertrigger` unanswered get it again.
     pub async fn run_maintenance(self, stop: tokio_util::sync::CancellationToken) {
         let mut resend = tokio::time::interval(Duration::from_millis(250));
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        // Every second: listeners may shorten the reclaim timeout after this starts.
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -1098,6 +1098,59 @@ impl Core {
     /// Calls in flight.
     pub fn pending_len(&self) -> usize {
         self.inner.pending.len()
+    }
+}
+
+/// Takes the caller's (if a worker) and the callee's slots for one more call in flight.
+fn call_slots(caller: Option<&Arc<Conn>>, target: &Arc<Conn>) -> Option<Vec<CallSlot>> {
+    let mut slots = Vec::with_capacity(2);
+    if let Some(c) = caller {
+        slots.push(CallSlot::acquire(c, true)?);
+    }
+    slots.push(CallSlot::acquire(target, false)?);
+    Some(slots)
+}
+
+/// The refusal of a call over a connection's limit of calls in flight.
+fn too_many_calls(caller: &Arc<Conn>, target: &Arc<Conn>) -> ErrorBody {
+    let limit = target.limits.max_pending_calls;
+    tracing::warn!(caller = %caller.id_str, callee = %target.id_str, limit, "call refused: too many calls in flight");
+    ErrorBody::new(
+        TOO_MANY_PENDING_CALLS,
+        format!("call refused: the caller or the callee already has {limit} calls in flight (config key max_pending_calls)"),
+    )
+}
+
+/// The error a call ends with when its frame could not be queued for the callee.
+fn send_failed(e: &SendError) -> ErrorBody {
+    match e {
+        SendError::TooLarge { .. } => {
+            ErrorBody::new(FRAME_TOO_LARGE, format!("call not forwarded: {e}"))
+        }
+        SendError::SlowConsumer { .. } => stopped(),
+        SendError::Closed => ErrorBody::new(
+            codes::CHANNEL_SEND_FAILED,
+            "target worker connection closed while sending",
+        ),
+    }
+}
+
+/// Queues an `invocationresult` for `conn`; a result too large for the worker becomes a
+/// structured error in its place, so the caller is answered instead of disconnected.
+fn send_result(
+    conn: &Conn,
+    id: &str,
+    function_id: &str,
+    outcome: Result<Option<&str>, &ErrorBody>,
+    traceparent: Option<&str>,
+    baggage: Option<&str>,
+) {
+    let frame = out::invocation_result(id, function_id, outcome, traceparent, baggage);
+    if let Err(e @ SendError::TooLarge { .. }) = conn.try_send(frame) {
+        tracing::warn!(worker_id = %conn.id_str, function_id, error = %e, "result not delivered: too large");
+        let err = ErrorBody::new(FRAME_TOO_LARGE, format!("result not delivered: {e}"));
+        let frame = out::invocation_result(id, function_id, Err(&err), traceparent, baggage);
+        let _ = conn.try_send(frame);
     }
 }
 

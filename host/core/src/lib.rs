@@ -13,6 +13,7 @@ pub mod channels;
 pub mod config;
 pub mod conn;
 mod core;
+pub mod limits;
 pub mod listener;
 pub mod pending;
 pub mod service;

@@ -4,6 +4,11 @@
 //! serves them through this module.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
 
 use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::channels::{Direction, SideState};
 use crate::core::Core;
+use crate::limits::ConnLimits;
 
 enum Route {
     Worker,
@@ -25,12 +31,51 @@ enum Route {
     ChannelTaken,
 }
 
-/// WebSocket limits: messages up to 64 MiB (the SDKs' own limit), frames up to 16 MiB.
-pub fn ws_config() -> WebSocketConfig {
+/// WebSocket limits from the listener's [`ConnLimits`]: by default messages up to 64 MiB (the
+/// SDKs' own limit), frames up to 16 MiB. The message limit also bounds an unfinished
+/// fragmented message: tungstenite refuses the fragment that would take it past the limit.
+pub fn ws_config(limits: &ConnLimits) -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(64 << 20);
-    c.max_frame_size = Some(16 << 20);
+    c.max_message_size = Some(limits.max_message_bytes);
+    c.max_frame_size = Some(limits.max_frame_bytes);
     c
+}
+
+/// Logs a repeated warning at most once a second, with how many were not logged.
+struct LogThrottle {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl LogThrottle {
+    /// `Some(skipped since the last line)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < Duration::from_secs(1))
+        {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+/// Holds one of the listener's connection slots until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a client over the connection limit reads before the socket closes.
+fn refusal(limit: usize) -> String {
+    let body = format!("connection limit reached: this listener serves at most {limit} connections at once (config key max_connections)\n");
+    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}", body.len())
 }
 
 /// One worker-socket listener.
@@ -44,6 +89,8 @@ pub struct WorkerSocketConfig {
     pub port: u16,
     /// How long a client may take to finish the WebSocket upgrade.
     pub handshake_timeout: std::time::Duration,
+    /// What each connection may make the engine hold.
+    pub limits: ConnLimits,
 }
 
 /// Binds the listener's port.
@@ -58,26 +105,68 @@ pub async fn serve(
     cfg: WorkerSocketConfig,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let limits = Arc::new(cfg.limits.clone());
+    engine
+        .channels()
+        .set_unclaimed_timeout(limits.channel_unclaimed_timeout);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut accept_log = LogThrottle {
+        last: None,
+        skipped: 0,
+    };
+    let mut refuse_log = LogThrottle {
+        last: None,
+        skipped: 0,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
-        let (stream, addr) = match accepted {
+        let (mut stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if let Some(skipped) = accept_log.allow() {
+                    tracing::warn!(listener = %cfg.name, error = %e, repeated = skipped, "accept failed (out of file descriptors? lower max_connections or raise the fd limit)");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
+        if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::SeqCst);
+            if let Some(skipped) = refuse_log.allow() {
+                tracing::warn!(listener = %cfg.name, peer = %addr, limit = limits.max_connections, refused_unlogged = skipped, "connection refused: connection limit reached");
+            }
+            let limit = limits.max_connections;
+            tokio::spawn(async move {
+                // Answer without reading the request: the client sees a 503 with the reason.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(refusal(limit).as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        }
+        let slot = Slot(open.clone());
         let engine = engine.clone();
         let deadline = cfg.handshake_timeout;
-        tokio::spawn(async move { handle(engine, stream, addr, deadline).await });
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            handle(engine, stream, addr, deadline, limits).await;
+            drop(slot);
+        });
     }
 }
 
-async fn handle(engine: Core, stream: TcpStream, addr: SocketAddr, deadline: std::time::Duration) {
+async fn handle(
+    engine: Core,
+    stream: TcpStream,
+    addr: SocketAddr,
+    deadline: Duration,
+    limits: Arc<ConnLimits>,
+) {
     let _ = stream.set_nodelay(true);
     let mut route = None;
     #[allow(
@@ -125,7 +214,7 @@ async fn handle(engine: Core, stream: TcpStream, addr: SocketAddr, deadline: std
     };
     let accepted = tokio::time::timeout(
         deadline,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&limits))),
     )
     .await;
     let ws = match accepted {
@@ -140,13 +229,17 @@ async fn handle(engine: Core, stream: TcpStream, addr: SocketAddr, deadline: std
         }
     };
     match route {
-        Some(Route::Worker) => crate::session::run_worker(engine, ws, addr.ip().to_string()).await,
+        Some(Route::Worker) => {
+            crate::session::run_worker(engine, ws, addr.ip().to_string(), limits).await
+        }
         Some(Route::Otel) => {
             // Telemetry is accepted so SDK exporters do not error; it is not stored yet.
             let (_sink, mut stream) = ws.split();
             while let Some(Ok(_)) = stream.next().await {}
         }
-        Some(Route::Channel { id, dir }) => crate::channels::run_socket(engine, ws, id, dir).await,
+        Some(Route::Channel { id, dir }) => {
+            crate::channels::run_socket(engine, ws, id, dir, limits.max_channel_buffer_bytes).await
+        }
         Some(Route::ChannelTaken) => {
             let mut ws = ws;
             let _ = ws.close(None).await;

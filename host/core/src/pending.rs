@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use iii_protocol::ErrorBody;
@@ -41,8 +42,48 @@ pub enum Waiter {
     },
 }
 
+/// One of a connection's slots for calls in flight (made or served); the slot is given back
+/// when the call leaves the table, however it leaves.
+pub struct CallSlot {
+    conn: Arc<Conn>,
+    made: bool,
+}
+
+impl CallSlot {
+    /// Takes a slot on `conn` for a call it makes (`made`) or serves, or `None` when the
+    /// connection already has its limit of such calls in flight.
+    pub fn acquire(conn: &Arc<Conn>, made: bool) -> Option<CallSlot> {
+        let counter = if made {
+            &conn.calls_made
+        } else {
+            &conn.calls_served
+        };
+        if counter.fetch_add(1, Ordering::SeqCst) >= conn.limits.max_pending_calls {
+            counter.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(CallSlot {
+            conn: conn.clone(),
+            made,
+        })
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let counter = if self.made {
+            &self.conn.calls_made
+        } else {
+            &self.conn.calls_served
+        };
+        counter.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One call in flight.
 pub struct PendingCall {
+    /// The caller's and the callee's slots, held while the call is in the table.
+    pub slots: Vec<CallSlot>,
     /// Who gets the result.
     pub waiter: Waiter,
     /// Connection that made the call, if a worker did.
@@ -167,6 +208,7 @@ mod tests {
 
     fn call(target: u128, caller: Option<u128>) -> PendingCall {
         PendingCall {
+            slots: Vec::new(),
             waiter: Waiter::Discard {
                 function_id: "f".into(),
             },

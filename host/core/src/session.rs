@@ -11,61 +11,90 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::conn::{Conn, Out, OUTBOUND_QUEUE};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::conn::{Conn, Out};
 use crate::core::{new_id, Core};
+use crate::limits::{ConnLimits, REGISTRATION_LIMIT_EXCEEDED};
+
+/// Window over which malformed-frame warnings are counted per connection.
+const MALFORMED_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Telemetry frames on the worker socket start with one of these (PROTOCOL.md §11); never protocol.
 pub fn is_telemetry(b: &[u8]) -> bool {
     b.len() >= 4 && matches!(&b[..4], b"OTLP" | b"MTRC" | b"LOGS")
 }
 
-/// Drains the outbound queue into the socket, batching frames that are already queued.
+/// Drains the outbound queue into the socket, batching frames that are already queued, and
+/// counts the bytes it hands to the socket off `queued`.
 pub async fn writer<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<AtomicUsize>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(item) = rx.recv().await {
-        let mut close = false;
+    let mut next = rx.recv().await;
+    while let Some(item) = next.take() {
         match item {
             Out::Text(t) => {
-                if sink.feed(Message::text(t)).await.is_err() {
-                    break;
+                let n = t.len();
+                let fed = sink.feed(Message::text(t)).await;
+                queued.fetch_sub(n, Ordering::SeqCst);
+                if fed.is_err() {
+                    return;
                 }
             }
-            Out::Close => close = true,
-        }
-        while !close {
-            match rx.try_recv() {
-                Ok(Out::Text(t)) => {
-                    if sink.feed(Message::text(t)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Out::Close) => close = true,
-                Err(_) => break,
+            Out::Close => {
+                let _ = sink.close().await;
+                return;
+            }
+            Out::CloseWith(code, reason) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
             }
         }
-        if sink.flush().await.is_err() {
-            break;
-        }
-        if close {
-            let _ = sink.close().await;
-            break;
+        match rx.try_recv() {
+            Ok(item) => next = Some(item),
+            Err(_) => {
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                next = rx.recv().await;
+            }
         }
     }
 }
 
 /// Runs one worker session on an upgraded socket until it closes, then cleans up.
-pub async fn run_worker<S>(engine: Core, ws: WebSocketStream<S>, ip: String)
-where
+pub async fn run_worker<S>(
+    engine: Core,
+    ws: WebSocketStream<S>,
+    ip: String,
+    limits: Arc<ConnLimits>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let conn = Arc::new(Conn::new(new_id(), new_id(), ip, tx));
-    let writer_task = tokio::spawn(writer(sink, rx));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let conn = Arc::new(Conn::with_limits(
+        new_id(),
+        new_id(),
+        ip,
+        tx,
+        queued.clone(),
+        limits,
+    ));
+    let writer_task = tokio::spawn(writer(sink, rx, queued));
     let _ = conn
         .send(iii_protocol::out::worker_registered(
             &conn.id_str,
@@ -95,7 +124,7 @@ where
         let msg = match msg {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                tracing::debug!(worker_id = %conn.id_str, error = %e, "worker socket error");
+                protocol_error_close(&conn, &e);
                 break;
             }
             None => break,
@@ -109,7 +138,9 @@ where
                 match std::str::from_utf8(&b) {
                     Ok(t) => handle_text(&engine, &conn, t).await,
                     Err(_) => {
-                        tracing::warn!(worker_id = %conn.id_str, "binary frame is neither telemetry nor UTF-8 JSON; dropped")
+                        if should_log_malformed(&conn) {
+                            tracing::warn!(worker_id = %conn.id_str, "binary frame is neither telemetry nor UTF-8 JSON; dropped")
+                        }
                     }
                 }
             }
@@ -119,10 +150,18 @@ where
         }
     }
     conn.close();
+    let unlogged = take_unlogged_malformed(&conn);
+    if unlogged > 0 {
+        tracing::warn!(worker_id = %conn.id_str, count = unlogged, "malformed frames dropped without a log line (rate limit)");
+    }
     engine.cleanup_conn(&conn).await;
     // The writer ends on the queued Close; if the queue was full it may not see it while some
     // task still holds the connection, so do not wait on it forever.
     let abort = writer_task.abort_handle();
+    // A slow consumer's queue is not worth flushing: free it now.
+    if conn.is_slow_consumer() {
+        abort.abort();
+    }
     if tokio::time::timeout(std::time::Duration::from_secs(5), writer_task)
         .await
         .is_err()
@@ -148,12 +187,24 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
             match &st.namespace {
                 Some(ns) => ns.clone(),
                 None => {
+                    let l = &conn.limits;
+                    if st.buffer.len() >= l.max_buffered_registrations
+                        || st.buffer_bytes + text.len() > l.max_buffered_registration_bytes
+                    {
+                        let (count, bytes) = (st.buffer.len(), st.buffer_bytes);
+                        drop(st);
+                        let msg = format!("registration refused: {count} registrations ({bytes} bytes) are already waiting for engine::workers::register; the limits are {} registrations and {} bytes", l.max_buffered_registrations, l.max_buffered_registration_bytes);
+                        tracing::warn!(worker_id = %conn.id_str, "{msg}");
+                        let _ = conn.try_send(registration_rejected(kind, &frame, &msg));
+                        return;
+                    }
+                    st.buffer_bytes += text.len();
                     st.buffer.push(text.to_string());
                     return;
                 }
             }
         };
-        apply_decoded(engine, conn, &ns, kind, frame).await;
+        apply_decoded(engine, conn, &ns, kind, frame, text.len()).await;
         return;
     }
     match kind {
@@ -209,14 +260,17 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
 /// was a call with a usable invocation id, the caller also gets a structured error instead of
 /// waiting for its timeout.
 async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
-    let preview: String = text.chars().take(200).collect();
-    tracing::warn!(worker_id = %conn.id_str, error = %e, frame = %preview, "malformed frame dropped");
+    if should_log_malformed(conn) {
+        let preview: String = text.chars().take(200).collect();
+        tracing::warn!(worker_id = %conn.id_str, error = %e, frame = %preview, "malformed frame dropped");
+    }
+    // Loose on purpose: a `function_id` of the wrong type must not hide the invocation id.
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "type")]
         kind: Option<String>,
         invocation_id: Option<String>,
-        function_id: Option<String>,
+        function_id: Option<Value>,
     }
     if let Ok(p) = serde_json::from_str::<Probe>(text) {
         if let (Some("invokefunction"), Some(id)) = (p.kind.as_deref(), p.invocation_id.as_deref())
@@ -229,7 +283,7 @@ async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
                 let _ = conn
                     .send(iii_protocol::out::invocation_result(
                         id,
-                        p.function_id.as_deref().unwrap_or(""),
+                        p.function_id.as_ref().and_then(Value::as_str).unwrap_or(""),
                         Err(&err),
                         None,
                         None,
@@ -243,7 +297,7 @@ async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
 /// Applies a buffered registration frame once the namespace is known.
 pub(crate) async fn apply_registration(engine: &Core, conn: &Arc<Conn>, ns: &str, text: &str) {
     if let Ok((kind, frame)) = decode(text) {
-        apply_decoded(engine, conn, ns, kind, frame).await;
+        apply_decoded(engine, conn, ns, kind, frame, text.len()).await;
     }
 }
 
@@ -253,7 +307,13 @@ async fn apply_decoded(
     ns: &str,
     kind: Kind,
     frame: iii_protocol::Frame<'_>,
+    len: usize,
 ) {
+    if let Err(msg) = account_registration(conn, kind, &frame, len) {
+        tracing::warn!(worker_id = %conn.id_str, "{msg}");
+        let _ = conn.try_send(registration_rejected(kind, &frame, &msg));
+        return;
+    }
     match kind {
         Kind::RegisterFunction => engine.register_remote_function(conn, ns, &frame).await,
         Kind::UnregisterFunction => {
@@ -297,4 +357,118 @@ async fn apply_decoded(
         Kind::RegisterService => {}
         _ => {}
     }
+}
+
+/// Sends the close status a protocol error calls for (RFC 6455, section 7.4.1): 1007 for a text frame
+/// that is not UTF-8, 1009 for a message over the size limit.
+fn protocol_error_close(conn: &Conn, e: &tokio_tungstenite::tungstenite::Error) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e {
+        WsError::Utf8 => {
+            tracing::warn!(worker_id = %conn.id_str, "text frame is not valid UTF-8; closing with 1007");
+            conn.close_with(1007, "invalid UTF-8 in a text frame".into());
+        }
+        WsError::Capacity(c) => {
+            tracing::warn!(worker_id = %conn.id_str, error = %c, "message too large; closing with 1009");
+            conn.close_with(1009, format!("message too large: {c}"));
+        }
+        other => tracing::debug!(worker_id = %conn.id_str, error = %other, "worker socket error"),
+    }
+}
+
+/// Counts a malformed frame; true while the connection is within its log burst for the window.
+/// When a window ends with frames left unlogged, one line says how many.
+fn should_log_malformed(conn: &Conn) -> bool {
+    let burst = conn.limits.malformed_log_burst;
+    let mut st = conn.state.lock();
+    let now = Instant::now();
+    let (count, start) = &mut st.malformed;
+    if start.is_none_or(|s| now.duration_since(s) >= MALFORMED_LOG_WINDOW) {
+        if *count > burst {
+            tracing::warn!(worker_id = %conn.id_str, count = *count - burst, window_s = MALFORMED_LOG_WINDOW.as_secs(), "malformed frames dropped without a log line (rate limit)");
+        }
+        *count = 0;
+        *start = Some(now);
+    }
+    *count += 1;
+    *count <= burst
+}
+
+fn take_unlogged_malformed(conn: &Conn) -> u32 {
+    let burst = conn.limits.malformed_log_burst;
+    let mut st = conn.state.lock();
+    let unlogged = st.malformed.0.saturating_sub(burst);
+    st.malformed = (0, None);
+    unlogged
+}
+
+fn registration_key(kind: Kind) -> Option<u8> {
+    match kind {
+        Kind::RegisterFunction | Kind::UnregisterFunction => Some(0),
+        Kind::RegisterTriggerType | Kind::UnregisterTriggerType => Some(1),
+        Kind::RegisterTrigger | Kind::UnregisterTrigger => Some(2),
+        _ => None,
+    }
+}
+
+/// Books a registration against the connection's count and byte limits (an unregister frees
+/// its slot). `Err` carries the refusal message.
+fn account_registration(
+    conn: &Conn,
+    kind: Kind,
+    frame: &iii_protocol::Frame<'_>,
+    len: usize,
+) -> Result<(), String> {
+    let (Some(k), Some(id)) = (registration_key(kind), frame.id.as_deref()) else {
+        return Ok(());
+    };
+    let key = (k, id.to_string());
+    let mut st = conn.state.lock();
+    let unregister = matches!(
+        kind,
+        Kind::UnregisterFunction | Kind::UnregisterTriggerType | Kind::UnregisterTrigger
+    );
+    let old = st.registrations.remove(&key).unwrap_or(0);
+    st.registration_bytes -= old;
+    if unregister {
+        return Ok(());
+    }
+    let l = &conn.limits;
+    if st.registrations.len() >= l.max_registrations
+        || st.registration_bytes + len > l.max_registration_bytes
+    {
+        let msg = format!(
+            "registration of `{id}` refused: this connection holds {} registrations ({} bytes); the limits are {} registrations and {} bytes",
+            st.registrations.len(),
+            st.registration_bytes,
+            l.max_registrations,
+            l.max_registration_bytes
+        );
+        return Err(msg);
+    }
+    st.registration_bytes += len;
+    st.registrations.insert(key, len);
+    Ok(())
+}
+
+/// The refusal of one registration frame: a `triggerregistrationresult` error for a trigger,
+/// a `registrationrejected` otherwise.
+fn registration_rejected(kind: Kind, frame: &iii_protocol::Frame<'_>, msg: &str) -> String {
+    let id = frame.id.as_deref().unwrap_or("");
+    if kind == Kind::RegisterTrigger {
+        let err = iii_protocol::ErrorBody::new(REGISTRATION_LIMIT_EXCEEDED, msg);
+        return iii_protocol::out::trigger_registration_result(
+            id,
+            frame.trigger_type.as_deref().unwrap_or(""),
+            frame.function_id.as_deref().unwrap_or(""),
+            Some(&err),
+        );
+    }
+    serde_json::json!({
+        "type": "registrationrejected",
+        "code": REGISTRATION_LIMIT_EXCEEDED,
+        "id": id,
+        "message": msg,
+    })
+    .to_string()
 }

@@ -166,6 +166,12 @@ pub mod invocation {
         /// Internal failure of the call plumbing: a worker reused an `invocation_id` that is
         /// still in flight, or a generated id collided, when the pending call is recorded.
         INVOCATION_ERROR = "invocation_error", Upstream, Engine;
+        /// The caller or the callee already has `max_pending_calls` calls in flight on its
+        /// connection (README "Limits"); the call is refused instead of queued.
+        TOO_MANY_PENDING_CALLS = "too_many_pending_calls", Ours, Engine;
+        /// A call or result whose frame would exceed the receiving peer's inbound message limit
+        /// (`max_message_bytes`, the SDKs' 64 MiB): the sender is answered instead.
+        FRAME_TOO_LARGE = "frame_too_large", Ours, Engine;
         /// The target worker's connection closed while the engine was forwarding the
         /// `invokefunction` to it (both worker-routed and engine-internal calls).
         CHANNEL_SEND_FAILED = "channel_send_failed", Upstream, Engine;
@@ -197,6 +203,9 @@ pub mod registration {
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_REGISTRATION, "registration";
+        /// `registrationrejected` when a connection's registrations (or those it buffered
+        /// before `engine::workers::register`) exceed their count or byte limit.
+        REGISTRATION_LIMIT_EXCEEDED = "registration_limit_exceeded", Ours, Engine;
         /// `registrationrejected` for one `registerfunction`: another live connection owns the
         /// id in this namespace, the id is an engine builtin, or an `engine::*` id is registered
         /// outside `default` (then `owner_worker_id` is empty). Built by
@@ -503,12 +512,14 @@ pub mod worker {
         FUNCTION_NOT_INVOKABLE = "function_not_invokable", Upstream, Worker;
         /// A provider (Node SDK) got a `registertrigger` for a type it does not provide.
         TRIGGER_TYPE_NOT_FOUND = "trigger_type_not_found", Upstream, Worker;
-        /// SDK-local: no result within the client's invocation timeout.
-        TIMEOUT = "TIMEOUT", Upstream, Worker;
+        /// SDK-local: no result within the client's invocation timeout. The REST server also
+        /// answers 408 with it when a request body arrives slower than `body_read_timeout_ms`.
+        TIMEOUT = "TIMEOUT", Upstream, Engine;
         /// SDK-local: the client is shutting down.
         SHUTDOWN = "SHUTDOWN", Upstream, Worker;
-        /// SDK-local (Python): a message over 64 MiB is refused before sending.
-        PAYLOAD_TOO_LARGE = "payload_too_large", Upstream, Worker;
+        /// SDK-local (Python): a message over 64 MiB is refused before sending. The REST server
+        /// also answers 413 with it for a body over `body_limit_bytes`.
+        PAYLOAD_TOO_LARGE = "payload_too_large", Upstream, Engine;
         /// SDK-local: an error without a code.
         UNKNOWN = "UNKNOWN", Upstream, Worker;
     }

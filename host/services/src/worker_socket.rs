@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use iii_core::config::ConfigError;
+use iii_core::limits::ConnLimits;
 use iii_core::listener::{self, WorkerSocketConfig};
 use iii_core::{
     BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
@@ -31,6 +32,7 @@ fn default_listener(index: usize) -> WorkerSocketConfig {
         host: "127.0.0.1".into(),
         port: 49134,
         handshake_timeout: Duration::from_millis(10_000),
+        limits: ConnLimits::default(),
     }
 }
 
@@ -50,8 +52,61 @@ fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, Co
             "middleware_function_id",
             "rbac",
             "handshake_timeout_ms",
+            "max_connections",
+            "max_outbound_bytes",
+            "max_message_bytes",
+            "max_frame_bytes",
+            "max_pending_calls",
+            "max_buffered_registrations",
+            "max_buffered_registration_bytes",
+            "max_registrations",
+            "max_registration_bytes",
+            "max_channel_buffer_bytes",
+            "channel_unclaimed_timeout_ms",
         ],
     )?;
+    let l = &mut wm.limits;
+    for (key, slot) in [
+        ("max_connections", &mut l.max_connections),
+        ("max_outbound_bytes", &mut l.max_outbound_bytes),
+        ("max_message_bytes", &mut l.max_message_bytes),
+        ("max_frame_bytes", &mut l.max_frame_bytes),
+        ("max_pending_calls", &mut l.max_pending_calls),
+        (
+            "max_buffered_registrations",
+            &mut l.max_buffered_registrations,
+        ),
+        (
+            "max_buffered_registration_bytes",
+            &mut l.max_buffered_registration_bytes,
+        ),
+        ("max_registrations", &mut l.max_registrations),
+        ("max_registration_bytes", &mut l.max_registration_bytes),
+        ("max_channel_buffer_bytes", &mut l.max_channel_buffer_bytes),
+    ] {
+        if let Some(v) = m.get(key) {
+            let dotted = format!("{at}.{key}");
+            let n = r.u64(v, &dotted)?;
+            *slot = usize::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| r.invalid(&dotted, "a positive integer", v))?;
+        }
+    }
+    if let Some(v) = m.get("channel_unclaimed_timeout_ms") {
+        let key = format!("{at}.channel_unclaimed_timeout_ms");
+        let ms = r.u64(v, &key)?;
+        if ms == 0 {
+            return Err(r.invalid(&key, "a positive number of milliseconds", v));
+        }
+        l.channel_unclaimed_timeout = Duration::from_millis(ms);
+    }
+    if l.max_frame_bytes > l.max_message_bytes {
+        return Err(r.error(format!(
+            "`{at}.max_frame_bytes` ({}) must not exceed `{at}.max_message_bytes` ({})",
+            l.max_frame_bytes, l.max_message_bytes
+        )));
+    }
     if let Some(p) = m.get("port") {
         wm.port = r.port(p, &format!("{at}.port"))?;
     }
@@ -156,5 +211,72 @@ impl Prepared for Bound {
                 let _ = t.await;
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iii_core::config::EntryReader;
+
+    fn parse(yaml: &str) -> Result<WorkerSocketConfig, ConfigError> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test yaml");
+        let e = Entry {
+            at: "workers[0](iii-worker-manager)".into(),
+            name: WORKER,
+            config: &config,
+            reader: EntryReader {
+                path: "config.yaml",
+            },
+        };
+        listener_config(&e, 0)
+    }
+
+    #[test]
+    fn limits_default_and_are_configurable() {
+        let d = parse("port: 1").unwrap();
+        assert_eq!(d.limits, ConnLimits::default());
+        let c = parse(
+            "{max_connections: 7, max_outbound_bytes: 1000, max_pending_calls: 3, \
+             max_message_bytes: 4096, max_frame_bytes: 1024, max_buffered_registrations: 2, \
+             max_buffered_registration_bytes: 99, max_registrations: 5, max_registration_bytes: 77, \
+             max_channel_buffer_bytes: 55, channel_unclaimed_timeout_ms: 1500}",
+        )
+        .unwrap();
+        let l = c.limits;
+        assert_eq!(
+            (l.max_connections, l.max_outbound_bytes, l.max_pending_calls),
+            (7, 1000, 3)
+        );
+        assert_eq!((l.max_message_bytes, l.max_frame_bytes), (4096, 1024));
+        assert_eq!(
+            (
+                l.max_buffered_registrations,
+                l.max_buffered_registration_bytes
+            ),
+            (2, 99)
+        );
+        assert_eq!((l.max_registrations, l.max_registration_bytes), (5, 77));
+        assert_eq!(l.max_channel_buffer_bytes, 55);
+        assert_eq!(l.channel_unclaimed_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_limits_name_their_dotted_key() {
+        let e = parse("max_pending_calls: 0").unwrap_err().to_string();
+        assert!(
+            e.contains("workers[0](iii-worker-manager).config.max_pending_calls")
+                && e.contains("positive"),
+            "{e}"
+        );
+        let e = parse("max_connections: lots").unwrap_err().to_string();
+        assert!(e.contains("config.max_connections"), "{e}");
+        let e = parse("{max_message_bytes: 10, max_frame_bytes: 20}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_frame_bytes") && e.contains("must not exceed"),
+            "{e}"
+        );
     }
 }

@@ -18,14 +18,14 @@ const EXPECT_WITHIN: Duration = Duration::from_secs(1);
 /// A connected worker whose outbound frames the test reads.
 pub(super) struct TestConn {
     pub conn: Arc<Conn>,
-    rx: mpsc::Receiver<Out>,
+    rx: mpsc::UnboundedReceiver<Out>,
     ns: String,
 }
 
 impl TestConn {
     /// Connects a worker whose namespace is already fixed to `ns`.
     pub fn connect(core: &Core, ns: &str) -> TestConn {
-        let (tx, rx) = mpsc::channel(crate::conn::OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn::new(new_id(), new_id(), "127.0.0.1".into(), tx));
         conn.state.lock().namespace = Some(ns.to_string());
         core.add_conn(conn.clone());
@@ -87,7 +87,7 @@ impl TestConn {
                     return Some(serde_json::from_str(&t).expect("engine frames are JSON"))
                 }
                 // The close marker is not a frame.
-                Ok(Out::Close) => continue,
+                Ok(Out::Close | Out::CloseWith(..)) => continue,
                 Err(_) => return None,
             }
         }
@@ -100,7 +100,7 @@ impl TestConn {
                 Ok(Some(Out::Text(t))) => {
                     return serde_json::from_str(&t).expect("engine frames are JSON")
                 }
-                Ok(Some(Out::Close)) => continue,
+                Ok(Some(Out::Close | Out::CloseWith(..))) => continue,
                 Ok(None) => panic!("outbound queue of {} closed", self.conn.id_str),
                 Err(_) => panic!("no frame for {} within {EXPECT_WITHIN:?}", self.conn.id_str),
             }
