@@ -105,7 +105,9 @@ impl EngineProc {
     /// (the first worker socket; the REST server if any). Only this start's lines count: the
     /// log is appended to across restarts.
     fn wait_ready(&mut self, skip: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: "ready" follows every service's prepare, and replaying a large kv log (the
+        // 1 GiB durability test) takes tens of seconds on a loaded 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             let log = self.log();
             let this_start = &log[skip.min(log.len())..];
@@ -130,7 +132,7 @@ impl EngineProc {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!(
-            "engine did not accept connections within 20 s:\n{}",
+            "engine did not report ready within 180 s:\n{}",
             self.log()
         );
     }
