@@ -131,10 +131,7 @@ impl EngineProc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "engine did not report ready within 180 s:\n{}",
-            self.log()
-        );
+        panic!("engine did not report ready within 180 s:\n{}", self.log());
     }
 
     /// SIGKILLs the engine and starts it again in the same directory, config and ports.
