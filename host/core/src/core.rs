@@ -898,13 +898,8 @@ impl Core {
         payload: Value,
         matches: impl Fn(&Value) -> bool + Send + Sync + 'static,
     ) {
-        if self
-            .inner
-            .triggers
-            .lock()
-            .armed_bindings(trigger_type)
-            .is_empty()
-        {
+        // Most writes have no binding: answer that without copying the bindings.
+        if !self.inner.triggers.lock().has_armed(trigger_type) {
             return;
         }
         let (core, ty) = (self.clone(), trigger_type.to_string());

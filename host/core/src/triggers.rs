@@ -181,6 +181,13 @@ impl TriggerRegistry {
             .count()
     }
 
+    /// Whether any binding of `trigger_type` is armed (no copy, unlike [`Self::armed_bindings`]).
+    pub fn has_armed(&self, trigger_type: &str) -> bool {
+        self.bindings
+            .values()
+            .any(|b| b.trigger_type == trigger_type && b.provider.is_some())
+    }
+
     /// Every armed binding of a type, with its config (for engine types that filter on it).
     pub fn armed_bindings(&self, trigger_type: &str) -> Vec<Binding> {
         let mut v: Vec<Binding> = self
