@@ -9,8 +9,10 @@
 #![deny(missing_docs)]
 
 pub mod memory;
+pub mod queue;
 mod spec;
 
+pub use queue::{QueueStore, QueueWorld};
 pub use spec::{
     AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
 };

@@ -1,6 +1,10 @@
 //! In-process adapters for tests: the same semantics as the builtin kv component (update ops
 //! come from the same `iii-update-ops` crate), kept in a map, gone with the process.
 
+mod queue;
+
+pub use queue::MemoryQueueStore;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -247,7 +251,7 @@ mod tests {
 }
 
 /// An [`AdapterLoader`](crate::AdapterLoader) that hands out fresh in-memory stores for the
-/// state and stream worlds, whatever the spec says. For service tests.
+/// state, stream and queue worlds, whatever the spec says. For service tests.
 #[derive(Default)]
 pub struct MemoryLoader;
 
@@ -266,6 +270,10 @@ impl crate::AdapterLoader for MemoryLoader {
         } else if world == crate::StreamWorld::WORLD {
             let s: std::sync::Arc<dyn StreamStore> =
                 std::sync::Arc::new(MemoryStreamStore::default());
+            Ok(Box::new(s))
+        } else if world == crate::QueueWorld::WORLD {
+            let s: std::sync::Arc<dyn crate::QueueStore> =
+                std::sync::Arc::new(MemoryQueueStore::default());
             Ok(Box::new(s))
         } else {
             Err(AdapterError::new(
