@@ -37,7 +37,8 @@ pub(crate) async fn load_adapter<W: iii_adapter_api::AdapterWorld>(
     spec: &AdapterSpec,
 ) -> Result<(Arc<W::Store>, AdapterSpec), StartError> {
     let mut spec = spec.clone();
-    let builtin_kv = matches!(&spec.source, AdapterSource::Name(n) if n == "kv");
+    // The embedded durable components keep their data under the project by default.
+    let builtin_kv = matches!(&spec.source, AdapterSource::Name(n) if n == "kv" || n == "queue");
     let in_memory = spec.config.get("store_method").and_then(Value::as_str) == Some("in_memory");
     if builtin_kv && !in_memory && spec.grants.data_dir.is_none() {
         spec.grants.data_dir = Some(cx.data_dir(service)?);

@@ -9,12 +9,14 @@
 //! - [`http`]: the REST trigger server and the `http` trigger type.
 //! - [`state`]: `state::*` and the `state` trigger type on a state adapter.
 //! - [`stream`]: `stream::*` and the `stream` trigger type on a stream adapter.
+//! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 
 mod common;
 pub mod engine_fns;
 pub mod http;
 pub mod listed_worker;
 pub mod observability;
+pub mod queue;
 pub mod state;
 pub mod stream;
 pub mod worker_socket;
