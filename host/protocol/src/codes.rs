@@ -410,32 +410,32 @@ pub mod update_op {
 
 pub mod queue {
     //! Pub/sub and queue functions (PROTOCOL.md §5.5, §8.4): `publish`, `iii::durable::publish`,
-    //! `iii::queue::*` and `engine::queue::*`. Neither service is built yet.
+    //! `iii::queue::*` and `engine::queue::*`.
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_QUEUE, "queue";
         /// `publish` / `iii::durable::publish` without a `topic`.
-        TOPIC_NOT_SET = "topic_not_set", Upstream, NotYetSent;
+        TOPIC_NOT_SET = "topic_not_set", Upstream, Engine;
         /// `iii::queue::redrive*` / `iii::queue::discard_message` without a `queue`.
-        QUEUE_NOT_SET = "queue_not_set", Upstream, NotYetSent;
+        QUEUE_NOT_SET = "queue_not_set", Upstream, Engine;
         /// `iii::queue::redrive_message` / `iii::queue::discard_message` without a `message_id`.
-        MESSAGE_ID_NOT_SET = "message_id_not_set", Upstream, NotYetSent;
+        MESSAGE_ID_NOT_SET = "message_id_not_set", Upstream, Engine;
         /// `iii::queue::redrive`: moving the dead letters back failed.
-        REDRIVE_FAILED = "redrive_failed", Upstream, NotYetSent;
+        REDRIVE_FAILED = "redrive_failed", Upstream, Engine;
         /// `iii::queue::redrive_message`: moving the one dead letter back failed.
-        REDRIVE_MESSAGE_FAILED = "redrive_message_failed", Upstream, NotYetSent;
+        REDRIVE_MESSAGE_FAILED = "redrive_message_failed", Upstream, Engine;
         /// `iii::queue::discard_message`: dropping the dead letter failed.
-        DISCARD_MESSAGE_FAILED = "discard_message_failed", Upstream, NotYetSent;
+        DISCARD_MESSAGE_FAILED = "discard_message_failed", Upstream, Engine;
         /// `engine::queue::list_topics`: the adapter failed.
-        LIST_TOPICS_FAILED = "list_topics_failed", Upstream, NotYetSent;
+        LIST_TOPICS_FAILED = "list_topics_failed", Upstream, Engine;
         /// `engine::queue::topic_stats` / `engine::queue::dlq_messages` without a `topic`.
-        TOPIC_REQUIRED = "topic_required", Upstream, NotYetSent;
+        TOPIC_REQUIRED = "topic_required", Upstream, Engine;
         /// `engine::queue::topic_stats`: the adapter failed.
-        TOPIC_STATS_FAILED = "topic_stats_failed", Upstream, NotYetSent;
+        TOPIC_STATS_FAILED = "topic_stats_failed", Upstream, Engine;
         /// `engine::queue::dlq_topics`: the adapter failed.
-        DLQ_TOPICS_FAILED = "dlq_topics_failed", Upstream, NotYetSent;
+        DLQ_TOPICS_FAILED = "dlq_topics_failed", Upstream, Engine;
         /// `engine::queue::dlq_messages`: the adapter failed.
-        DLQ_MESSAGES_FAILED = "dlq_messages_failed", Upstream, NotYetSent;
+        DLQ_MESSAGES_FAILED = "dlq_messages_failed", Upstream, Engine;
     }
 }
 
