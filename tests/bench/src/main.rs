@@ -3,7 +3,11 @@
 //! over that floor. Run with `cargo run --release -p iii-bench` after
 //! `cargo build --release -p iii-cli`.
 //!
+//! `iii-bench queue` measures the durable queue instead (see `queue.rs`).
+//!
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
+
+mod queue;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -618,6 +622,9 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("relay") {
         let port: u16 = args.get(2).context("relay <port>")?.parse()?;
         return rt.block_on(relay(port));
+    }
+    if args.get(1).map(String::as_str) == Some("queue") {
+        return rt.block_on(queue::bench_queue());
     }
     rt.block_on(bench())
 }
