@@ -66,7 +66,7 @@ export async function waitUntil(fn, { timeout = 10000, interval = 50, what = 'co
 }
 
 export class Engine {
-  constructor(dir, wsPort, httpPort) {
+  constructor(dir, wsPort, httpPort, extraConfig = '') {
     this.dir = dir
     this.wsPort = wsPort
     this.httpPort = httpPort
@@ -79,13 +79,15 @@ export class Engine {
         '  - name: iii-worker-manager\n' +
         `    config: {host: 127.0.0.1, port: ${wsPort}}\n` +
         '  - name: iii-http\n' +
-        `    config: {host: 127.0.0.1, port: ${httpPort}}\n`,
+        `    config: {host: 127.0.0.1, port: ${httpPort}}\n` +
+        extraConfig,
     )
   }
 
-  static async create() {
+  /** `extraConfig` is appended to the `workers:` list (YAML, two-space indent). */
+  static async create(extraConfig = '') {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iii-sdk-node-'))
-    const e = new Engine(dir, await freePort(), await freePort())
+    const e = new Engine(dir, await freePort(), await freePort(), extraConfig)
     await e.start()
     return e
   }
@@ -153,13 +155,14 @@ export class Engine {
 
 /**
  * Declares a test that gets a fresh engine and a worker factory:
- *   engineTest('name', async ({ engine, worker }) => { ... })
+ *   engineTest('name', async ({ engine, worker }) => { ... }, { config: '  - name: iii-queue\n' })
  * `worker(name?, options?)` returns a connected SDK client (workerregistered
  * received); all clients are shut down and the engine stopped afterwards.
  */
 export function engineTest(name, fn, opts = {}) {
-  test(name, { timeout: 120000, ...opts }, async (t) => {
-    const engine = await Engine.create()
+  const { config = '', ...testOpts } = opts
+  test(name, { timeout: 120000, ...testOpts }, async (t) => {
+    const engine = await Engine.create(config)
     const made = []
     const worker = async (workerName, options = {}) => {
       const w = registerWorker(engine.wsUrl, { workerName, ...options })
