@@ -143,6 +143,16 @@ pub trait QueueStore: Send + Sync {
         retry_after_ms: u64,
         error: &str,
     ) -> Result<NackOutcome, AdapterError>;
+    /// Ends the lease without counting the attempt: the message is ready again after
+    /// `retry_after_ms` (the consumer could not start it, e.g. its function is not registered
+    /// yet, or the consumer is stopping). `false` when the lease had already ended. Nothing to
+    /// persist: a restarted adapter voids every lease anyway.
+    async fn release(
+        &self,
+        queue: &str,
+        token: &str,
+        retry_after_ms: u64,
+    ) -> Result<bool, AdapterError>;
     /// Dead letters of `queue`, oldest first.
     async fn dead_letters(
         &self,

@@ -214,6 +214,28 @@ impl QueueStore for MemoryQueueStore {
         Ok(NackOutcome::Retrying)
     }
 
+    async fn release(
+        &self,
+        queue: &str,
+        token: &str,
+        retry_after_ms: u64,
+    ) -> Result<bool, AdapterError> {
+        let now = now_ms();
+        let mut qs = self.queues.lock();
+        let Some(q) = qs.get_mut(queue) else {
+            return Ok(false);
+        };
+        let Some(seq) = q.tokens.remove(token) else {
+            return Ok(false);
+        };
+        let Some(l) = q.live.get_mut(&seq) else {
+            return Ok(false);
+        };
+        l.lease = None;
+        l.ready_at = now.saturating_add(retry_after_ms);
+        Ok(true)
+    }
+
     async fn dead_letters(
         &self,
         queue: &str,
@@ -373,6 +395,20 @@ mod tests {
         assert_eq!(q.redrive("q", None).await.unwrap(), 1);
         let d = q.lease("q", ONE).await.unwrap().deliveries.remove(0);
         assert_eq!(d.attempt, 1, "a redrive resets the attempts");
+    }
+
+    #[tokio::test]
+    async fn release_hands_the_message_out_again_without_counting() {
+        let q = MemoryQueueStore::default();
+        q.enqueue("q", &msg("a", None, 1)).await.unwrap();
+        let d = q.lease("q", ONE).await.unwrap().deliveries.remove(0);
+        assert!(q.release("q", &d.token, 0).await.unwrap());
+        assert!(
+            !q.release("q", &d.token, 0).await.unwrap(),
+            "the lease ended"
+        );
+        let d = q.lease("q", ONE).await.unwrap().deliveries.remove(0);
+        assert_eq!(d.attempt, 1, "a release is not an attempt");
     }
 
     #[tokio::test]

@@ -341,6 +341,9 @@ impl Shared {
     }
 }
 
+/// How soon a message whose function is not registered is tried again.
+const NOT_REGISTERED_RETRY_MS: u64 = 1000;
+
 /// The consumer loop of one internal queue.
 async fn consume(
     shared: Arc<Shared>,
@@ -421,6 +424,15 @@ async fn deliver(shared: &Shared, queue: &str, s: &Settings, condition: Option<&
         .get("namespace")
         .and_then(Value::as_str)
         .unwrap_or(iii_core::DEFAULT_NS);
+    // A function that is not registered (yet: its worker is reconnecting after an engine
+    // restart) is not a failed attempt; the message waits for it instead of burning retries.
+    if core.lookup(ns, fid).is_none() {
+        let _ = shared
+            .store
+            .release(queue, &d.token, NOT_REGISTERED_RETRY_MS)
+            .await;
+        return;
+    }
     let data = d.payload.to_string();
     if let Some(cond) = condition {
         match core.call(ns, cond, &data, None, None).await {

@@ -417,3 +417,24 @@ async fn a_false_condition_acks_without_calling() {
     assert_eq!(s["depth"], 0);
     assert!(h.lock().is_empty());
 }
+
+#[tokio::test]
+async fn a_message_waits_for_its_function_instead_of_burning_attempts() {
+    let t = queue_core("queue_configs:\n  once:\n    max_retries: 1\n").await;
+    t.call(
+        iii_protocol::ids::functions::QUEUE_ENQUEUE,
+        json!({"queue": "once",
+        "function_id": "late::fn", "data": 9}),
+    )
+    .await
+    .unwrap();
+    // Longer than one retry interval: with the attempt counted it would be dead by now.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let log = t.recorder("late::fn", Value::Null);
+    assert_eq!(TestCore::wait_for(&log, 1, 3000).await, vec![json!(9)]);
+    let dlq = t
+        .call("engine::queue::dlq_messages", json!({"topic": "once"}))
+        .await
+        .unwrap();
+    assert_eq!(dlq, json!([]));
+}
