@@ -1,18 +1,35 @@
-//! Builds `plugins/kv` for `wasm32-wasip2` and hands its path to
-//! `include_bytes!` (env `III_KV_WASM`).
+//! Builds the builtin components `plugins/kv` and `plugins/queue` for
+//! `wasm32-wasip2` and hands their paths to `include_bytes!` (env
+//! `III_KV_WASM`, `III_QUEUE_WASM`).
 //!
 //! The nested cargo uses its own target directory: the outer build holds the
-//! lock of its own, and sharing it would deadlock. Set `III_KV_WASM` to a
-//! prebuilt component to skip the nested build.
+//! lock of its own, and sharing it would deadlock. Set both variables to
+//! prebuilt components to skip the nested build.
 
 mod guest_build;
 
 use std::path::{Path, PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=III_KV_WASM");
-    if let Ok(prebuilt) = std::env::var("III_KV_WASM") {
-        println!("cargo:rustc-env=III_KV_WASM={prebuilt}");
+    /// `(crate, env var, file)` of every embedded component.
+    const BUILTINS: &[(&str, &str, &str)] = &[
+        ("iii-kv", "III_KV_WASM", "iii_kv.wasm"),
+        ("iii-queue", "III_QUEUE_WASM", "iii_queue.wasm"),
+    ];
+    for (_, var, _) in BUILTINS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let prebuilt: Vec<Option<String>> = BUILTINS
+        .iter()
+        .map(|(_, var, _)| std::env::var(var).ok())
+        .collect();
+    if prebuilt.iter().all(Option::is_some) {
+        for ((_, var, _), path) in BUILTINS.iter().zip(&prebuilt) {
+            println!(
+                "cargo:rustc-env={var}={}",
+                path.as_deref().expect("all set")
+            );
+        }
         return;
     }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -22,7 +39,14 @@ fn main() {
     );
     let root = manifest_dir.join("../..");
     let plugins = root.join("plugins");
-    for p in ["Cargo.toml", "Cargo.lock", "kv", "update-ops"] {
+    for p in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "wal",
+        "kv",
+        "queue",
+        "update-ops",
+    ] {
         rerun_tree(&plugins.join(p));
     }
     rerun_tree(&root.join("wit"));
@@ -37,17 +61,20 @@ fn main() {
         .map(|t| t.join("wasm-plugins"))
         .unwrap_or_else(|| out_dir.join("wasm-plugins"));
 
+    let crates: Vec<&str> = BUILTINS.iter().map(|(c, _, _)| *c).collect();
     if let Err(e) = guest_build::build(
         &plugins.join("Cargo.toml"),
-        &["iii-kv"],
+        &crates,
         "wasm32-wasip2",
         &target_dir,
     ) {
         panic!("{e}");
     }
-    let wasm = target_dir.join("wasm32-wasip2/release/iii_kv.wasm");
-    assert!(wasm.exists(), "{} was not produced", wasm.display());
-    println!("cargo:rustc-env=III_KV_WASM={}", wasm.display());
+    for (_, var, file) in BUILTINS {
+        let wasm = target_dir.join("wasm32-wasip2/release").join(file);
+        assert!(wasm.exists(), "{} was not produced", wasm.display());
+        println!("cargo:rustc-env={var}={}", wasm.display());
+    }
 }
 
 fn rerun_tree(p: &Path) {

@@ -6,6 +6,8 @@
 //!   backend I/O), through `Arc<dyn StateStore>` as services call it, against
 //!   the same operation on an in-process Rust map;
 //! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
+//! * queue: one message through the embedded queue component (enqueue →
+//!   lease → ack, three calls) on a data dir, with and without fdatasync;
 //! * cold load of the embedded kv plugin with and without the compile cache.
 
 #[path = "../tests/all/fixtures.rs"]
@@ -18,8 +20,9 @@ mod fixtures;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use iii_adapter_api::queue::{LeaseRequest, NewMessage};
 use iii_plugin_host::policy::PolicySpec;
-use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost, StateWorld};
+use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost, QueueWorld, StateWorld};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -188,6 +191,55 @@ async fn run() {
         &dur_set,
         "disk-bound",
     );
+
+    // Queue round trips on a data dir, three calls per message: two logged changes (enqueue,
+    // ack; a lease is not logged), each fdatasynced or not.
+    for (fsync, n) in [(true, 300), (false, 5_000)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = serde_json::Map::new();
+        config.insert("fsync".into(), json!(fsync));
+        let q = iii_plugin_host::load::<QueueWorld>(
+            &host,
+            &AdapterSpec::named("queue")
+                .with_config(config)
+                .with_grants(iii_plugin_host::Grants {
+                    data_dir: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                }),
+        )
+        .await
+        .expect("durable queue");
+        let req = LeaseRequest {
+            max: 1,
+            lease_ms: 30_000,
+            fifo: false,
+        };
+        let started = Instant::now();
+        let round = timed(n, |i| {
+            let q = &q;
+            let msg = NewMessage {
+                id: format!("m{i}-{fsync}"),
+                payload: json!({"order": i, "sku": "abc-123"}),
+                meta: json!({"function_id": "orders::ship"}),
+                group: None,
+                max_attempts: 3,
+                delay_ms: 0,
+            };
+            async move {
+                q.enqueue("bench", &msg).await.expect("enqueue");
+                let d = q.lease("bench", req).await.expect("lease").deliveries;
+                assert!(q.ack("bench", &d[0].token).await.expect("ack"));
+            }
+        })
+        .await;
+        // `timed` also ran n/10 warm-up rounds.
+        let per_sec = (n + n / 10) as f64 / started.elapsed().as_secs_f64();
+        row(
+            &format!("queue enqueue→lease→ack, fsync: {fsync}"),
+            &round,
+            &format!("{per_sec:.0} messages/s, one at a time"),
+        );
+    }
 
     // Policy instances.
     let mut spec = PolicySpec::new(fixtures::policy());

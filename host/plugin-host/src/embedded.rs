@@ -3,13 +3,17 @@
 /// The builtin kv adapter (`plugins/kv`), a `wasm32-wasip2` component.
 pub static KV_WASM: &[u8] = include_bytes!(env!("III_KV_WASM"));
 
+/// The builtin queue adapter (`plugins/queue`), a `wasm32-wasip2` component.
+pub static QUEUE_WASM: &[u8] = include_bytes!(env!("III_QUEUE_WASM"));
+
 /// Names accepted by `adapter: {name: …}`.
-pub const NAMES: &[&str] = &["kv"];
+pub const NAMES: &[&str] = &["kv", "queue"];
 
 /// The embedded component registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static [u8]> {
     match name {
         "kv" => Some(KV_WASM),
+        "queue" => Some(QUEUE_WASM),
         _ => None,
     }
 }

@@ -34,6 +34,7 @@ pub use error::PluginError;
 pub use host::{HostConfig, PluginHost};
 pub use iii_adapter_api::{
     load, AdapterError, AdapterErrorKind, AdapterLoader, AdapterSource, AdapterSpec, AdapterWorld,
-    Grants, SegmentPath, SetResult, SpecError, StateStore, StateWorld, StreamGroups, StreamStore,
-    StreamWorld, UpdateOp, UpdateOpError, UpdateResult, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+    Grants, QueueStore, QueueWorld, SegmentPath, SetResult, SpecError, StateStore, StateWorld,
+    StreamGroups, StreamStore, StreamWorld, UpdateOp, UpdateOpError, UpdateResult,
+    DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
 };

@@ -6,21 +6,12 @@
 pub const MAGIC_V2: &[u8; 8] = b"IIIKVWL2";
 /// Header of a v1 log (no record markers); migrated on first open.
 pub const MAGIC_V1: &[u8; 8] = b"IIIKVWL1";
-/// Length of either header.
-pub const FILE_HEADER: u64 = 8;
+pub use iii_wal::{FILE_HEADER, MAX_PAYLOAD, RECORD_HEADER};
 
 /// First bytes of every v2 record. `0xFF` never occurs in UTF-8, so the
 /// marker cannot appear inside a key or a JSON value; a scan that lost its
 /// place finds the next record by looking for it.
 pub const RECORD_MARKER: [u8; 4] = [0xFF, b'K', b'V', 0xA7];
-/// `marker | len u32 LE | crc u32 LE`.
-pub const RECORD_HEADER: u64 = 12;
-/// v1 records: `len u32 LE | crc u32 LE`.
-pub const RECORD_HEADER_V1: u64 = 8;
-
-/// Upper bound of one record's payload; a larger length is garbage.
-pub const MAX_PAYLOAD: u32 = 256 * 1024 * 1024;
-
 /// `table` byte of a state entry (`[scope, key]`).
 pub const TABLE_STATE: u8 = 0;
 /// `table` byte of a stream entry (`[stream, group, item]`).
@@ -74,51 +65,16 @@ pub fn payload_prefix(op: u8, table: u8, parts: &[&str], value_len: Option<usize
     p
 }
 
-/// The CRC a v2 header carries: over the length field and the payload.
-pub fn record_crc(len: u32, payload_pieces: &[&[u8]]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len.to_le_bytes());
-    for p in payload_pieces {
-        h.update(p);
-    }
-    h.finalize()
-}
-
-/// The 12-byte v2 header of a payload made of `pieces`.
-pub fn record_header(pieces: &[&[u8]]) -> [u8; RECORD_HEADER as usize] {
-    let len: usize = pieces.iter().map(|p| p.len()).sum();
-    let len = len as u32;
-    let mut h = [0u8; RECORD_HEADER as usize];
-    h[..4].copy_from_slice(&RECORD_MARKER);
-    h[4..8].copy_from_slice(&len.to_le_bytes());
-    h[8..12].copy_from_slice(&record_crc(len, pieces).to_le_bytes());
-    h
-}
-
 /// A whole v2 record (header + payload), for snapshots and tests.
 pub fn encode_record(op: u8, table: u8, parts: &[&str], value: Option<&str>) -> Vec<u8> {
     let prefix = payload_prefix(op, table, parts, value.map(str::len));
     let value = value.unwrap_or("").as_bytes();
-    let mut out = Vec::with_capacity(RECORD_HEADER as usize + prefix.len() + value.len());
-    out.extend_from_slice(&record_header(&[&prefix, value]));
-    out.extend_from_slice(&prefix);
-    out.extend_from_slice(value);
-    out
+    iii_wal::frame::encode_record(RECORD_MARKER, &[&prefix, value])
 }
 
 /// Payload length of a put, used to size the live data.
 pub fn put_payload_len(parts: &[&str], value_len: usize) -> u64 {
     3 + parts.iter().map(|p| 4 + p.len() as u64).sum::<u64>() + 4 + value_len as u64
-}
-
-/// Splits the v2 header into `(len, crc)`, or `None` without the marker.
-pub fn parse_header(h: &[u8; RECORD_HEADER as usize]) -> Option<(u32, u32)> {
-    if h[..4] != RECORD_MARKER {
-        return None;
-    }
-    let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    Some((len, crc))
 }
 
 /// Decodes a payload (or a prefix of one: a prefix that holds the parts
@@ -174,12 +130,13 @@ pub fn decode(p: &[u8], full: bool) -> Result<Payload<'_>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iii_wal::frame::{parse_header, record_crc};
 
     #[test]
     fn a_record_round_trips_and_its_value_is_the_tail() {
         let rec = encode_record(OP_PUT, TABLE_STATE, &["s", "k"], Some("{\"a\":1}"));
         let h: [u8; 12] = rec[..12].try_into().unwrap();
-        let (len, crc) = parse_header(&h).unwrap();
+        let (len, crc) = parse_header(RECORD_MARKER, &h).unwrap();
         let payload = &rec[12..];
         assert_eq!(len as usize, payload.len());
         assert_eq!(record_crc(len, &[payload]), crc);

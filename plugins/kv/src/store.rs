@@ -11,7 +11,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 
 use crate::format::{self, OP_DEL, OP_PUT, RECORD_HEADER, TABLE_STATE, TABLE_STREAM};
-use crate::wal::{Damage, Loc, OnCorruption, OpenReport, Wal, WalError};
+use crate::wal::{self, Damage, Loc, OnCorruption, OpenReport, Wal, WalError};
 
 /// Where a value is: in the log (durable store) or inline (in-memory store).
 #[derive(Debug, Clone)]
@@ -186,12 +186,20 @@ impl Kv {
         };
         let mut bad: Option<String> = None;
         let (wal, report) = Wal::open(
+            &wal::LAYOUT,
             &dir.join("kv.wal"),
             kv.opts.fsync,
             kv.opts.on_corruption,
             |r| {
                 let slot = Slot::Disk(r.loc);
-                match (r.op, r.table, r.parts.as_slice()) {
+                // The log checked the shape, so an intact record decodes.
+                let Ok(d) = format::decode(r.head, r.head.len() == r.loc.len as usize) else {
+                    bad.get_or_insert_with(|| {
+                        format!("record at byte offset {} does not decode", r.loc.off)
+                    });
+                    return Ok(());
+                };
+                match (d.op, d.table, d.parts.as_slice()) {
                     (OP_PUT, TABLE_STATE, [s, k]) => {
                         kv.put_state(s, k, slot);
                     }
@@ -208,7 +216,7 @@ impl Kv {
                         bad.get_or_insert_with(|| {
                             format!(
                                 "record at byte offset {}: op {} table {} address {:?}",
-                                r.loc.off, r.op, r.table, r.parts
+                                r.loc.off, d.op, d.table, d.parts
                             )
                         });
                     }
@@ -294,14 +302,20 @@ impl Kv {
     /// Durably logs a put and returns the slot that now holds `value`.
     fn log_put(&mut self, table: u8, parts: &[&str], value: String) -> Result<Slot, StoreError> {
         match self.wal.as_mut() {
-            Some(w) => Ok(Slot::Disk(w.append(OP_PUT, table, parts, Some(&value))?)),
+            Some(w) => Ok(Slot::Disk(wal::append(
+                w,
+                OP_PUT,
+                table,
+                parts,
+                Some(&value),
+            )?)),
             None => Ok(Slot::Mem(value)),
         }
     }
 
     fn log_del(&mut self, table: u8, parts: &[&str]) -> Result<(), StoreError> {
         if let Some(w) = self.wal.as_mut() {
-            w.append(OP_DEL, table, parts, None)?;
+            wal::append(w, OP_DEL, table, parts, None)?;
         }
         Ok(())
     }
@@ -311,7 +325,7 @@ impl Kv {
             Slot::Mem(v) => Ok(v),
             Slot::Disk(loc) => {
                 let w = self.wal.as_mut().expect("disk slots exist only with a log");
-                Ok(w.read_value(loc, parts)?)
+                Ok(wal::read_value(w, loc, parts)?)
             }
         }
     }

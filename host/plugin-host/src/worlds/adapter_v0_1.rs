@@ -22,7 +22,7 @@ use crate::adapter::{invoke, Adapter};
 use crate::caps::AdapterCtx;
 use crate::error::PluginError;
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit/adapter-0.1.0",
         world: "kv-adapter",
@@ -199,7 +199,7 @@ impl WorldBinding for StreamWorld {
 }
 
 /// Copies a stored JSON text to a value, naming the adapter on failure.
-fn json(label: &str, text: &str) -> Result<Value, PluginError> {
+pub(crate) fn json(label: &str, text: &str) -> Result<Value, PluginError> {
     serde_json::from_str(text).map_err(|e| PluginError::InvalidJson {
         adapter: label.to_string(),
         message: e.to_string(),

@@ -6,6 +6,7 @@
 //! line in [`PACKAGES`]. The supervisor ([`Adapter`]) and the loader do not change.
 
 pub mod adapter_v0_1;
+pub mod queue_v0_1;
 
 use std::any::Any;
 use std::future::Future;
@@ -22,7 +23,7 @@ use crate::error::PluginError;
 use crate::host::PluginHost;
 
 /// Every WIT package@version this host links. A new package adds its module's `PACKAGE` here.
-pub(crate) const PACKAGES: &[&Package] = &[&adapter_v0_1::PACKAGE];
+pub(crate) const PACKAGES: &[&Package] = &[&adapter_v0_1::PACKAGE, &queue_v0_1::PACKAGE];
 
 /// How the plugin host runs components of one world `Self` (an `iii-adapter-api` marker).
 /// Implemented by the world modules of this crate; the supervisor is generic over it.

@@ -5,6 +5,7 @@ mod fixtures;
 mod hostile;
 mod kv;
 mod policy;
+mod queue;
 
 use std::path::Path;
 use std::sync::OnceLock;
