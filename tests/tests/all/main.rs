@@ -9,4 +9,5 @@ mod hardening_http;
 mod http_trigger;
 mod kv_durability;
 mod state_stream;
+mod stream_socket;
 mod wire;
