@@ -486,7 +486,5 @@ async fn a_client_that_stops_reading_is_dropped_and_writers_never_wait() {
         frames < 41,
         "the slow client was not dropped ({frames} frames)"
     );
-    println!(
-        "41 writes with a stalled subscriber took {took:?}; it got {frames} frames before the drop"
-    );
+    println!("the stalled subscriber got {frames} of 41 frames before it was dropped");
 }
