@@ -511,6 +511,78 @@ mod tests {
     use iii_core::testing::TestCore;
     use iii_core::triggers::Binding;
 
+    fn read(yaml: &str) -> Result<StreamConfig, String> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let e = Entry {
+            at: "workers[0](stream)".into(),
+            name: "stream",
+            config: &config,
+            reader: iii_core::config::EntryReader { path: "test.yaml" },
+        };
+        let c = Stream.configure(&[e]).map_err(|e| e.to_string())?;
+        Ok(c.as_any()
+            .downcast_ref::<StreamConfig>()
+            .expect("a StreamConfig")
+            .clone())
+    }
+
+    #[test]
+    fn the_socket_runs_only_when_the_entry_names_one_of_its_keys() {
+        assert_eq!(read("").unwrap().socket, None);
+        assert_eq!(read("{adapter: {name: kv}}").unwrap().socket, None);
+        let s = read("{port: 0}").unwrap().socket.unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port),
+            ("127.0.0.1", 0),
+            "loopback unless configured"
+        );
+        let s = read("{auth_function: app::auth}").unwrap().socket.unwrap();
+        assert_eq!(s.port, 3112);
+        assert_eq!(s.auth_function.as_deref(), Some("app::auth"));
+        let s = read("{host: 0.0.0.0, max_outbound_bytes: 1024, max_message_bytes: 2048, max_subscriptions: 3, handshake_timeout_ms: 50}")
+            .unwrap()
+            .socket
+            .unwrap();
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(
+            (
+                s.max_outbound_bytes,
+                s.max_message_bytes,
+                s.max_subscriptions
+            ),
+            (1024, 2048, 3)
+        );
+        assert_eq!(s.handshake_timeout, std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_socket_keys_name_the_dotted_key() {
+        for (yaml, key) in [
+            ("{port: 70000}", "workers[0](stream).config.port"),
+            ("{host: 'not a host'}", "workers[0](stream).config.host"),
+            (
+                "{auth_function: ''}",
+                "workers[0](stream).config.auth_function",
+            ),
+            (
+                "{auth_function: 3}",
+                "workers[0](stream).config.auth_function",
+            ),
+            (
+                "{max_outbound_bytes: 0}",
+                "workers[0](stream).config.max_outbound_bytes",
+            ),
+            (
+                "{max_subscriptions: -1}",
+                "workers[0](stream).config.max_subscriptions",
+            ),
+            ("{prot: 3112}", "workers[0](stream).config.prot"),
+        ] {
+            let e = read(yaml).unwrap_err();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
+
     async fn stream_core() -> TestCore {
         let mut t = TestCore::new();
         let loader: Arc<dyn AdapterLoader> = Arc::new(MemoryLoader);
