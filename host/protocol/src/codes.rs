@@ -357,6 +357,8 @@ pub mod stream_socket {
         SUBSCRIPTION_EXISTS = "subscription_exists", Ours, Engine;
         /// A `join` past the socket's `max_subscriptions` per connection.
         SUBSCRIPTION_LIMIT_EXCEEDED = "subscription_limit_exceeded", Ours, Engine;
+        /// Connection refused with 503: the socket already holds `max_connections` sockets.
+        STREAM_CONNECTION_LIMIT = "stream_connection_limit", Ours, Engine;
     }
 }
 

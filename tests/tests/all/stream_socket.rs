@@ -488,3 +488,30 @@ async fn a_client_that_stops_reading_is_dropped_and_writers_never_wait() {
     );
     println!("the stalled subscriber got {frames} of 41 frames before it was dropped");
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_get_503_and_closed_ones_free_their_slot() {
+    let e = engine("max_connections: 2,");
+    let mut first = Subscriber::connect(&e.stream_url()).await;
+    let second = Subscriber::connect(&e.stream_url()).await;
+    let (status, body) = refusal(connect_later(e.stream_url()).await.unwrap());
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "stream_connection_limit");
+    // The upgraded sockets hold their slots: the first still works.
+    first.join("s", "room", None).await;
+    assert_eq!(first.event("s").await["event"]["type"], "sync");
+    drop(second);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match connect_later(e.stream_url()).await.unwrap() {
+            Ok(_) => break,
+            Err(err) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a closed socket never gave its slot back: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

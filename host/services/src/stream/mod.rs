@@ -55,6 +55,7 @@ const SOCKET_KEYS: &[&str] = &[
     "max_outbound_bytes",
     "max_message_bytes",
     "max_subscriptions",
+    "max_connections",
     "handshake_timeout_ms",
 ];
 
@@ -99,6 +100,9 @@ fn socket_config(
     }
     if let Some(n) = positive("max_subscriptions")? {
         c.max_subscriptions = size(n);
+    }
+    if let Some(n) = positive("max_connections")? {
+        c.max_connections = size(n);
     }
     if let Some(n) = positive("handshake_timeout_ms")? {
         c.handshake_timeout = std::time::Duration::from_millis(n);
@@ -539,7 +543,7 @@ mod tests {
         let s = read("{auth_function: app::auth}").unwrap().socket.unwrap();
         assert_eq!(s.port, 3112);
         assert_eq!(s.auth_function.as_deref(), Some("app::auth"));
-        let s = read("{host: 0.0.0.0, max_outbound_bytes: 1024, max_message_bytes: 2048, max_subscriptions: 3, handshake_timeout_ms: 50}")
+        let s = read("{host: 0.0.0.0, max_outbound_bytes: 1024, max_message_bytes: 2048, max_subscriptions: 3, max_connections: 4, handshake_timeout_ms: 50}")
             .unwrap()
             .socket
             .unwrap();

@@ -59,6 +59,8 @@ pub struct SocketConfig {
     pub max_message_bytes: usize,
     /// Subscriptions one connection may hold at once (`max_subscriptions`).
     pub max_subscriptions: usize,
+    /// Sockets open at once, handshakes included (`max_connections`); the next gets 503.
+    pub max_connections: usize,
     /// How long a client may take to send its upgrade request (`handshake_timeout_ms`).
     pub handshake_timeout: Duration,
 }
@@ -72,6 +74,7 @@ impl Default for SocketConfig {
             max_outbound_bytes: 16 << 20,
             max_message_bytes: 1 << 20,
             max_subscriptions: 1024,
+            max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -115,6 +118,8 @@ impl BoundSocket {
             stop: stop.clone(),
         });
         let mut accept_errors = Throttle::default();
+        let mut refusals = Throttle::default();
+        let open = Arc::new(AtomicUsize::new(0));
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -130,13 +135,24 @@ impl BoundSocket {
                     continue;
                 }
             };
+            let limit = shared.cfg.max_connections;
+            if open.fetch_add(1, Ordering::SeqCst) >= limit {
+                open.fetch_sub(1, Ordering::SeqCst);
+                if let Some(skipped) = refusals.allow() {
+                    tracing::warn!(peer = %peer, limit, refused_unlogged = skipped, "stream socket: connection refused: connection limit reached");
+                }
+                tokio::spawn(refuse_over_limit(stream, limit));
+                continue;
+            }
+            let slot = Arc::new(Slot(open.clone()));
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             tokio::spawn(async move {
                 let timeout = shared.cfg.handshake_timeout;
+                // The slot is held by this task and by the WebSocket session, if one starts.
                 let svc = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(upgrade(shared, req, peer).await) }
+                    let (shared, slot) = (shared.clone(), slot.clone());
+                    async move { Ok::<_, Infallible>(upgrade(shared, req, peer, slot).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -148,6 +164,27 @@ impl BoundSocket {
             });
         }
     }
+}
+
+/// Holds one of the socket's connection slots until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers 503 without reading the request, then closes.
+async fn refuse_over_limit(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({"error": {"code": codes::STREAM_CONNECTION_LIMIT, "message": format!("connection limit reached: the stream socket serves at most {limit} connections at once (config key max_connections)")}}).to_string();
+    let resp = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// What every connection of one socket shares.
@@ -295,6 +332,7 @@ async fn upgrade(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    slot: Arc<Slot>,
 ) -> Response<Full<Bytes>> {
     let key = req.headers().get("sec-websocket-key").cloned();
     let is_upgrade = req.method() == hyper::Method::GET
@@ -337,6 +375,7 @@ async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -461,14 +500,22 @@ impl Session {
                 }
             }
         }
+        // First out of the hub: its subscriptions hold the outbox, so the writer's queue only
+        // ends once they are gone.
+        self.leave_all();
         if outbox.is_slow() {
             writer.abort();
         } else {
             // Let queued frames (an error frame, say) reach the client, then say goodbye.
             drop(outbox);
-            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+            let mut writer = writer;
+            if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
         }
-        self.leave_all();
     }
 
     async fn handle(&mut self, text: &str, outbox: &Arc<Outbox>) {
