@@ -54,6 +54,8 @@ pub struct EngineProc {
     pub ws_port: u16,
     /// The REST server's port (0 when the config runs none), read the same way.
     pub http_port: u16,
+    /// The stream socket's port (0 when the config runs none), read the same way.
+    pub stream_port: u16,
     /// Its working directory (config.yaml, engine.log, .iii/data).
     pub dir: PathBuf,
 }
@@ -91,6 +93,7 @@ impl EngineProc {
             child,
             ws_port,
             http_port,
+            stream_port: 0,
             dir,
         };
         e.wait_ready(0);
@@ -120,8 +123,10 @@ impl EngineProc {
                         addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
                     })
                 };
-                self.ws_port = port_after("listening on ws://").expect("worker socket line");
+                self.ws_port =
+                    port_after("worker socket listening on ws://").expect("worker socket line");
                 self.http_port = port_after("listening on http://").unwrap_or(0);
+                self.stream_port = port_after("stream socket listening on ws://").unwrap_or(0);
                 if TcpStream::connect(("127.0.0.1", self.ws_port)).is_ok() {
                     return;
                 }
@@ -180,6 +185,12 @@ impl EngineProc {
     /// The worker socket's URL.
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.ws_port)
+    }
+
+    /// The stream socket's URL (the config must run one).
+    pub fn stream_url(&self) -> String {
+        assert_ne!(self.stream_port, 0, "the config runs no stream socket");
+        format!("ws://127.0.0.1:{}/", self.stream_port)
     }
 
     /// Everything the engine logged so far (all starts).

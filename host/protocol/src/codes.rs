@@ -25,6 +25,7 @@
 //! | the REST trigger server's error envelope | [`http`] |
 //! | `state::*` | [`state`] |
 //! | `stream::*` | [`stream`] |
+//! | the stream socket (port 3112) | [`stream_socket`] |
 //! | per-op errors inside `state::update` / `stream::update` results | [`update_op`] |
 //! | pub/sub and queue functions | [`queue`] |
 //! | `configuration::*` | [`configuration`] |
@@ -78,6 +79,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Code> {
         http::TABLE_HTTP,
         state::TABLE_STATE,
         stream::TABLE_STREAM,
+        stream_socket::TABLE_STREAM_SOCKET,
         update_op::TABLE_UPDATE_OP,
         queue::TABLE_QUEUE,
         configuration::TABLE_CONFIGURATION,
@@ -145,6 +147,7 @@ pub use queue::*;
 pub use registration::*;
 pub use state::*;
 pub use stream::*;
+pub use stream_socket::*;
 pub use update_op::*;
 pub use worker::*;
 
@@ -330,6 +333,32 @@ pub mod stream {
         /// `stream::update`: the result could not be serialized (upstream's stream service uses
         /// this where the state service uses `serialization_error`).
         JSON_ERROR = "JSON_ERROR", Upstream, Engine;
+    }
+}
+
+pub mod stream_socket {
+    //! The stream socket on port 3112 (PROTOCOL.md §4.6.4): the JSON body of a refused
+    //! upgrade, and the `{"type":"error"}` frames a subscriber gets for a frame it sent.
+    use super::{Code, Origin, Sender};
+
+    codes! { TABLE_STREAM_SOCKET, "stream socket";
+        /// Upgrade refused with 401: the `auth_function` returned an error, or a result that is
+        /// not an object with a `context` key (upstream accepts the connection anyway).
+        STREAM_AUTH_FAILED = "stream_auth_failed", Ours, Engine;
+        /// Upgrade refused with 503: the `auth_function` is not registered, or did not answer
+        /// in time.
+        STREAM_AUTH_UNAVAILABLE = "stream_auth_unavailable", Ours, Engine;
+        /// A request to the stream socket that is not a WebSocket upgrade: status 426.
+        WEBSOCKET_UPGRADE_REQUIRED = "websocket_upgrade_required", Ours, Engine;
+        /// A client frame that is not a `join`/`leave` frame with the required fields; the
+        /// connection stays open.
+        INVALID_STREAM_FRAME = "invalid_stream_frame", Ours, Engine;
+        /// A `join` with a `subscriptionId` this connection already has open.
+        SUBSCRIPTION_EXISTS = "subscription_exists", Ours, Engine;
+        /// A `join` past the socket's `max_subscriptions` per connection.
+        SUBSCRIPTION_LIMIT_EXCEEDED = "subscription_limit_exceeded", Ours, Engine;
+        /// Connection refused with 503: the socket already holds `max_connections` sockets.
+        STREAM_CONNECTION_LIMIT = "stream_connection_limit", Ours, Engine;
     }
 }
 

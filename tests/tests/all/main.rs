@@ -10,4 +10,5 @@ mod http_trigger;
 mod kv_durability;
 mod queue;
 mod state_stream;
+mod stream_socket;
 mod wire;

@@ -1,8 +1,13 @@
 //! `stream::*` functions and the `stream` trigger type (PROTOCOL.md §5.4, §4.6.4) over a
-//! [`StreamStore`] adapter, with custom stream providers ([`custom`]). Config entry `stream`
+//! [`StreamStore`] adapter, with custom stream providers ([`custom`]), and the stream socket
+//! ([`socket`]) whose subscribers get every event ([`hub`]). Config entry `stream`
 //! (`iii-stream` is the deprecated name).
 
 mod custom;
+mod hub;
+mod socket;
+
+pub use socket::SocketConfig;
 
 use iii_protocol::codes;
 use std::sync::Arc;
@@ -10,8 +15,8 @@ use std::sync::Arc;
 use iii_adapter_api::{AdapterSpec, StreamStore, StreamWorld, UpdateOp};
 use iii_core::config::ConfigError;
 use iii_core::{
-    Configured, Core, Entry, FunctionSpec, NoInput, PrepareCx, Prepared, Registrar, Service,
-    ServiceInfo, StartError, TriggerTypeSpec,
+    BoxFut, CancellationToken, Configured, Core, Entry, FunctionSpec, NoInput, PrepareCx, Prepared,
+    Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
 };
 use iii_protocol::ErrorBody;
 use schemars::JsonSchema;
@@ -28,18 +33,81 @@ pub struct Stream;
 pub struct StreamConfig {
     /// The `adapter:` entry; the builtin kv when absent.
     pub adapter: AdapterSpec,
-    /// The entry asked for the browser stream socket (`port`/`auth_function`), which this
-    /// engine does not serve yet.
-    pub wants_socket: bool,
+    /// The stream socket, when the entry names any of its keys (`port`, `host`,
+    /// `auth_function`, …); a bare `stream` entry serves the functions only.
+    pub socket: Option<SocketConfig>,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             adapter: AdapterSpec::named("kv"),
-            wants_socket: false,
+            socket: None,
         }
     }
+}
+
+/// The `stream` entry's keys that configure the socket.
+const SOCKET_KEYS: &[&str] = &[
+    "port",
+    "host",
+    "auth_function",
+    "max_outbound_bytes",
+    "max_message_bytes",
+    "max_subscriptions",
+    "max_connections",
+    "handshake_timeout_ms",
+];
+
+/// Reads the socket's keys of the entry's `config:` mapping `m` (at `at`).
+fn socket_config(
+    e: &Entry<'_>,
+    m: &serde_yaml::Mapping,
+    at: &str,
+) -> Result<Option<SocketConfig>, ConfigError> {
+    if !SOCKET_KEYS.iter().any(|k| m.contains_key(*k)) {
+        return Ok(None);
+    }
+    let r = &e.reader;
+    let mut c = SocketConfig::default();
+    if let Some(v) = m.get("port") {
+        c.port = r.port(v, &format!("{at}.port"))?;
+    }
+    if let Some(v) = m.get("host") {
+        c.host = r.host(v, &format!("{at}.host"))?;
+    }
+    if let Some(v) = m.get("auth_function").filter(|v| !v.is_null()) {
+        let f = r.string(v, &format!("{at}.auth_function"))?;
+        if f.trim().is_empty() {
+            return Err(r.invalid(&format!("{at}.auth_function"), "a function id", v));
+        }
+        c.auth_function = Some(f);
+    }
+    let positive = |k: &str| -> Result<Option<u64>, ConfigError> {
+        let Some(v) = m.get(k) else { return Ok(None) };
+        let key = format!("{at}.{k}");
+        match r.u64(v, &key)? {
+            0 => Err(r.invalid(&key, "a positive integer", v)),
+            n => Ok(Some(n)),
+        }
+    };
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = positive("max_outbound_bytes")? {
+        c.max_outbound_bytes = size(n);
+    }
+    if let Some(n) = positive("max_message_bytes")? {
+        c.max_message_bytes = size(n);
+    }
+    if let Some(n) = positive("max_subscriptions")? {
+        c.max_subscriptions = size(n);
+    }
+    if let Some(n) = positive("max_connections")? {
+        c.max_connections = size(n);
+    }
+    if let Some(n) = positive("handshake_timeout_ms")? {
+        c.handshake_timeout = std::time::Duration::from_millis(n);
+    }
+    Ok(Some(c))
 }
 
 impl Service for Stream {
@@ -62,10 +130,11 @@ impl Service for Stream {
         let Some(m) = e.reader.mapping(e.config, &at)? else {
             return Ok(Box::new(sc));
         };
-        e.reader
-            .check_keys(m, &at, &["adapter", "port", "host", "auth_function"])?;
+        let mut allowed = vec!["adapter"];
+        allowed.extend_from_slice(SOCKET_KEYS);
+        e.reader.check_keys(m, &at, &allowed)?;
         sc.adapter = adapter_spec(e, m)?;
-        sc.wants_socket = m.contains_key("port") || m.contains_key("auth_function");
+        sc.socket = socket_config(e, m, &at)?;
         Ok(Box::new(sc))
     }
 }
@@ -76,23 +145,41 @@ impl Configured for StreamConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        if self.wants_socket {
-            tracing::warn!("config entry `stream` (stream socket) starts nothing: the browser stream socket (port 3112) is not served by this engine yet; stream::* functions and stream triggers work");
-        }
+        let socket = match &self.socket {
+            None => None,
+            Some(c) => Some(
+                socket::BoundSocket::bind(c.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: "stream socket (stream)".into(),
+                        host: c.host.clone(),
+                        port: c.port,
+                        source,
+                    })?,
+            ),
+        };
         let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &self.adapter).await?;
         let store: Arc<dyn StreamStore> =
             Arc::new(custom::DelegatingStreams::new(cx.core(), store));
-        Ok(Box::new(StreamService { store }))
+        Ok(Box::new(Running {
+            svc: StreamService {
+                store,
+                hub: Arc::default(),
+            },
+            socket,
+        }))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
 }
 
-/// The prepared service: the store (custom providers first, then the adapter).
+/// The prepared service: the store (custom providers first, then the adapter) and the
+/// socket's subscribers, which every event reaches.
 #[derive(Clone)]
 pub struct StreamService {
     store: Arc<dyn StreamStore>,
+    hub: Arc<hub::Hub>,
 }
 
 impl StreamService {
@@ -100,8 +187,15 @@ impl StreamService {
     pub fn new(core: &Core, store: Arc<dyn StreamStore>) -> Self {
         StreamService {
             store: Arc::new(custom::DelegatingStreams::new(core, store)),
+            hub: Arc::default(),
         }
     }
+}
+
+/// The service with its socket, if configured, bound and waiting for `run`.
+struct Running {
+    svc: StreamService,
+    socket: Option<socket::BoundSocket>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -151,9 +245,11 @@ struct SendIn {
     data: Value,
 }
 
-/// Fires `stream` triggers with the wrapper subscribers receive (camelCase, §4.6.4).
-fn emit(core: &Core, stream: &str, group: &str, id: Option<&str>, event: Value) {
+/// Pushes an event to the socket's subscribers and fires `stream` triggers, both with the same
+/// wrapper (camelCase, §4.6.4). Never waits on a subscriber.
+fn emit(core: &Core, hub: &hub::Hub, stream: &str, group: &str, id: Option<&str>, event: Value) {
     let payload = json!({"type": "stream", "timestamp": iii_core::conn::now_ms(), "streamName": stream, "groupId": group, "id": id, "event": event});
+    hub.publish(stream, group, id, &payload);
     let (stream, group, id) = (
         stream.to_string(),
         group.to_string(),
@@ -178,12 +274,12 @@ fn write_event(old: &Option<Value>, new: &Value) -> Value {
 fn function<In, F, Fut>(svc: &StreamService, id: &str, description: &str, f: F) -> FunctionSpec
 where
     In: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
-    F: Fn(Core, In, Arc<dyn StreamStore>) -> Fut + Send + Sync + 'static,
+    F: Fn(Core, In, Arc<dyn StreamStore>, Arc<hub::Hub>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
 {
-    let store = svc.store.clone();
+    let (store, hub) = (svc.store.clone(), svc.hub.clone());
     FunctionSpec::typed(id, description, move |core, _ctx, i: In| {
-        f(core, i, store.clone())
+        f(core, i, store.clone(), hub.clone())
     })
 }
 
@@ -191,8 +287,51 @@ fn old_new_schema() -> Value {
     json!({"type": "object", "properties": {"old_value": {}, "new_value": {}}})
 }
 
-impl Prepared for StreamService {
+impl Prepared for Running {
     fn install(&mut self, reg: &mut Registrar<'_>) {
+        self.svc.install(reg);
+        // The socket's trigger types exist whether or not the socket runs, so bindings made
+        // for it are accepted (and stay inert) on an engine that does not serve it.
+        for (id, description) in [
+            (socket::JOIN, "Asked before a stream socket subscription starts; answer {\"unauthorized\": true} to refuse it"),
+            (socket::LEAVE, "Fired when a stream socket subscription ends (leave frame or socket closed)"),
+        ] {
+            let tt = ServiceTriggerType {
+                string_keys: &["stream_name", "condition_function_id"],
+                required: &[],
+            };
+            reg.trigger_type(TriggerTypeSpec {
+                id: id.into(),
+                description: description.into(),
+                config_schema: Some(tt.config_schema()),
+                request_schema: Some(json!({"type": "object", "properties": {
+                    "subscription_id": {"type": "string"}, "stream_name": {"type": "string"},
+                    "group_id": {"type": "string"}, "id": {"type": ["string", "null"]},
+                    "context": {}}})),
+                response_schema: (id == socket::JOIN).then(|| {
+                    json!({"type": ["object", "null"], "properties": {"unauthorized": {"type": "boolean"}}})
+                }),
+                provider: Arc::new(tt),
+            });
+        }
+    }
+
+    fn listening(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        self.socket
+            .iter()
+            .map(|s| ("stream socket", s.addr))
+            .collect()
+    }
+
+    fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
+        let Running { svc, socket } = *self;
+        let socket = socket?;
+        Some(Box::pin(socket.serve(core, svc.hub, svc.store, stop)))
+    }
+}
+
+impl StreamService {
+    fn install(&self, reg: &mut Registrar<'_>) {
         let tt = ServiceTriggerType {
             string_keys: &[
                 "stream_name",
@@ -220,13 +359,14 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::set",
                 "Store an item",
-                |e, i: SetIn, s| async move {
+                |e, i: SetIn, s, h| async move {
                     let r = s
                         .set(&i.stream_name, &i.group_id, &i.item_id, &i.data)
                         .await
                         .map_err(|e| err(codes::STREAM_SET_ERROR, e))?;
                     emit(
                         &e,
+                        &h,
                         &i.stream_name,
                         &i.group_id,
                         Some(&i.item_id),
@@ -242,7 +382,7 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::get",
                 "Read an item",
-                |_e, i: Item, s| async move {
+                |_e, i: Item, s, _h| async move {
                     Ok(s.get(&i.stream_name, &i.group_id, &i.item_id)
                         .await
                         .map_err(|e| err(codes::STREAM_GET_ERROR, e))?
@@ -256,7 +396,7 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::delete",
                 "Remove an item",
-                |e, i: Item, s| async move {
+                |e, i: Item, s, h| async move {
                     let old = s
                         .delete(&i.stream_name, &i.group_id, &i.item_id)
                         .await
@@ -264,6 +404,7 @@ impl Prepared for StreamService {
                     if let Some(o) = &old {
                         emit(
                             &e,
+                            &h,
                             &i.stream_name,
                             &i.group_id,
                             Some(&i.item_id),
@@ -280,7 +421,7 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::update",
                 "Apply update ops to an item",
-                |e, i: UpdateIn, s| async move {
+                |e, i: UpdateIn, s, h| async move {
                     let ops = UpdateOp::parse_list(&i.ops).map_err(|e| {
                         err(codes::STREAM_UPDATE_ERROR, format!("invalid ops: {e}"))
                     })?;
@@ -290,6 +431,7 @@ impl Prepared for StreamService {
                         .map_err(|e| err(codes::STREAM_UPDATE_ERROR, e))?;
                     emit(
                         &e,
+                        &h,
                         &i.stream_name,
                         &i.group_id,
                         Some(&i.item_id),
@@ -308,7 +450,7 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::list",
                 "All items of a group",
-                |_e, i: GroupIn, s| async move {
+                |_e, i: GroupIn, s, _h| async move {
                     Ok(Value::Array(
                         s.list(&i.stream_name, &i.group_id)
                             .await
@@ -323,7 +465,7 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::list_groups",
                 "Group ids of a stream",
-                |_e, i: StreamIn, s| async move {
+                |_e, i: StreamIn, s, _h| async move {
                     Ok(json!(s
                         .list_groups(&i.stream_name)
                         .await
@@ -333,7 +475,7 @@ impl Prepared for StreamService {
             .returns(json!({"type": "array", "items": {"type": "string"}})),
         );
         reg.function(
-            function(&svc, "stream::list_all", "Every stream with its groups", |_e, _i: NoInput, s| async move {
+            function(&svc, "stream::list_all", "Every stream with its groups", |_e, _i: NoInput, s, _h| async move {
                 let all = s
                     .list_all()
                     .await
@@ -348,9 +490,10 @@ impl Prepared for StreamService {
                 &svc,
                 "stream::send",
                 "Send a custom event to a group's subscribers",
-                |e, i: SendIn, _s| async move {
+                |e, i: SendIn, _s, h| async move {
                     emit(
                         &e,
+                        &h,
                         &i.stream_name,
                         &i.group_id,
                         i.id.as_deref(),
@@ -371,6 +514,78 @@ mod tests {
     use iii_adapter_api::AdapterLoader;
     use iii_core::testing::TestCore;
     use iii_core::triggers::Binding;
+
+    fn read(yaml: &str) -> Result<StreamConfig, String> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        let e = Entry {
+            at: "workers[0](stream)".into(),
+            name: "stream",
+            config: &config,
+            reader: iii_core::config::EntryReader { path: "test.yaml" },
+        };
+        let c = Stream.configure(&[e]).map_err(|e| e.to_string())?;
+        Ok(c.as_any()
+            .downcast_ref::<StreamConfig>()
+            .expect("a StreamConfig")
+            .clone())
+    }
+
+    #[test]
+    fn the_socket_runs_only_when_the_entry_names_one_of_its_keys() {
+        assert_eq!(read("").unwrap().socket, None);
+        assert_eq!(read("{adapter: {name: kv}}").unwrap().socket, None);
+        let s = read("{port: 0}").unwrap().socket.unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port),
+            ("127.0.0.1", 0),
+            "loopback unless configured"
+        );
+        let s = read("{auth_function: app::auth}").unwrap().socket.unwrap();
+        assert_eq!(s.port, 3112);
+        assert_eq!(s.auth_function.as_deref(), Some("app::auth"));
+        let s = read("{host: 0.0.0.0, max_outbound_bytes: 1024, max_message_bytes: 2048, max_subscriptions: 3, max_connections: 4, handshake_timeout_ms: 50}")
+            .unwrap()
+            .socket
+            .unwrap();
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(
+            (
+                s.max_outbound_bytes,
+                s.max_message_bytes,
+                s.max_subscriptions
+            ),
+            (1024, 2048, 3)
+        );
+        assert_eq!(s.handshake_timeout, std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_socket_keys_name_the_dotted_key() {
+        for (yaml, key) in [
+            ("{port: 70000}", "workers[0](stream).config.port"),
+            ("{host: 'not a host'}", "workers[0](stream).config.host"),
+            (
+                "{auth_function: ''}",
+                "workers[0](stream).config.auth_function",
+            ),
+            (
+                "{auth_function: 3}",
+                "workers[0](stream).config.auth_function",
+            ),
+            (
+                "{max_outbound_bytes: 0}",
+                "workers[0](stream).config.max_outbound_bytes",
+            ),
+            (
+                "{max_subscriptions: -1}",
+                "workers[0](stream).config.max_subscriptions",
+            ),
+            ("{prot: 3112}", "workers[0](stream).config.prot"),
+        ] {
+            let e = read(yaml).unwrap_err();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
 
     async fn stream_core() -> TestCore {
         let mut t = TestCore::new();
