@@ -24,13 +24,14 @@ pub enum ConfigSource {
 }
 
 /// The embedded defaults: the worker socket on 127.0.0.1:49134, the REST trigger server on
-/// 127.0.0.1:3111, and state and stream on the builtin kv adapter, durable under
-/// `./.iii/data`. Always-on services (engine functions, observability) run as well.
+/// 127.0.0.1:3111, state and stream on the builtin kv adapter and the durable queue on the
+/// builtin queue adapter, all durable under `./.iii/data`. Always-on services (engine functions, observability) run as well.
 pub const EMBEDDED: &str = "workers:
   - name: iii-worker-manager
   - name: http
   - name: state
   - name: stream
+  - name: queue
 ";
 
 /// Upstream entry names that start nothing in this engine yet, each with its other name
@@ -38,7 +39,6 @@ pub const EMBEDDED: &str = "workers:
 const UPSTREAM_UNAVAILABLE: &[(&str, &str)] = &[
     ("pubsub", "iii-pubsub"),
     ("cron", "iii-cron"),
-    ("queue", "iii-queue"),
     ("iii-exec", "iii-exec"),
     ("iii-bridge", "iii-bridge"),
     ("iii-http-functions", "iii-http-functions"),

@@ -37,6 +37,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(http::Http),
         Box::new(state::State),
         Box::new(stream::Stream),
+        Box::new(queue::Queue),
     ]
 }
 
@@ -289,7 +290,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("iii-engine-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = EngineConfig::parse(
-            "workers:\n  - name: iii-worker-manager\n    config: {port: 0}\n  - name: http\n    config: {port: 0}\n  - name: state\n  - name: stream\n",
+            "workers:\n  - name: iii-worker-manager\n    config: {port: 0}\n  - name: http\n    config: {port: 0}\n  - name: state\n  - name: stream\n    config: {port: 0}\n  - name: queue\n",
             "test.yaml",
             ConfigSource::Embedded,
         )

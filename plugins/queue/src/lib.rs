@@ -317,6 +317,10 @@ mod component {
             })
         }
 
+        fn release(queue: String, token: String, retry_after_ms: u64) -> Result<bool, Error> {
+            with_queues(|q| Ok(q.release(&queue, &token, retry_after_ms, now_ms())))
+        }
+
         fn dead_letters(queue: String, offset: u64, limit: u64) -> Result<Vec<DeadLetter>, Error> {
             let dead = with_queues(|q| q.dead_letters(&queue, offset, limit))?;
             Ok(dead

@@ -859,6 +859,20 @@ impl Queues {
         Ok(outcome)
     }
 
+    /// Ends the lease without counting the attempt (see the trait's docs). Leases are not
+    /// persisted, so neither is this: after a restart the message is ready at once.
+    pub fn release(&mut self, queue: &str, token: &str, retry_after_ms: u64, now: u64) -> bool {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return false;
+        };
+        let Some(&seq) = q.tokens.get(token) else {
+            return false;
+        };
+        let attempts = q.live[&seq].attempts;
+        q.retry(queue, seq, attempts, now.saturating_add(retry_after_ms));
+        true
+    }
+
     /// Dead letters of `queue`, oldest first.
     pub fn dead_letters(
         &mut self,

@@ -21,7 +21,7 @@ def engine(request: pytest.FixtureRequest):
     with tempfile.TemporaryDirectory(prefix="iii-sdk-py-state-") as tmp:
         eng = Engine(binary, Path(tmp))
         cfg = Path(tmp) / "config.yaml"
-        cfg.write_text(cfg.read_text() + "  - name: iii-state\n    config: {adapter: {name: kv}}\n  - name: iii-stream\n")
+        cfg.write_text(cfg.read_text() + "  - name: iii-state\n    config: {adapter: {name: kv}}\n  - name: iii-stream\n    config: {port: 0}\n")
         eng.start()
         try:
             yield eng

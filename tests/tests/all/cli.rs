@@ -200,7 +200,7 @@ fn config_errors_name_the_file_and_key() {
 fn upstream_config_runs_with_clear_warnings_and_env_interpolation() {
     let e = EngineProc::start_with(|ws, http| {
         format!(
-            "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: ${{III_TEST_WS_PORT_UNSET:{ws}}}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n  - name: iii-cron\n  - name: iii-observability\n    config: {{level: info, exporter: memory}}\n  - name: iii-engine-functions\n  - name: configuration\n  - name: pdfkit\n"
+            "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: ${{III_TEST_WS_PORT_UNSET:{ws}}}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n    config: {{port: 0}}\n  - name: iii-cron\n  - name: iii-observability\n    config: {{level: info, exporter: memory}}\n  - name: iii-engine-functions\n  - name: configuration\n  - name: pdfkit\n"
         )
     });
     e.wait_for_log(&[

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 fn with_services(ws: u16, http: u16) -> String {
     format!(
-        "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n"
+        "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n    config: {{port: 0}}\n"
     )
 }
 

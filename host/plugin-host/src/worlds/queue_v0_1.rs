@@ -202,6 +202,21 @@ impl Adapter<QueueWorld> {
         })
     }
 
+    /// [`QueueStore::release`].
+    pub async fn release(
+        &self,
+        queue: &str,
+        token: &str,
+        retry_after_ms: u64,
+    ) -> Result<bool, PluginError> {
+        invoke!(self, |s, e| e.store.call_release(
+            s,
+            queue,
+            token,
+            retry_after_ms
+        ))
+    }
+
     /// [`QueueStore::dead_letters`].
     pub async fn dead_letters(
         &self,
@@ -265,6 +280,15 @@ impl QueueStore for Adapter<QueueWorld> {
         error: &str,
     ) -> Result<NackOutcome, AdapterError> {
         Ok(Self::nack(self, queue, token, retry_after_ms, error).await?)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        token: &str,
+        retry_after_ms: u64,
+    ) -> Result<bool, AdapterError> {
+        Ok(Self::release(self, queue, token, retry_after_ms).await?)
     }
 
     async fn dead_letters(

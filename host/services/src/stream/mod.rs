@@ -33,8 +33,8 @@ pub struct Stream;
 pub struct StreamConfig {
     /// The `adapter:` entry; the builtin kv when absent.
     pub adapter: AdapterSpec,
-    /// The stream socket, when the entry names any of its keys (`port`, `host`,
-    /// `auth_function`, …); a bare `stream` entry serves the functions only.
+    /// The stream socket. It runs whenever the service does, on 127.0.0.1:3112 unless
+    /// configured (`port: 0` picks a free port); `None` only in tests of the functions alone.
     pub socket: Option<SocketConfig>,
 }
 
@@ -42,7 +42,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             adapter: AdapterSpec::named("kv"),
-            socket: None,
+            socket: Some(SocketConfig::default()),
         }
     }
 }
@@ -65,9 +65,6 @@ fn socket_config(
     m: &serde_yaml::Mapping,
     at: &str,
 ) -> Result<Option<SocketConfig>, ConfigError> {
-    if !SOCKET_KEYS.iter().any(|k| m.contains_key(*k)) {
-        return Ok(None);
-    }
     let r = &e.reader;
     let mut c = SocketConfig::default();
     if let Some(v) = m.get("port") {
@@ -531,9 +528,11 @@ mod tests {
     }
 
     #[test]
-    fn the_socket_runs_only_when_the_entry_names_one_of_its_keys() {
-        assert_eq!(read("").unwrap().socket, None);
-        assert_eq!(read("{adapter: {name: kv}}").unwrap().socket, None);
+    fn the_socket_runs_on_loopback_3112_by_default() {
+        for bare in ["", "{adapter: {name: kv}}"] {
+            let s = read(bare).unwrap().socket.unwrap();
+            assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 3112), "{bare}");
+        }
         let s = read("{port: 0}").unwrap().socket.unwrap();
         assert_eq!(
             (s.host.as_str(), s.port),
@@ -591,7 +590,7 @@ mod tests {
         let mut t = TestCore::new();
         let loader: Arc<dyn AdapterLoader> = Arc::new(MemoryLoader);
         t.handles.insert(loader);
-        t.start(&Stream, "").await.unwrap();
+        t.start(&Stream, "port: 0").await.unwrap();
         t
     }
 
