@@ -899,10 +899,13 @@ async fn enqueue_without_a_queue_provider_is_a_clear_error() {
         )
         .await;
     assert_eq!(r["error"]["code"], "enqueue_error");
-    assert!(r["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("engine::queue::enqueue"));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engine::queue::enqueue"),
+        "{r}"
+    );
     // With a provider registered, the call is handed to it and a receipt comes back.
     let mut q = RawWorker::connect_named(&e.url(), "queue", None).await;
     q.register_function("engine::queue::enqueue", json!({}))

@@ -47,7 +47,7 @@ impl Service for Queue {
             worker: "iii-queue",
             deprecated_names: &["iii-queue"],
             repeatable: false,
-            always_on: true,
+            always_on: false,
         }
     }
 
