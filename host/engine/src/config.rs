@@ -431,7 +431,8 @@ workers:
         assert_eq!(c.service::<HttpConfig>().unwrap().port, 3999);
         assert_eq!(c.log_level().as_deref(), Some("debug"));
         let names: Vec<_> = c.unavailable.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["iii-pubsub", "iii-cron", "iii-queue"]);
+        assert_eq!(names, ["iii-pubsub", "iii-cron"]);
+        assert!(c.runs("queue"));
         assert_eq!(
             c.service::<StateConfig>().unwrap().adapter,
             iii_adapter_api::AdapterSpec::named("kv")
@@ -443,7 +444,8 @@ workers:
             [
                 ("iii-http", "http"),
                 ("iii-state", "state"),
-                ("iii-stream", "stream")
+                ("iii-stream", "stream"),
+                ("iii-queue", "queue")
             ]
         );
     }

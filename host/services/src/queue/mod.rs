@@ -141,6 +141,12 @@ fn required(v: Option<String>, code: &'static str, what: &str) -> Result<String,
         .ok_or_else(|| ErrorBody::new(code, format!("`{what}` is required")))
 }
 
+/// `{"queue", "message_id", "redriven"}` of the one-message functions.
+fn message_count_schema() -> Value {
+    json!({"type": "object", "properties": {"queue": {"type": "string"},
+        "message_id": {"type": "string"}, "redriven": {"type": "integer", "description": "0 or 1"}}})
+}
+
 /// A function of this service: typed input plus the shared state.
 fn function<In, F, Fut>(sh: &Arc<Shared>, id: &str, description: &str, f: F) -> FunctionSpec
 where
@@ -285,53 +291,60 @@ impl Prepared for QueueService {
                 }
                 Ok(json!({"queue": name, "redriven": n}))
             },
-        ));
-        reg.function(function(
-            &sh,
-            "iii::queue::redrive_message",
-            "Move one dead letter back to its queue",
-            |i: MessageIn, sh| async move {
-                let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
-                let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
-                let mut n = 0;
-                for q in sh
-                    .resolve(&name)
-                    .await
-                    .map_err(|e| err(codes::REDRIVE_MESSAGE_FAILED, e))?
-                {
-                    n += sh
-                        .store
-                        .redrive(&q, Some(&id))
+        )
+        .returns(json!({"type": "object", "properties": {"queue": {"type": "string"}, "redriven": {"type": "integer"}}})));
+        reg.function(
+            function(
+                &sh,
+                "iii::queue::redrive_message",
+                "Move one dead letter back to its queue",
+                |i: MessageIn, sh| async move {
+                    let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
+                    let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
+                    let mut n = 0;
+                    for q in sh
+                        .resolve(&name)
                         .await
-                        .map_err(|e| err(codes::REDRIVE_MESSAGE_FAILED, e))?;
-                    sh.wake(&q);
-                }
-                Ok(json!({"queue": name, "message_id": id, "redriven": n.min(1)}))
-            },
-        ));
-        reg.function(function(
-            &sh,
-            "iii::queue::discard_message",
-            "Delete one dead letter",
-            |i: MessageIn, sh| async move {
-                let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
-                let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
-                let mut n = 0u64;
-                for q in sh
-                    .resolve(&name)
-                    .await
-                    .map_err(|e| err(codes::DISCARD_MESSAGE_FAILED, e))?
-                {
-                    n += u64::from(
-                        sh.store
-                            .discard(&q, &id)
+                        .map_err(|e| err(codes::REDRIVE_MESSAGE_FAILED, e))?
+                    {
+                        n += sh
+                            .store
+                            .redrive(&q, Some(&id))
                             .await
-                            .map_err(|e| err(codes::DISCARD_MESSAGE_FAILED, e))?,
-                    );
-                }
-                Ok(json!({"queue": name, "message_id": id, "redriven": n.min(1)}))
-            },
-        ));
+                            .map_err(|e| err(codes::REDRIVE_MESSAGE_FAILED, e))?;
+                        sh.wake(&q);
+                    }
+                    Ok(json!({"queue": name, "message_id": id, "redriven": n.min(1)}))
+                },
+            )
+            .returns(message_count_schema()),
+        );
+        reg.function(
+            function(
+                &sh,
+                "iii::queue::discard_message",
+                "Delete one dead letter",
+                |i: MessageIn, sh| async move {
+                    let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
+                    let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
+                    let mut n = 0u64;
+                    for q in sh
+                        .resolve(&name)
+                        .await
+                        .map_err(|e| err(codes::DISCARD_MESSAGE_FAILED, e))?
+                    {
+                        n += u64::from(
+                            sh.store
+                                .discard(&q, &id)
+                                .await
+                                .map_err(|e| err(codes::DISCARD_MESSAGE_FAILED, e))?,
+                        );
+                    }
+                    Ok(json!({"queue": name, "message_id": id, "redriven": n.min(1)}))
+                },
+            )
+            .returns(message_count_schema()),
+        );
         reg.function(function(
             &sh,
             "engine::queue::list_topics",
@@ -352,7 +365,8 @@ impl Prepared for QueueService {
                         .collect(),
                 ))
             },
-        ));
+        )
+        .returns(json!({"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "broker_type": {"type": "string"}, "subscriber_count": {"type": "integer"}}}})));
         reg.function(
             function(&sh, "engine::queue::topic_stats", "Depth, consumers and dead letters of a topic or named queue", |i: DlqIn, sh| async move {
                 let name = required(i.topic.or(i.queue), codes::TOPIC_REQUIRED, "topic")?;
@@ -370,7 +384,8 @@ impl Prepared for QueueService {
                 }
                 let consumers = if sh.cfg.named.contains_key(&name) { 1 } else { sh.consumer_count(&name) };
                 Ok(json!({"depth": depth, "consumer_count": consumers, "dlq_depth": dead, "config": config}))
-            }),
+            })
+            .returns(json!({"type": "object", "properties": {"depth": {"type": "integer"}, "consumer_count": {"type": "integer"}, "dlq_depth": {"type": "integer"}, "config": {}}})),
         );
         reg.function(function(
             &sh,
@@ -402,7 +417,8 @@ impl Prepared for QueueService {
                 }
                 Ok(Value::Array(out))
             },
-        ));
+        )
+        .returns(json!({"type": "array", "items": {"type": "object", "properties": {"topic": {"type": "string"}, "broker_type": {"type": "string"}, "message_count": {"type": "integer"}}}})));
         reg.function(
             function(&sh, "engine::queue::dlq_messages", "Dead letters of a topic or named queue, oldest first", |i: DlqIn, sh| async move {
                 let name = required(i.topic.or(i.queue), codes::TOPIC_REQUIRED, "topic")?;
@@ -421,7 +437,8 @@ impl Prepared for QueueService {
                         json!({"id": d.message_id, "payload": d.payload, "error": d.error,
                             "failed_at": d.failed_at_ms / 1000, "retries": d.attempts, "size_bytes": size})
                     }).collect()))
-            }),
+            })
+            .returns(json!({"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "payload": {}, "error": {"type": "string"}, "failed_at": {"type": "integer", "description": "seconds since the Unix epoch"}, "retries": {"type": "integer"}, "size_bytes": {"type": "integer"}}}})),
         );
     }
 
