@@ -21,6 +21,7 @@ use crate::channels::Channels;
 use crate::conn::{Conn, SendError};
 use crate::limits::{FRAME_TOO_LARGE, TOO_MANY_PENDING_CALLS};
 use crate::pending::{CallSlot, Outcome, PendingCall, PendingTable, Take, Waiter};
+use crate::reply::Reply;
 use crate::triggers::TriggerRegistry;
 
 /// Takes an in-process call's pending entry out when the call ends in any way, including its
@@ -56,7 +57,7 @@ pub struct CallCtx {
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// An in-process function's handler.
 pub type BuiltinFn =
-    Arc<dyn Fn(Core, CallCtx, Value) -> BoxFut<Result<Value, ErrorBody>> + Send + Sync>;
+    Arc<dyn Fn(Core, CallCtx, Value) -> BoxFut<Result<Reply, ErrorBody>> + Send + Sync>;
 
 /// Who serves a function.
 pub enum Handler {
@@ -504,9 +505,8 @@ impl Core {
                     let res = func(engine, ctx.clone(), data).await;
                     match (&res, reply_id) {
                         (_, Some(id)) => {
-                            let text = res.as_ref().ok().map(|v| v.to_string());
+                            let text = res.as_ref().ok().and_then(Reply::json_text);
                             let outcome = match &res {
-                                Ok(Value::Null) => Ok(None),
                                 Ok(_) => Ok(text.as_deref()),
                                 Err(e) => Err(e),
                             };
@@ -669,12 +669,10 @@ impl Core {
                     function_id: function_id.to_string(),
                     metadata: metadata.and_then(|m| serde_json::from_str(m).ok()),
                 };
-                let v = func(self.clone(), ctx, value).await?;
-                if v.is_null() {
-                    Ok(None)
-                } else {
-                    Ok(RawValue::from_string(v.to_string()).ok())
-                }
+                let reply = func(self.clone(), ctx, value).await?;
+                Ok(reply
+                    .json_text()
+                    .and_then(|t| RawValue::from_string(t.into_owned()).ok()))
             }
         }
     }

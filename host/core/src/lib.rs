@@ -16,6 +16,7 @@ mod core;
 pub mod limits;
 pub mod listener;
 pub mod pending;
+mod reply;
 pub mod service;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
@@ -30,6 +31,7 @@ pub use crate::core::{
     new_id, sanitize_name, stopped, BoxFut, BuiltinFn, CallCtx, Core, CoreSettings, FunctionEntry,
     Handler, WeakCore, DEFAULT_NS,
 };
+pub use reply::{Reply, SharedJson};
 pub use service::{
     CancellationToken, Configured, Entry, FunctionSpec, Handles, NoInput, PrepareCx, Prepared,
     Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,

@@ -29,6 +29,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, EntryReader};
 use crate::core::{BoxFut, BuiltinFn, CallCtx, Core};
+use crate::reply::Reply;
 use crate::triggers::BuiltinTriggerType;
 
 /// How a service appears in `config.yaml`.
@@ -250,6 +251,24 @@ impl FunctionSpec {
         F: Fn(Core, CallCtx, In) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
     {
+        Self::typed_reply(id, description, move |core, ctx, i: In| {
+            let fut = f(core, ctx, i);
+            async move { fut.await.map(Reply::Value) }
+        })
+    }
+
+    /// As [`FunctionSpec::typed`], for a handler that may answer with JSON it serialised
+    /// before ([`Reply::Shared`], e.g. a cached listing), which is sent without re-serialising.
+    pub fn typed_reply<In, F, Fut>(
+        id: impl Into<String>,
+        description: impl Into<String>,
+        f: F,
+    ) -> Self
+    where
+        In: DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        F: Fn(Core, CallCtx, In) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Reply, ErrorBody>> + Send + 'static,
+    {
         let f = Arc::new(f);
         let handler: BuiltinFn = Arc::new(move |core, ctx, v| {
             let f = f.clone();
@@ -281,7 +300,10 @@ impl FunctionSpec {
             request_schema: None,
             response_schema: None,
             metadata: None,
-            handler: Arc::new(move |core, ctx, v| Box::pin(f(core, ctx, v))),
+            handler: Arc::new(move |core, ctx, v| {
+                let fut = f(core, ctx, v);
+                Box::pin(async move { fut.await.map(Reply::Value) })
+            }),
         }
     }
 

@@ -394,3 +394,95 @@ async fn memory_comes_back_after_a_burst() {
     println!("| 8 s after the callee left | {} |", after / 1024);
     assert_eq!(stopped, 1024, "every queued call ends invocation_stopped");
 }
+
+/// The `function_id`s of an `engine::functions::list` answer, in order.
+fn listed_ids(r: &Value) -> Vec<String> {
+    r["result"]["functions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no functions array: {r}"))
+        .iter()
+        .map(|f| f["function_id"].as_str().expect("function_id").to_string())
+        .collect()
+}
+
+// Item 14: the unfiltered listing is served from text serialised once per change; every
+// change must still show in the next answer, and the answer keeps upstream's shape.
+#[tokio::test]
+async fn the_cached_unfiltered_listing_is_rebuilt_on_every_change() {
+    let e = EngineProc::start("");
+    let mut w = RawWorker::connect_named(&e.url(), "cached", None).await;
+    w.register_function("cached::one", json!({"description": "the first"}))
+        .await;
+    w.sync().await;
+
+    let first = w.call("engine::functions::list", json!({})).await;
+    assert_eq!(
+        first["result"].as_object().map(|o| o.len()),
+        Some(1),
+        "only `functions`: {first}"
+    );
+    let one = first["result"]["functions"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["function_id"] == "cached::one"))
+        .unwrap_or_else(|| panic!("cached::one not listed: {first}"));
+    assert_eq!(
+        one,
+        &json!({"function_id": "cached::one", "namespace": "default",
+            "worker_name": "cached", "description": "the first"})
+    );
+    // The cached text and a filtered build of the same functions agree exactly; `prefix: ""`
+    // filters nothing out but takes the building path.
+    let built = w
+        .call("engine::functions::list", json!({"prefix": ""}))
+        .await;
+    assert_eq!(first["result"], built["result"]);
+
+    // The two unfiltered variants are cached apart: asking for internals first does not leak
+    // them into the public answer, nor the reverse.
+    let all = w
+        .call("engine::functions::list", json!({"include_internal": true}))
+        .await;
+    assert!(
+        listed_ids(&all).contains(&"engine::functions::list".to_string()),
+        "{all}"
+    );
+    let public = w.call("engine::functions::list", json!({})).await;
+    assert_eq!(public["result"], first["result"]);
+    assert!(!listed_ids(&public)
+        .iter()
+        .any(|id| id.starts_with("engine::")));
+
+    // A registration shows in the next unfiltered answer, in id order.
+    w.register_function("cached::two", json!({})).await;
+    w.sync().await;
+    let ids = listed_ids(&w.call("engine::functions::list", json!({})).await);
+    assert!(ids.contains(&"cached::one".to_string()), "{ids:?}");
+    assert!(ids.contains(&"cached::two".to_string()), "{ids:?}");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    let all_ids = listed_ids(
+        &w.call("engine::functions::list", json!({"include_internal": true}))
+            .await,
+    );
+    assert!(all_ids.contains(&"cached::two".to_string()), "{all_ids:?}");
+
+    // An unregistration is gone from both variants.
+    w.send(json!({"type": "unregisterfunction", "id": "cached::one"}))
+        .await;
+    w.sync().await;
+    let ids = listed_ids(&w.call("engine::functions::list", json!({})).await);
+    assert!(!ids.contains(&"cached::one".to_string()), "{ids:?}");
+    assert!(ids.contains(&"cached::two".to_string()), "{ids:?}");
+    let all_ids = listed_ids(
+        &w.call("engine::functions::list", json!({"include_internal": true}))
+            .await,
+    );
+    assert!(!all_ids.contains(&"cached::one".to_string()), "{all_ids:?}");
+
+    // A worker leaving takes its functions out of the cached answer.
+    let mut observer = RawWorker::connect_named(&e.url(), "observer", None).await;
+    w.close_and_wait_gone(&mut observer).await;
+    let ids = listed_ids(&observer.call("engine::functions::list", json!({})).await);
+    assert!(!ids.iter().any(|id| id.starts_with("cached::")), "{ids:?}");
+}

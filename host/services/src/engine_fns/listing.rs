@@ -1,10 +1,13 @@
 //! The function listing behind `engine::functions::list`, cached against the core's functions
-//! generation: a listing of 100k functions is built once per change, not once per call.
+//! generation: a listing of 100k functions is built once per change, not once per call, and
+//! the unfiltered answers are serialised once per change as well and sent as they are.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use iii_core::{Core, FunctionEntry};
+use iii_core::{Core, FunctionEntry, SharedJson};
+use iii_protocol::{codes, ErrorBody};
 use parking_lot::Mutex;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::views::function_summary;
@@ -21,25 +24,79 @@ pub(super) struct Listed {
     pub summary: Value,
 }
 
-/// The last listing built and the functions generation it reflects.
+/// The answer's shape, `{"functions": [...]}`, borrowing the summaries instead of cloning them.
+#[derive(Serialize)]
+struct FunctionsAnswer<'a> {
+    functions: Vec<&'a Value>,
+}
+
+/// The `engine::functions::list` answer holding `summaries`, serialised.
+pub(super) fn functions_answer<'a>(
+    summaries: impl IntoIterator<Item = &'a Value>,
+) -> Result<SharedJson, ErrorBody> {
+    let answer = FunctionsAnswer {
+        functions: summaries.into_iter().collect(),
+    };
+    SharedJson::new(&answer).map_err(|e| {
+        ErrorBody::new(
+            codes::SERIALIZATION_ERROR,
+            format!("cannot serialise the function listing: {e}"),
+        )
+    })
+}
+
+/// Every function at one generation, and its unfiltered answers once someone asked for them.
+pub(super) struct Snapshot {
+    /// Sorted by id then namespace.
+    pub listed: Vec<Listed>,
+    /// The answer with no filter, without engine-internal functions.
+    public: OnceLock<SharedJson>,
+    /// The answer with no filter but `include_internal`.
+    everything: OnceLock<SharedJson>,
+}
+
+impl Snapshot {
+    /// The serialised answer to an unfiltered request, built on the first such request of
+    /// this generation.
+    pub fn unfiltered(&self, include_internal: bool) -> Result<SharedJson, ErrorBody> {
+        let slot = if include_internal {
+            &self.everything
+        } else {
+            &self.public
+        };
+        if let Some(done) = slot.get() {
+            return Ok(done.clone());
+        }
+        let answer = functions_answer(
+            self.listed
+                .iter()
+                .filter(|f| include_internal || !f.hidden)
+                .map(|f| &f.summary),
+        )?;
+        // Two first callers may both build it; they build the same text and one is kept.
+        Ok(slot.get_or_init(|| answer).clone())
+    }
+}
+
+/// The last snapshot built and the functions generation it reflects.
 #[derive(Default)]
 pub(super) struct ListingCache {
-    last: Mutex<Option<(u64, Arc<[Listed]>)>>,
+    last: Mutex<Option<(u64, Arc<Snapshot>)>>,
 }
 
 impl ListingCache {
-    /// Every function, sorted by id then namespace; rebuilt only when the generation moved.
-    pub fn functions(&self, core: &Core) -> Arc<[Listed]> {
+    /// Every function at the current generation; rebuilt only when the generation moved.
+    pub fn snapshot(&self, core: &Core) -> Arc<Snapshot> {
         // Read before the table: a change racing the build bumps the generation after it has
         // changed the table, so a stale listing is never stored under a newer generation.
         let generation = core.functions_generation();
         let mut last = self.last.lock();
-        if let Some((g, listed)) = last.as_ref() {
+        if let Some((g, snapshot)) = last.as_ref() {
             if *g == generation {
-                return listed.clone();
+                return snapshot.clone();
             }
         }
-        let listed: Arc<[Listed]> = core
+        let listed = core
             .all_functions()
             .into_iter()
             .map(|func| Listed {
@@ -51,7 +108,12 @@ impl ListingCache {
                 func,
             })
             .collect();
-        *last = Some((generation, listed.clone()));
-        listed
+        let snapshot = Arc::new(Snapshot {
+            listed,
+            public: OnceLock::new(),
+            everything: OnceLock::new(),
+        });
+        *last = Some((generation, snapshot.clone()));
+        snapshot
     }
 }

@@ -14,7 +14,7 @@ use iii_core::config::ConfigError;
 use iii_core::triggers::{Binding, BuiltinTriggerType};
 use iii_core::{
     BoxFut, CancellationToken, Configured, Core, Entry, FunctionSpec, PrepareCx, Prepared,
-    Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec, DEFAULT_NS,
+    Registrar, Reply, Service, ServiceInfo, StartError, TriggerTypeSpec, DEFAULT_NS,
 };
 use iii_protocol::ErrorBody;
 use schemars::JsonSchema;
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use iii_core::service::schema_of;
-use listing::ListingCache;
+use listing::{functions_answer, ListingCache};
 use views::{
     binding_summary, binding_worker_name, contains_ci, function_detail, function_summary,
     relevance, trigger_type_info, worker_summaries,
@@ -303,15 +303,23 @@ fn install(reg: &mut Registrar<'_>) {
     );
     let cache = Arc::new(ListingCache::default());
     reg.function(
-        FunctionSpec::typed(
+        FunctionSpec::typed_reply(
             "engine::functions::list",
             "List registered functions",
             move |e: Core, _ctx, i: FunctionsListIn| {
                 let cache = cache.clone();
                 async move {
+                    let snapshot = cache.snapshot(&e);
+                    let filtered = i.search.is_some()
+                        || i.prefix.is_some()
+                        || i.worker.is_some()
+                        || i.workers.is_some();
+                    if !filtered {
+                        // The common poll: served from text serialised once per change.
+                        return snapshot.unfiltered(i.include_internal).map(Reply::Shared);
+                    }
                     let mut list: Vec<(u32, &Value)> = Vec::new();
-                    let listed = cache.functions(&e);
-                    for f in listed.iter() {
+                    for f in &snapshot.listed {
                         if f.hidden && !i.include_internal {
                             continue;
                         }
@@ -354,8 +362,7 @@ fn install(reg: &mut Registrar<'_>) {
                             })
                         });
                     }
-                    let functions: Vec<Value> = list.into_iter().map(|(_, v)| v.clone()).collect();
-                    Ok(json!({ "functions": functions }))
+                    functions_answer(list.into_iter().map(|(_, v)| v)).map(Reply::Shared)
                 }
             },
         )
