@@ -122,7 +122,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(l.live(), 0);
         assert!(l.try_acquire("k", "e2", 60_000).await.unwrap());
-        assert!(!l.release("k", "e1").await.unwrap(), "e1's lease had lapsed");
+        assert!(
+            !l.release("k", "e1").await.unwrap(),
+            "e1's lease had lapsed"
+        );
         assert!(!l.try_acquire("k", "e1", 60_000).await.unwrap());
     }
 }

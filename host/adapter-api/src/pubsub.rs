@@ -105,7 +105,12 @@ impl PubSubBus for LocalBus {
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), AdapterError> {
-        *self.inner.lock().topics.entry(topic.to_string()).or_default() += 1;
+        *self
+            .inner
+            .lock()
+            .topics
+            .entry(topic.to_string())
+            .or_default() += 1;
         Ok(())
     }
 

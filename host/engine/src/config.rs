@@ -36,8 +36,6 @@ pub const EMBEDDED: &str = "workers:
 /// Upstream entry names that start nothing in this engine yet, each with its other name
 /// (upstream 0.22 renamed `iii-<x>` to `<x>`): listing one is a warning, not an error.
 const UPSTREAM_UNAVAILABLE: &[(&str, &str)] = &[
-    ("pubsub", "iii-pubsub"),
-    ("cron", "iii-cron"),
     ("queue", "iii-queue"),
     ("iii-exec", "iii-exec"),
     ("iii-bridge", "iii-bridge"),
@@ -431,7 +429,8 @@ workers:
         assert_eq!(c.service::<HttpConfig>().unwrap().port, 3999);
         assert_eq!(c.log_level().as_deref(), Some("debug"));
         let names: Vec<_> = c.unavailable.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["iii-pubsub", "iii-cron", "iii-queue"]);
+        assert_eq!(names, ["iii-queue"]);
+        assert!(c.runs("pubsub") && c.runs("cron"));
         assert_eq!(
             c.service::<StateConfig>().unwrap().adapter,
             iii_adapter_api::AdapterSpec::named("kv")
@@ -443,7 +442,9 @@ workers:
             [
                 ("iii-http", "http"),
                 ("iii-state", "state"),
-                ("iii-stream", "stream")
+                ("iii-stream", "stream"),
+                ("iii-pubsub", "pubsub"),
+                ("iii-cron", "cron")
             ]
         );
     }

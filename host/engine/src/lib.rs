@@ -37,6 +37,8 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(http::Http),
         Box::new(state::State),
         Box::new(stream::Stream),
+        Box::new(pubsub::PubSub),
+        Box::new(cron::Cron),
     ]
 }
 

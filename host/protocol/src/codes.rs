@@ -415,7 +415,9 @@ pub mod queue {
 
     codes! { TABLE_QUEUE, "queue";
         /// `publish` / `iii::durable::publish` without a `topic`.
-        TOPIC_NOT_SET = "topic_not_set", Upstream, NotYetSent;
+        TOPIC_NOT_SET = "topic_not_set", Upstream, Engine;
+        /// `publish`: the pub/sub adapter refused or failed to carry the message.
+        PUBLISH_FAILED = "publish_failed", Ours, Engine;
         /// `iii::queue::redrive*` / `iii::queue::discard_message` without a `queue`.
         QUEUE_NOT_SET = "queue_not_set", Upstream, NotYetSent;
         /// `iii::queue::redrive_message` / `iii::queue::discard_message` without a `message_id`.

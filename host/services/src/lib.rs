@@ -9,12 +9,16 @@
 //! - [`http`]: the REST trigger server and the `http` trigger type.
 //! - [`state`]: `state::*` and the `state` trigger type on a state adapter.
 //! - [`stream`]: `stream::*` and the `stream` trigger type on a stream adapter.
+//! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
+//! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
 
 mod common;
+pub mod cron;
 pub mod engine_fns;
 pub mod http;
 pub mod listed_worker;
 pub mod observability;
+pub mod pubsub;
 pub mod state;
 pub mod stream;
 pub mod worker_socket;
