@@ -4,6 +4,9 @@
 //! `cargo build --release -p iii-cli`.
 //!
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
+//! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
+
+mod pubcron;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -618,6 +621,9 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("relay") {
         let port: u16 = args.get(2).context("relay <port>")?.parse()?;
         return rt.block_on(relay(port));
+    }
+    if args.get(1).map(String::as_str) == Some("pubcron") {
+        return rt.block_on(pubcron::bench());
     }
     rt.block_on(bench())
 }

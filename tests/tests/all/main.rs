@@ -8,5 +8,6 @@ mod hardening_core;
 mod hardening_http;
 mod http_trigger;
 mod kv_durability;
+mod pubsub_cron;
 mod state_stream;
 mod wire;
