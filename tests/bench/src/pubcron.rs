@@ -195,7 +195,13 @@ pub(crate) async fn bench() -> Result<()> {
         rows.push(fan_out(port, n, if quick { 50 } else { 500 }).await?);
     }
     rows.extend(cron.await??);
-    println!("\niii pub/sub and cron benchmark (release engine; fan-out runs while the cron job ticks)\n");
+    println!(
+        "\niii pub/sub and cron benchmark ({}; {} cores; fan-out runs while the cron job ticks)\n",
+        iii_bin()?.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("| measurement | latency | volume |");
     println!("|---|---|---|");
     for r in rows {
