@@ -410,7 +410,7 @@ pub mod update_op {
 
 pub mod queue {
     //! Pub/sub and queue functions (PROTOCOL.md §5.5, §8.4): `publish`, `iii::durable::publish`,
-    //! `iii::queue::*` and `engine::queue::*`. Neither service is built yet.
+    //! `iii::queue::*` and `engine::queue::*`. `publish` is served by the pubsub service.
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_QUEUE, "queue";
