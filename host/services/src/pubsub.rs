@@ -339,7 +339,8 @@ impl Prepared for PubSubService {
                     Ok(messages) => {
                         for m in messages {
                             let data = m.data.to_string();
-                            for t in subs.lock().targets(&m.topic) {
+                            let targets = subs.lock().targets(&m.topic);
+                            for t in targets {
                                 core.call_void(t.namespace, t.function_id, data.clone(), None);
                             }
                         }
