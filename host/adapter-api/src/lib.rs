@@ -8,10 +8,14 @@
 
 #![deny(missing_docs)]
 
+pub mod lock;
 pub mod memory;
+pub mod pubsub;
 pub mod queue;
 mod spec;
 
+pub use lock::{LocalLocks, LockStore, LockWorld};
+pub use pubsub::{BusMessage, LocalBus, PubSubBus, PubSubWorld};
 pub use queue::{QueueStore, QueueWorld};
 pub use spec::{
     AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,

@@ -38,6 +38,8 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(state::State),
         Box::new(stream::Stream),
         Box::new(queue::Queue),
+        Box::new(pubsub::PubSub),
+        Box::new(cron::Cron),
     ]
 }
 

@@ -439,12 +439,14 @@ pub mod update_op {
 
 pub mod queue {
     //! Pub/sub and queue functions (PROTOCOL.md §5.5, §8.4): `publish`, `iii::durable::publish`,
-    //! `iii::queue::*` and `engine::queue::*`.
+    //! `iii::queue::*` and `engine::queue::*`. `publish` is served by the pubsub service.
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_QUEUE, "queue";
         /// `publish` / `iii::durable::publish` without a `topic`.
         TOPIC_NOT_SET = "topic_not_set", Upstream, Engine;
+        /// `publish`: the pub/sub adapter refused or failed to carry the message.
+        PUBLISH_FAILED = "publish_failed", Ours, Engine;
         /// `iii::queue::redrive*` / `iii::queue::discard_message` without a `queue`.
         QUEUE_NOT_SET = "queue_not_set", Upstream, Engine;
         /// `iii::queue::redrive_message` / `iii::queue::discard_message` without a `message_id`.

@@ -10,12 +10,16 @@
 //! - [`state`]: `state::*` and the `state` trigger type on a state adapter.
 //! - [`stream`]: `stream::*` and the `stream` trigger type on a stream adapter.
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
+//! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
+//! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
 
 mod common;
+pub mod cron;
 pub mod engine_fns;
 pub mod http;
 pub mod listed_worker;
 pub mod observability;
+pub mod pubsub;
 pub mod queue;
 pub mod state;
 pub mod stream;

@@ -6,6 +6,9 @@
 //! `iii-bench queue` measures the durable queue instead (see `queue.rs`).
 //!
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
+//! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
+
+mod pubcron;
 
 mod queue;
 
@@ -625,6 +628,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("queue") {
         return rt.block_on(queue::bench_queue());
+    }
+    if args.get(1).map(String::as_str) == Some("pubcron") {
+        return rt.block_on(pubcron::bench());
     }
     rt.block_on(bench())
 }

@@ -200,11 +200,13 @@ fn config_errors_name_the_file_and_key() {
 fn upstream_config_runs_with_clear_warnings_and_env_interpolation() {
     let e = EngineProc::start_with(|ws, http| {
         format!(
-            "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: ${{III_TEST_WS_PORT_UNSET:{ws}}}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n    config: {{port: 0}}\n  - name: iii-cron\n  - name: iii-observability\n    config: {{level: info, exporter: memory}}\n  - name: iii-engine-functions\n  - name: configuration\n  - name: pdfkit\n"
+            "workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: ${{III_TEST_WS_PORT_UNSET:{ws}}}}}\n  - name: iii-http\n    config: {{host: 127.0.0.1, port: {http}}}\n  - name: iii-state\n    config: {{adapter: {{name: kv}}}}\n  - name: iii-stream\n    config: {{port: 0}}\n  - name: iii-cron\n    config: {{adapter: {{name: kv, config: {{lock_ttl_ms: 30000, lock_index: cron_locks}}}}}}\n  - name: iii-pubsub\n    config: {{adapter: {{name: local}}}}\n  - name: iii-observability\n    config: {{level: info, exporter: memory}}\n  - name: iii-engine-functions\n  - name: configuration\n  - name: pdfkit\n"
         )
     });
     e.wait_for_log(&[
-        "config entry `iii-cron` starts nothing",
+        "config entry name `iii-cron` is deprecated",
+        "cron service ready",
+        "pubsub service ready",
         "config entry `pdfkit` starts nothing",
         "state service ready",
         "stream service ready",

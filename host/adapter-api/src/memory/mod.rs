@@ -275,6 +275,14 @@ impl crate::AdapterLoader for MemoryLoader {
             let s: std::sync::Arc<dyn crate::QueueStore> =
                 std::sync::Arc::new(MemoryQueueStore::default());
             Ok(Box::new(s))
+        } else if world == crate::LockWorld::WORLD {
+            let s: std::sync::Arc<dyn crate::LockStore> =
+                std::sync::Arc::new(crate::LocalLocks::new());
+            Ok(Box::new(s))
+        } else if world == crate::PubSubWorld::WORLD {
+            let s: std::sync::Arc<dyn crate::PubSubBus> =
+                std::sync::Arc::new(crate::LocalBus::default());
+            Ok(Box::new(s))
         } else {
             Err(AdapterError::new(
                 crate::AdapterErrorKind::Other,
