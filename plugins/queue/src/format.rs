@@ -317,9 +317,13 @@ pub static LAYOUT: iii_wal::Layout = iii_wal::Layout {
     describe: |head| {
         // A damaged region's record may be cut short: name what still decodes.
         let mut r = Reader { p: head, pos: 0 };
-        r.take(1).ok()?;
+        let op = r.take(1).ok()?[0];
         let queue = r.str().ok()?;
-        let id = r.str().ok()?;
+        let id = if op == OP_REDRIVE {
+            r.opt().ok()?.unwrap_or("*")
+        } else {
+            r.str().ok()?
+        };
         Some(format!("{queue}/{id}"))
     },
 };
@@ -367,6 +371,7 @@ mod tests {
         ];
         for (p, name) in cases {
             assert_eq!(decode(&p, p.len()).unwrap().describe(), name);
+            assert_eq!((LAYOUT.describe)(&p).as_deref(), Some(name));
             assert_eq!(decode(&p[..p.len() - 1], p.len()), Err(ShapeError::Short));
             let mut longer = p.clone();
             longer.push(0);

@@ -16,6 +16,8 @@ use crate::frame::{
 pub const SCAN_PREFIX: usize = 64 * 1024;
 /// Read-ahead of the scanner.
 const READ_BUF: usize = 256 * 1024;
+/// Records up to this payload length are appended with a single write.
+const COALESCE: usize = 64 * 1024;
 /// Length of a record marker.
 const MARKER_LEN: usize = 4;
 /// Records named in a salvage report, at most.
@@ -534,9 +536,20 @@ impl Wal {
             len: len as u32,
         };
         let written = (|| {
-            self.file.write_all(&header)?;
-            for p in pieces {
-                self.file.write_all(p)?;
+            if len <= COALESCE {
+                // One write, not one per piece: under WASI every write is a host call.
+                let mut rec = Vec::with_capacity(RECORD_HEADER as usize + len);
+                rec.extend_from_slice(&header);
+                for p in pieces {
+                    rec.extend_from_slice(p);
+                }
+                self.file.write_all(&rec)?;
+            } else {
+                // A large value is written where it is, not copied.
+                self.file.write_all(&header)?;
+                for p in pieces {
+                    self.file.write_all(p)?;
+                }
             }
             Ok::<(), io::Error>(())
         })();
