@@ -15,4 +15,4 @@ bash tests/setup.sh
 if [[ -z ${III_WORKSPACE_TESTED:-} ]]; then
   cargo test -p iii-plugin-host
 fi
-cargo test --manifest-path plugins/Cargo.toml -p iii-kv -p iii-update-ops
+cargo test --manifest-path plugins/Cargo.toml -p iii-kv -p iii-update-ops -p iii-wal -p iii-queue

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use iii_adapter_api::{AdapterWorld, LockWorld, PubSubWorld, StateWorld, StreamWorld};
+use iii_adapter_api::{AdapterWorld, LockWorld, PubSubWorld, QueueWorld, StateWorld, StreamWorld};
 use wit_parser::{Resolve, WorldItem, WorldKey};
 
 /// Parses `wit/<dir>` and returns `(package@version world name, exported interfaces, imported
@@ -64,6 +64,15 @@ fn check<W: AdapterWorld>(dir: &str, world: &str, store_interface: &str) {
 #[test]
 fn the_pubsub_world_shares_the_adapter_package_through_deps() {
     check::<PubSubWorld>("pubsub-0.1.0", "pubsub-adapter", "iii:pubsub/bus@0.1.0");
+}
+
+#[test]
+fn the_queue_world_shares_the_adapter_package_through_deps() {
+    check::<QueueWorld>(
+        "queue-0.1.0",
+        "queue-adapter",
+        "iii:queue/queue-store@0.1.0",
+    );
 }
 
 #[test]
