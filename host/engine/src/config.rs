@@ -429,7 +429,6 @@ workers:
         assert_eq!(c.service::<WorkerSockets>().unwrap().0[0].port, 49999);
         assert_eq!(c.service::<HttpConfig>().unwrap().port, 3999);
         assert_eq!(c.log_level().as_deref(), Some("debug"));
-        let names: Vec<_> = c.unavailable.iter().map(|(n, _)| n.as_str()).collect();
         assert!(c.unavailable.is_empty(), "{:?}", c.unavailable);
         assert!(c.runs("queue") && c.runs("pubsub") && c.runs("cron"));
         assert_eq!(
