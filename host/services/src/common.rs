@@ -5,7 +5,7 @@
 use iii_adapter_api::{AdapterError, AdapterLoader, AdapterSource, AdapterSpec};
 use iii_core::config::ConfigError;
 use iii_core::triggers::{Binding, BuiltinTriggerType};
-use iii_core::{Entry, PrepareCx, StartError};
+use iii_core::{Core, Entry, FunctionSpec, PrepareCx, StartError};
 use iii_protocol::ErrorBody;
 use serde_json::Value;
 use std::sync::Arc;
@@ -114,4 +114,19 @@ impl BuiltinTriggerType for ServiceTriggerType {
         Ok(())
     }
     fn unregister(&self, _b: &Binding) {}
+}
+
+/// A typed function whose handler gets the core, its input and a clone of the service's
+/// `state` (its store, options, shared tables) on every call.
+pub(crate) fn function<S, In, F, Fut>(state: &S, id: &str, description: &str, f: F) -> FunctionSpec
+where
+    S: Clone + Send + Sync + 'static,
+    In: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+    F: Fn(Core, In, S) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+{
+    let state = state.clone();
+    FunctionSpec::typed(id, description, move |core, _ctx, i: In| {
+        f(core, i, state.clone())
+    })
 }

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use iii_adapter_api::{AdapterSpec, StateStore, StateWorld, UpdateOp};
 use iii_core::config::ConfigError;
 use iii_core::{
-    Configured, Core, Entry, FunctionSpec, NoInput, PrepareCx, Prepared, Registrar, Service,
-    ServiceInfo, StartError, TriggerTypeSpec,
+    Configured, Core, Entry, NoInput, PrepareCx, Prepared, Registrar, Service, ServiceInfo,
+    StartError, TriggerTypeSpec,
 };
 use iii_protocol::ErrorBody;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::{adapter_spec, err, filter_eq, load_adapter, ServiceTriggerType};
+use crate::common::{adapter_spec, err, filter_eq, function, load_adapter, ServiceTriggerType};
 
 /// The state service.
 pub struct State;
@@ -188,19 +188,6 @@ fn emit(
     core.fire("state", payload, move |cfg| {
         filter_eq(cfg, "scope", &scope) && filter_eq(cfg, "key", &key)
     });
-}
-
-/// A state function: typed input plus the service's shared state.
-fn function<In, F, Fut>(svc: &StateService, id: &str, description: &str, f: F) -> FunctionSpec
-where
-    In: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
-    F: Fn(Core, In, StateService) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
-{
-    let svc = svc.clone();
-    FunctionSpec::typed(id, description, move |core, _ctx, i: In| {
-        f(core, i, svc.clone())
-    })
 }
 
 impl Prepared for StateService {

@@ -20,8 +20,8 @@ use iii_adapter_api::{QueueStore, QueueWorld};
 use iii_core::config::ConfigError;
 use iii_core::CancellationToken;
 use iii_core::{
-    BoxFut, Configured, Core, Entry, FunctionSpec, NoInput, PrepareCx, Prepared, Registrar,
-    Service, ServiceInfo, StartError, TriggerTypeSpec,
+    BoxFut, Configured, Core, Entry, NoInput, PrepareCx, Prepared, Registrar, Service, ServiceInfo,
+    StartError, TriggerTypeSpec,
 };
 use iii_protocol::{codes, ErrorBody};
 use schemars::JsonSchema;
@@ -32,7 +32,7 @@ pub use config::QueueConfig;
 use consumer::{Shared, SubscriberType};
 use names::QueueName;
 
-use crate::common::{err, load_adapter};
+use crate::common::{err, function, load_adapter};
 
 /// The embedded component `adapter: {name: builtin}` loads.
 const BUILTIN_COMPONENT: &str = "queue";
@@ -147,19 +147,6 @@ fn message_count_schema() -> Value {
         "message_id": {"type": "string"}, "redriven": {"type": "integer", "description": "0 or 1"}}})
 }
 
-/// A function of this service: typed input plus the shared state.
-fn function<In, F, Fut>(sh: &Arc<Shared>, id: &str, description: &str, f: F) -> FunctionSpec
-where
-    In: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
-    F: Fn(In, Arc<Shared>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
-{
-    let sh = sh.clone();
-    FunctionSpec::typed(id, description, move |_core: Core, _ctx, i: In| {
-        f(i, sh.clone())
-    })
-}
-
 impl Shared {
     /// Every internal queue a user-facing name (a topic or a named queue) stands for: the
     /// stored ones, the bound ones and the configured named queue.
@@ -225,7 +212,7 @@ impl Prepared for QueueService {
                 &sh,
                 "iii::durable::publish",
                 "Publish to a durable topic: each subscribed function gets its own copy",
-                |i: PublishIn, sh| async move {
+                |_core, i: PublishIn, sh| async move {
                     let topic = required(i.topic, codes::TOPIC_NOT_SET, "topic")?;
                     sh.publish(&topic, i.data, None, None)
                         .await
@@ -236,7 +223,7 @@ impl Prepared for QueueService {
             .returns(json!({"type": "null"})),
         );
         reg.function(
-            function(&sh, iii_protocol::ids::functions::QUEUE_ENQUEUE, "Enqueue a call to a function on a named queue (TriggerAction.Enqueue)", |i: EnqueueIn, sh| async move {
+            function(&sh, iii_protocol::ids::functions::QUEUE_ENQUEUE, "Enqueue a call to a function on a named queue (TriggerAction.Enqueue)", |_core, i: EnqueueIn, sh| async move {
                 let Some(nq) = sh.cfg.named.get(&i.queue) else {
                     let known: Vec<&str> = sh.cfg.named.keys().map(String::as_str).collect();
                     return Err(ErrorBody::new(codes::ENQUEUE_ERROR, format!(
@@ -274,7 +261,7 @@ impl Prepared for QueueService {
             &sh,
             "iii::queue::redrive",
             "Move every dead letter of a topic or named queue back to its queue",
-            |i: QueueIn, sh| async move {
+            |_core, i: QueueIn, sh| async move {
                 let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
                 let mut n = 0;
                 for q in sh
@@ -298,7 +285,7 @@ impl Prepared for QueueService {
                 &sh,
                 "iii::queue::redrive_message",
                 "Move one dead letter back to its queue",
-                |i: MessageIn, sh| async move {
+                |_core, i: MessageIn, sh| async move {
                     let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
                     let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
                     let mut n = 0;
@@ -324,7 +311,7 @@ impl Prepared for QueueService {
                 &sh,
                 "iii::queue::discard_message",
                 "Delete one dead letter",
-                |i: MessageIn, sh| async move {
+                |_core, i: MessageIn, sh| async move {
                     let name = required(i.queue.or(i.topic), codes::QUEUE_NOT_SET, "queue")?;
                     let id = required(i.message_id, codes::MESSAGE_ID_NOT_SET, "message_id")?;
                     let mut n = 0u64;
@@ -349,7 +336,7 @@ impl Prepared for QueueService {
             &sh,
             "engine::queue::list_topics",
             "Topics and named queues, with their subscriber counts",
-            |_i: NoInput, sh| async move {
+            |_core, _i: NoInput, sh| async move {
                 let names = sh
                     .public_names()
                     .await
@@ -368,7 +355,7 @@ impl Prepared for QueueService {
         )
         .returns(json!({"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "broker_type": {"type": "string"}, "subscriber_count": {"type": "integer"}}}})));
         reg.function(
-            function(&sh, "engine::queue::topic_stats", "Depth, consumers and dead letters of a topic or named queue", |i: DlqIn, sh| async move {
+            function(&sh, "engine::queue::topic_stats", "Depth, consumers and dead letters of a topic or named queue", |_core, i: DlqIn, sh| async move {
                 let name = required(i.topic.or(i.queue), codes::TOPIC_REQUIRED, "topic")?;
                 let (mut depth, mut dead) = (0u64, 0u64);
                 let mut config = Value::Null;
@@ -391,7 +378,7 @@ impl Prepared for QueueService {
             &sh,
             "engine::queue::dlq_topics",
             "Topics and named queues that hold dead letters",
-            |_i: NoInput, sh| async move {
+            |_core, _i: NoInput, sh| async move {
                 let mut out = Vec::new();
                 for (name, broker) in sh
                     .public_names()
@@ -420,7 +407,7 @@ impl Prepared for QueueService {
         )
         .returns(json!({"type": "array", "items": {"type": "object", "properties": {"topic": {"type": "string"}, "broker_type": {"type": "string"}, "message_count": {"type": "integer"}}}})));
         reg.function(
-            function(&sh, "engine::queue::dlq_messages", "Dead letters of a topic or named queue, oldest first", |i: DlqIn, sh| async move {
+            function(&sh, "engine::queue::dlq_messages", "Dead letters of a topic or named queue, oldest first", |_core, i: DlqIn, sh| async move {
                 let name = required(i.topic.or(i.queue), codes::TOPIC_REQUIRED, "topic")?;
                 let (offset, limit) = (i.offset.unwrap_or(0), i.limit.unwrap_or(50));
                 let mut all = Vec::new();

@@ -7,6 +7,7 @@ use iii_adapter_api::memory::MemoryLoader;
 use iii_adapter_api::AdapterLoader;
 use iii_core::testing::TestCore;
 use iii_core::triggers::Binding;
+use iii_core::FunctionSpec;
 
 async fn queue_core(config: &str) -> TestCore {
     let mut t = TestCore::new();

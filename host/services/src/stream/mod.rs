@@ -267,17 +267,14 @@ fn write_event(old: &Option<Value>, new: &Value) -> Value {
     json!({"type": if old.is_some() { "update" } else { "create" }, "data": new})
 }
 
-/// A stream function: typed input plus the store.
+/// A stream function: its handler gets the store and the socket hub with every call.
 fn function<In, F, Fut>(svc: &StreamService, id: &str, description: &str, f: F) -> FunctionSpec
 where
     In: serde::de::DeserializeOwned + JsonSchema + Send + 'static,
-    F: Fn(Core, In, Arc<dyn StreamStore>, Arc<hub::Hub>) -> Fut + Send + Sync + 'static,
+    F: Fn(Core, In, (Arc<dyn StreamStore>, Arc<hub::Hub>)) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
 {
-    let (store, hub) = (svc.store.clone(), svc.hub.clone());
-    FunctionSpec::typed(id, description, move |core, _ctx, i: In| {
-        f(core, i, store.clone(), hub.clone())
-    })
+    crate::common::function(&(svc.store.clone(), svc.hub.clone()), id, description, f)
 }
 
 fn old_new_schema() -> Value {
@@ -356,7 +353,7 @@ impl StreamService {
                 &svc,
                 "stream::set",
                 "Store an item",
-                |e, i: SetIn, s, h| async move {
+                |e, i: SetIn, (s, h)| async move {
                     let r = s
                         .set(&i.stream_name, &i.group_id, &i.item_id, &i.data)
                         .await
@@ -379,7 +376,7 @@ impl StreamService {
                 &svc,
                 "stream::get",
                 "Read an item",
-                |_e, i: Item, s, _h| async move {
+                |_e, i: Item, (s, _h)| async move {
                     Ok(s.get(&i.stream_name, &i.group_id, &i.item_id)
                         .await
                         .map_err(|e| err(codes::STREAM_GET_ERROR, e))?
@@ -393,7 +390,7 @@ impl StreamService {
                 &svc,
                 "stream::delete",
                 "Remove an item",
-                |e, i: Item, s, h| async move {
+                |e, i: Item, (s, h)| async move {
                     let old = s
                         .delete(&i.stream_name, &i.group_id, &i.item_id)
                         .await
@@ -418,7 +415,7 @@ impl StreamService {
                 &svc,
                 "stream::update",
                 "Apply update ops to an item",
-                |e, i: UpdateIn, s, h| async move {
+                |e, i: UpdateIn, (s, h)| async move {
                     let ops = UpdateOp::parse_list(&i.ops).map_err(|e| {
                         err(codes::STREAM_UPDATE_ERROR, format!("invalid ops: {e}"))
                     })?;
@@ -447,7 +444,7 @@ impl StreamService {
                 &svc,
                 "stream::list",
                 "All items of a group",
-                |_e, i: GroupIn, s, _h| async move {
+                |_e, i: GroupIn, (s, _h)| async move {
                     Ok(Value::Array(
                         s.list(&i.stream_name, &i.group_id)
                             .await
@@ -462,7 +459,7 @@ impl StreamService {
                 &svc,
                 "stream::list_groups",
                 "Group ids of a stream",
-                |_e, i: StreamIn, s, _h| async move {
+                |_e, i: StreamIn, (s, _h)| async move {
                     Ok(json!(s
                         .list_groups(&i.stream_name)
                         .await
@@ -472,7 +469,7 @@ impl StreamService {
             .returns(json!({"type": "array", "items": {"type": "string"}})),
         );
         reg.function(
-            function(&svc, "stream::list_all", "Every stream with its groups", |_e, _i: NoInput, s, _h| async move {
+            function(&svc, "stream::list_all", "Every stream with its groups", |_e, _i: NoInput, (s, _h)| async move {
                 let all = s
                     .list_all()
                     .await
@@ -487,7 +484,7 @@ impl StreamService {
                 &svc,
                 "stream::send",
                 "Send a custom event to a group's subscribers",
-                |e, i: SendIn, _s, h| async move {
+                |e, i: SendIn, (_s, h)| async move {
                     emit(
                         &e,
                         &h,
