@@ -147,43 +147,48 @@ fn message_count_schema() -> Value {
         "message_id": {"type": "string"}, "redriven": {"type": "integer", "description": "0 or 1"}}})
 }
 
-impl Shared {
-    /// Every internal queue a user-facing name (a topic or a named queue) stands for: the
-    /// stored ones, the bound ones and the configured named queue.
-    async fn resolve(&self, public: &str) -> Result<Vec<String>, iii_adapter_api::AdapterError> {
-        let mut out: BTreeSet<String> = self
-            .store
-            .queues()
-            .await?
-            .into_iter()
-            .filter(|q| QueueName::decode(q).is_some_and(|n| n.public() == public))
-            .collect();
-        if let Some(d) = self.bound_topics().get(public) {
-            out.extend(d.keys().cloned());
-        }
-        if self.cfg.named.contains_key(public) {
-            out.insert(QueueName::Named(public.into()).encode());
-        }
-        Ok(out.into_iter().collect())
-    }
+/// The internal queues one user-facing name (a topic or a named queue) stands for.
+#[derive(Default)]
+struct Group {
+    broker_type: &'static str,
+    queues: BTreeSet<String>,
+}
 
-    /// Every user-facing name with its broker type: stored, bound and configured.
-    async fn public_names(
-        &self,
-    ) -> Result<BTreeMap<String, &'static str>, iii_adapter_api::AdapterError> {
-        let mut out = BTreeMap::new();
+impl Shared {
+    /// Every user-facing name with its broker type and internal queues: the stored ones (one
+    /// adapter call), the bound ones and the configured named queues.
+    async fn groups(&self) -> Result<BTreeMap<String, Group>, iii_adapter_api::AdapterError> {
+        let mut out: BTreeMap<String, Group> = BTreeMap::new();
         for q in self.store.queues().await? {
             if let Some(n) = QueueName::decode(&q) {
-                out.insert(n.public().to_string(), n.broker_type());
+                let g = out.entry(n.public().to_string()).or_default();
+                g.broker_type = n.broker_type();
+                g.queues.insert(q);
             }
         }
-        for t in self.bound_topics().keys() {
-            out.entry(t.clone()).or_insert("builtin");
+        for (t, d) in self.bound_topics() {
+            let g = out.entry(t).or_insert_with(|| Group {
+                broker_type: "builtin",
+                ..Group::default()
+            });
+            g.queues.extend(d.into_keys());
         }
         for q in self.cfg.named.keys() {
-            out.insert(q.clone(), "function_queue");
+            let g = out.entry(q.clone()).or_default();
+            g.broker_type = "function_queue";
+            g.queues.insert(QueueName::Named(q.clone()).encode());
         }
         Ok(out)
+    }
+
+    /// Every internal queue a user-facing name stands for.
+    async fn resolve(&self, public: &str) -> Result<Vec<String>, iii_adapter_api::AdapterError> {
+        Ok(self
+            .groups()
+            .await?
+            .remove(public)
+            .map(|g| g.queues.into_iter().collect())
+            .unwrap_or_default())
     }
 }
 
@@ -338,16 +343,16 @@ impl Prepared for QueueService {
             "Topics and named queues, with their subscriber counts",
             |_core, _i: NoInput, sh| async move {
                 let names = sh
-                    .public_names()
+                    .groups()
                     .await
                     .map_err(|e| err(codes::LIST_TOPICS_FAILED, e))?;
                 let bound = sh.bound_topics();
                 Ok(Value::Array(
                     names
                         .into_iter()
-                        .map(|(name, broker)| {
+                        .map(|(name, g)| {
                             let subs = bound.get(&name).map_or(0, |d| d.len());
-                            json!({"name": name, "broker_type": broker, "subscriber_count": subs})
+                            json!({"name": name, "broker_type": g.broker_type, "subscriber_count": subs})
                         })
                         .collect(),
                 ))
@@ -380,17 +385,14 @@ impl Prepared for QueueService {
             "Topics and named queues that hold dead letters",
             |_core, _i: NoInput, sh| async move {
                 let mut out = Vec::new();
-                for (name, broker) in sh
-                    .public_names()
+                for (name, g) in sh
+                    .groups()
                     .await
                     .map_err(|e| err(codes::DLQ_TOPICS_FAILED, e))?
                 {
+                    let broker = g.broker_type;
                     let mut n = 0;
-                    for q in sh
-                        .resolve(&name)
-                        .await
-                        .map_err(|e| err(codes::DLQ_TOPICS_FAILED, e))?
-                    {
+                    for q in g.queues {
                         n += sh
                             .store
                             .stats(&q)
