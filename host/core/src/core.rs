@@ -846,6 +846,20 @@ impl Core {
         );
     }
 
+    /// Calls the condition function `cond` with `data` (PROTOCOL.md §4.5): `Ok(false)` when it
+    /// answered exactly `false` (the trigger is skipped), `Ok(true)` for any other answer; a
+    /// failed call is the error, which each caller handles its own way.
+    pub async fn condition(
+        &self,
+        ns: &str,
+        cond: &str,
+        data: &str,
+        metadata: Option<&str>,
+    ) -> Result<bool, ErrorBody> {
+        let r = self.call(ns, cond, data, metadata, None).await?;
+        Ok(r.is_none_or(|r| r.get().trim() != "false"))
+    }
+
     /// Runs every armed binding of `trigger_type` whose config `matches`, one after another,
     /// honouring `condition_function_id` (PROTOCOL.md §4.5: exactly `false` skips, an error
     /// skips). Failures are logged.
@@ -868,11 +882,11 @@ impl Core {
                 .and_then(Value::as_str)
             {
                 match self
-                    .call(&b.namespace, cond, &text, meta.as_deref(), None)
+                    .condition(&b.namespace, cond, &text, meta.as_deref())
                     .await
                 {
-                    Ok(Some(r)) if r.get().trim() == "false" => continue,
-                    Ok(_) => {}
+                    Ok(false) => continue,
+                    Ok(true) => {}
                     Err(e) => {
                         tracing::warn!(trigger_id = %b.id, condition = cond, error = %e, "condition function failed; trigger skipped");
                         continue;

@@ -278,9 +278,9 @@ impl Jobs {
         .to_string();
         let meta = job.metadata.as_deref();
         if let Some(cond) = &job.condition {
-            match core.call(&job.namespace, cond, &payload, meta, None).await {
-                Ok(Some(r)) if r.get().trim() == "false" => return,
-                Ok(_) => {}
+            match core.condition(&job.namespace, cond, &payload, meta).await {
+                Ok(false) => return,
+                Ok(true) => {}
                 Err(e) => {
                     tracing::warn!(trigger_id = %job.id, condition = %cond, error = %e, "condition function failed; cron tick skipped");
                     return;

@@ -585,10 +585,10 @@ impl Server {
             }
             match self
                 .engine
-                .call(&route.namespace, cond, &data, metadata.as_deref(), None)
+                .condition(&route.namespace, cond, &data, metadata.as_deref())
                 .await
             {
-                Ok(Some(r)) if r.get().trim() == "false" => {
+                Ok(false) => {
                     let body = json!({"error": {"code": "CONDITION_NOT_MET", "message": "Request condition not met"}, "skipped": true});
                     return Response::builder()
                         .status(StatusCode::UNPROCESSABLE_ENTITY)
@@ -596,7 +596,7 @@ impl Server {
                         .body(full(body.to_string()))
                         .expect("valid response");
                 }
-                Ok(_) => {}
+                Ok(true) => {}
                 Err(e) => return envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.code, &e.message),
             }
         }

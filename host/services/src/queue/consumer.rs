@@ -435,12 +435,12 @@ async fn deliver(shared: &Shared, queue: &str, s: &Settings, condition: Option<&
     }
     let data = d.payload.to_string();
     if let Some(cond) = condition {
-        match core.call(ns, cond, &data, None, None).await {
-            Ok(Some(r)) if r.get().trim() == "false" => {
+        match core.condition(ns, cond, &data, None).await {
+            Ok(false) => {
                 let _ = shared.store.ack(queue, &d.token).await;
                 return;
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(e) => {
                 fail(
                     shared,

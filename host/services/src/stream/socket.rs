@@ -697,9 +697,10 @@ async fn admit(core: &Core, payload: &Value, stream: &str) -> Result<(), String>
             .get("condition_function_id")
             .and_then(Value::as_str)
         {
-            match call(cond).await {
-                Ok(Ok(Some(r))) if r.get().trim() == "false" => continue,
-                Ok(Ok(_)) => {}
+            let check = core.condition(&b.namespace, cond, &text, meta.as_deref());
+            match tokio::time::timeout(JOIN_TIMEOUT, check).await {
+                Ok(Ok(false)) => continue,
+                Ok(Ok(true)) => {}
                 Ok(Err(e)) => return Err(format!("condition {cond} of {} failed: {e}", b.id)),
                 Err(_) => return Err(format!("condition {cond} of {} timed out", b.id)),
             }
