@@ -191,8 +191,8 @@ pub mod invocation {
         INVALID_NAMESPACE = "INVALID_NAMESPACE", Upstream, Engine;
         /// RBAC denial (§9.4): a call, a trigger target, a namespace declaration, or
         /// `engine::register_trigger` / `engine::functions::info` on a listener whose session
-        /// does not allow it. RBAC is not built yet.
-        FORBIDDEN = "FORBIDDEN", Upstream, NotYetSent;
+        /// does not allow it.
+        FORBIDDEN = "FORBIDDEN", Upstream, Engine;
         /// An `invokefunction` with `action: enqueue` failed: no function
         /// `engine::queue::enqueue` is registered, or the provider returned an error (its
         /// message is carried over) (§3.4).
@@ -237,8 +237,8 @@ pub mod handshake {
     codes! { TABLE_HANDSHAKE, "handshake";
         /// The only `{"type":"error","error":{…}}` frame: the listener's RBAC auth function
         /// failed, returned `null` or an unusable result; the engine closes the socket next
-        /// (§1.2, §9.2). RBAC is not built yet.
-        AUTH_ERROR = "AUTH_ERROR", Upstream, NotYetSent;
+        /// (§1.2, §9.2); also when it does not answer within the listener's handshake timeout.
+        AUTH_ERROR = "AUTH_ERROR", Upstream, Engine;
     }
 }
 
@@ -261,8 +261,8 @@ pub mod discovery {
         /// does not resolve (the batch itself succeeds).
         INFO_ROW_NOT_FOUND = "not_found", Upstream, Engine;
         /// The `error` string of one row of an `engine::functions::info` batch answer that RBAC
-        /// hides. RBAC is not built yet.
-        INFO_ROW_FORBIDDEN = "forbidden", Upstream, NotYetSent;
+        /// hides.
+        INFO_ROW_FORBIDDEN = "forbidden", Upstream, Engine;
     }
 }
 
@@ -632,7 +632,8 @@ mod tests {
     fn catalogue_agrees_with_the_constants() {
         let find = |name: &str| catalogue().find(|c| c.name == name).unwrap();
         assert_eq!(find("FUNCTION_NOT_FOUND").code, FUNCTION_NOT_FOUND);
-        assert_eq!(find("FORBIDDEN").sender, Sender::NotYetSent);
+        assert_eq!(find("FORBIDDEN").sender, Sender::Engine);
+        assert_eq!(find("UNREGISTER_FAILED").sender, Sender::NotYetSent);
         assert_eq!(find("DECREMENT_NOT_NUMBER").origin, Origin::Ours);
         assert_eq!(find("INVOCATION_FAILED").sender, Sender::Worker);
         assert_eq!(find("JSON_ERROR").topic, "stream");

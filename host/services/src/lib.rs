@@ -12,6 +12,8 @@
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
+//! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
+//!   service: the listener's service builds it from its own entry).
 
 mod common;
 pub mod cron;
@@ -21,6 +23,7 @@ pub mod listed_worker;
 pub mod observability;
 pub mod pubsub;
 pub mod queue;
+pub mod rbac;
 pub mod state;
 pub mod stream;
 pub mod worker_socket;

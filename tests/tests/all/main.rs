@@ -10,6 +10,7 @@ mod http_trigger;
 mod kv_durability;
 mod pubsub_cron;
 mod queue;
+mod rbac;
 mod state_stream;
 mod stream_socket;
 mod wire;
