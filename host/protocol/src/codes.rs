@@ -275,9 +275,9 @@ pub mod http {
     codes! { TABLE_HTTP, "http";
         /// A route's condition function returned `false`: status 422 with `"skipped": true`.
         CONDITION_NOT_MET = "CONDITION_NOT_MET", Upstream, Engine;
-        /// A middleware call ran past the request timeout: status 504. HTTP middleware is not
-        /// built yet (a request timeout is a 504 with an empty body, which carries no code).
-        MIDDLEWARE_TIMEOUT = "MIDDLEWARE_TIMEOUT", Upstream, NotYetSent;
+        /// A middleware call did not answer within the http config's `middleware_timeout_ms`:
+        /// status 504 (a handler's own timeout is a 504 with an empty body, no code).
+        MIDDLEWARE_TIMEOUT = "MIDDLEWARE_TIMEOUT", Upstream, Engine;
         /// The server itself failed: shutting down (503), an unreadable request body (400), a
         /// handler response that cannot be turned into HTTP (500).
         INTERNAL_ERROR = "INTERNAL_ERROR", Upstream, Engine;
