@@ -2,7 +2,8 @@
 //! conditions): bytes in, bytes out, one fresh instance per call from an
 //! `InstancePre`. A module exporting the hooks `authenticate`,
 //! `on_registration`, `on_invocation`, `on_http_request` (JSON in, JSON out,
-//! the serde forms of [`iii_adapter_api::policy`]) is a
+//! the serde forms of [`iii_adapter_api::policy`], plus `now_ms`, the host's
+//! clock in Unix milliseconds, since the module has none) is a
 //! [`Policy`](iii_adapter_api::Policy); a hook it does not export fails when
 //! called, with [`PolicyError::HookMissing`].
 //!
@@ -790,7 +791,16 @@ impl PolicyPlugin {
                 hook,
             });
         }
-        let out = self.call(hook, input).await?;
+        // An Extism module has no clock (WASI is refused), so the host lends it one.
+        let mut input = input.clone();
+        if let Value::Object(m) = &mut input {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0);
+            m.insert("now_ms".into(), json!(now));
+        }
+        let out = self.call(hook, &input).await?;
         serde_json::from_value(out).map_err(|e| PolicyError::InvalidJson {
             plugin: self.label.clone(),
             message: format!("`{hook}` returned no valid decision: {e}"),

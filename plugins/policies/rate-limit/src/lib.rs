@@ -34,7 +34,8 @@ fn admit(key: &str, now: u64) -> Result<bool, Error> {
         .unwrap_or(Value::Null);
     let start = w["start"].as_u64().unwrap_or(0);
     if w.is_null() || now.saturating_sub(start) >= window_ms {
-        w = json!({"start": now - now % window_ms, "counts": {}});
+        // The window starts with its first call.
+        w = json!({"start": now, "counts": {}});
     }
     let counts = w["counts"].as_object_mut().expect("built above");
     let key = if counts.contains_key(key) || counts.len() < max_keys {
