@@ -14,6 +14,7 @@
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
 //! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
 //!   service: the listener's service builds it from its own entry).
+//! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
 
 mod common;
 pub mod cron;
@@ -21,6 +22,7 @@ pub mod engine_fns;
 pub mod http;
 pub mod listed_worker;
 pub mod observability;
+pub mod policies;
 pub mod pubsub;
 pub mod queue;
 pub mod rbac;

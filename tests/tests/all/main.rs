@@ -9,6 +9,7 @@ mod hardening_http;
 mod http_middleware;
 mod http_trigger;
 mod kv_durability;
+mod policies;
 mod pubsub_cron;
 mod queue;
 mod rbac;
