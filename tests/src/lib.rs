@@ -247,11 +247,25 @@ pub const WAIT: Duration = Duration::from_secs(10);
 impl RawWorker {
     /// Connects and reads the `workerregistered` greeting.
     pub async fn connect(url: &str) -> RawWorker {
+        Self::connect_with_headers(url, &[]).await
+    }
+
+    /// [`RawWorker::connect`] sending `headers` with the upgrade request (e.g. `authorization`).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> RawWorker {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         // Like the SDKs, accept messages up to 64 MiB in frames of any size.
         let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
         cfg.max_message_size = Some(64 << 20);
         cfg.max_frame_size = Some(64 << 20);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), false)
+        let mut req = url.into_client_request().expect("a ws:// url");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), false)
             .await
             .expect("connect");
         let mut w = RawWorker {

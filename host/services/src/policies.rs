@@ -355,6 +355,8 @@ pub fn classify(function_id: &str, input: &Value) -> Result<Request, ErrorBody> 
 }
 
 fn failed(policy: &str, e: AdapterError) -> ErrorBody {
+    // Fail closed, and say why: a trap, a deadline or the memory cap ends up here.
+    tracing::warn!(policy, error = %e, "policy could not decide; denying");
     ErrorBody::new(
         codes::POLICY_FAILED,
         format!("policy function {policy} could not decide (deny): {e}"),

@@ -120,7 +120,11 @@ pub async fn bench() -> Result<()> {
     let kinds = [
         ("component policy", "COMPONENT", "policy::component"),
         ("Extism policy", "EXTISM", "policy::extism"),
-        ("Python policy (componentize-py)", "PYTHON", "policy::python"),
+        (
+            "Python policy (componentize-py)",
+            "PYTHON",
+            "policy::python",
+        ),
         ("JS policy (componentize-js)", "JS", "policy::js"),
     ];
     let mut policies = String::new();
@@ -156,7 +160,9 @@ pub async fn bench() -> Result<()> {
         extra.push_str(&format!("  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {auth_policy}, rbac: {{auth_function_id: \"{id}\", expose_functions: [match(\"bench::*\")]}}}}\n"));
     }
     if !policies.is_empty() {
-        extra.push_str(&format!("  - name: policies\n    config:\n      policies:\n{policies}"));
+        extra.push_str(&format!(
+            "  - name: policies\n    config:\n      policies:\n{policies}"
+        ));
     }
     let engine = start_engine_with(trusted, &extra)?;
     wait_port(trusted)?;
@@ -204,12 +210,18 @@ pub async fn bench() -> Result<()> {
     let (a50, a99) = auth(auth_sdk, "", conns).await?;
     let (n50, n99) = auth(trusted, "", conns).await?;
     let mut auth_rows = vec![
-        ("no auth (trusted listener)", format!("{} / {}", us(n50), us(n99))),
+        (
+            "no auth (trusted listener)",
+            format!("{} / {}", us(n50), us(n99)),
+        ),
         ("SDK auth function", format!("{} / {}", us(a50), us(a99))),
     ];
     if component_auth.is_some() {
         let (c50, c99) = auth(auth_policy, "", conns).await?;
-        auth_rows.push(("component policy auth", format!("{} / {}", us(c50), us(c99))));
+        auth_rows.push((
+            "component policy auth",
+            format!("{} / {}", us(c50), us(c99)),
+        ));
     }
 
     println!(

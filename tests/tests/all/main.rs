@@ -13,6 +13,7 @@ mod policies;
 mod pubsub_cron;
 mod queue;
 mod rbac;
+mod rbac_policies;
 mod state_stream;
 mod stream_socket;
 mod wire;

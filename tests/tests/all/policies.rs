@@ -10,10 +10,10 @@ use iii_tests::{run_iii, EngineProc, RawWorker};
 use serde_json::json;
 
 #[path = "../../../host/plugin-host/guest_build.rs"]
-mod guest_build;
+pub(crate) mod guest_build;
 
 /// The example policies of `plugins/policies`, built once (components and the Extism module).
-fn examples() -> &'static (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn examples() -> &'static (PathBuf, PathBuf, PathBuf) {
     static E: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     E.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
