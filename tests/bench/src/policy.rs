@@ -10,8 +10,11 @@
 //! Policies are taken from `III_POLICY_<KIND>` (a `.wasm` path; KIND = `COMPONENT`, `EXTISM`,
 //! `PYTHON`, `JS`); a missing one is reported as not built. `tests/plugins.sh` builds them.
 //!
+//! Every middleware row runs on an RBAC listener with the same SDK auth function as the
+//! baseline row, so the difference is the middleware alone.
+//!
 //! Authentication: connect → `workerregistered` on an RBAC listener whose `auth_function_id` is
-//! an SDK function, and one whose auth is a component policy.
+//! an SDK function, and one whose auth is the bearer component (`III_POLICY_BEARER`).
 
 use super::*;
 
@@ -44,8 +47,9 @@ async fn start_sdk_middleware(port: u16) -> Result<()> {
                 continue;
             };
             let reply = match v["type"].as_str() {
+                // The JS policy's middleware needs a tenant in the session's context.
                 Some("invokefunction") if v["function_id"] == "auth::sdk" => format!(
-                    r#"{{"type":"invocationresult","invocation_id":"{}","result":{{}}}}"#,
+                    r#"{{"type":"invocationresult","invocation_id":"{}","result":{{"context":{{"tenant":"bench","sub":"bench"}}}}}}"#,
                     v["invocation_id"].as_str().unwrap_or("")
                 ),
                 Some("invokefunction") => {
@@ -117,47 +121,74 @@ pub async fn bench() -> Result<()> {
     let quick = std::env::var("III_BENCH_QUICK").is_ok();
     let calls = if quick { 300 } else { 3000 };
     let conns = if quick { 50 } else { 300 };
+    // (label, env, function id, the policy's config): each lets the call through unchanged.
     let kinds = [
-        ("component policy", "COMPONENT", "policy::component"),
-        ("Extism policy", "EXTISM", "policy::extism"),
+        (
+            "component policy (audit)",
+            "COMPONENT",
+            "policy::component",
+            "{}",
+        ),
+        (
+            "Extism policy (rate-limit)",
+            "EXTISM",
+            "policy::extism",
+            "{limit: 1000000000, window_ms: 3600000}",
+        ),
         (
             "Python policy (componentize-py)",
             "PYTHON",
             "policy::python",
+            "{keys: [bench], deny: []}",
         ),
-        ("JS policy (componentize-js)", "JS", "policy::js"),
+        (
+            "JS policy (componentize-js)",
+            "JS",
+            "policy::js",
+            "{tokens: {bench: bench}}",
+        ),
     ];
     let mut policies = String::new();
     let mut present = Vec::new();
-    for (label, env, id) in kinds {
-        match std::env::var(format!("III_POLICY_{env}")) {
-            Ok(p) if std::path::Path::new(&p).exists() => {
+    let path_of = |env: &str| {
+        std::env::var(format!("III_POLICY_{env}"))
+            .ok()
+            .filter(|p| std::path::Path::new(p).exists())
+    };
+    for (label, env, id, config) in kinds {
+        match path_of(env) {
+            Some(p) => {
                 policies.push_str(&format!(
-                    "        - {{id: \"{id}\", path: \"{p}\", config: {{}}, limits: {{deadline_ms: 1000, memory_mb: 128}}}}\n"
+                    "        - {{id: \"{id}\", path: \"{p}\", config: {config}, limits: {{deadline_ms: 1000, memory_mb: 128}}}}\n"
                 ));
                 present.push((label, Some((id, free_port()))));
             }
-            _ => present.push((label, None)),
+            None => present.push((label, None)),
         }
     }
+    let bearer = path_of("BEARER");
+    if let Some(p) = &bearer {
+        policies.push_str(&format!(
+            "        - {{id: policy::bearer, path: \"{p}\", config: {{tokens: [bench]}}}}\n"
+        ));
+    }
+    // Every middleware row, and the baseline, run on an RBAC listener with the same SDK auth
+    // function, so the only difference between a row and the baseline is the middleware.
+    let rbac = "rbac: {auth_function_id: auth::sdk, expose_functions: [match(\"bench::*\")]}";
     let trusted = free_port();
+    let base = free_port();
     let sdk_mw = free_port();
-    let auth_sdk = free_port();
     let auth_policy = free_port();
     let mut extra = format!(
-        "  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {sdk_mw}, middleware_function_id: mw::proxy}}\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {auth_sdk}, rbac: {{auth_function_id: auth::sdk, expose_functions: [match(\"bench::*\")]}}}}\n"
+        "  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {base}, {rbac}}}\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {sdk_mw}, middleware_function_id: mw::proxy, {rbac}}}\n"
     );
     for (_, p) in &present {
         if let Some((id, port)) = p {
-            extra.push_str(&format!("  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}, middleware_function_id: \"{id}\"}}\n"));
+            extra.push_str(&format!("  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}, middleware_function_id: \"{id}\", {rbac}}}\n"));
         }
     }
-    let component_auth = present
-        .iter()
-        .find_map(|(l, p)| (*l == "component policy").then_some(p.as_ref()).flatten())
-        .map(|(id, _)| *id);
-    if let Some(id) = component_auth {
-        extra.push_str(&format!("  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {auth_policy}, rbac: {{auth_function_id: \"{id}\", expose_functions: [match(\"bench::*\")]}}}}\n"));
+    if bearer.is_some() {
+        extra.push_str(&format!("  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {auth_policy}, rbac: {{auth_function_id: policy::bearer, expose_functions: [match(\"bench::*\")]}}}}\n"));
     }
     if !policies.is_empty() {
         extra.push_str(&format!(
@@ -166,24 +197,32 @@ pub async fn bench() -> Result<()> {
     }
     let engine = start_engine_with(trusted, &extra)?;
     wait_port(trusted)?;
-    wait_port(sdk_mw)?;
     start_callee(Target::Engine, trusted).await?;
     start_sdk_middleware(trusted).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (base50, base99) = hop(trusted, calls).await?;
-    let mut rows = vec![(
-        "no middleware".to_string(),
-        format!("{} / {}", us(base50), us(base99)),
-        "—".to_string(),
-    )];
+    let (t50, t99) = hop(trusted, calls).await?;
+    wait_port(base)?;
+    let (base50, base99) = hop(base, calls).await?;
     let added = |p50: Duration| {
         let d = p50.as_secs_f64() - base50.as_secs_f64();
         format!("{:+.0} µs", d * 1e6)
     };
+    let mut rows = vec![
+        (
+            "trusted listener (no RBAC, no middleware)".to_string(),
+            format!("{} / {}", us(t50), us(t99)),
+            added(t50),
+        ),
+        (
+            "RBAC listener, no middleware (baseline)".to_string(),
+            format!("{} / {}", us(base50), us(base99)),
+            "—".to_string(),
+        ),
+    ];
     let (p50, p99) = hop(sdk_mw, calls).await?;
     rows.push((
-        "SDK-function middleware".into(),
+        "SDK-function middleware (proxies the call)".into(),
         format!("{} / {}", us(p50), us(p99)),
         added(p50),
     ));
@@ -207,8 +246,8 @@ pub async fn bench() -> Result<()> {
             )),
         }
     }
-    let (a50, a99) = auth(auth_sdk, "", conns).await?;
     let (n50, n99) = auth(trusted, "", conns).await?;
+    let (a50, a99) = auth(base, "", conns).await?;
     let mut auth_rows = vec![
         (
             "no auth (trusted listener)",
@@ -216,19 +255,19 @@ pub async fn bench() -> Result<()> {
         ),
         ("SDK auth function", format!("{} / {}", us(a50), us(a99))),
     ];
-    if component_auth.is_some() {
-        let (c50, c99) = auth(auth_policy, "", conns).await?;
+    if bearer.is_some() {
+        wait_port(auth_policy)?;
+        let (c50, c99) = auth(auth_policy, "?token=bench", conns).await?;
         auth_rows.push((
-            "component policy auth",
+            "component policy auth (bearer)",
             format!("{} / {}", us(c50), us(c99)),
         ));
     }
 
     println!(
-        "\niii middleware and auth cost ({} sequential calls per row, one engine, this run)\n",
-        calls
+        "\niii middleware and auth cost ({calls} sequential calls per row, one engine, this run)\n"
     );
-    println!("| middleware | call p50 / p99 | added p50 vs none |");
+    println!("| listener | call p50 / p99 | added p50 vs baseline |");
     println!("|---|---|---|");
     for (w, l, a) in &rows {
         println!("| {w} | {l} | {a} |");
@@ -238,7 +277,7 @@ pub async fn bench() -> Result<()> {
     for (w, l) in &auth_rows {
         println!("| {w} | {l} |");
     }
-    println!("\nTarget (issue #11): a component policy adds ≤ 20 µs p50 per call. Instantiation alone: `cargo bench -p iii-plugin-host --bench plugin_bench`.");
+    println!("\nA policy row is two hops (the policy, then the target it proceeds to); the SDK row is three (the middleware worker, the target, back). Target (issue #11): a component policy adds ≤ 20 µs p50 per call. Instantiation alone: `cargo bench -p iii-plugin-host --bench plugin_bench`.");
     drop(engine);
     Ok(())
 }
