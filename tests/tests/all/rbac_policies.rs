@@ -28,7 +28,8 @@ fn more() -> &'static (PathBuf, PathBuf) {
             &dir,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let fixtures = tmp.parent().unwrap_or(tmp).join("wasm-fixtures");
+        // The plugin-host tests build their fixtures here too (same target dir): built once.
+        let fixtures = tmp.join("plugin-fixtures");
         guest_build::build(
             &root.join("host/plugin-host/tests/fixtures/Cargo.toml"),
             &["fixture-hostile-policy"],
