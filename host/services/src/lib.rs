@@ -12,11 +12,13 @@
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
+//! - [`http_functions`]: functions a worker registers with a URL, which the engine calls.
 
 mod common;
 pub mod cron;
 pub mod engine_fns;
 pub mod http;
+pub mod http_functions;
 pub mod listed_worker;
 pub mod observability;
 pub mod pubsub;
