@@ -165,6 +165,13 @@ pub(crate) struct Inner {
     pub invocation_provider: RwLock<Option<InstalledProvider>>,
 }
 
+/// An HTTP-invoked function's handler as the core registers it.
+struct Hosted {
+    handler: BuiltinFn,
+    verify: Option<BoxFut<Result<(), ErrorBody>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
 /// The installed [`InvocationProvider`] and the in-process worker that installed it.
 #[derive(Clone)]
 pub(crate) struct InstalledProvider {
@@ -324,9 +331,13 @@ impl Core {
         let (handler, on_behalf_of, hosted_stop) = match f.invocation {
             None => (Handler::Remote(conn.clone()), None, None),
             Some(raw) => match self.build_hosted(conn, ns, id, raw.get()) {
-                Ok((func, check, stop)) => {
-                    verify = check;
-                    (Handler::Builtin(func), Some(conn.clone()), Some(stop))
+                Ok(h) => {
+                    verify = h.verify;
+                    (
+                        Handler::Builtin(h.handler),
+                        Some(conn.clone()),
+                        Some(h.stop),
+                    )
                 }
                 Err(e) => {
                     tracing::warn!(function_id = id, namespace = ns, worker_id = %conn.id_str, error = %e, "HTTP-invoked function registration refused");
@@ -388,24 +399,13 @@ impl Core {
 
     /// Asks the installed provider for the handler of an HTTP-invoked function, wrapped so its
     /// calls end with `invocation_stopped` when the worker disconnects.
-    #[allow(
-        clippy::type_complexity,
-        reason = "a private tuple of what the caller stores"
-    )]
     fn build_hosted(
         &self,
         conn: &Arc<Conn>,
         ns: &str,
         id: &str,
         invocation: &str,
-    ) -> Result<
-        (
-            BuiltinFn,
-            Option<BoxFut<Result<(), ErrorBody>>>,
-            tokio_util::sync::CancellationToken,
-        ),
-        ErrorBody,
-    > {
+    ) -> Result<Hosted, ErrorBody> {
         let Some(installed) = self.inner.invocation_provider.read().clone() else {
             return Err(ErrorBody::new(
                 codes::HTTP_FUNCTIONS_UNAVAILABLE,
@@ -441,7 +441,11 @@ impl Core {
             provider = installed.worker,
             "HTTP-invoked function built"
         );
-        Ok((func, built.verify, stop))
+        Ok(Hosted {
+            handler: func,
+            verify: built.verify,
+            stop,
+        })
     }
 
     /// Runs a hosted function's I/O check off the worker's read loop; a failure withdraws the

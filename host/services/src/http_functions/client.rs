@@ -318,6 +318,42 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_host_resolving_to_loopback_is_refused_before_any_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let security = Security {
+            require_https: false,
+            ..Security::default()
+        };
+        let client = build_client(&security).unwrap();
+        // `localhost` passes the URL check (a name) and fails in the client's resolver.
+        let inv = super::super::spec::parse(
+            "f::x",
+            &json!({"url": format!("http://localhost:{port}/x")}),
+            &security,
+            &|_| Err(std::env::VarError::NotPresent),
+        )
+        .unwrap();
+        let e = call(&client, &security, &inv, "f::x", &json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "url_validation_failed", "{e}");
+        assert!(
+            e.message.contains("resolves to") && e.message.contains("loopback"),
+            "{e}"
+        );
+        // Nothing connected: the refusal came before the connect.
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(
+            accepted.is_err(),
+            "the client connected to a blocked address"
+        );
+        // The registration-time check says the same.
+        let v = verify_host(&security, &inv.url).await.unwrap_err();
+        assert!(matches!(v, Refused::Blocked { .. }), "{v}");
+    }
+
     #[test]
     fn responses_map_to_results_and_errors() {
         let ok = |s: u16, b: &str| map_response(StatusCode::from_u16(s).unwrap(), b.as_bytes());
