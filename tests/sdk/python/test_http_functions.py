@@ -38,7 +38,8 @@ class Upstream:
                     SECRET.encode(), f"{ts}:{base64.b64encode(body).decode()}".encode(), hashlib.sha256
                 ).hexdigest()
                 ok = bool(ts) and hmac.compare_digest(self.headers.get("x-iii-signature", ""), want)
-                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append({"path": self.path, "headers": headers, "body": body})
                 if ok:
                     status, reply = 200, {"received": json.loads(body), "path": self.headers.get("x-iii-function-path")}
                 else:
@@ -118,8 +119,9 @@ def test_an_hmac_signed_http_function_registered_with_the_sdk_answers_through_th
     assert got == {"received": {"order": 42, "items": ["a", "é"]}, "path": "remote::signed"}
     seen = upstream.requests[-1]
     assert seen["path"] == "/signed"
-    assert seen["headers"]["X-Team"] == "py"
-    assert seen["headers"]["Content-Type"] == "application/json"
+    assert seen["headers"]["x-team"] == "py"
+    assert seen["headers"]["content-type"] == "application/json"
+    assert seen["headers"]["x-iii-signature"].startswith("sha256=")
 
     listed = [f for f in list_functions(caller) if f["function_id"] == "remote::signed"]
     assert listed and listed[0]["worker_name"] == "py-http-owner", listed
