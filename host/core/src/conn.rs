@@ -1,13 +1,14 @@
 //! A worker connection as the engine sees it: identity, outbound queue, namespace state.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
+use crate::access::SessionAccess;
 use crate::limits::ConnLimits;
 
 /// What the writer task sends to the socket.
@@ -89,6 +90,8 @@ pub struct Conn {
     cleaned: AtomicBool,
     pub(crate) close_now: Notify,
     pub(crate) cleaned_notify: Notify,
+    /// The listener policy's grants for this session; unset on a trusted listener.
+    access: OnceLock<Arc<dyn SessionAccess>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,7 @@ impl Conn {
             cleaned: AtomicBool::new(false),
             close_now: Notify::new(),
             cleaned_notify: Notify::new(),
+            access: OnceLock::new(),
         }
     }
 
@@ -252,6 +256,16 @@ impl Conn {
     /// The declared worker name.
     pub fn name(&self) -> Option<String> {
         self.state.lock().meta.name.clone()
+    }
+
+    /// The session's access policy (PROTOCOL.md §9); `None` on a trusted listener.
+    pub fn access(&self) -> Option<&Arc<dyn SessionAccess>> {
+        self.access.get()
+    }
+
+    /// Sets the session's access policy, once, before the session serves anything.
+    pub(crate) fn set_access(&self, access: Arc<dyn SessionAccess>) {
+        let _ = self.access.set(access);
     }
 }
 

@@ -532,6 +532,35 @@ impl Core {
             return;
         }
 
+        if let Some(access) = conn.access() {
+            if let Err(e) = access.may_call(self, fid, ns) {
+                // Sent even for `void`, under a generated id when the call has none (§9.4).
+                let id = invocation_id
+                    .map(str::to_string)
+                    .unwrap_or_else(|| iii_protocol::format_uuid(new_id()));
+                let _ = conn
+                    .send(out::invocation_result(
+                        &id,
+                        fid,
+                        Err(&e),
+                        f.traceparent.as_deref(),
+                        f.baggage.as_deref(),
+                    ))
+                    .await;
+                return;
+            }
+            if let Some((middleware, context)) = access.middleware() {
+                let engine_owned = fid.starts_with(iii_protocol::ids::ENGINE_PREFIX)
+                    && self
+                        .lookup(ns, fid)
+                        .is_some_and(|e| e.owner_conn().is_none());
+                if !engine_owned {
+                    self.through_middleware(conn, &f, middleware, context, ns);
+                    return;
+                }
+            }
+        }
+
         if let Some(iii_protocol::Action::Enqueue { queue }) = &f.action {
             self.enqueue_from_worker(conn, &f, queue, ns).await;
             return;
@@ -614,7 +643,7 @@ impl Core {
                 };
                 let frame = out::invoke_function(&out::Invoke {
                     invocation_id: id_str,
-                    function_id: fid,
+                    function_id: crate::access::unprefixed(target.access(), fid),
                     data: &data,
                     metadata: f.metadata.map(RawValue::get),
                     traceparent: f.traceparent.as_deref(),
@@ -679,6 +708,60 @@ impl Core {
                 });
             }
         }
+    }
+
+    /// Hands a call to the session's middleware instead of routing it (PROTOCOL.md §9.5): the
+    /// middleware gets the call and the auth context, and whatever it answers is the caller's
+    /// result, sent even for `void`.
+    fn through_middleware(
+        &self,
+        conn: &Arc<Conn>,
+        f: &Frame<'_>,
+        middleware: &str,
+        context: &Value,
+        ns: &str,
+    ) {
+        let fid = f.function_id.as_deref().unwrap_or_default().to_string();
+        let payload: Value = f
+            .data
+            .and_then(|d| serde_json::from_str(d.get()).ok())
+            .unwrap_or(Value::Null);
+        let action = match &f.action {
+            None => Value::Null,
+            Some(iii_protocol::Action::Void) => json!({"type": "void"}),
+            Some(iii_protocol::Action::Enqueue { queue }) => {
+                json!({"type": "enqueue", "queue": queue})
+            }
+        };
+        let input = json!({
+            "function_id": fid,
+            "payload": payload,
+            "action": action,
+            "context": context,
+            "namespace": ns,
+        })
+        .to_string();
+        let id = f
+            .invocation_id
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_else(|| iii_protocol::format_uuid(new_id()));
+        let metadata = f.metadata.map(|m| m.get().to_string());
+        let tp = f.traceparent.as_deref().map(str::to_string);
+        let bg = f.baggage.as_deref().map(str::to_string);
+        let (engine, conn) = (self.clone(), conn.clone());
+        let (middleware, ns) = (middleware.to_string(), ns.to_string());
+        tokio::spawn(async move {
+            let res = engine
+                .call(&ns, &middleware, &input, metadata.as_deref(), Some(&conn))
+                .await;
+            let text = res.as_ref().ok().and_then(|r| r.as_ref().map(|r| r.get()));
+            let outcome = match &res {
+                Ok(_) => Ok(text),
+                Err(e) => Err(e),
+            };
+            send_result(&conn, &id, &fid, outcome, tp.as_deref(), bg.as_deref());
+        });
     }
 
     async fn enqueue_from_worker(&self, conn: &Arc<Conn>, f: &Frame<'_>, queue: &str, ns: &str) {
@@ -795,7 +878,7 @@ impl Core {
                 };
                 let frame = out::invoke_function(&out::Invoke {
                     invocation_id: &iii_protocol::format_uuid(id),
-                    function_id,
+                    function_id: crate::access::unprefixed(target.access(), function_id),
                     data: &data,
                     metadata,
                     traceparent: None,
@@ -1121,6 +1204,9 @@ impl Core {
             .namespace()
             .or(requested_ns)
             .unwrap_or_else(|| DEFAULT_NS.to_string());
+        if let Some(access) = conn.access() {
+            access.may_use_namespace(&ns)?;
+        }
         let name = s("name")
             .map(|n| sanitize_name(&n))
             .filter(|n| !n.is_empty());

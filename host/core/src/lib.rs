@@ -10,6 +10,7 @@
 //! It never names a service and links no wasmtime: services depend on it, never the reverse.
 //! The wire contract is `host/protocol/PROTOCOL.md`; "§" references point there.
 
+pub mod access;
 pub mod channels;
 pub mod config;
 pub mod conn;

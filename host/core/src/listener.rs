@@ -16,6 +16,11 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use futures_util::SinkExt;
+use iii_protocol::{codes, ErrorBody};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::access::{ConnectRequest, ListenerAccess, SessionAccess};
 use crate::channels::{Direction, SideState};
 use crate::core::Core;
 use crate::limits::ConnLimits;
@@ -98,11 +103,13 @@ pub async fn bind(cfg: &WorkerSocketConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind((cfg.host.as_str(), cfg.port)).await
 }
 
-/// Accepts connections until `stop` is cancelled.
+/// Accepts connections until `stop` is cancelled. With `access`, every worker and telemetry
+/// connection is admitted by it first (PROTOCOL.md §9.2); without, the listener is trusted.
 pub async fn serve(
     engine: Core,
     listener: TcpListener,
     cfg: WorkerSocketConfig,
+    access: Option<Arc<dyn ListenerAccess>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let limits = Arc::new(cfg.limits.clone());
@@ -153,8 +160,9 @@ pub async fn serve(
         let engine = engine.clone();
         let deadline = cfg.handshake_timeout;
         let limits = limits.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            handle(engine, stream, addr, deadline, limits).await;
+            handle(engine, stream, addr, deadline, limits, access).await;
             drop(slot);
         });
     }
@@ -166,9 +174,12 @@ async fn handle(
     addr: SocketAddr,
     deadline: Duration,
     limits: Arc<ConnLimits>,
+    access: Option<Arc<dyn ListenerAccess>>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut route = None;
+    let mut presented = ConnectRequest::default();
+    let gated = access.is_some();
     #[allow(
         clippy::result_large_err,
         reason = "tungstenite's callback signature fixes the error type"
@@ -176,11 +187,16 @@ async fn handle(
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
-        if path == "/" || path.is_empty() {
+        let is_worker = path == "/" || path.is_empty();
+        let is_otel = path == "/otel" || path == "/otel/";
+        if gated && (is_worker || is_otel) {
+            presented = connect_request(req, query);
+        }
+        if is_worker {
             route = Some(Route::Worker);
             return Ok(resp);
         }
-        if path == "/otel" || path == "/otel/" {
+        if is_otel {
             route = Some(Route::Otel);
             return Ok(resp);
         }
@@ -228,9 +244,29 @@ async fn handle(
             return;
         }
     };
+    let session = match (&access, &route) {
+        (Some(gate), Some(Route::Worker | Route::Otel)) => {
+            presented.ip_address = addr.ip().to_string();
+            match admit(&engine, gate.as_ref(), presented, deadline).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(peer = %addr, code = %e.code, reason = %e.message, "connection refused by the listener's auth");
+                    let mut ws = ws;
+                    let frame = serde_json::json!({"type": "error", "error": e}).to_string();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        let _ = ws.send(Message::text(frame)).await;
+                        let _ = ws.close(None).await;
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     match route {
         Some(Route::Worker) => {
-            crate::session::run_worker(engine, ws, addr.ip().to_string(), limits).await
+            crate::session::run_worker(engine, ws, addr.ip().to_string(), limits, session).await
         }
         Some(Route::Otel) => {
             // Telemetry is accepted so SDK exporters do not error; it is not stored yet.
@@ -245,6 +281,46 @@ async fn handle(
             let _ = ws.close(None).await;
         }
         None => {}
+    }
+}
+
+/// What the client presented at the upgrade, as the auth function sees it: lowercase header
+/// names with the last value of each, query values as sent (not URL-decoded).
+fn connect_request(req: &Request, query: &str) -> ConnectRequest {
+    let mut r = ConnectRequest::default();
+    for (k, v) in req.headers() {
+        r.headers.insert(
+            k.as_str().to_ascii_lowercase(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        );
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        r.query_params
+            .entry(k.to_string())
+            .or_default()
+            .push(v.to_string());
+    }
+    r
+}
+
+/// Runs the listener's gate under the handshake deadline; a gate that does not decide in time
+/// refuses (fail closed).
+async fn admit(
+    engine: &Core,
+    gate: &dyn ListenerAccess,
+    request: ConnectRequest,
+    deadline: Duration,
+) -> Result<Arc<dyn SessionAccess>, ErrorBody> {
+    match tokio::time::timeout(deadline, gate.admit(engine, request)).await {
+        Ok(r) => r,
+        Err(_) => Err(ErrorBody::new(
+            codes::AUTH_ERROR,
+            format!(
+                "authentication did not finish within {} ms",
+                deadline.as_millis()
+            ),
+        )),
     }
 }
 

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use crate::access::{Registration, SessionAccess};
 use crate::conn::{Conn, Out};
-use crate::core::{new_id, Core};
+use crate::core::{new_id, Core, DEFAULT_NS};
 use crate::limits::{ConnLimits, REGISTRATION_LIMIT_EXCEEDED};
 
 /// Window over which malformed-frame warnings are counted per connection.
@@ -80,6 +81,7 @@ pub async fn run_worker<S>(
     ws: WebSocketStream<S>,
     ip: String,
     limits: Arc<ConnLimits>,
+    access: Option<Arc<dyn SessionAccess>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -94,6 +96,9 @@ pub async fn run_worker<S>(
         queued.clone(),
         limits,
     ));
+    if let Some(a) = access {
+        conn.set_access(a);
+    }
     let writer_task = tokio::spawn(writer(sink, rx, queued));
     let _ = conn
         .send(iii_protocol::out::worker_registered(
@@ -204,13 +209,21 @@ async fn handle_text(engine: &Core, conn: &Arc<Conn>, text: &str) {
                 }
             }
         };
-        apply_decoded(engine, conn, &ns, kind, frame, text.len()).await;
+        apply_checked(engine, conn, &ns, kind, frame, text).await;
         return;
     }
     match kind {
         Kind::InvokeFunction => {
             if frame.function_id.as_deref() == Some(iii_protocol::ids::functions::WORKERS_REGISTER)
                 && !matches!(frame.action, Some(iii_protocol::Action::Enqueue { .. }))
+                && conn.access().is_none_or(|a| {
+                    a.may_call(
+                        engine,
+                        iii_protocol::ids::functions::WORKERS_REGISTER,
+                        DEFAULT_NS,
+                    )
+                    .is_ok()
+                })
             {
                 // Inline, so that registrations that follow it are applied after the namespace is fixed.
                 let data: Value = frame
@@ -297,7 +310,52 @@ async fn complain(conn: &Arc<Conn>, text: &str, e: &iii_protocol::DecodeError) {
 /// Applies a buffered registration frame once the namespace is known.
 pub(crate) async fn apply_registration(engine: &Core, conn: &Arc<Conn>, ns: &str, text: &str) {
     if let Ok((kind, frame)) = decode(text) {
-        apply_decoded(engine, conn, ns, kind, frame, text.len()).await;
+        apply_checked(engine, conn, ns, kind, frame, text).await;
+    }
+}
+
+/// Applies a registration frame in `ns`, first through the session's access policy when the
+/// listener has one (PROTOCOL.md §9.4, §9.6, §9.7): it may rewrite, drop or refuse the frame.
+async fn apply_checked(
+    engine: &Core,
+    conn: &Arc<Conn>,
+    ns: &str,
+    kind: Kind,
+    frame: iii_protocol::Frame<'_>,
+    text: &str,
+) {
+    let Some(access) = conn.access().cloned() else {
+        return apply_decoded(engine, conn, ns, kind, frame, text.len()).await;
+    };
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match access.registration(engine, kind, ns, value).await {
+        Registration::Apply(v) => {
+            let rewritten = v.to_string();
+            match decode(&rewritten) {
+                Ok((k, f)) if k == kind => {
+                    apply_decoded(engine, conn, ns, k, f, rewritten.len()).await
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(worker_id = %conn.id_str, "registration dropped: the access policy rewrote it into something that is not the same kind of frame")
+                }
+            }
+        }
+        Registration::Drop(why) => {
+            tracing::info!(worker_id = %conn.id_str, id = frame.id.as_deref().unwrap_or(""), kind = ?kind, "registration dropped by the listener's access policy: {why}")
+        }
+        Registration::Refuse(e) => {
+            tracing::info!(worker_id = %conn.id_str, id = frame.id.as_deref().unwrap_or(""), kind = ?kind, "registration refused by the listener's access policy: {e}");
+            if kind == Kind::RegisterTrigger {
+                let _ = conn.try_send(iii_protocol::out::trigger_registration_result(
+                    frame.id.as_deref().unwrap_or(""),
+                    frame.trigger_type.as_deref().unwrap_or(""),
+                    frame.function_id.as_deref().unwrap_or(""),
+                    Some(&e),
+                ));
+            }
+        }
     }
 }
 

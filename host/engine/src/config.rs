@@ -423,7 +423,10 @@ workers:
 "#,
         )
         .unwrap();
-        assert_eq!(c.service::<WorkerSockets>().unwrap().0[0].port, 49999);
+        assert_eq!(
+            c.service::<WorkerSockets>().unwrap().0[0].socket.port,
+            49999
+        );
         assert_eq!(c.service::<HttpConfig>().unwrap().port, 3999);
         assert_eq!(c.log_level().as_deref(), Some("debug"));
         assert!(c.unavailable.is_empty(), "{:?}", c.unavailable);
@@ -531,8 +534,11 @@ workers:
     fn rbac_on_a_misspelled_listener_does_not_run_unauthenticated() {
         let e = err("workers:\n  - name: iii_worker_manager\n    config: {rbac: {auth_function_id: a::b}}\n");
         assert!(e.contains("did you mean `iii-worker-manager`"), "{e}");
-        let e = err("workers:\n  - name: iii-worker-manager\n    config: {rbac: {auth_function_id: a::b}}\n");
-        assert!(e.contains("rbac") && e.contains("not supported"), "{e}");
+        let ok = parse("workers:\n  - name: iii-worker-manager\n    config: {rbac: {auth_function_id: a::b}}\n").unwrap();
+        let ws = &ok.service::<WorkerSockets>().unwrap().0;
+        assert!(ws[0].policy.as_ref().is_some_and(|p| p.rbac.is_some()));
+        let e = err("workers:\n  - name: iii-worker-manager\n    config: {rbac: {expose_functions: [{metadata: 3}]}}\n");
+        assert!(e.contains("rbac.expose_functions[0].metadata"), "{e}");
     }
 
     #[test]
@@ -540,7 +546,7 @@ workers:
         let c = parse("").unwrap();
         let ws = &c.service::<WorkerSockets>().unwrap().0;
         assert_eq!(ws.len(), 1);
-        assert_eq!(ws[0].port, 49134);
+        assert_eq!(ws[0].socket.port, 49134);
         assert!(!c.runs("http") && !c.runs("state"));
         assert!(c.runs("iii-engine-functions") && c.runs("iii-observability"));
     }

@@ -31,6 +31,7 @@
 //! | `configuration::*` | [`configuration`] |
 //! | HTTP-invoked functions | [`http_functions`] |
 //! | the bridge to a remote engine | [`bridge`] |
+//! | WebAssembly policies exposed as functions | [`policy`] |
 //! | codes only workers send | [`worker`] |
 
 /// Where a code's exact spelling comes from.
@@ -85,6 +86,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Code> {
         configuration::TABLE_CONFIGURATION,
         http_functions::TABLE_HTTP_FUNCTIONS,
         bridge::TABLE_BRIDGE,
+        policy::TABLE_POLICY,
         worker::TABLE_WORKER,
     ]
     .into_iter()
@@ -143,6 +145,7 @@ pub use handshake::*;
 pub use http::*;
 pub use http_functions::*;
 pub use invocation::*;
+pub use policy::*;
 pub use queue::*;
 pub use registration::*;
 pub use state::*;
@@ -191,8 +194,8 @@ pub mod invocation {
         INVALID_NAMESPACE = "INVALID_NAMESPACE", Upstream, Engine;
         /// RBAC denial (§9.4): a call, a trigger target, a namespace declaration, or
         /// `engine::register_trigger` / `engine::functions::info` on a listener whose session
-        /// does not allow it. RBAC is not built yet.
-        FORBIDDEN = "FORBIDDEN", Upstream, NotYetSent;
+        /// does not allow it.
+        FORBIDDEN = "FORBIDDEN", Upstream, Engine;
         /// An `invokefunction` with `action: enqueue` failed: no function
         /// `engine::queue::enqueue` is registered, or the provider returned an error (its
         /// message is carried over) (§3.4).
@@ -237,8 +240,8 @@ pub mod handshake {
     codes! { TABLE_HANDSHAKE, "handshake";
         /// The only `{"type":"error","error":{…}}` frame: the listener's RBAC auth function
         /// failed, returned `null` or an unusable result; the engine closes the socket next
-        /// (§1.2, §9.2). RBAC is not built yet.
-        AUTH_ERROR = "AUTH_ERROR", Upstream, NotYetSent;
+        /// (§1.2, §9.2); also when it does not answer within the listener's handshake timeout.
+        AUTH_ERROR = "AUTH_ERROR", Upstream, Engine;
     }
 }
 
@@ -261,8 +264,8 @@ pub mod discovery {
         /// does not resolve (the batch itself succeeds).
         INFO_ROW_NOT_FOUND = "not_found", Upstream, Engine;
         /// The `error` string of one row of an `engine::functions::info` batch answer that RBAC
-        /// hides. RBAC is not built yet.
-        INFO_ROW_FORBIDDEN = "forbidden", Upstream, NotYetSent;
+        /// hides.
+        INFO_ROW_FORBIDDEN = "forbidden", Upstream, Engine;
     }
 }
 
@@ -275,9 +278,9 @@ pub mod http {
     codes! { TABLE_HTTP, "http";
         /// A route's condition function returned `false`: status 422 with `"skipped": true`.
         CONDITION_NOT_MET = "CONDITION_NOT_MET", Upstream, Engine;
-        /// A middleware call ran past the request timeout: status 504. HTTP middleware is not
-        /// built yet (a request timeout is a 504 with an empty body, which carries no code).
-        MIDDLEWARE_TIMEOUT = "MIDDLEWARE_TIMEOUT", Upstream, NotYetSent;
+        /// A middleware call did not answer within the http config's `middleware_timeout_ms`:
+        /// status 504 (a handler's own timeout is a 504 with an empty body, no code).
+        MIDDLEWARE_TIMEOUT = "MIDDLEWARE_TIMEOUT", Upstream, Engine;
         /// The server itself failed: shutting down (503), an unreadable request body (400), a
         /// handler response that cannot be turned into HTTP (500).
         INTERNAL_ERROR = "INTERNAL_ERROR", Upstream, Engine;
@@ -539,6 +542,21 @@ pub mod bridge {
     }
 }
 
+pub mod policy {
+    //! WebAssembly policies exposed as in-process functions (the `policies` service): what a
+    //! policy function answers when its policy denies or cannot decide.
+    use super::{Code, Origin, Sender};
+
+    codes! { TABLE_POLICY, "policy";
+        /// The policy denied a connection (authenticate); the message is the policy's reason.
+        POLICY_DENIED = "policy_denied", Ours, Engine;
+        /// The policy could not decide: it trapped, ran past its deadline or memory cap,
+        /// returned an invalid decision, or does not implement the hook the input asks for.
+        /// The caller must deny (fail closed).
+        POLICY_FAILED = "policy_failed", Ours, Engine;
+    }
+}
+
 pub mod worker {
     //! Codes that only workers (the SDKs) produce. The engine forwards them inside results and
     //! must never originate them; they are listed so no engine code reuses their strings and
@@ -641,7 +659,8 @@ mod tests {
     fn catalogue_agrees_with_the_constants() {
         let find = |name: &str| catalogue().find(|c| c.name == name).unwrap();
         assert_eq!(find("FUNCTION_NOT_FOUND").code, FUNCTION_NOT_FOUND);
-        assert_eq!(find("FORBIDDEN").sender, Sender::NotYetSent);
+        assert_eq!(find("FORBIDDEN").sender, Sender::Engine);
+        assert_eq!(find("UNREGISTER_FAILED").sender, Sender::NotYetSent);
         assert_eq!(find("DECREMENT_NOT_NUMBER").origin, Origin::Ours);
         assert_eq!(find("INVOCATION_FAILED").sender, Sender::Worker);
         assert_eq!(find("JSON_ERROR").topic, "stream");

@@ -13,6 +13,9 @@
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
 //! - [`http_functions`]: functions a worker registers with a URL, which the engine calls.
+//! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
+//!   service: the listener's service builds it from its own entry).
+//! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
 
 mod common;
 pub mod cron;
@@ -21,8 +24,10 @@ pub mod http;
 pub mod http_functions;
 pub mod listed_worker;
 pub mod observability;
+pub mod policies;
 pub mod pubsub;
 pub mod queue;
+pub mod rbac;
 pub mod state;
 pub mod stream;
 pub mod worker_socket;

@@ -14,13 +14,15 @@ use iii_core::{
 };
 use tokio::net::TcpListener;
 
+use crate::rbac::{Gate, ListenerPolicy};
+
 const WORKER: &str = "iii-worker-manager";
 
 /// The worker socket service.
 pub struct WorkerSocket;
 
 /// The configured listeners.
-pub struct WorkerSockets(pub Vec<WorkerSocketConfig>);
+pub struct WorkerSockets(pub Vec<Listener>);
 
 fn default_listener(index: usize) -> WorkerSocketConfig {
     WorkerSocketConfig {
@@ -34,6 +36,24 @@ fn default_listener(index: usize) -> WorkerSocketConfig {
         handshake_timeout: Duration::from_millis(10_000),
         limits: ConnLimits::default(),
     }
+}
+
+/// One listener: its socket settings and its access policy (RBAC, middleware), if any.
+pub struct Listener {
+    /// Address, limits and timeouts.
+    pub socket: WorkerSocketConfig,
+    /// `rbac` / `middleware_function_id`; `None` = trusted.
+    pub policy: Option<ListenerPolicy>,
+}
+
+fn listener(e: &Entry<'_>, index: usize) -> Result<Listener, ConfigError> {
+    let socket = listener_config(e, index)?;
+    let at = e.key("config");
+    let policy = match e.reader.mapping(e.config, &at)? {
+        Some(m) => ListenerPolicy::from_config(&e.reader, m, &at)?,
+        None => None,
+    };
+    Ok(Listener { socket, policy })
 }
 
 fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, ConfigError> {
@@ -124,12 +144,6 @@ fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, Co
         }
         wm.handshake_timeout = Duration::from_millis(ms);
     }
-    // Refuse rather than silently run an unauthenticated listener the user meant to protect.
-    for k in ["rbac", "middleware_function_id"] {
-        if m.get(k).is_some_and(|x| !x.is_null()) {
-            return Err(r.error(format!("`{at}.{k}` is not supported by this engine yet (RBAC and invocation middleware arrive with the RBAC adapters); remove it or put this listener behind your own gateway")));
-        }
-    }
     Ok(wm)
 }
 
@@ -147,16 +161,19 @@ impl Service for WorkerSocket {
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut list = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            list.push(listener_config(e, i)?);
+            list.push(listener(e, i)?);
         }
         if list.is_empty() {
-            list.push(default_listener(0));
+            list.push(Listener {
+                socket: default_listener(0),
+                policy: None,
+            });
         }
         Ok(Box::new(WorkerSockets(list)))
     }
 }
 
-struct Bound(Vec<(TcpListener, WorkerSocketConfig, SocketAddr)>);
+struct Bound(Vec<(TcpListener, Listener, SocketAddr)>);
 
 #[async_trait::async_trait]
 impl Configured for WorkerSockets {
@@ -165,23 +182,29 @@ impl Configured for WorkerSockets {
         _cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
         let mut bound = Vec::new();
-        for c in self.0 {
-            let l = listener::bind(&c)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: c.name.clone(),
-                    host: c.host.clone(),
-                    port: c.port,
-                    source,
-                })?;
+        for lc in self.0 {
+            let c = &lc.socket;
+            let l = listener::bind(c).await.map_err(|source| StartError::Bind {
+                what: c.name.clone(),
+                host: c.host.clone(),
+                port: c.port,
+                source,
+            })?;
             let addr = l.local_addr().map_err(|source| StartError::Bind {
                 what: c.name.clone(),
                 host: c.host.clone(),
                 port: c.port,
                 source,
             })?;
-            tracing::info!(listener = %c.name, "worker socket listening on ws://{addr}");
-            bound.push((l, c, addr));
+            match &lc.policy {
+                Some(p) => {
+                    tracing::info!(listener = %c.name, rbac = p.rbac.is_some(), middleware = p.middleware_function_id.as_deref().unwrap_or(""), "worker socket listening on ws://{addr}")
+                }
+                None => {
+                    tracing::info!(listener = %c.name, "worker socket listening on ws://{addr}")
+                }
+            }
+            bound.push((l, lc, addr));
         }
         Ok(Box::new(Bound(bound)))
     }
@@ -205,7 +228,16 @@ impl Prepared for Bound {
             let tasks: Vec<_> = self
                 .0
                 .into_iter()
-                .map(|(l, c, _)| tokio::spawn(listener::serve(core.clone(), l, c, stop.clone())))
+                .map(|(l, c, _)| {
+                    let access = c.policy.map(Gate::for_listener);
+                    tokio::spawn(listener::serve(
+                        core.clone(),
+                        l,
+                        c.socket,
+                        access,
+                        stop.clone(),
+                    ))
+                })
                 .collect();
             for t in tasks {
                 let _ = t.await;

@@ -7,7 +7,9 @@
 //!
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
 //! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
+//! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
 
+mod policy;
 mod pubcron;
 
 mod queue;
@@ -631,6 +633,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("pubcron") {
         return rt.block_on(pubcron::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("policy") {
+        return rt.block_on(policy::bench());
     }
     rt.block_on(bench())
 }

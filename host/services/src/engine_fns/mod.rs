@@ -13,7 +13,7 @@ use std::time::Duration;
 use iii_core::config::ConfigError;
 use iii_core::triggers::{Binding, BuiltinTriggerType};
 use iii_core::{
-    BoxFut, CancellationToken, Configured, Core, Entry, FunctionSpec, PrepareCx, Prepared,
+    BoxFut, CallCtx, CancellationToken, Configured, Core, Entry, FunctionSpec, PrepareCx, Prepared,
     Registrar, Reply, Service, ServiceInfo, StartError, TriggerTypeSpec, DEFAULT_NS,
 };
 use iii_protocol::ErrorBody;
@@ -306,14 +306,17 @@ fn install(reg: &mut Registrar<'_>) {
         FunctionSpec::typed_reply(
             "engine::functions::list",
             "List registered functions",
-            move |e: Core, _ctx, i: FunctionsListIn| {
+            move |e: Core, ctx: CallCtx, i: FunctionsListIn| {
                 let cache = cache.clone();
                 async move {
                     let snapshot = cache.snapshot(&e);
+                    // RBAC hides the rows the caller may not call (§9.4).
+                    let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
                     let filtered = i.search.is_some()
                         || i.prefix.is_some()
                         || i.worker.is_some()
-                        || i.workers.is_some();
+                        || i.workers.is_some()
+                        || access.is_some();
                     if !filtered {
                         // The common poll: served from text serialised once per change.
                         return snapshot.unfiltered(i.include_internal).map(Reply::Shared);
@@ -321,6 +324,12 @@ fn install(reg: &mut Registrar<'_>) {
                     let mut list: Vec<(u32, &Value)> = Vec::new();
                     for f in &snapshot.listed {
                         if f.hidden && !i.include_internal {
+                            continue;
+                        }
+                        if access
+                            .as_ref()
+                            .is_some_and(|a| a.may_call(&e, &f.func.id, &f.func.namespace).is_err())
+                        {
                             continue;
                         }
                         if i.prefix
@@ -372,9 +381,19 @@ fn install(reg: &mut Registrar<'_>) {
         FunctionSpec::typed(
             "engine::functions::info",
             "Description and schemas of functions",
-            |e: Core, _ctx, i: FunctionsInfoIn| async move {
-                match (i.function_id, i.function_ids) {
-                    (Some(id), None) => function_detail(&e, &id, i.namespace.as_deref()),
+            |e: Core, ctx: CallCtx, i: FunctionsInfoIn| async move {
+                let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
+                // RBAC: a function the caller may not call is not described (§9.4).
+                let allowed = |id: &str| {
+                    access.as_ref().map_or(Ok(()), |a| {
+                        a.may_call(&e, id, i.namespace.as_deref().unwrap_or(DEFAULT_NS))
+                    })
+                };
+                match (i.function_id.clone(), i.function_ids.clone()) {
+                    (Some(id), None) => {
+                        allowed(&id)?;
+                        function_detail(&e, &id, i.namespace.as_deref())
+                    }
                     (None, Some(ids)) => {
                         if ids.len() > 32 {
                             return Err(ErrorBody::new(
@@ -385,8 +404,11 @@ fn install(reg: &mut Registrar<'_>) {
                         let functions: Vec<Value> = ids
                             .iter()
                             .map(|id| {
+                                if allowed(id).is_err() {
+                                    return json!({"function_id": id, "error": codes::INFO_ROW_FORBIDDEN});
+                                }
                                 function_detail(&e, id, i.namespace.as_deref()).unwrap_or_else(
-                                    |_| json!({"function_id": id, "error": "not_found"}),
+                                    |_| json!({"function_id": id, "error": codes::INFO_ROW_NOT_FOUND}),
                                 )
                             })
                             .collect();
@@ -505,7 +527,16 @@ fn install(reg: &mut Registrar<'_>) {
         FunctionSpec::typed(
             "engine::register_trigger",
             "Register a trigger binding not owned by any connection",
-            |e: Core, _ctx, i: RegisterTriggerIn| async move {
+            |e: Core, ctx: CallCtx, i: RegisterTriggerIn| async move {
+                let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
+                if let Some(a) = &access {
+                    if !a.may_bind_trigger_type(&i.trigger_type) {
+                        return Err(ErrorBody::new(
+                            codes::FORBIDDEN,
+                            format!("trigger type '{}' not allowed for this session (allowed_trigger_types)", i.trigger_type),
+                        ));
+                    }
+                }
                 if i.trigger_namespace
                     .as_deref()
                     .is_some_and(|n| n.trim().is_empty())
@@ -519,7 +550,8 @@ fn install(reg: &mut Registrar<'_>) {
                 let b = Binding {
                     id: id.clone(),
                     trigger_type: i.trigger_type,
-                    function_id: i.function_id,
+                    // A session with a prefix names its own functions unprefixed (§9.7).
+                    function_id: iii_core::access::prefixed(access.as_ref(), &i.function_id),
                     config: i.config.unwrap_or(Value::Null),
                     metadata: i.metadata,
                     owner: None,

@@ -1,5 +1,11 @@
 //! The REST trigger server and the `http` trigger type (config entry `http`; `iii-http` is
 //! the deprecated name). Workers bind functions to routes; requests become calls.
+//!
+//! Middleware (PROTOCOL.md §4.6.1): the entry's `middleware:` list runs for every request that
+//! matched a route, in ascending `priority`, before the body is read; a route's own
+//! `middleware_function_ids` run after its condition, right before its handler. A request that
+//! matches no route (a 404, or a CORS preflight answered by the server) calls nothing: global
+//! middleware guards the routes, it is not a filter in front of the whole server.
 
 mod server;
 
@@ -7,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iii_core::config::ConfigError;
+use iii_core::config::{ConfigError, EntryReader};
 use iii_core::{
     BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
     ServiceInfo, StartError, TriggerTypeSpec,
@@ -49,6 +55,19 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body before it is answered 408.
     pub body_read_timeout: Duration,
+    /// The global middleware, in the order it runs (ascending priority, ties in config order).
+    pub middleware: Vec<Middleware>,
+    /// How long one middleware call may take before the request is answered 504.
+    pub middleware_timeout: Duration,
+}
+
+/// One entry of the global `middleware:` list. Its only phase is `preHandler`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Middleware {
+    /// The function called; it resolves in namespace `default`.
+    pub function_id: String,
+    /// Lower runs first.
+    pub priority: i64,
 }
 
 /// Default of `body_limit_bytes`: 32 MiB. A JSON body travels inside one `invokefunction`
@@ -59,6 +78,11 @@ pub const DEFAULT_BODY_LIMIT_BYTES: usize = 32 << 20;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default of `body_read_timeout_ms`: 30 s, the default request timeout: 32 MiB at about 1 MB/s.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `middleware_timeout_ms`: 5 s. A middleware is a quick policy check (auth, rate
+/// limit); one that takes longer is more likely stuck than thorough.
+pub const DEFAULT_MIDDLEWARE_TIMEOUT_MS: u64 = 5_000;
+/// The one middleware phase the server runs.
+pub const PHASE_PRE_HANDLER: &str = "preHandler";
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -71,6 +95,8 @@ impl Default for HttpConfig {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
             body_read_timeout: Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
+            middleware: Vec::new(),
+            middleware_timeout: Duration::from_millis(DEFAULT_MIDDLEWARE_TIMEOUT_MS),
         }
     }
 }
@@ -95,6 +121,7 @@ fn configure(e: &Entry<'_>) -> Result<HttpConfig, ConfigError> {
             "header_read_timeout_ms",
             "body_read_timeout_ms",
             "middleware",
+            "middleware_timeout_ms",
         ],
     )?;
     let positive = |key: &str, what: &'static str| -> Result<Option<u64>, ConfigError> {
@@ -116,6 +143,9 @@ fn configure(e: &Entry<'_>) -> Result<HttpConfig, ConfigError> {
     }
     if let Some(ms) = positive("body_read_timeout_ms", "a positive number of milliseconds")? {
         h.body_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = positive("middleware_timeout_ms", "a positive number of milliseconds")? {
+        h.middleware_timeout = Duration::from_millis(ms);
     }
     if let Some(p) = m.get("port") {
         h.port = r.port(p, &format!("{at}.port"))?;
@@ -167,17 +197,73 @@ fn configure(e: &Entry<'_>) -> Result<HttpConfig, ConfigError> {
         }
     }
     if let Some(mw) = m.get("middleware") {
-        match mw {
-            serde_yaml::Value::Null => {}
-            serde_yaml::Value::Sequence(items) if items.is_empty() => {}
-            _ => {
-                return Err(r.error(format!(
-                    "`{at}.middleware` is not supported by this engine yet; remove it"
-                )))
-            }
-        }
+        h.middleware = middleware_list(r, mw, &format!("{at}.middleware"))?;
     }
     Ok(h)
+}
+
+/// Reads the global `middleware:` list and sorts it by priority (stable: equal priorities keep
+/// their config order).
+fn middleware_list(
+    r: &EntryReader<'_>,
+    v: &serde_yaml::Value,
+    at: &str,
+) -> Result<Vec<Middleware>, ConfigError> {
+    let items = match v {
+        serde_yaml::Value::Null => return Ok(Vec::new()),
+        serde_yaml::Value::Sequence(items) => items,
+        other => {
+            return Err(r.invalid(
+                at,
+                "a list of {function_id, phase, priority} entries",
+                other,
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let Some(m) = r.mapping(item, &at)? else {
+            return Err(r.invalid(&at, "a mapping {function_id, phase, priority}", item));
+        };
+        r.check_keys(m, &at, &["function_id", "phase", "priority"])?;
+        let key = format!("{at}.function_id");
+        let function_id = match m.get("function_id") {
+            Some(f) => r.string(f, &key)?,
+            None => return Err(r.error(format!("`{key}` is required"))),
+        };
+        if function_id.trim().is_empty() {
+            return Err(r.invalid(&key, "a function id", &m["function_id"]));
+        }
+        if let Some(p) = m.get("phase") {
+            let key = format!("{at}.phase");
+            if r.string(p, &key)? != PHASE_PRE_HANDLER {
+                return Err(r.invalid(&key, "\"preHandler\" (the only phase)", p));
+            }
+        }
+        let priority = match m.get("priority") {
+            None => 0,
+            Some(p) => {
+                integer(p).ok_or_else(|| r.invalid(&format!("{at}.priority"), "an integer", p))?
+            }
+        };
+        out.push(Middleware {
+            function_id,
+            priority,
+        });
+    }
+    // `sort_by_key` is stable.
+    out.sort_by_key(|m| m.priority);
+    Ok(out)
+}
+
+/// A signed integer, also from a string (as `${VAR:5}` can give).
+fn integer(v: &serde_yaml::Value) -> Option<i64> {
+    match v {
+        serde_yaml::Value::Number(n) => n.as_i64(),
+        serde_yaml::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 impl Service for Http {
@@ -271,7 +357,6 @@ impl Prepared for Bound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iii_core::config::EntryReader;
 
     fn read(yaml: &str) -> Result<HttpConfig, String> {
         let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
@@ -311,6 +396,99 @@ mod tests {
             assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
             let e = read(&format!("{{{key}: lots}}")).unwrap_err();
             assert!(e.contains(&format!("workers[0](http).config.{key}")), "{e}");
+        }
+    }
+
+    fn ids(c: &HttpConfig) -> Vec<(&str, i64)> {
+        c.middleware
+            .iter()
+            .map(|m| (m.function_id.as_str(), m.priority))
+            .collect()
+    }
+
+    #[test]
+    fn middleware_is_sorted_by_priority_keeping_config_order_on_ties() {
+        let d = read("{}").unwrap();
+        assert!(d.middleware.is_empty());
+        assert_eq!(
+            d.middleware_timeout,
+            Duration::from_millis(DEFAULT_MIDDLEWARE_TIMEOUT_MS)
+        );
+        assert!(read("{middleware: null}").unwrap().middleware.is_empty());
+        assert!(read("{middleware: []}").unwrap().middleware.is_empty());
+        let c = read(
+            "{middleware_timeout_ms: 7, middleware: [
+                {function_id: late, priority: 10},
+                {function_id: first, phase: preHandler, priority: -5},
+                {function_id: zero_a},
+                {function_id: mid, priority: '3'},
+                {function_id: zero_b, priority: 0}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&c),
+            [
+                ("first", -5),
+                ("zero_a", 0),
+                ("zero_b", 0),
+                ("mid", 3),
+                ("late", 10)
+            ]
+        );
+        assert_eq!(c.middleware_timeout, Duration::from_millis(7));
+    }
+
+    #[test]
+    fn bad_middleware_entries_are_errors_naming_the_key() {
+        let at = "workers[0](http).config";
+        let cases = [
+            // A phase other than preHandler.
+            (
+                "{middleware: [{function_id: a}, {function_id: b, phase: onRequest}]}",
+                format!("`{at}.middleware[1].phase` must be \"preHandler\""),
+            ),
+            (
+                "{middleware: [{function_id: a, phase: 3}]}",
+                format!("`{at}.middleware[0].phase` must be a string"),
+            ),
+            // An unknown key in an entry.
+            (
+                "{middleware: [{function_id: a, order: 1}]}",
+                format!("unknown key `{at}.middleware[0].order`"),
+            ),
+            // A priority that is no integer.
+            (
+                "{middleware: [{function_id: a, priority: high}]}",
+                format!("`{at}.middleware[0].priority` must be an integer, found \"high\""),
+            ),
+            (
+                "{middleware: [{function_id: a, priority: 1.5}]}",
+                format!("`{at}.middleware[0].priority` must be an integer"),
+            ),
+            (
+                "{middleware: [{priority: 1}]}",
+                format!("`{at}.middleware[0].function_id` is required"),
+            ),
+            (
+                "{middleware: [{function_id: ' '}]}",
+                format!("`{at}.middleware[0].function_id` must be a function id"),
+            ),
+            (
+                "{middleware: [auth]}",
+                format!("`{at}.middleware[0]` must be a mapping"),
+            ),
+            (
+                "{middleware: {function_id: a}}",
+                format!("`{at}.middleware` must be a list"),
+            ),
+            (
+                "{middleware_timeout_ms: 0}",
+                format!("`{at}.middleware_timeout_ms` must be a positive number"),
+            ),
+        ];
+        for (yaml, want) in cases {
+            let e = read(yaml).unwrap_err();
+            assert!(e.contains(&want), "{yaml}: {e}");
         }
     }
 }

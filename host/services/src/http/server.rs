@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use iii_core::channels::{ChanItem, Direction};
 use iii_core::triggers::{Binding, BuiltinTriggerType};
-use iii_core::{CancellationToken, Core};
+use iii_core::{CancellationToken, Core, DEFAULT_NS};
 
 use super::HttpConfig;
 
@@ -59,6 +59,9 @@ pub struct Route {
     pub metadata: Option<Value>,
     /// A function asked first; exactly `false` answers 422.
     pub condition_function_id: Option<String>,
+    /// Middleware run after the condition and before the handler, in this order, in the
+    /// route's namespace.
+    pub middleware_function_ids: Vec<String>,
 }
 
 impl Route {
@@ -130,6 +133,23 @@ impl HttpRoutes {
                 METHODS.join(", ")
             ));
         }
+        let middleware_function_ids = match cfg.get("middleware_function_ids") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i.as_str() {
+                    Some(f) if !f.trim().is_empty() => Ok(f.to_string()),
+                    _ => Err(format!(
+                        "`middleware_function_ids` must list function ids (non-empty strings), found {i}"
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(format!(
+                    "`middleware_function_ids` must be a list of function ids, found {other}"
+                ))
+            }
+        };
         let path = split_path(api_path).join("/");
         let segs = split_path(api_path)
             .into_iter()
@@ -150,6 +170,7 @@ impl HttpRoutes {
                 .get("condition_function_id")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            middleware_function_ids,
         })
     }
 
@@ -348,6 +369,61 @@ struct TriggerInfo<'a> {
     method: &'a str,
 }
 
+/// The parts of a request known before its body is read, shared by middleware, condition and
+/// handler calls.
+struct RequestView<'a> {
+    path_params: &'a HashMap<String, String>,
+    query_params: &'a HashMap<String, String>,
+    headers: &'a serde_json::Map<String, Value>,
+    method: &'a str,
+    /// The route's binding metadata as JSON text, the metadata of every call the request makes.
+    metadata: Option<&'a str>,
+}
+
+/// A middleware's input (PROTOCOL.md §4.6.1).
+#[derive(Serialize)]
+struct MiddlewareInput<'a> {
+    phase: &'static str,
+    request: MiddlewareRequest<'a>,
+    context: serde_json::Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct MiddlewareRequest<'a> {
+    path_params: &'a HashMap<String, String>,
+    query_params: &'a HashMap<String, String>,
+    headers: &'a serde_json::Map<String, Value>,
+    method: &'a str,
+}
+
+/// What a middleware's return value asks for: `Some` for `{"action":"respond"}` (the response,
+/// encoded like a handler's), `None` to go on (`{"action":"continue"}` and anything else).
+fn middleware_answer(function_id: &str, out: Option<&RawValue>) -> Option<Response<Body>> {
+    let v: Value = serde_json::from_str(out?.get()).ok()?;
+    if v.get("action").and_then(Value::as_str) != Some("respond") {
+        return None;
+    }
+    Some(match v.get("response") {
+        None | Some(Value::Null) => build_response(&json!({})),
+        Some(r @ Value::Object(_)) => build_response(r),
+        Some(other) => envelope(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL_ERROR,
+            &format!(
+                "middleware {function_id} answered `respond` with a response that is not an object: {other}"
+            ),
+        ),
+    })
+}
+
+fn shutting_down() -> Response<Body> {
+    envelope(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::INTERNAL_ERROR,
+        "server is shutting down",
+    )
+}
+
 struct Server {
     engine: Core,
     routes: Arc<HttpRoutes>,
@@ -447,6 +523,42 @@ impl Server {
             );
         };
         let (parts, body) = req.into_parts();
+        let query_params = iii_core::url::parse_query(parts.uri.query().unwrap_or(""));
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &parts.headers {
+            headers.insert(
+                k.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            );
+        }
+        let metadata = route.metadata.as_ref().map(Value::to_string);
+        let view = RequestView {
+            path_params: &path_params,
+            query_params: &query_params,
+            headers: &headers,
+            method: &method,
+            metadata: metadata.as_deref(),
+        };
+        if !self.cfg.middleware.is_empty() {
+            // Middleware calls are engine work like a handler's, so they hold a permit too; it is
+            // given back while the body is read (a slow client must not hold one).
+            let Ok(permit) = self.limit.acquire().await else {
+                return shutting_down();
+            };
+            let global = self.cfg.middleware.iter().map(|m| m.function_id.as_str());
+            let answered = self.middleware(DEFAULT_NS, global, &view).await;
+            drop(permit);
+            if let Some(mut resp) = answered {
+                // The body was never read: keep the connection only if there is none to skip.
+                if !body.is_end_stream() {
+                    resp.headers_mut().insert(
+                        "connection",
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                return resp;
+            }
+        }
         // The body is read before a permit is taken, so a client that trickles its body holds
         // its own connection and nothing else; the read has its own deadline.
         let raw_body = match self.read_body(&parts, body).await {
@@ -454,14 +566,62 @@ impl Server {
             Err(refused) => return refused,
         };
         let Ok(_permit) = self.limit.acquire().await else {
-            return envelope(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::INTERNAL_ERROR,
-                "server is shutting down",
-            );
+            return shutting_down();
         };
-        self.dispatch(&route, &path_params, &method, &parts, raw_body)
-            .await
+        self.dispatch(&route, &view, &parts, raw_body).await
+    }
+
+    /// Calls each middleware in turn with the request (without its body). `Some` ends the
+    /// request: a `respond` answer, a failed call (500) or one that took longer than
+    /// `middleware_timeout_ms` (504 `MIDDLEWARE_TIMEOUT`); `None` lets it go on.
+    async fn middleware<'m>(
+        &self,
+        namespace: &str,
+        function_ids: impl Iterator<Item = &'m str>,
+        view: &RequestView<'_>,
+    ) -> Option<Response<Body>> {
+        let mut input = None;
+        for fid in function_ids {
+            // Built on first use: most routes have no middleware.
+            let input = input.get_or_insert_with(|| {
+                serde_json::to_string(&MiddlewareInput {
+                    phase: super::PHASE_PRE_HANDLER,
+                    request: MiddlewareRequest {
+                        path_params: view.path_params,
+                        query_params: view.query_params,
+                        headers: view.headers,
+                        method: view.method,
+                    },
+                    context: serde_json::Map::new(),
+                })
+                .expect("a middleware input serialises")
+            });
+            let call = self.engine.call(namespace, fid, input, view.metadata, None);
+            let out = match tokio::time::timeout(self.cfg.middleware_timeout, call).await {
+                Err(_) => {
+                    return Some(envelope(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        codes::MIDDLEWARE_TIMEOUT,
+                        &format!(
+                            "middleware {fid} did not answer within {} ms (http config `middleware_timeout_ms`)",
+                            self.cfg.middleware_timeout.as_millis()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return Some(envelope(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &e.code,
+                        &e.message,
+                    ))
+                }
+                Ok(Ok(out)) => out,
+            };
+            if let Some(resp) = middleware_answer(fid, out.as_deref()) {
+                return Some(resp);
+            }
+        }
+        None
     }
 
     /// Reads the whole body within `body_read_timeout`, refusing one over `body_limit_bytes`
@@ -527,19 +687,11 @@ impl Server {
     async fn dispatch(
         &self,
         route: &Route,
-        path_params: &HashMap<String, String>,
-        method: &str,
+        view: &RequestView<'_>,
         parts: &hyper::http::request::Parts,
         raw_body: Bytes,
     ) -> Response<Body> {
-        let query_params = iii_core::url::parse_query(parts.uri.query().unwrap_or(""));
-        let mut headers = serde_json::Map::new();
-        for (k, v) in &parts.headers {
-            headers.insert(
-                k.as_str().to_string(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            );
-        }
+        let method = view.method;
         let is_json = parts
             .headers
             .get("content-type")
@@ -551,7 +703,7 @@ impl Server {
         } else {
             None
         };
-        let metadata = route.metadata.as_ref().map(Value::to_string);
+        let metadata = view.metadata;
 
         // Both channels leave the registry with the request, however it ends (answered, timed
         // out, client gone): a side nobody connected is not left to the unused-channel sweep.
@@ -563,9 +715,9 @@ impl Server {
             ids: [req_ch.id.clone(), resp_ch.id.clone()],
         };
         let mut request = CallRequest {
-            query_params: &query_params,
-            path_params,
-            headers: &headers,
+            query_params: view.query_params,
+            path_params: view.path_params,
+            headers: view.headers,
             path: &route.path,
             method,
             body,
@@ -580,12 +732,12 @@ impl Server {
 
         if let Some(cond) = &route.condition_function_id {
             let data = encode(&request);
-            if let Some(refused) = oversized(cond, &data, metadata.as_deref()) {
+            if let Some(refused) = oversized(cond, &data, metadata) {
                 return refused;
             }
             match self
                 .engine
-                .condition(&route.namespace, cond, &data, metadata.as_deref())
+                .condition(&route.namespace, cond, &data, metadata)
                 .await
             {
                 Ok(false) => {
@@ -600,12 +752,16 @@ impl Server {
                 Err(e) => return envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.code, &e.message),
             }
         }
+        let route_mw = route.middleware_function_ids.iter().map(String::as_str);
+        if let Some(answered) = self.middleware(&route.namespace, route_mw, view).await {
+            return answered;
+        }
 
         request.request_body = Some(req_ch.reference(Direction::Read));
         request.response = Some(resp_ch.reference(Direction::Write));
         let data = encode(&request);
         drop(request);
-        if let Some(refused) = oversized(&route.function_id, &data, metadata.as_deref()) {
+        if let Some(refused) = oversized(&route.function_id, &data, metadata) {
             return refused;
         }
         if let Some(tx) = channels.take_writer(&req_ch) {
@@ -644,16 +800,12 @@ impl Server {
         &self,
         route: &Route,
         data: String,
-        metadata: Option<String>,
+        metadata: Option<&str>,
         rx: Option<mpsc::Receiver<ChanItem>>,
     ) -> Response<Body> {
-        let call = self.engine.call(
-            &route.namespace,
-            &route.function_id,
-            &data,
-            metadata.as_deref(),
-            None,
-        );
+        let call = self
+            .engine
+            .call(&route.namespace, &route.function_id, &data, metadata, None);
         tokio::pin!(call);
         let mut rx = rx;
         let mut status = 200u16;
@@ -894,5 +1046,61 @@ mod tests {
         assert!(r.find("GET", "/users/1/x").is_some());
         assert!(HttpRoutes::route_from(&binding("x", "", "GET")).is_err());
         assert!(HttpRoutes::route_from(&binding("x", "/a", "FETCH")).is_err());
+    }
+
+    #[test]
+    fn route_middleware_ids_are_read_and_checked() {
+        let mut b = binding("m", "/a", "GET");
+        assert!(HttpRoutes::route_from(&b)
+            .unwrap()
+            .middleware_function_ids
+            .is_empty());
+        b.config["middleware_function_ids"] = json!(["x::one", "x::two"]);
+        assert_eq!(
+            HttpRoutes::route_from(&b).unwrap().middleware_function_ids,
+            ["x::one", "x::two"]
+        );
+        for bad in [
+            json!("x::one"),
+            json!(["ok", 3]),
+            json!([""]),
+            json!({"a": 1}),
+        ] {
+            b.config["middleware_function_ids"] = bad.clone();
+            let e = HttpRoutes::route_from(&b).unwrap_err();
+            assert!(e.contains("`middleware_function_ids` must"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_middleware_answer_is_respond_or_else_continue() {
+        let raw = |t: &str| RawValue::from_string(t.to_string()).unwrap();
+        for go_on in [
+            r#"{"action":"continue"}"#,
+            r#"{"action":"Respond","response":{"status_code":401}}"#,
+            r#"{"response":{"status_code":401}}"#,
+            r#""respond""#,
+            "null",
+            "[1]",
+        ] {
+            assert!(
+                middleware_answer("m", Some(&raw(go_on))).is_none(),
+                "{go_on}"
+            );
+        }
+        assert!(middleware_answer("m", None).is_none());
+        let r = middleware_answer(
+            "m",
+            Some(&raw(
+                r#"{"action":"respond","response":{"status_code":401,"headers":{"x-why":"no"},"body":"nope"}}"#,
+            )),
+        )
+        .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["x-why"], "no");
+        let r = middleware_answer("m", Some(&raw(r#"{"action":"respond"}"#))).unwrap();
+        assert_eq!(r.status(), 200);
+        let r = middleware_answer("m", Some(&raw(r#"{"action":"respond","response":7}"#))).unwrap();
+        assert_eq!(r.status(), 500);
     }
 }
