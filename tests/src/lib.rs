@@ -58,6 +58,8 @@ pub struct EngineProc {
     pub stream_port: u16,
     /// Its working directory (config.yaml, engine.log, .iii/data).
     pub dir: PathBuf,
+    /// Environment variables set for the engine process (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl EngineProc {
@@ -76,6 +78,15 @@ impl EngineProc {
     /// passes port 0 for both, so the engine picks free ports itself (no bind-then-drop race)
     /// and the harness reads them from its "listening on" lines.
     pub fn start_with(config: impl Fn(u16, u16) -> String) -> EngineProc {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`EngineProc::start_with`] with `env` set in the engine's environment.
+    pub fn start_with_env(config: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> EngineProc {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let (ws_port, http_port) = (0, 0);
         let dir = std::env::temp_dir().join(format!("iii-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -85,6 +96,7 @@ impl EngineProc {
             .current_dir(&dir)
             .env("RUST_LOG", "info")
             .env("III_NAMESPACE_GRACE_MS", "1000")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -95,6 +107,7 @@ impl EngineProc {
             http_port,
             stream_port: 0,
             dir,
+            env,
         };
         e.wait_ready(0);
         // From now on the file names the bound ports, so a restart (and a test that edits the
@@ -175,6 +188,7 @@ impl EngineProc {
             .current_dir(&self.dir)
             .env("RUST_LOG", "info")
             .env("III_NAMESPACE_GRACE_MS", "1000")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
             .spawn()

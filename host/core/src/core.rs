@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::channels::Channels;
 use crate::conn::{Conn, SendError};
+use crate::invocation::{InvocationProvider, InvocationTarget};
 use crate::limits::{FRAME_TOO_LARGE, TOO_MANY_PENDING_CALLS};
 use crate::pending::{CallSlot, Outcome, PendingCall, PendingTable, Take, Waiter};
 use crate::reply::Reply;
@@ -85,6 +86,11 @@ pub struct FunctionEntry {
     pub handler: Handler,
     /// For in-process functions: the in-process worker that provides them.
     pub engine_worker: Option<&'static str>,
+    /// For an in-process handler the engine runs on a worker's behalf (an HTTP-invoked
+    /// function, §3.10): that worker, which owns the function as if it served it.
+    pub on_behalf_of: Option<Arc<Conn>>,
+    /// Ends that handler's calls in flight when its worker disconnects.
+    hosted_stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl FunctionEntry {
@@ -93,7 +99,11 @@ impl FunctionEntry {
         match (&self.handler, self.engine_worker) {
             (_, Some(w)) => w.to_string(),
             (Handler::Remote(c), None) => c.name().unwrap_or_else(|| self.fallback_worker_name()),
-            (Handler::Builtin(_), None) => self.fallback_worker_name(),
+            (Handler::Builtin(_), None) => self
+                .on_behalf_of
+                .as_ref()
+                .and_then(|c| c.name())
+                .unwrap_or_else(|| self.fallback_worker_name()),
         }
     }
 
@@ -101,11 +111,12 @@ impl FunctionEntry {
         self.id.split("::").next().unwrap_or(&self.id).to_string()
     }
 
-    /// The connection serving it, for worker functions.
+    /// The worker connection that owns it: the one serving it, or the one the engine serves
+    /// it for. `None` for the engine's own functions.
     pub fn owner_conn(&self) -> Option<&Arc<Conn>> {
         match &self.handler {
             Handler::Remote(c) => Some(c),
-            Handler::Builtin(_) => None,
+            Handler::Builtin(_) => self.on_behalf_of.as_ref(),
         }
     }
 
@@ -150,6 +161,22 @@ pub(crate) struct Inner {
     pub channels: Channels,
     pub in_process_workers: RwLock<Vec<&'static str>>,
     pub started_ms: u64,
+    /// Builds handlers for `registerfunction.invocation` (§3.10), when a service installed one.
+    pub invocation_provider: RwLock<Option<InstalledProvider>>,
+}
+
+/// An HTTP-invoked function's handler as the core registers it.
+struct Hosted {
+    handler: BuiltinFn,
+    verify: Option<BoxFut<Result<(), ErrorBody>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// The installed [`InvocationProvider`] and the in-process worker that installed it.
+#[derive(Clone)]
+pub(crate) struct InstalledProvider {
+    pub provider: Arc<dyn InvocationProvider>,
+    pub worker: &'static str,
 }
 
 #[derive(Clone)]
@@ -200,6 +227,7 @@ impl Core {
                 channels: Channels::default(),
                 in_process_workers: RwLock::new(Vec::new()),
                 started_ms: crate::conn::now_ms(),
+                invocation_provider: RwLock::new(None),
             }),
         }
     }
@@ -231,6 +259,8 @@ impl Core {
             metadata: spec.metadata,
             handler: Handler::Builtin(spec.handler),
             engine_worker: Some(worker),
+            on_behalf_of: None,
+            hosted_stop: None,
         };
         self.inner
             .functions
@@ -279,17 +309,43 @@ impl Core {
         v
     }
 
+    /// Installs the provider that serves `registerfunction.invocation` (§3.10); a later one
+    /// replaces it.
+    pub(crate) fn set_invocation_provider(
+        &self,
+        worker: &'static str,
+        provider: Arc<dyn InvocationProvider>,
+    ) {
+        *self.inner.invocation_provider.write() = Some(InstalledProvider { provider, worker });
+    }
+
     /// Applies a `registerfunction` from a worker into its namespace.
     pub(crate) async fn register_remote_function(&self, conn: &Arc<Conn>, ns: &str, f: &Frame<'_>) {
         let Some(id) = f.id.as_deref() else { return };
-        if f.invocation.is_some() {
-            tracing::error!(function_id = id, "HTTP-invoked function registration ignored: the iii-http-functions service is not available in this engine");
-            return;
-        }
         if ns != DEFAULT_NS && id.starts_with(iii_protocol::ids::ENGINE_PREFIX) {
             let _ = conn.send(out::function_conflict(ns, id, "")).await;
             return;
         }
+        // An HTTP-invoked function: the engine serves it, on this worker's behalf.
+        let mut verify = None;
+        let (handler, on_behalf_of, hosted_stop) = match f.invocation {
+            None => (Handler::Remote(conn.clone()), None, None),
+            Some(raw) => match self.build_hosted(conn, ns, id, raw.get()) {
+                Ok(h) => {
+                    verify = h.verify;
+                    (
+                        Handler::Builtin(h.handler),
+                        Some(conn.clone()),
+                        Some(h.stop),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(function_id = id, namespace = ns, worker_id = %conn.id_str, error = %e, "HTTP-invoked function registration refused");
+                    let _ = conn.send(out::function_refused(ns, id, &e)).await;
+                    return;
+                }
+            },
+        };
         let parse =
             |r: Option<&RawValue>| r.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
         let entry = Arc::new(FunctionEntry {
@@ -299,22 +355,25 @@ impl Core {
             request_format: parse(f.request_format),
             response_format: parse(f.response_format),
             metadata: parse(f.metadata),
-            handler: Handler::Remote(conn.clone()),
+            handler,
             engine_worker: None,
+            on_behalf_of,
+            hosted_stop,
         });
         let conflict = {
             let mut map = self.inner.functions.write();
             let slot = map.entry(ns.to_string()).or_default();
-            let conflict = match slot.get(id).map(|e| &e.handler) {
+            let conflict = match slot.get(id).map(|e| e.owner_conn()) {
+                None => None,
                 // Core-owned ids cannot be shadowed: a worker leaving must not take a builtin with it.
-                Some(Handler::Builtin(_)) => Some(String::new()),
-                Some(Handler::Remote(owner)) if owner.id != conn.id && !owner.is_closing() => {
+                Some(None) => Some(String::new()),
+                Some(Some(owner)) if owner.id != conn.id && !owner.is_closing() => {
                     Some(owner.id_str.clone())
                 }
-                _ => None,
+                Some(Some(_)) => None,
             };
             if conflict.is_none() {
-                slot.insert(id.to_string(), entry);
+                slot.insert(id.to_string(), entry.clone());
             }
             conflict
         };
@@ -325,9 +384,102 @@ impl Core {
             }
             None => {
                 self.functions_changed();
-                tracing::info!(function_id = id, namespace = ns, worker_id = %conn.id_str, "[REGISTERED] function")
+                let kind = if entry.on_behalf_of.is_some() {
+                    "HTTP-invoked function"
+                } else {
+                    "function"
+                };
+                tracing::info!(function_id = id, namespace = ns, worker_id = %conn.id_str, "[REGISTERED] {kind}");
+                if let Some(check) = verify {
+                    self.verify_hosted(conn, entry, check);
+                }
             }
         }
+    }
+
+    /// Asks the installed provider for the handler of an HTTP-invoked function, wrapped so its
+    /// calls end with `invocation_stopped` when the worker disconnects.
+    fn build_hosted(
+        &self,
+        conn: &Arc<Conn>,
+        ns: &str,
+        id: &str,
+        invocation: &str,
+    ) -> Result<Hosted, ErrorBody> {
+        let Some(installed) = self.inner.invocation_provider.read().clone() else {
+            return Err(ErrorBody::new(
+                codes::HTTP_FUNCTIONS_UNAVAILABLE,
+                format!("`{id}` is an HTTP-invoked function (it has `invocation`), and this engine does not serve those: add `- name: iii-http-functions` to `workers:` in config.yaml"),
+            ));
+        };
+        let value: Value = serde_json::from_str(invocation).map_err(|e| {
+            ErrorBody::new(
+                codes::INVALID_INVOCATION,
+                format!("`invocation` of `{id}` is not JSON: {e}"),
+            )
+        })?;
+        let target = InvocationTarget {
+            function_id: id,
+            namespace: ns,
+            worker_id: &conn.id_str,
+        };
+        let built = installed.provider.build(target, &value)?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (inner, token) = (built.handler, stop.clone());
+        let func: BuiltinFn = Arc::new(move |core, ctx, data| {
+            let call = inner(core, ctx, data);
+            let token = token.clone();
+            Box::pin(async move {
+                tokio::select! {
+                    r = call => r,
+                    _ = token.cancelled() => Err(stopped()),
+                }
+            })
+        });
+        tracing::debug!(
+            function_id = id,
+            provider = installed.worker,
+            "HTTP-invoked function built"
+        );
+        Ok(Hosted {
+            handler: func,
+            verify: built.verify,
+            stop,
+        })
+    }
+
+    /// Runs a hosted function's I/O check off the worker's read loop; a failure withdraws the
+    /// registration, if `entry` is still the one registered, and tells the worker why.
+    fn verify_hosted(
+        &self,
+        conn: &Arc<Conn>,
+        entry: Arc<FunctionEntry>,
+        check: BoxFut<Result<(), ErrorBody>>,
+    ) {
+        let (core, conn) = (self.clone(), conn.clone());
+        tokio::spawn(async move {
+            let Err(e) = check.await else { return };
+            let removed = {
+                let mut map = core.inner.functions.write();
+                match map.get_mut(&entry.namespace) {
+                    Some(slot) if slot.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, &entry)) => {
+                        slot.remove(&entry.id);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if removed {
+                core.functions_changed();
+                if let Some(stop) = &entry.hosted_stop {
+                    stop.cancel();
+                }
+                tracing::warn!(function_id = %entry.id, namespace = %entry.namespace, worker_id = %conn.id_str, error = %e, "HTTP-invoked function registration withdrawn");
+                let _ = conn
+                    .send(out::function_refused(&entry.namespace, &entry.id, &e))
+                    .await;
+            }
+        });
     }
 
     pub(crate) fn unregister_remote_function(&self, conn: &Arc<Conn>, ns: &str, id: &str) {
@@ -401,7 +553,7 @@ impl Core {
                 let engine_owned = fid.starts_with(iii_protocol::ids::ENGINE_PREFIX)
                     && self
                         .lookup(ns, fid)
-                        .is_some_and(|e| matches!(e.handler, Handler::Builtin(_)));
+                        .is_some_and(|e| e.owner_conn().is_none());
                 if !engine_owned {
                     self.through_middleware(conn, &f, middleware, context, ns);
                     return;
@@ -892,11 +1044,17 @@ impl Core {
         conn.mark_closing();
         // 1. Stop namespace resolution: buffered registrations are discarded.
         conn.state.lock().buffer.clear();
-        // 2. Release its functions.
+        // 2. Release its functions; calls in flight to the ones the engine serves for it stop.
         {
             let mut map = self.inner.functions.write();
             for slot in map.values_mut() {
-                slot.retain(|_, e| e.owner_conn().is_none_or(|c| c.id != conn.id));
+                slot.retain(|_, e| {
+                    let owned = e.owner_conn().is_some_and(|c| c.id == conn.id);
+                    if let (true, Some(stop)) = (owned, &e.hosted_stop) {
+                        stop.cancel();
+                    }
+                    !owned
+                });
             }
             map.retain(|_, slot| !slot.is_empty());
         }

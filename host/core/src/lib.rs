@@ -4,7 +4,8 @@
 //! It holds the function registry and invocation router ([`Core`]), in-flight calls
 //! ([`pending`]), trigger types and bindings ([`triggers`]), worker-socket sessions
 //! ([`conn`], [`session`], [`listener`]), data channels ([`channels`]), config-entry reading
-//! ([`config`]) and the seam every capability plugs into ([`service`]).
+//! ([`config`]), the seam every capability plugs into ([`service`]) and the one for functions
+//! served on a worker's behalf ([`invocation`]).
 //!
 //! It never names a service and links no wasmtime: services depend on it, never the reverse.
 //! The wire contract is `host/protocol/PROTOCOL.md`; "§" references point there.
@@ -14,6 +15,7 @@ pub mod channels;
 pub mod config;
 pub mod conn;
 mod core;
+pub mod invocation;
 pub mod limits;
 pub mod listener;
 pub mod pending;

@@ -403,6 +403,16 @@ impl<'a> Registrar<'a> {
         self.core.register_builtin(self.worker, spec);
     }
 
+    /// Serves `registerfunction.invocation` (HTTP-invoked functions, PROTOCOL.md §3.10) with
+    /// `provider`: each such registration becomes an in-process handler run on the
+    /// registering worker's behalf. Without one, those registrations are refused.
+    pub fn invocation_provider(
+        &mut self,
+        provider: Arc<dyn crate::invocation::InvocationProvider>,
+    ) {
+        self.core.set_invocation_provider(self.worker, provider);
+    }
+
     /// Registers a trigger type in `default`.
     pub fn trigger_type(&mut self, spec: TriggerTypeSpec) {
         self.core

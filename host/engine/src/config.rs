@@ -37,11 +37,8 @@ pub const EMBEDDED: &str = "workers:
 
 /// Upstream entry names that start nothing in this engine yet, each with its other name
 /// (upstream 0.22 renamed `iii-<x>` to `<x>`): listing one is a warning, not an error.
-const UPSTREAM_UNAVAILABLE: &[(&str, &str)] = &[
-    ("iii-exec", "iii-exec"),
-    ("iii-bridge", "iii-bridge"),
-    ("iii-http-functions", "iii-http-functions"),
-];
+const UPSTREAM_UNAVAILABLE: &[(&str, &str)] =
+    &[("iii-exec", "iii-exec"), ("iii-bridge", "iii-bridge")];
 
 /// A validated configuration: core settings plus every configured service, in list order.
 pub struct EngineConfig {

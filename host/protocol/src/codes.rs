@@ -496,30 +496,39 @@ pub mod configuration {
 }
 
 pub mod http_functions {
-    //! HTTP-invoked functions, `registerfunction.invocation` (PROTOCOL.md §3.10). The service
-    //! is not built yet (such registrations are logged and ignored).
+    //! HTTP-invoked functions, `registerfunction.invocation` (PROTOCOL.md §3.10): the `error` of
+    //! the `registrationrejected` a refused registration gets, and the errors of their calls.
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_HTTP_FUNCTIONS, "http_functions";
-        /// The function's URL failed the security policy (allowlist, https, private address).
-        URL_VALIDATION_FAILED = "url_validation_failed", Upstream, NotYetSent;
-        /// The outbound request failed in transport.
-        HTTP_REQUEST_FAILED = "http_request_failed", Upstream, NotYetSent;
-        /// The response body could not be read.
-        HTTP_RESPONSE_FAILED = "http_response_failed", Upstream, NotYetSent;
+        /// The function's URL failed the security policy (allowlist, https, private address),
+        /// at registration or, for an address its host resolves to, at a call.
+        URL_VALIDATION_FAILED = "url_validation_failed", Upstream, Engine;
+        /// The outbound request failed in transport (connect, TLS, reset).
+        HTTP_REQUEST_FAILED = "http_request_failed", Upstream, Engine;
+        /// The outbound request got no complete response within the function's `timeout_ms`.
+        HTTP_REQUEST_TIMEOUT = "http_request_timeout", Ours, Engine;
+        /// The response body could not be read (or exceeds the size the engine accepts).
+        HTTP_RESPONSE_FAILED = "http_response_failed", Upstream, Engine;
         /// A 2xx response whose non-empty body is not JSON.
-        INVALID_RESPONSE = "invalid_response", Upstream, NotYetSent;
+        INVALID_RESPONSE = "invalid_response", Upstream, Engine;
         /// A status of 400 or more whose body has no `{"error":{code,message}}`; the message is
         /// the status line.
-        HTTP_ERROR = "http_error", Upstream, NotYetSent;
+        HTTP_ERROR = "http_error", Upstream, Engine;
         /// An environment variable the function's `auth` names is unset.
-        MISSING_ENV_VAR = "missing_env_var", Upstream, NotYetSent;
-        /// `auth.type = hmac`: the secret could not be resolved.
-        SECRET_NOT_FOUND = "secret_not_found", Upstream, NotYetSent;
-        /// `auth.type = bearer`: the token could not be resolved.
-        TOKEN_NOT_FOUND = "token_not_found", Upstream, NotYetSent;
-        /// `auth.type = api_key`: the key could not be resolved.
-        API_KEY_NOT_FOUND = "api_key_not_found", Upstream, NotYetSent;
+        MISSING_ENV_VAR = "missing_env_var", Upstream, Engine;
+        /// `auth.type = hmac`: the secret's variable is set but empty (or not UTF-8).
+        SECRET_NOT_FOUND = "secret_not_found", Upstream, Engine;
+        /// `auth.type = bearer`: the token's variable is set but empty (or not UTF-8).
+        TOKEN_NOT_FOUND = "token_not_found", Upstream, Engine;
+        /// `auth.type = api_key`: the key's variable is set but empty (or not UTF-8).
+        API_KEY_NOT_FOUND = "api_key_not_found", Upstream, Engine;
+        /// The `invocation` object is malformed: unknown method, bad header, missing `url`,
+        /// unknown `auth.type`, a `timeout_ms` out of range.
+        INVALID_INVOCATION = "invalid_invocation", Ours, Engine;
+        /// A worker registered an HTTP-invoked function and the engine does not run the
+        /// `iii-http-functions` service; the message says which config entry to add.
+        HTTP_FUNCTIONS_UNAVAILABLE = "http_functions_unavailable", Ours, Engine;
     }
 }
 

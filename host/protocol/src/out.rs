@@ -159,6 +159,22 @@ pub fn function_conflict(namespace: &str, function_id: &str, owner_worker_id: &s
     s
 }
 
+/// `registrationrejected` for one `registerfunction` the engine refuses for a reason other
+/// than ownership (an HTTP-invoked function it cannot serve, §3.10): `error` says why. The
+/// frame's `code` is [`codes::FUNCTION_NAMESPACE_CONFLICT`] with an empty `owner_worker_id`,
+/// because that is the one per-function refusal the 0.23+ SDKs understand; they treat every
+/// other code as fatal and stop the whole worker.
+pub fn function_refused(namespace: &str, function_id: &str, error: &ErrorBody) -> String {
+    let mut s = start("registrationrejected", 240);
+    field_str(&mut s, "code", codes::FUNCTION_NAMESPACE_CONFLICT);
+    field_str(&mut s, "namespace", namespace);
+    field_str(&mut s, "function_id", function_id);
+    field_str(&mut s, "owner_worker_id", "");
+    field_raw(&mut s, "error", &error_json(error));
+    s.push('}');
+    s
+}
+
 /// `registrationrejected` with [`codes::WORKER_NAMESPACE_CONFLICT`]: the worker name is taken
 /// in this namespace; the engine closes the connection after sending it (§2.3, §3.8).
 pub fn worker_conflict(namespace: &str, worker_name: &str, owner_worker_id: &str) -> String {
@@ -327,6 +343,17 @@ mod tests {
         let v = parse(&function_conflict("ns", "f", ""));
         assert_eq!(v["code"], "FUNCTION_NAMESPACE_CONFLICT");
         assert_eq!(v["owner_worker_id"], "");
+        let e = ErrorBody::new("url_validation_failed", "host \"x\" is not allowed");
+        let v = parse(&function_refused("ns", "f", &e));
+        assert_eq!(v["type"], "registrationrejected");
+        assert_eq!(v["code"], "FUNCTION_NAMESPACE_CONFLICT");
+        assert_eq!(
+            (&v["namespace"], &v["function_id"]),
+            (&"ns".into(), &"f".into())
+        );
+        assert_eq!(v["owner_worker_id"], "");
+        assert_eq!(v["error"]["code"], "url_validation_failed");
+        assert_eq!(v["error"]["message"], "host \"x\" is not allowed");
         let v = parse(&register_trigger(&RegisterTrigger {
             id: "t",
             trigger_type: "webhook",

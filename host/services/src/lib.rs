@@ -12,6 +12,7 @@
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
+//! - [`http_functions`]: functions a worker registers with a URL, which the engine calls.
 //! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
 //!   service: the listener's service builds it from its own entry).
 //! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
@@ -20,6 +21,7 @@ mod common;
 pub mod cron;
 pub mod engine_fns;
 pub mod http;
+pub mod http_functions;
 pub mod listed_worker;
 pub mod observability;
 pub mod policies;

@@ -2,7 +2,7 @@
 //! bindings, built from the core's tables.
 
 use iii_core::triggers::{Binding, Provider};
-use iii_core::{Core, FunctionEntry, Handler, DEFAULT_NS};
+use iii_core::{Core, FunctionEntry, DEFAULT_NS};
 use iii_protocol::codes;
 use iii_protocol::ErrorBody;
 use serde_json::{json, Value};
@@ -141,7 +141,7 @@ pub(super) fn worker_summaries(e: &Core) -> Vec<Value> {
         let Some(pid) = meta.pid else { continue };
         let count = funcs
             .iter()
-            .filter(|f| matches!(&f.handler, Handler::Remote(o) if o.id == c.id))
+            .filter(|f| f.owner_conn().is_some_and(|o| o.id == c.id))
             .count();
         out.push(json!({
             "name": meta.name.clone().unwrap_or_else(|| c.id_str.clone()), "description": meta.description, "version": meta.version,
