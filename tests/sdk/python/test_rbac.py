@@ -454,8 +454,6 @@ def test_listener_middleware_proxies_rewrites_and_rejects(rbac_engine, policy, c
     assert data == {"n": 1, "via_mw": True, "user": "u-full"}, r
 
     mw_in, mw_meta = policy.of("pol::mw")[-1]
-    # The engine calls the middleware on the caller's behalf and names it (§3.3 injection).
-    assert mw_in.pop("_caller_worker_id", c.worker_id) == c.worker_id
     assert mw_in == {
         "function_id": "link::echo",
         "payload": {"n": 1},
