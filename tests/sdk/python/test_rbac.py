@@ -244,10 +244,10 @@ def trusted_ids(policy: Policy) -> set[str]:
 # --------------------------------------------------------------------------- auth
 
 
-def test_auth_by_query_and_by_header_admits_the_sdk_worker(rbac_engine, policy, clients):
+def test_auth_by_query_and_by_header_admits_the_sdk_worker(rbac_engine, policy, clients, monkeypatch):
     c = clients(rbac_engine.rbac_port, "?token=full&x=a%20b", headers={"X-Custom": "v1"})
-    inputs = [d for d, _ in policy.of("pol::auth") if d["query_params"].get("token") == ["full"]]
-    assert inputs, "the auth function was not called"
+    inputs = [d for d, _ in policy.of("pol::auth") if d["query_params"].get("x") == ["a%20b"]]
+    assert len(inputs) == 1, "one auth call per admitted connection"
     assert inputs[-1]["query_params"] == {"token": ["full"], "x": ["a%20b"]}
     assert inputs[-1]["headers"]["x-custom"] == "v1"
     assert inputs[-1]["ip_address"] == "127.0.0.1"
@@ -257,6 +257,13 @@ def test_auth_by_query_and_by_header_admits_the_sdk_worker(rbac_engine, policy, 
     assert call(h, "extra::one", {})["served"] == "extra::one"
     # A gated session, not a trusted one: what the header's grants do not cover is refused.
     forbidden(h, "priv::c")
+
+    # The SDK's own credential: III_TOKEN becomes `Authorization: Bearer …` on the handshake.
+    monkeypatch.setenv("III_TOKEN", "from-header")
+    t = clients(rbac_engine.rbac_port)
+    monkeypatch.delenv("III_TOKEN")
+    assert call(t, "extra::one", {})["served"] == "extra::one"
+    forbidden(t, "priv::c")
 
 
 @pytest.mark.parametrize("token,reason", [("nope", "unknown token"), ("null", "returned null")])
@@ -367,7 +374,7 @@ class Recorder(TriggerHandler):
         pass
 
 
-def test_registration_hooks_allow_rewrite_and_drop(rbac_engine, policy, clients):
+def test_registration_hooks_allow_rewrite_and_drop(rbac_engine, policy, clients, caplog):
     c = clients(rbac_engine.rbac_port, "?token=types", worker_name="py-hooked")
     c.register_function("keep::me", lambda d: "kept", description="as sent", metadata={"m": 1})
     c.register_function("rename::me", lambda d: "renamed")
@@ -387,6 +394,12 @@ def test_registration_hooks_allow_rewrite_and_drop(rbac_engine, policy, clients)
     wait_until(lambda: len(policy.of("pol::on_trigger")) >= 4, what="trigger hook calls")
     assert sorted(r.config["k"] for r in rec.registered) == ["keep", "rewritten"]
     assert all(r.function_id == "link::echo" for r in rec.registered)
+    # The binding whose target the session may not call is refused with FORBIDDEN, which the
+    # SDK reports (it has no other channel for a triggerregistrationresult).
+    wait_until(
+        lambda: "function 'priv::c' not allowed (add to rbac.expose_functions)" in caplog.text,
+        what="the SDK logged the refused binding",
+    )
 
     ids = trusted_ids(policy)
     assert {"keep::me", "renamed::me"} <= ids, ids

@@ -185,15 +185,30 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     }
   })
 
+  // A test that fails prints the engine's log, as engineTest does.
+  const logged = (name, fn) =>
+    test(name, async () => {
+      try {
+        await fn()
+      } catch (err) {
+        let tail = engine.log()
+        if (tail.length > 20000) tail = `...<truncated>...\n${tail.slice(-20000)}`
+        process.stdout.write(`\n----- engine log (${engine.logPath}) -----\n${tail}\n----- end engine log -----\n`)
+        throw err
+      }
+    })
+
   const cleanup = async () => {
     for (const c of made.reverse()) await shutdownWorker(c)
     made = []
   }
 
-  test('auth by query and by header admits the SDK worker', async () => {
+  logged('auth by query and by header admits the SDK worker', async () => {
     try {
       const c = await client(rbacPort, '?token=full&x=a%20b', { headers: { 'X-Custom': 'v1' } })
-      const inp = of('pol::auth').filter((d) => d.query_params.token?.[0] === 'full').at(-1)
+      const seen = of('pol::auth').filter((d) => d.query_params.x?.[0] === 'a%20b')
+      assert.equal(seen.length, 1, 'one auth call per admitted connection')
+      const inp = seen[0]
       assert.deepEqual(inp.query_params, { token: ['full'], x: ['a%20b'] })
       assert.equal(inp.headers['x-custom'], 'v1')
       assert.equal(inp.ip_address, '127.0.0.1')
@@ -211,7 +226,7 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     ['nope', 'unknown token'],
     ['null', 'returned null'],
   ]) {
-    test(`auth failure (${token}) is a refused connection the SDK retries`, async () => {
+    logged(`auth failure (${token}) is a refused connection the SDK retries`, async () => {
       try {
         const before = authTokens().filter((t) => t === token).length
         const c = await client(rbacPort, `?token=${token}`, {
@@ -238,7 +253,7 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     })
   }
 
-  test('calls follow match, metadata and grants; FORBIDDEN is an InvocationError', async () => {
+  logged('calls follow match, metadata and grants; FORBIDDEN is an InvocationError', async () => {
     try {
       const c = await client(rbacPort, '?token=full')
       for (const fid of ['link::echo', 'pub::a', 'pro::b', 'extra::one']) {
@@ -262,7 +277,7 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     }
   })
 
-  test('infrastructure functions work for a session without grants', async () => {
+  logged('infrastructure functions work for a session without grants', async () => {
     try {
       const c = await client(rbacPort, '?token=bare', { workerName: 'node-bare' })
       // engine::workers::register (sent by the SDK on connect) succeeded: the name is listed.
@@ -289,7 +304,14 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     }
   })
 
-  test('registration hooks allow, rewrite and drop', async () => {
+  logged('registration hooks allow, rewrite and drop', async () => {
+    // The SDK reports a refused binding (triggerregistrationresult with an error) on console.error.
+    const errors = []
+    const consoleError = console.error
+    console.error = (...args) => {
+      errors.push(args.map(String).join(' '))
+      consoleError(...args)
+    }
     try {
       const c = await client(rbacPort, '?token=types', { workerName: 'node-hooked' })
       c.registerFunction('keep::me', async () => 'kept', { description: 'as sent', metadata: { m: 1 } })
@@ -312,6 +334,10 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
       })
       await sleep(200)
       assert.deepEqual(rec.registered.map((r) => r.config.k).sort(), ['keep', 'rewritten'])
+      await waitUntil(
+        () => errors.some((e) => e.includes("function 'priv::c' not allowed (add to rbac.expose_functions)")),
+        { what: 'the SDK reported the refused binding' },
+      )
 
       const ids = await trustedIds()
       for (const id of ['keep::me', 'renamed::me']) assert.ok(ids.has(id), id)
@@ -358,11 +384,12 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
       assert.ok(!after.includes('not-allowed'))
       assert.ok(!of('pol::on_type').some((d) => d.trigger_type_id === 'not-allowed'))
     } finally {
+      console.error = consoleError
       await cleanup()
     }
   })
 
-  test('function_registration_prefix: registered as P::X, invoked as X', async () => {
+  logged('function_registration_prefix: registered as P::X, invoked as X', async () => {
     try {
       const c = await client(rbacPort, '?token=prefix', { workerName: 'node-prefixed' })
       const seen = []
@@ -381,7 +408,7 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
     }
   })
 
-  test('listener middleware proxies, rewrites and rejects', async () => {
+  logged('listener middleware proxies, rewrites and rejects', async () => {
     try {
       const c = await client(mwPort, '?token=full')
       const r = await call(c, 'link::echo', { n: 1 }, { metadata: { trace: 'm1' } })
