@@ -316,7 +316,7 @@ def test_calls_follow_match_metadata_namespace_and_grants(rbac_engine, policy, c
         assert err.message == f"function '{fid}' not allowed ({hint})"
 
     ids = {f["function_id"] for f in call(c, "engine::functions::list", {})["functions"]}
-    assert {"link::echo", "pub::a", "pro::b"} <= ids, ids
+    assert {"link::echo", "pub::a", "pro::b", "extra::one"} <= ids, ids
     assert not ids & {"priv::c", "pub::secret", "pol::auth", "pol::mw"}, ids
 
 

@@ -270,7 +270,7 @@ describe('worker RBAC and listener middleware through the Node SDK', () => {
         await forbidden(c, fid, `function '${fid}' not allowed (${hint})`)
       }
       const ids = new Set((await call(c, 'engine::functions::list', {})).functions.map((f) => f.function_id))
-      for (const id of ['link::echo', 'pub::a', 'pro::b']) assert.ok(ids.has(id), id)
+      for (const id of ['link::echo', 'pub::a', 'pro::b', 'extra::one']) assert.ok(ids.has(id), id)
       for (const id of ['priv::c', 'pub::secret', 'pol::auth', 'pol::mw']) assert.ok(!ids.has(id), id)
     } finally {
       await cleanup()

@@ -464,7 +464,7 @@ async fn calls_follow_match_metadata_namespace_and_grants() {
         .iter()
         .map(|f| f["function_id"].as_str().unwrap())
         .collect();
-    for id in ["link::echo", "pub::a", "pro::b"] {
+    for id in ["link::echo", "pub::a", "pro::b", "extra::one"] {
         assert!(ids.contains(id), "{id} not listed: {ids:?}");
     }
     for id in ["priv::c", "pub::secret", "pol::auth", "pol::mw"] {
