@@ -753,7 +753,14 @@ impl Core {
         let (middleware, ns) = (middleware.to_string(), ns.to_string());
         tokio::spawn(async move {
             let res = engine
-                .call(&ns, &middleware, &input, metadata.as_deref(), Some(&conn))
+                .call_inner(
+                    &ns,
+                    &middleware,
+                    &input,
+                    metadata.as_deref(),
+                    Some(&conn),
+                    false,
+                )
                 .await;
             let text = res.as_ref().ok().and_then(|r| r.as_ref().map(|r| r.get()));
             let outcome = match &res {
@@ -823,6 +830,8 @@ impl Core {
 
     /// Calls a function from inside the engine (HTTP trigger, trigger fire, builtin).
     /// There is no engine timeout: the call ends when the target answers or disconnects.
+    /// With a `caller`, the call counts against its in-flight limit and names it in the data
+    /// (`_caller_worker_id`).
     pub async fn call(
         &self,
         ns: &str,
@@ -830,6 +839,21 @@ impl Core {
         data: &str,
         metadata: Option<&str>,
         caller: Option<&Arc<Conn>>,
+    ) -> Outcome {
+        self.call_inner(ns, function_id, data, metadata, caller, true)
+            .await
+    }
+
+    /// [`Core::call`]; `name_caller` false keeps the data as given (the middleware input of
+    /// PROTOCOL.md §9.5 is exactly its five keys) while the call still counts for the caller.
+    async fn call_inner(
+        &self,
+        ns: &str,
+        function_id: &str,
+        data: &str,
+        metadata: Option<&str>,
+        caller: Option<&Arc<Conn>>,
+        name_caller: bool,
     ) -> Outcome {
         let Some(entry) = self.lookup(ns, function_id) else {
             return Err(ErrorBody::new(
@@ -872,7 +896,7 @@ impl Core {
                 if target.is_closing() {
                     return Err(stopped());
                 }
-                let data = match caller {
+                let data = match caller.filter(|_| name_caller) {
                     Some(c) => iii_protocol::inject_caller_worker_id(data, &c.id_str),
                     None => std::borrow::Cow::Borrowed(data),
                 };

@@ -538,6 +538,19 @@ async fn listener_middleware_proxies_and_may_reject() {
     assert_eq!(via["action"], Value::Null);
     assert_eq!(via["namespace"], "default");
     assert_eq!(via["context"], json!({}));
+    // Exactly the §9.5 keys: the engine calls the middleware, it does not name the caller in
+    // the input (SDK middleware models take the object as it is).
+    let keys: Vec<&str> = via
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["action", "context", "function_id", "namespace", "payload"],
+        "{via}"
+    );
     let r = w.call("link::create", json!({"reject": true})).await;
     assert_eq!(r["error"]["code"], "REJECTED", "{r}");
     assert_eq!(r["error"]["message"], "middleware said no");
