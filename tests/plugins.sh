@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 # (wasm32-unknown-unknown), installed by the project's setup script.
 bash tests/setup.sh
 
+# The policies written in Python and JavaScript (componentize-py, componentize-js; tools
+# from PyPI and npm into ~/.cache/iii): a content-keyed cache makes a warm run a copy. The
+# plugin host's tests read them from here (without the variable they run the script).
+export III_LANG_POLICIES="$PWD/target/lang-policies"
+bash plugins/policies/build-lang.sh
+
 # Under tests/run.sh the plugin host's tests already ran in
 # `cargo test --workspace`; building them again alone would recompile
 # wasmtime with other features for nothing.
