@@ -123,10 +123,15 @@ build() {
 }
 
 py_build() {
-  local tool src=$1
+  local tool src=$1 stage
   tool=$(componentize_py) || return 1
-  # Byte-compiled files would land in the source folder; nothing reads them.
-  PYTHONDONTWRITEBYTECODE=1 "$tool" -d "$WIT" -w policy componentize app -p "$src" -o "$TMP_OUT" >/dev/null
+  # componentize-py writes __pycache__ beside the module it imports: build from a copy.
+  stage=$(mktemp -d)
+  cp "$src"/*.py "$stage/"
+  "$tool" -d "$WIT" -w policy componentize app -p "$stage" -o "$TMP_OUT" >/dev/null
+  local rc=$?
+  rm -rf "$stage"
+  return $rc
 }
 
 js_build() {

@@ -18,7 +18,7 @@ mod lang_fixtures;
 
 use std::time::{Duration, Instant};
 
-use iii_adapter_api::policy::{Connection, HttpRequest, Invocation};
+use iii_adapter_api::policy::{Connection, HttpRequest, Invocation, RegistrationKind};
 use iii_plugin_host::{AdapterSpec, CacheOutcome, ComponentPolicy, HostConfig, PluginHost};
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ fn main() {
 }
 
 async fn run() {
-    const N: usize = 500;
+    const N: usize = 2_000;
     let langs = [
         Lang {
             name: "python-allowlist",
@@ -160,6 +160,7 @@ async fn run() {
         ],
         ..HttpRequest::default()
     };
+    let registration = json!({"function_id": "shop::buy", "namespace": "default"});
     for (lang, (_host, p), _cache) in &loaded {
         let row = |what: &str, (p50, p99): (Duration, Duration)| {
             println!("| {} | {what} | {} | {} |", lang.name, us(p50), us(p99));
@@ -167,6 +168,17 @@ async fn run() {
         row(
             "fresh instance from InstancePre",
             timed(N, || async { p.instantiate().await.expect("instance") }).await,
+        );
+        row(
+            "on-registration → allow (instance + least work)",
+            timed(N, || async {
+                std::hint::black_box(
+                    p.on_registration(RegistrationKind::Function, &registration)
+                        .await
+                        .expect("on-registration"),
+                );
+            })
+            .await,
         );
         row(
             "authenticate (instance + call)",

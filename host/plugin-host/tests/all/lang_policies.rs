@@ -10,7 +10,7 @@ use iii_adapter_api::policy::{
     AuthDecision, Connection, HttpDecision, HttpRequest, Invocation, InvocationDecision,
     RegistrationDecision, RegistrationKind,
 };
-use iii_plugin_host::{load, AdapterSpec, Policy, PolicyWorld};
+use iii_plugin_host::{load, AdapterSpec, Grants, Policy, PolicyWorld};
 use serde_json::{json, Value};
 
 use super::lang_fixtures::lang_policy;
@@ -21,10 +21,16 @@ use super::lang_fixtures::lang_policy;
 static LOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn policy(name: &str, config: Value) -> Arc<dyn Policy> {
+    policy_with(name, config, Grants::default()).await
+}
+
+async fn policy_with(name: &str, config: Value, grants: Grants) -> Arc<dyn Policy> {
     let Value::Object(config) = config else {
         panic!("config must be an object")
     };
-    let spec = AdapterSpec::path(lang_policy(name)).with_config(config);
+    let spec = AdapterSpec::path(lang_policy(name))
+        .with_config(config)
+        .with_grants(grants);
     let _one = LOADING.lock().await;
     load::<PolicyWorld>(&super::host(), &spec)
         .await
@@ -364,11 +370,16 @@ async fn js_tenant_allows_registrations_and_guards_http_routes() {
 }
 
 /// Per-call instances run side by side: many concurrent calls of each language's policy all
-/// decide, each on its own input.
-#[tokio::test]
+/// decide, each on its own input. The deadline is wall time from the call's start, slot wait
+/// included; 48 interpreter calls at once on a loaded 2-core machine need more than the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_each_get_their_own_instance() {
-    let py = policy("python-allowlist", allowlist_config()).await;
-    let js = policy("js-tenant", tenant_config()).await;
+    let grants = || Grants {
+        deadline_ms: Some(10_000),
+        ..Grants::default()
+    };
+    let py = policy_with("python-allowlist", allowlist_config(), grants()).await;
+    let js = policy_with("js-tenant", tenant_config(), grants()).await;
     let mut tasks = Vec::new();
     for i in 0..24 {
         let (py, js) = (py.clone(), js.clone());
