@@ -1,6 +1,6 @@
 //! The adapter traits iii services consume, defined on the consumer side.
 //!
-//! Services (`state::*`, `stream::*`, and next queue, pubsub and lock) call storage through
+//! Services (`state::*`, `stream::*`, queue, pubsub, lock, and policies) call plugins through
 //! these traits and never know how the adapter runs. The plugin host implements them over
 //! WebAssembly components; [`memory`] implements them in process, for unit tests of services
 //! that need no wasmtime. This is rust-vmm's rule: the consumer owns the trait, the provider
@@ -10,11 +10,13 @@
 
 pub mod lock;
 pub mod memory;
+pub mod policy;
 pub mod pubsub;
 pub mod queue;
 mod spec;
 
 pub use lock::{LocalLocks, LockStore, LockWorld};
+pub use policy::{Policy, PolicyWorld};
 pub use pubsub::{BusMessage, LocalBus, PubSubBus, PubSubWorld};
 pub use queue::{QueueStore, QueueWorld};
 pub use spec::{
@@ -34,6 +36,8 @@ pub enum AdapterErrorKind {
     Backend,
     /// The adapter instance was lost (trap, deadline, memory cap) and restarted, or given up.
     Unavailable,
+    /// The plugin does not implement the operation (a policy hook it has no export for).
+    Unsupported,
     /// Anything else the adapter reported.
     Other,
 }
@@ -44,6 +48,7 @@ impl std::fmt::Display for AdapterErrorKind {
             AdapterErrorKind::InvalidInput => "invalid input",
             AdapterErrorKind::Backend => "a backend failure",
             AdapterErrorKind::Unavailable => "an unavailable adapter",
+            AdapterErrorKind::Unsupported => "an unsupported operation",
             AdapterErrorKind::Other => "an error",
         })
     }

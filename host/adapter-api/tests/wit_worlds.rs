@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use iii_adapter_api::{AdapterWorld, LockWorld, PubSubWorld, QueueWorld, StateWorld, StreamWorld};
+use iii_adapter_api::{
+    AdapterWorld, LockWorld, PolicyWorld, PubSubWorld, QueueWorld, StateWorld, StreamWorld,
+};
 use wit_parser::{Resolve, WorldItem, WorldKey};
 
 /// Parses `wit/<dir>` and returns `(package@version world name, exported interfaces, imported
@@ -92,4 +94,17 @@ fn the_state_and_stream_worlds_match_their_traits() {
         "stream-adapter",
         "iii:adapter/stream-store@0.1.0",
     );
+}
+
+#[test]
+fn the_policy_world_exports_decisions_and_imports_the_host_imports() {
+    let (full, exports, imports) = world_of("policy-0.1.0", "policy");
+    assert_eq!(full, PolicyWorld::WORLD);
+    assert_eq!(exports, vec!["iii:policy/decisions@0.1.0".to_string()]);
+    for want in ["iii:adapter/logging@0.1.0", "iii:adapter/config@0.1.0"] {
+        assert!(
+            imports.iter().any(|i| i == want),
+            "{full} imports {imports:?}, not {want}"
+        );
+    }
 }

@@ -40,6 +40,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(queue::Queue),
         Box::new(pubsub::PubSub),
         Box::new(cron::Cron),
+        Box::new(policies::Policies),
     ]
 }
 

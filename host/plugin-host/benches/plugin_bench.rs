@@ -6,6 +6,9 @@
 //!   backend I/O), through `Arc<dyn StateStore>` as services call it, against
 //!   the same operation on an in-process Rust map;
 //! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
+//! * policy world: the `bearer` component policy (instantiation alone, and
+//!   instantiate + authenticate + drop) and the Extism `rate-limit` policy
+//!   through `Arc<dyn Policy>`, as the policies service calls them;
 //! * queue: one message through the embedded queue component (enqueue →
 //!   lease → ack, three calls) on a data dir, with and without fdatasync;
 //! * cold load of the embedded kv plugin with and without the compile cache.
@@ -13,13 +16,16 @@
 #[path = "../tests/all/fixtures.rs"]
 #[expect(
     dead_code,
-    reason = "the bench needs only the policy fixture, not the components"
+    reason = "the bench needs only the policy fixtures, not the components"
 )]
 mod fixtures;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use iii_adapter_api::policy::{Connection, Invocation, Policy};
 use iii_adapter_api::queue::{LeaseRequest, NewMessage};
 use iii_plugin_host::policy::PolicySpec;
 use iii_plugin_host::{AdapterSpec, CacheOutcome, HostConfig, PluginHost, QueueWorld, StateWorld};
@@ -261,6 +267,76 @@ async fn run() {
     })
     .await;
     row("policy call (instance + JSON in/out)", &call, "");
+
+    // Policies of world iii:policy@0.1.0, as the policies service runs them.
+    let ex = fixtures::examples();
+    let Value::Object(tokens) = json!({"tokens": ["t1", "t2", "t3"]}) else {
+        unreachable!()
+    };
+    let bearer = host
+        .load_component_policy(&AdapterSpec::path(&ex.bearer).with_config(tokens.clone()))
+        .expect("bearer");
+    let inst = timed(5_000, |_| {
+        let p = &bearer;
+        async move { p.instantiate().await.expect("instantiate") }
+    })
+    .await;
+    row(
+        "component policy instance (Store + instance, dropped)",
+        &inst,
+        "target ≤ 50 µs",
+    );
+    let conn = Connection {
+        headers: vec![("authorization".into(), "Bearer t3".into())],
+        query_params: Vec::new(),
+        ip_address: "127.0.0.1".into(),
+    };
+    let auth = timed(5_000, |_| {
+        let p = &bearer;
+        let conn = &conn;
+        async move {
+            std::hint::black_box(p.authenticate(conn).await.expect("authenticate"));
+        }
+    })
+    .await;
+    row(
+        "component policy call (instantiate + authenticate + drop)",
+        &auth,
+        "bearer example",
+    );
+    println!(
+        "| {:<46} | {:>12} | {:>12} | target ≤ 20 µs |",
+        "  => the call beyond instantiation",
+        us(auth.p50.saturating_sub(inst.p50)),
+        ""
+    );
+    let Value::Object(limits) = json!({"limit": 1_000_000_000u64, "window_ms": 3_600_000}) else {
+        unreachable!()
+    };
+    let limiter: Arc<dyn Policy> = host
+        .load_policy_spec(&AdapterSpec::path(&ex.rate_limit).with_config(limits))
+        .expect("rate-limit");
+    let invocation = Invocation {
+        function_id: "svc::x".into(),
+        namespace: "default".into(),
+        payload: json!({"n": 1}),
+        action: Value::Null,
+        context: json!({"sub": "ada"}),
+        metadata: None,
+    };
+    let ext = timed(5_000, |_| {
+        let p = &limiter;
+        let c = &invocation;
+        async move {
+            std::hint::black_box(p.on_invocation(c).await.expect("on_invocation"));
+        }
+    })
+    .await;
+    row(
+        "Extism policy call (rate-limit on_invocation)",
+        &ext,
+        "instance + JSON + var get/set",
+    );
 
     // Cold loads of the embedded kv plugin.
     println!(

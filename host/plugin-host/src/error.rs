@@ -143,6 +143,10 @@ pub enum PluginError {
     /// wasmtime failed outside a plugin call (engine set-up, linking, export loading).
     #[error("wasmtime: {0}")]
     Engine(String),
+
+    /// Loading or calling a policy failed.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 impl From<iii_adapter_api::SpecError> for PluginError {
@@ -163,6 +167,9 @@ impl PluginError {
 /// names the adapter and the knob to change) as the message.
 impl From<PluginError> for AdapterError {
     fn from(e: PluginError) -> Self {
+        if let PluginError::Policy(p) = e {
+            return p.into();
+        }
         let kind = match &e {
             PluginError::Contained { cause, .. } if cause.loses_the_instance() => {
                 AdapterErrorKind::Unavailable

@@ -66,6 +66,8 @@ pub(crate) struct HostInner {
     pub(crate) cfg: HostConfig,
     cache: Option<CodeCache>,
     stop_ticker: Arc<AtomicBool>,
+    /// Per-call policy instances in flight at once (half the pool; adapters hold the rest).
+    pub(crate) policy_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for HostInner {
@@ -138,6 +140,9 @@ impl PluginHost {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
+                policy_slots: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from((cfg.max_instances / 2).max(1)).unwrap_or(1),
+                )),
                 cfg,
                 cache,
                 stop_ticker,

@@ -4,8 +4,10 @@
 //! `wit/adapter-0.1.0` (`iii:adapter@0.1.0`); services reach them through
 //! [`AdapterLoader`] and the consumer-side traits of `iii-adapter-api`
 //! ([`StateStore`], [`StreamStore`]). Each WIT package@version is one module
-//! of [`worlds`]. Policy-style functions (auth, middleware) are Extism
-//! plugins, see [`policy`].
+//! of [`worlds`]. Policies (auth, registration hooks, middleware) are
+//! components of `iii:policy@0.1.0` ([`worlds::policy_v0_1`]) or Extism
+//! modules ([`policy`]), one fresh instance per call; services load both as
+//! `load::<PolicyWorld>` and get an `Arc<dyn Policy>`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), iii_plugin_host::AdapterError> {
@@ -34,7 +36,10 @@ pub use error::PluginError;
 pub use host::{HostConfig, PluginHost};
 pub use iii_adapter_api::{
     load, AdapterError, AdapterErrorKind, AdapterLoader, AdapterSource, AdapterSpec, AdapterWorld,
-    Grants, QueueStore, QueueWorld, SegmentPath, SetResult, SpecError, StateStore, StateWorld,
-    StreamGroups, StreamStore, StreamWorld, UpdateOp, UpdateOpError, UpdateResult,
-    DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+    Grants, Policy, PolicyWorld, QueueStore, QueueWorld, SegmentPath, SetResult, SpecError,
+    StateStore, StateWorld, StreamGroups, StreamStore, StreamWorld, UpdateOp, UpdateOpError,
+    UpdateResult, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
+};
+pub use worlds::policy_v0_1::{
+    wasm_kind, ComponentPolicy, WasmKind, POLICY_DEFAULT_DEADLINE_MS, POLICY_DEFAULT_MEMORY_MB,
 };

@@ -1,23 +1,39 @@
 //! Extism plugins for policy-style functions (auth, middleware, trigger
 //! conditions): bytes in, bytes out, one fresh instance per call from an
-//! `InstancePre`.
+//! `InstancePre`. A module exporting the hooks `authenticate`,
+//! `on_registration`, `on_invocation`, `on_http_request` (JSON in, JSON out,
+//! the serde forms of [`iii_adapter_api::policy`], plus `now_ms`, the host's
+//! clock in Unix milliseconds, since the module has none) is a
+//! [`Policy`](iii_adapter_api::Policy); a hook it does not export fails when
+//! called, with [`PolicyError::HookMissing`].
 //!
 //! Rather than linking the `extism` crate (which pins a different wasmtime
 //! and would compile a second copy), this module implements the subset of
 //! the `extism:host/env` ABI that plugins built with an Extism PDK import,
 //! on our own engine: the host-side memory (`alloc`, `free`, `length`,
 //! `load_*`, `store_*`), `input_*`, `output_set`, `error_set`,
-//! `config_get`, `var_get`/`var_set` and `log_*`. HTTP imports exist but
+//! `config_get`, `var_get`/`var_set` and `log_*`. Vars are the only state
+//! that outlives a call: kept by the host per plugin, at most
+//! [`MAX_VAR_BYTES`] in all (a `var_set` beyond that traps). HTTP imports exist but
 //! always deny (policy plugins get no network). Plugins must be built
 //! without WASI (`wasm32-unknown-unknown`); one importing WASI fails to load
 //! with an error naming the import.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use iii_adapter_api::policy::{
+    AuthDecision, Connection, HttpDecision, HttpRequest, Invocation, InvocationDecision, Policy,
+    RegistrationDecision, RegistrationKind,
+};
+use iii_adapter_api::{AdapterError, AdapterErrorKind};
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Caller, InstancePre, Linker, Module, Store, UpdateDeadline};
 
 use crate::caps::Limiter;
@@ -25,6 +41,17 @@ use crate::containment::{self, Contained, Limits, Observed};
 use crate::host::PluginHost;
 
 const ENV: &str = "extism:host/env";
+
+/// Bytes (keys and values) one plugin may keep in its vars.
+pub const MAX_VAR_BYTES: usize = 1 << 20;
+
+/// The policy hooks, as Extism export names.
+pub const HOOKS: [&str; 4] = [
+    "authenticate",
+    "on_registration",
+    "on_invocation",
+    "on_http_request",
+];
 
 /// Errors of loading and calling policy plugins.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +129,72 @@ pub enum PolicyError {
         /// The plugin's path as configured.
         plugin: String,
     },
+    /// The policy entry asks for something policies cannot have.
+    #[error("invalid policy spec: {0}")]
+    InvalidSpec(String),
+    /// A component lacks the world's export, or has it with other signatures.
+    #[error("policy `{plugin}` is not an iii:policy/policy@0.1.0 component: {reason}")]
+    MissingExport {
+        /// The policy's path as configured.
+        plugin: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// The policy does not implement the hook it was called for.
+    #[error(
+        "policy `{plugin}` does not implement `{hook}` (its module exports no function `{hook}`)"
+    )]
+    HookMissing {
+        /// The policy's path as configured.
+        plugin: String,
+        /// The hook.
+        hook: &'static str,
+    },
+    /// Every per-call instance slot stayed taken for the whole deadline.
+    #[error("policy `{plugin}` found no free instance slot within its deadline of {deadline_ms} ms (the host runs too many policy calls at once)")]
+    Busy {
+        /// The policy's path as configured.
+        plugin: String,
+        /// The deadline it waited for.
+        deadline_ms: u64,
+    },
     /// wasmtime failed outside a plugin call.
     #[error("wasmtime: {0}")]
     Engine(String),
+}
+
+/// What services see: a hook the policy lacks is [`AdapterErrorKind::Unsupported`], a call
+/// the host stopped is [`AdapterErrorKind::Unavailable`], bad output is
+/// [`AdapterErrorKind::InvalidInput`]; the message is this error's text.
+impl From<PolicyError> for AdapterError {
+    fn from(e: PolicyError) -> Self {
+        let kind = match &e {
+            PolicyError::HookMissing { .. } => AdapterErrorKind::Unsupported,
+            PolicyError::Contained { .. } | PolicyError::Busy { .. } => {
+                AdapterErrorKind::Unavailable
+            }
+            PolicyError::InvalidJson { .. } => AdapterErrorKind::InvalidInput,
+            _ => AdapterErrorKind::Other,
+        };
+        AdapterError::new(kind, e.to_string())
+    }
+}
+
+/// Takes one of the host's per-call instance slots, waiting at most `deadline`: the pool has
+/// a fixed number of instances, and a burst of policy calls waits for a slot instead of failing
+/// on an exhausted pool.
+pub(crate) async fn slot(
+    slots: &Arc<Semaphore>,
+    plugin: &str,
+    deadline: Duration,
+) -> Result<OwnedSemaphorePermit, PolicyError> {
+    match tokio::time::timeout(deadline, slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(PolicyError::Busy {
+            plugin: plugin.to_string(),
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        }),
+    }
 }
 
 /// A policy plugin as configured.
@@ -183,10 +273,36 @@ struct PolicyCtx {
     output: Option<(u64, u64)>,
     error: Option<u64>,
     config: Arc<BTreeMap<String, String>>,
-    vars: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    vars: Arc<Mutex<Vars>>,
     limiter: Limiter,
     deadline: Instant,
     denied: Option<String>,
+}
+
+/// A plugin's vars and their size, bounded by [`MAX_VAR_BYTES`].
+#[derive(Default)]
+struct Vars {
+    map: HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Vars {
+    fn remove(&mut self, k: &str) {
+        if let Some(v) = self.map.remove(k) {
+            self.bytes -= k.len() + v.len();
+        }
+    }
+
+    fn set(&mut self, k: String, v: Vec<u8>) -> bool {
+        let old = self.map.get(&k).map_or(0, |o| k.len() + o.len());
+        let total = self.bytes - old + k.len() + v.len();
+        if total > MAX_VAR_BYTES {
+            return false;
+        }
+        self.bytes = total;
+        self.map.insert(k, v);
+        true
+    }
 }
 
 fn trap(msg: impl Into<String>) -> wasmtime::Error {
@@ -347,7 +463,7 @@ fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PolicyCtx>
         "var_get",
         |mut c: Caller<'_, PolicyCtx>, key: u64| -> wasmtime::Result<u64> {
             let k = block_string(c.data(), key)?;
-            let v = c.data().vars.lock().get(&k).cloned();
+            let v = c.data().vars.lock().map.get(&k).cloned();
             match v {
                 Some(v) => alloc_bytes(c.data_mut(), &v),
                 None => Ok(0),
@@ -368,7 +484,11 @@ fn build_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PolicyCtx>
                     .block(val)
                     .ok_or_else(|| trap("invalid var value block"))?
                     .to_vec();
-                d.vars.lock().insert(k, v);
+                if !d.vars.lock().set(k, v) {
+                    return Err(trap(format!(
+                        "extism var_set: the plugin's vars would exceed {MAX_VAR_BYTES} bytes"
+                    )));
+                }
             }
             Ok(())
         },
@@ -427,31 +547,52 @@ pub struct PolicyPlugin {
     engine: wasmtime::Engine,
     pre: InstancePre<PolicyCtx>,
     config: Arc<BTreeMap<String, String>>,
-    vars: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    vars: Arc<Mutex<Vars>>,
     limits: Limits,
+    /// The module's exported function names.
+    exports: Vec<String>,
+    slots: Arc<Semaphore>,
 }
 
 impl PluginHost {
-    /// Loads an Extism plugin (a core module) for per-call use.
-    pub fn load_policy(&self, spec: &PolicySpec) -> Result<PolicyPlugin, PolicyError> {
-        let path = if spec.path.is_absolute() {
-            spec.path.clone()
+    /// The bytes of a policy file (relative paths resolve against the host's base dir).
+    pub(crate) fn policy_bytes(&self, p: &Path) -> Result<Vec<u8>, PolicyError> {
+        let path = if p.is_absolute() {
+            p.to_path_buf()
         } else {
-            self.config().base_dir.join(&spec.path)
+            self.config().base_dir.join(p)
         };
         if !path.exists() {
             return Err(PolicyError::MissingFile { path });
         }
-        let bytes = std::fs::read(&path).map_err(|source| PolicyError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::read(&path).map_err(|source| PolicyError::Io { path, source })
+    }
+
+    /// Loads an Extism plugin (a core module) for per-call use.
+    pub fn load_policy(&self, spec: &PolicySpec) -> Result<PolicyPlugin, PolicyError> {
+        let bytes = self.policy_bytes(&spec.path)?;
+        let limits = Limits {
+            deadline_ms: spec.deadline_ms,
+            memory_mb: spec.memory_mb,
+            fuel: spec.fuel,
+            deadline_knob: "deadline_ms",
+            memory_knob: "memory_mb",
+        };
+        self.load_policy_bytes(spec, &bytes, limits)
+    }
+
+    pub(crate) fn load_policy_bytes(
+        &self,
+        spec: &PolicySpec,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<PolicyPlugin, PolicyError> {
         let label = spec.path.display().to_string();
         if spec.fuel.is_some() && !self.config().fuel {
             return Err(PolicyError::FuelUnavailable { plugin: label });
         }
         let engine = self.engine().clone();
-        let module = Module::new(&engine, &bytes).map_err(|e| PolicyError::NotAModule {
+        let module = Module::new(&engine, bytes).map_err(|e| PolicyError::NotAModule {
             plugin: label.clone(),
             reason: format!("{e:#}"),
         })?;
@@ -462,19 +603,20 @@ impl PluginHost {
                 plugin: label.clone(),
                 reason: format!("{e:#}"),
             })?;
+        let exports = module
+            .exports()
+            .filter(|e| e.ty().func().is_some())
+            .map(|e| e.name().to_string())
+            .collect();
         Ok(PolicyPlugin {
             label,
             engine,
             pre,
             config: Arc::new(spec.config.clone()),
             vars: Arc::default(),
-            limits: Limits {
-                deadline_ms: spec.deadline_ms,
-                memory_mb: spec.memory_mb,
-                fuel: spec.fuel,
-                deadline_knob: "deadline_ms",
-                memory_knob: "memory_mb",
-            },
+            limits,
+            exports,
+            slots: self.inner.policy_slots.clone(),
         })
     }
 }
@@ -523,14 +665,18 @@ impl PolicyPlugin {
             memory_hit: d.limiter.hit || d.arena_hit,
             denial: d.denied.as_deref(),
         };
-        PolicyError::Contained {
+        let err = PolicyError::Contained {
             plugin: self.label.clone(),
             cause: containment::classify(&e, observed, &self.limits, self.limits.deadline_ms),
-        }
+        };
+        tracing::warn!(policy = %self.label, "policy call failed (the caller denies): {err}");
+        err
     }
 
     /// Creates (and drops) one instance: what every call pays before running.
     pub async fn instantiate(&self) -> Result<(), PolicyError> {
+        let deadline = Duration::from_millis(self.limits.deadline_ms);
+        let _slot = slot(&self.slots, &self.label, deadline).await?;
         let mut store = self.store(Vec::new())?;
         match self.pre.instantiate_async(&mut store).await {
             Ok(_) => Ok(()),
@@ -540,6 +686,8 @@ impl PolicyPlugin {
 
     /// Calls `function` with raw input bytes in a fresh instance.
     pub async fn call_bytes(&self, function: &str, input: &[u8]) -> Result<Vec<u8>, PolicyError> {
+        let deadline = Duration::from_millis(self.limits.deadline_ms);
+        let _slot = slot(&self.slots, &self.label, deadline).await?;
         let mut store = self.store(input.to_vec())?;
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
@@ -603,5 +751,88 @@ impl PolicyPlugin {
             plugin: self.label.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+impl PolicyPlugin {
+    /// The plugin's path, as configured.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Does the module export a function `name`?
+    pub fn exports_function(&self, name: &str) -> bool {
+        self.exports.iter().any(|e| e == name)
+    }
+
+    /// A module loaded as a policy must export at least one hook.
+    pub(crate) fn require_some_hook(&self) -> Result<(), PolicyError> {
+        if HOOKS.iter().any(|h| self.exports_function(h)) {
+            return Ok(());
+        }
+        Err(PolicyError::MissingExport {
+            plugin: self.label.clone(),
+            reason: format!(
+                "an Extism policy exports at least one of the functions {}",
+                HOOKS.join(", ")
+            ),
+        })
+    }
+
+    /// One hook: its JSON input, the decision parsed from its JSON output.
+    async fn hook<T: DeserializeOwned>(
+        &self,
+        hook: &'static str,
+        input: &Value,
+    ) -> Result<T, PolicyError> {
+        if !self.exports_function(hook) {
+            return Err(PolicyError::HookMissing {
+                plugin: self.label.clone(),
+                hook,
+            });
+        }
+        // An Extism module has no clock (WASI is refused), so the host lends it one.
+        let mut input = input.clone();
+        if let Value::Object(m) = &mut input {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0);
+            m.insert("now_ms".into(), json!(now));
+        }
+        let out = self.call(hook, &input).await?;
+        serde_json::from_value(out).map_err(|e| PolicyError::InvalidJson {
+            plugin: self.label.clone(),
+            message: format!("`{hook}` returned no valid decision: {e}"),
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// An Extism module as a policy: each hook is the export of the same name.
+#[async_trait]
+impl Policy for PolicyPlugin {
+    async fn authenticate(&self, conn: &Connection) -> Result<AuthDecision, AdapterError> {
+        Ok(self.hook("authenticate", &to_json(conn)).await?)
+    }
+
+    async fn on_registration(
+        &self,
+        kind: RegistrationKind,
+        registration: &Value,
+    ) -> Result<RegistrationDecision, AdapterError> {
+        let input = json!({"kind": kind, "registration": registration});
+        Ok(self.hook("on_registration", &input).await?)
+    }
+
+    async fn on_invocation(&self, call: &Invocation) -> Result<InvocationDecision, AdapterError> {
+        Ok(self.hook("on_invocation", &to_json(call)).await?)
+    }
+
+    async fn on_http_request(&self, request: &HttpRequest) -> Result<HttpDecision, AdapterError> {
+        Ok(self.hook("on_http_request", &to_json(request)).await?)
     }
 }

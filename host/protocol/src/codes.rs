@@ -31,6 +31,7 @@
 //! | `configuration::*` | [`configuration`] |
 //! | HTTP-invoked functions | [`http_functions`] |
 //! | the bridge to a remote engine | [`bridge`] |
+//! | WebAssembly policies exposed as functions | [`policy`] |
 //! | codes only workers send | [`worker`] |
 
 /// Where a code's exact spelling comes from.
@@ -85,6 +86,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Code> {
         configuration::TABLE_CONFIGURATION,
         http_functions::TABLE_HTTP_FUNCTIONS,
         bridge::TABLE_BRIDGE,
+        policy::TABLE_POLICY,
         worker::TABLE_WORKER,
     ]
     .into_iter()
@@ -143,6 +145,7 @@ pub use handshake::*;
 pub use http::*;
 pub use http_functions::*;
 pub use invocation::*;
+pub use policy::*;
 pub use queue::*;
 pub use registration::*;
 pub use state::*;
@@ -527,6 +530,21 @@ pub mod bridge {
     codes! { TABLE_BRIDGE, "bridge";
         /// The remote call failed or timed out.
         BRIDGE_ERROR = "bridge_error", Upstream, NotYetSent;
+    }
+}
+
+pub mod policy {
+    //! WebAssembly policies exposed as in-process functions (the `policies` service): what a
+    //! policy function answers when its policy denies or cannot decide.
+    use super::{Code, Origin, Sender};
+
+    codes! { TABLE_POLICY, "policy";
+        /// The policy denied a connection (authenticate); the message is the policy's reason.
+        POLICY_DENIED = "policy_denied", Ours, Engine;
+        /// The policy could not decide: it trapped, ran past its deadline or memory cap,
+        /// returned an invalid decision, or does not implement the hook the input asks for.
+        /// The caller must deny (fail closed).
+        POLICY_FAILED = "policy_failed", Ours, Engine;
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
+//! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
 
 mod common;
 pub mod cron;
@@ -19,6 +20,7 @@ pub mod engine_fns;
 pub mod http;
 pub mod listed_worker;
 pub mod observability;
+pub mod policies;
 pub mod pubsub;
 pub mod queue;
 pub mod state;

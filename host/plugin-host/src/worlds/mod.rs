@@ -6,6 +6,7 @@
 //! line in [`PACKAGES`]. The supervisor ([`Adapter`]) and the loader do not change.
 
 pub mod adapter_v0_1;
+pub mod policy_v0_1;
 pub mod queue_v0_1;
 
 use std::any::Any;
@@ -23,7 +24,11 @@ use crate::error::PluginError;
 use crate::host::PluginHost;
 
 /// Every WIT package@version this host links. A new package adds its module's `PACKAGE` here.
-pub(crate) const PACKAGES: &[&Package] = &[&adapter_v0_1::PACKAGE, &queue_v0_1::PACKAGE];
+pub(crate) const PACKAGES: &[&Package] = &[
+    &adapter_v0_1::PACKAGE,
+    &queue_v0_1::PACKAGE,
+    &policy_v0_1::PACKAGE,
+];
 
 /// How the plugin host runs components of one world `Self` (an `iii-adapter-api` marker).
 /// Implemented by the world modules of this crate; the supervisor is generic over it.
@@ -83,10 +88,11 @@ pub(crate) struct Package {
 }
 
 /// A loaded store (`Arc<W::Store>`), boxed for [`iii_adapter_api::AdapterLoader`].
-type AnyStore = Box<dyn Any + Send + Sync>;
+pub(crate) type AnyStore = Box<dyn Any + Send + Sync>;
 
 /// The future of an erased load.
-type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<AnyStore, PluginError>> + Send + 'a>>;
+pub(crate) type LoadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<AnyStore, PluginError>> + Send + 'a>>;
 
 /// The type-erased load of one world.
 type ErasedLoad = for<'a> fn(&'a PluginHost, &'a AdapterSpec) -> LoadFuture<'a>;

@@ -5,6 +5,7 @@ mod fixtures;
 mod hostile;
 mod kv;
 mod policy;
+mod policy_world;
 mod queue;
 
 use std::path::Path;
