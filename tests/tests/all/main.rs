@@ -8,6 +8,7 @@ mod hardening_core;
 mod hardening_http;
 mod http_trigger;
 mod kv_durability;
+mod lang_policies;
 mod policies;
 mod pubsub_cron;
 mod queue;
