@@ -14,7 +14,8 @@ pub fn lang_policies_dir() -> &'static Path {
         if let Some(dir) = std::env::var_os("III_LANG_POLICIES") {
             return PathBuf::from(dir);
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/policies/build-lang.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/policies/build-lang.sh");
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-policies");
         let status = std::process::Command::new("bash")
             .arg(&script)

@@ -122,19 +122,35 @@ fn allowlist_config() -> Value {
 async fn python_allowlist_authenticates_by_api_key() {
     let p = policy("python-allowlist", allowlist_config()).await;
     assert_eq!(
-        allowed(p.authenticate(&conn(&[("x-api-key", "k-shop")])).await.unwrap()),
+        allowed(
+            p.authenticate(&conn(&[("x-api-key", "k-shop")]))
+                .await
+                .unwrap()
+        ),
         json!({"namespaces": {"shop": ["*"]}, "context": {"client": "shop-frontend"}})
     );
     assert_eq!(
-        allowed(p.authenticate(&conn(&[("x-api-key", "k-ops")])).await.unwrap()),
+        allowed(
+            p.authenticate(&conn(&[("x-api-key", "k-ops")]))
+                .await
+                .unwrap()
+        ),
         json!({})
     );
     assert_eq!(
-        denied(p.authenticate(&conn(&[("x-api-key", "k-nope")])).await.unwrap()),
+        denied(
+            p.authenticate(&conn(&[("x-api-key", "k-nope")]))
+                .await
+                .unwrap()
+        ),
         "unknown x-api-key"
     );
     assert_eq!(
-        denied(p.authenticate(&conn(&[("authorization", "Bearer k-shop")])).await.unwrap()),
+        denied(
+            p.authenticate(&conn(&[("authorization", "Bearer k-shop")]))
+                .await
+                .unwrap()
+        ),
         "missing x-api-key header"
     );
 
@@ -145,7 +161,11 @@ async fn python_allowlist_authenticates_by_api_key() {
     )
     .await;
     assert_eq!(
-        allowed(p.authenticate(&conn(&[("x-client-key", "k2")])).await.unwrap()),
+        allowed(
+            p.authenticate(&conn(&[("x-client-key", "k2")]))
+                .await
+                .unwrap()
+        ),
         json!({})
     );
     assert_eq!(
@@ -160,7 +180,10 @@ async fn python_allowlist_fails_closed_on_a_bad_config() {
         (json!({}), "config.keys is missing"),
         (json!({"keys": 5}), "config.keys must be a list"),
         (json!({"keys": ["k", 1]}), "must hold strings only"),
-        (json!({"keys": {"k": "all"}}), "config.keys.k must be an AuthResult object"),
+        (
+            json!({"keys": {"k": "all"}}),
+            "config.keys.k must be an AuthResult object",
+        ),
     ] {
         let p = policy("python-allowlist", config.clone()).await;
         let why_got = denied(p.authenticate(&conn(&[("x-api-key", "k")])).await.unwrap());
@@ -266,8 +289,14 @@ async fn js_tenant_maps_bearer_tokens_to_tenant_namespaces() {
         json!({"globex": ["*"]})
     );
     for (headers, why) in [
-        (vec![("authorization", "Bearer TOK-ACME")], "unknown bearer token"),
-        (vec![("authorization", "Basic dTpw")], "missing bearer token"),
+        (
+            vec![("authorization", "Bearer TOK-ACME")],
+            "unknown bearer token",
+        ),
+        (
+            vec![("authorization", "Basic dTpw")],
+            "missing bearer token",
+        ),
         (vec![("x-api-key", "tok-acme")], "missing bearer token"),
         (vec![], "missing bearer token"),
     ] {
@@ -280,8 +309,14 @@ async fn js_tenant_maps_bearer_tokens_to_tenant_namespaces() {
 
     for (config, why) in [
         (json!({}), "config.tokens is missing"),
-        (json!({"tokens": ["tok-acme"]}), "config.tokens must be a map"),
-        (json!({"tokens": {"tok-acme": 7}}), "every tenant must be a non-empty string"),
+        (
+            json!({"tokens": ["tok-acme"]}),
+            "config.tokens must be a map",
+        ),
+        (
+            json!({"tokens": {"tok-acme": 7}}),
+            "every tenant must be a non-empty string",
+        ),
     ] {
         let p = policy("js-tenant", config.clone()).await;
         let got = denied(
@@ -302,18 +337,26 @@ async fn js_tenant_writes_the_callers_tenant_into_the_payload() {
     let acme = json!({"tenant": "acme", "user": "u1"});
     assert_eq!(
         proceeded(
-            p.on_invocation(&call("acme::orders", json!({"n": 1, "items": [{"sku": "a"}]}), acme.clone()))
-                .await
-                .unwrap()
+            p.on_invocation(&call(
+                "acme::orders",
+                json!({"n": 1, "items": [{"sku": "a"}]}),
+                acme.clone()
+            ))
+            .await
+            .unwrap()
         ),
         json!({"n": 1, "items": [{"sku": "a"}], "tenant": "acme"})
     );
     // A caller cannot pose as another tenant through the payload.
     assert_eq!(
         proceeded(
-            p.on_invocation(&call("acme::orders", json!({"tenant": "globex"}), acme.clone()))
-                .await
-                .unwrap()
+            p.on_invocation(&call(
+                "acme::orders",
+                json!({"tenant": "globex"}),
+                acme.clone()
+            ))
+            .await
+            .unwrap()
         ),
         json!({"tenant": "acme"})
     );
