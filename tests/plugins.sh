@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the plugin-host tests need (idempotent) and runs them all:
 # the plugin host (kv adapter through the host, hostile plugins, Extism
-# policies, SIGKILL durability) and the guest crates' native unit tests.
+# policies, the example policies of plugins/policies built for wasm32-wasip2
+# and wasm32-unknown-unknown, SIGKILL durability) and the guest crates' native
+# unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
