@@ -146,7 +146,7 @@ js_build() {
 one() {
   case $1 in
     python-allowlist)
-      build "$1" "$HERE/$1/app.py" "$HERE/$1/build-requirements.txt" -- py_build "$HERE/$1" ;;
+      build "$1" "$HERE/$1"/*.py "$HERE/$1/build-requirements.txt" -- py_build "$HERE/$1" ;;
     js-tenant)
       build "$1" "$HERE/$1/tenant.js" "$HERE/$1/package.json" "$HERE/$1/package-lock.json" -- js_build "$HERE/$1" ;;
   esac
