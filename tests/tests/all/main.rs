@@ -10,6 +10,7 @@ mod http_functions;
 mod http_middleware;
 mod http_trigger;
 mod kv_durability;
+mod lang_policies;
 mod policies;
 mod pubsub_cron;
 mod queue;

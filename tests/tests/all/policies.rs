@@ -44,9 +44,9 @@ fn policies_entry() -> String {
     let (bearer, audit, limit) = examples();
     format!(
         "  - name: policies\n    config:\n      policies:\n\
-         \x20       - id: policy::bearer\n          path: {}\n          config: {{tokens: {{t1: {{context: {{sub: ada}}}}}}}}\n\
-         \x20       - id: policy::audit\n          path: {}\n          limits: {{memory_mb: 16, deadline_ms: 200}}\n\
-         \x20       - id: policy::limit\n          path: {}\n          config: {{limit: 1, window_ms: 3600000}}\n",
+         \x20       - id: policy::bearer\n          path: {}\n          config: {{tokens: {{t1: {{context: {{sub: ada}}}}}}}}\n          limits: {{deadline_ms: 5000}}\n\
+         \x20       - id: policy::audit\n          path: {}\n          limits: {{memory_mb: 16, deadline_ms: 5000}}\n\
+         \x20       - id: policy::limit\n          path: {}\n          config: {{limit: 1, window_ms: 3600000}}\n          limits: {{deadline_ms: 5000}}\n",
         bearer.display(),
         audit.display(),
         limit.display()

@@ -4,6 +4,8 @@
 mod fixtures;
 mod hostile;
 mod kv;
+mod lang_fixtures;
+mod lang_policies;
 mod policy;
 mod policy_world;
 mod queue;

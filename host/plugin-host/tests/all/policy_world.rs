@@ -21,7 +21,13 @@ fn spec(path: &std::path::Path, config: Value) -> AdapterSpec {
     let Value::Object(config) = config else {
         panic!("config must be an object")
     };
-    AdapterSpec::path(path).with_config(config)
+    // Generous: the default 100 ms is for production, not for a loaded test machine.
+    AdapterSpec::path(path)
+        .with_config(config)
+        .with_grants(Grants {
+            deadline_ms: Some(5_000),
+            ..Grants::default()
+        })
 }
 
 async fn policy(path: &std::path::Path, config: Value) -> Arc<dyn Policy> {
@@ -323,7 +329,10 @@ async fn hostile_policies_fail_closed_and_the_host_keeps_serving() {
     assert!(matches!(e, PolicyError::InvalidJson { .. }), "{e}");
 
     // After all that, policies still decide, concurrently, more at once than there are slots.
-    let fine = h.load_component_policy(&limited("ok")).unwrap();
+    // A generous deadline: 64 calls share the slots, on a loaded test machine.
+    let mut ok = limited("ok");
+    ok.grants.deadline_ms = Some(10_000);
+    let fine = h.load_component_policy(&ok).unwrap();
     let mut calls = Vec::new();
     for _ in 0..64 {
         let p = fine.clone();
