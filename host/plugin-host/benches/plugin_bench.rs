@@ -270,11 +270,21 @@ async fn run() {
 
     // Policies of world iii:policy@0.1.0, as the policies service runs them.
     let ex = fixtures::examples();
+    // A scheduling stall on a shared machine must not abort the run: the figures are
+    // latencies, the deadline is tested elsewhere.
+    let generous = iii_plugin_host::Grants {
+        deadline_ms: Some(5_000),
+        ..Default::default()
+    };
     let Value::Object(tokens) = json!({"tokens": ["t1", "t2", "t3"]}) else {
         unreachable!()
     };
     let bearer = host
-        .load_component_policy(&AdapterSpec::path(&ex.bearer).with_config(tokens.clone()))
+        .load_component_policy(
+            &AdapterSpec::path(&ex.bearer)
+                .with_config(tokens.clone())
+                .with_grants(generous.clone()),
+        )
         .expect("bearer");
     let inst = timed(5_000, |_| {
         let p = &bearer;
@@ -314,7 +324,11 @@ async fn run() {
         unreachable!()
     };
     let limiter: Arc<dyn Policy> = host
-        .load_policy_spec(&AdapterSpec::path(&ex.rate_limit).with_config(limits))
+        .load_policy_spec(
+            &AdapterSpec::path(&ex.rate_limit)
+                .with_config(limits)
+                .with_grants(generous),
+        )
         .expect("rate-limit");
     let invocation = Invocation {
         function_id: "svc::x".into(),
