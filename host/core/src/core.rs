@@ -726,13 +726,11 @@ impl Core {
             .data
             .and_then(|d| serde_json::from_str(d.get()).ok())
             .unwrap_or(Value::Null);
-        let action = match &f.action {
-            None => Value::Null,
-            Some(iii_protocol::Action::Void) => json!({"type": "void"}),
-            Some(iii_protocol::Action::Enqueue { queue }) => {
-                json!({"type": "enqueue", "queue": queue})
-            }
-        };
+        let action = f
+            .action
+            .as_ref()
+            .and_then(|a| serde_json::to_value(a).ok())
+            .unwrap_or(Value::Null);
         let input = json!({
             "function_id": fid,
             "payload": payload,

@@ -122,8 +122,9 @@ impl Kind {
     }
 }
 
-/// `action` of an `invokefunction` (§3.4). Absent means request/response.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `action` of an `invokefunction` (§3.4). Absent means request/response. Serialises to its
+/// wire form (the RBAC middleware input carries it, §9.5).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Action {
     /// `{"type":"void"}`: fire-and-forget; no result is returned to the caller.
