@@ -91,7 +91,12 @@ pub trait SessionAccess: Send + Sync {
 
 /// `P::X` for a session with prefix `P`, else `id` as it is.
 pub fn prefixed(access: Option<&Arc<dyn SessionAccess>>, id: &str) -> String {
-    match access.and_then(|a| a.prefix()) {
+    with_prefix(access.and_then(|a| a.prefix()), id)
+}
+
+/// `P::X` for `Some(P)`, else `id` as it is: how a prefix is applied (PROTOCOL.md §9.7).
+pub fn with_prefix(prefix: Option<&str>, id: &str) -> String {
+    match prefix {
         Some(p) => format!("{p}::{id}"),
         None => id.to_string(),
     }

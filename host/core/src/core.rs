@@ -54,6 +54,14 @@ pub struct CallCtx {
     pub metadata: Option<Value>,
 }
 
+impl CallCtx {
+    /// The calling session's access policy (PROTOCOL.md §9); `None` for a trusted caller or
+    /// an engine-internal call.
+    pub fn access(&self) -> Option<&Arc<dyn crate::access::SessionAccess>> {
+        self.caller.as_ref().and_then(|c| c.access())
+    }
+}
+
 /// A boxed future, as in-process handlers and service tasks return.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// An in-process function's handler.

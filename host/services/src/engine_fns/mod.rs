@@ -311,7 +311,7 @@ fn install(reg: &mut Registrar<'_>) {
                 async move {
                     let snapshot = cache.snapshot(&e);
                     // RBAC hides the rows the caller may not call (§9.4).
-                    let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
+                    let access = ctx.access().cloned();
                     let filtered = i.search.is_some()
                         || i.prefix.is_some()
                         || i.worker.is_some()
@@ -382,7 +382,7 @@ fn install(reg: &mut Registrar<'_>) {
             "engine::functions::info",
             "Description and schemas of functions",
             |e: Core, ctx: CallCtx, i: FunctionsInfoIn| async move {
-                let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
+                let access = ctx.access().cloned();
                 // RBAC: a function the caller may not call is not described (§9.4).
                 let allowed = |id: &str| {
                     access.as_ref().map_or(Ok(()), |a| {
@@ -528,7 +528,7 @@ fn install(reg: &mut Registrar<'_>) {
             "engine::register_trigger",
             "Register a trigger binding not owned by any connection",
             |e: Core, ctx: CallCtx, i: RegisterTriggerIn| async move {
-                let access = ctx.caller.as_ref().and_then(|c| c.access()).cloned();
+                let access = ctx.access().cloned();
                 if let Some(a) = &access {
                     if !a.may_bind_trigger_type(&i.trigger_type) {
                         return Err(ErrorBody::new(

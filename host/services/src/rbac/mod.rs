@@ -396,13 +396,6 @@ impl Session {
             _ => Err(format!("hook {hook} did not return an object")),
         }
     }
-
-    fn prefixed(&self, id: &str) -> String {
-        match &self.grants.function_registration_prefix {
-            Some(p) => format!("{p}::{id}"),
-            None => id.to_string(),
-        }
-    }
 }
 
 enum Decision {
@@ -606,7 +599,7 @@ impl Session {
             return;
         }
         if let Some(id) = frame.get(k).and_then(Value::as_str) {
-            frame[k] = Value::String(self.prefixed(id));
+            frame[k] = Value::String(iii_core::access::with_prefix(self.prefix(), id));
         }
     }
 }
