@@ -5,43 +5,16 @@
 //! The components come from `plugins/policies/build-lang.sh`: `$III_LANG_POLICIES` when set
 //! (tests/plugins.sh builds first), else the script is run once here (content-keyed cache).
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use iii_tests::{EngineProc, RawWorker};
+
+#[path = "../../../host/plugin-host/tests/all/lang_fixtures.rs"]
+mod lang_fixtures;
+use lang_fixtures::lang_policy;
 use serde_json::{json, Value};
 
-fn lang_policies_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("III_LANG_POLICIES") {
-            return PathBuf::from(dir);
-        }
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/policies/build-lang.sh");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-policies");
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .env("III_LANG_POLICIES", &dir)
-            .stdin(std::process::Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            status.success(),
-            "{} failed ({status}); it needs python3 (with venv) and npm",
-            script.display()
-        );
-        dir
-    })
-}
-
 fn entry() -> String {
-    let dir = lang_policies_dir();
-    let py = dir.join("python-allowlist.wasm");
-    let js = dir.join("js-tenant.wasm");
-    for p in [&py, &js] {
-        assert!(p.exists(), "{} was not built", p.display());
-    }
+    let py = lang_policy("python-allowlist");
+    let js = lang_policy("js-tenant");
     format!(
         "  - name: policies\n    config:\n      policies:\n\
          \x20       - id: policy::apikey\n          path: {}\n          config: {{keys: {{k-shop: {{namespaces: {{shop: ['*']}}}}}}, deny: ['svc::admin*']}}\n\

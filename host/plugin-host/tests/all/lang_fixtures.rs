@@ -2,7 +2,7 @@
 //! builds them (componentize-py, componentize-js) into a content-keyed cache and copies them
 //! to `$III_LANG_POLICIES` (tests/plugins.sh sets it and builds first). Without the variable
 //! the first caller runs the script itself, into this binary's target tmp dir; a warm cache
-//! makes that a copy.
+//! makes that a copy. The black-box tests include this file too (`#[path]`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,8 +14,13 @@ pub fn lang_policies_dir() -> &'static Path {
         if let Some(dir) = std::env::var_os("III_LANG_POLICIES") {
             return PathBuf::from(dir);
         }
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/policies/build-lang.sh");
+        // Shared by the plugin-host and the black-box tests (`#[path]`), so the script is
+        // found from whichever crate includes this file.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join("plugins/policies/build-lang.sh"))
+            .find(|s| s.exists())
+            .expect("plugins/policies/build-lang.sh above the crate");
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-policies");
         let status = std::process::Command::new("bash")
             .arg(&script)
