@@ -14,6 +14,7 @@ pub mod access;
 pub mod channels;
 pub mod config;
 pub mod conn;
+pub mod control;
 mod core;
 pub mod invocation;
 pub mod limits;
@@ -36,6 +37,6 @@ pub use crate::core::{
 };
 pub use reply::{Reply, SharedJson};
 pub use service::{
-    CancellationToken, Configured, Entry, FunctionSpec, Handles, NoInput, PrepareCx, Prepared,
-    Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
+    CancellationToken, Configured, Entry, FunctionSpec, Handles, LiveConfig, NoInput, PrepareCx,
+    Prepared, Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
 };

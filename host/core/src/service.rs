@@ -76,6 +76,13 @@ pub trait Service: Send + Sync {
     /// Validates every entry naming this service (empty when an always-on service is not
     /// listed) and returns the configured, not yet started, service. Pure: no I/O.
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError>;
+
+    /// JSON Schema of its `config:` block, with `"x-apply": "live" | "rebind" | "restart"` on
+    /// each top-level property (see [`crate::control::ApplyTier`]). A service with a schema is
+    /// configurable at run time (`configuration::*`, hot reload of its entry's `config:`).
+    fn config_schema(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// A validated service, ready to prepare.
@@ -109,6 +116,20 @@ pub trait Prepared: Send {
         let _ = (core, stop);
         None
     }
+
+    /// A handle that applies `live`-tier changes to the running service in place. Without one,
+    /// every change recreates the service.
+    fn live(&self) -> Option<Arc<dyn LiveConfig>> {
+        None
+    }
+}
+
+/// Applies a new configuration to a running service in place.
+pub trait LiveConfig: Send + Sync {
+    /// Takes `next` (the service's own configured value, see [`Configured::as_any`]); called
+    /// only when every changed field is `live`. An `Err` makes the caller recreate the service
+    /// instead.
+    fn apply_live(&self, next: &dyn Configured) -> Result<(), String>;
 }
 
 /// A start-up failure, naming the service and what to fix.
