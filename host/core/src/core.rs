@@ -1371,6 +1371,53 @@ impl Core {
         }
     }
 
+    /// Removes what a service instance of `worker` installed (`old`) and its replacement
+    /// (`keep`) did not install again: its functions (unless a worker has since registered the
+    /// same id), its trigger types (their bindings park until a provider returns), its
+    /// invocation provider; with no replacement, also the worker's name in listings.
+    pub async fn retire(
+        &self,
+        worker: &'static str,
+        old: &crate::service::Installed,
+        keep: Option<&crate::service::Installed>,
+    ) {
+        let kept_fn = |id: &String| keep.is_some_and(|k| k.functions.contains(id));
+        let kept_ty = |id: &String| keep.is_some_and(|k| k.trigger_types.contains(id));
+        let mut removed = false;
+        {
+            let mut f = self.inner.functions.write();
+            if let Some(m) = f.get_mut(DEFAULT_NS) {
+                for id in old.functions.iter().filter(|id| !kept_fn(id)) {
+                    if m.get(id).is_some_and(|e| e.engine_worker == Some(worker)) {
+                        m.remove(id);
+                        removed = true;
+                    }
+                }
+            }
+        }
+        if removed {
+            self.functions_changed();
+        }
+        let mut sends = crate::triggers::Sends::new();
+        for id in old.trigger_types.iter().filter(|id| !kept_ty(id)) {
+            sends.extend(self.triggers().unregister_builtin_type(self, worker, id));
+        }
+        crate::triggers::deliver(sends).await;
+        if old.invocation_provider && !keep.is_some_and(|k| k.invocation_provider) {
+            let mut p = self.inner.invocation_provider.write();
+            if p.as_ref().is_some_and(|p| p.worker == worker) {
+                *p = None;
+            }
+        }
+        if keep.is_none() {
+            self.inner
+                .in_process_workers
+                .write()
+                .retain(|w| *w != worker);
+            self.functions_changed();
+        }
+    }
+
     /// When the core was created, in ms since the Unix epoch.
     pub fn started_ms(&self) -> u64 {
         self.inner.started_ms
