@@ -221,6 +221,17 @@ def assert_refused(eng: Engine, clients: Any, listener: str, needle: str, query:
     assert err.code == "TIMEOUT", err
 
 
+def bound_to(svc: Service, api_path: str) -> list[str]:
+    """The targets of the http bindings on `api_path`, once there is one (a binding's hook
+    runs after the function registrations sent before it)."""
+
+    def targets() -> list[str]:
+        bound = call(svc.worker, "engine::registered-triggers::list", {})["registered_triggers"]
+        return [b["function_id"] for b in bound if b["trigger_type"] == "http" and b["config"].get("api_path") == api_path]
+
+    return wait_until(targets, what=f"an http binding on {api_path}")
+
+
 # --------------------------------------------------------------------------- auth
 
 
@@ -349,9 +360,7 @@ def test_tenant_prefix_auth_prefixes_functions_and_trigger_targets(pol_engine, s
     wait_until(lambda: acme_ids() == ["acme::add", "acme::hello"], what="acme::add and acme::hello registered")
     assert call(svc.worker, "acme::add", {"a": 2, "b": 3}) == {"sum": 5}
     assert _strip(seen[-1]) == {"a": 2, "b": 3}
-    bound = call(svc.worker, "engine::registered-triggers::list", {})["registered_triggers"]
-    http = [b for b in bound if b["trigger_type"] == "http" and b["config"].get("api_path") == "acme-hello"]
-    assert [b["function_id"] for b in http] == ["acme::hello"], bound
+    assert bound_to(svc, "acme-hello") == ["acme::hello"]
     status, _, body = http_request("GET", f"{pol_engine.http_url}/acme-hello")
     assert status == 200, body
     assert b"acme" in body
@@ -374,9 +383,7 @@ def test_tenant_prefix_as_registration_hook_rewrites_and_drops(pol_engine, svc, 
 
     wait_until(lambda: "acme::hooked_fn" in ids(), what="acme::hooked_fn registered")
     assert "hooked_fn" not in ids()
-    bound = call(svc.worker, "engine::registered-triggers::list", {})["registered_triggers"]
-    hooked = [b for b in bound if b["config"].get("api_path") == "hooked"]
-    assert [b["function_id"] for b in hooked] == ["acme::hooked_fn"], bound
+    assert bound_to(svc, "hooked") == ["acme::hooked_fn"]
     wait_until(
         lambda: "registration dropped by the listener's access policy" in pol_engine.log()
         and "the session has no tenant" in pol_engine.log(),

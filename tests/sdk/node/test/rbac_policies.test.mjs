@@ -118,6 +118,17 @@ describe('WASM policies as auth, middleware and hooks through the Node SDK', () 
     assert.equal(err.function_id, fid)
     assert.equal(err.message, `FORBIDDEN: function '${fid}' not allowed (${hint})`)
   }
+  /** The targets of the http bindings on `apiPath`, once there is one (a binding's hook runs
+   * after the function registrations sent before it). */
+  const boundTo = (apiPath) =>
+    waitUntil(
+      async () => {
+        const bound = (await call(svc, 'engine::registered-triggers::list', {})).registered_triggers
+        const t = bound.filter((b) => b.trigger_type === 'http' && b.config?.api_path === apiPath).map((b) => b.function_id)
+        return t.length ? t : null
+      },
+      { what: `an http binding on ${apiPath}` },
+    )
   const refusals = (needle) =>
     engine
       .log()
@@ -291,12 +302,7 @@ describe('WASM policies as auth, middleware and hooks through the Node SDK', () 
     await waitUntil(async () => (await acmeIds()).join() === 'acme::add,acme::hello', { what: 'acme::add, acme::hello' })
     assert.deepEqual(await call(svc, 'acme::add', { a: 2, b: 3 }), { sum: 5 })
     assert.deepEqual(stripCaller(got.at(-1)), { a: 2, b: 3 })
-    const bound = (await call(svc, 'engine::registered-triggers::list', {})).registered_triggers
-    const routes = bound.filter((b) => b.trigger_type === 'http' && b.config?.api_path === 'acme-hello')
-    assert.deepEqual(
-      routes.map((b) => b.function_id),
-      ['acme::hello'],
-    )
+    assert.deepEqual(await boundTo('acme-hello'), ['acme::hello'])
     await engine.waitHttp()
     const res = await http('GET', `${engine.httpUrl}/acme-hello`)
     assert.equal(res.status, 200, res.text)
@@ -317,11 +323,7 @@ describe('WASM policies as auth, middleware and hooks through the Node SDK', () 
     const ids = async () => new Set((await call(svc, 'engine::functions::list', {})).functions.map((f) => f.function_id))
     await waitUntil(async () => (await ids()).has('acme::hooked_fn'), { what: 'acme::hooked_fn registered' })
     assert.ok(!(await ids()).has('hooked_fn'))
-    const bound = (await call(svc, 'engine::registered-triggers::list', {})).registered_triggers
-    assert.deepEqual(
-      bound.filter((b) => b.config?.api_path === 'hooked').map((b) => b.function_id),
-      ['acme::hooked_fn'],
-    )
+    assert.deepEqual(await boundTo('hooked'), ['acme::hooked_fn'])
     await waitUntil(
       () =>
         engine.log().includes("registration dropped by the listener's access policy") &&
