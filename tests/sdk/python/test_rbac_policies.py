@@ -107,13 +107,23 @@ def pol_engine():
         - {{id: policy::bomb, path: "{wasm["hostile"]}", config: {{mode: membomb}}, limits: {{memory_mb: 16}}}}
 """
         )
-        # The interpreters' first compile (Python, JS) takes seconds; later starts hit the cache.
-        eng.start(timeout=120)
-        wait_until(lambda: all(port_open(q) for q in p.values()), timeout=120, what="gated listeners")
+        # The sockets accept before the policies are compiled; the engine says "ready" after.
+        # The interpreters' first compile (Python, JS) takes tens of seconds, later starts hit
+        # the compiled-code cache.
+        eng.start(timeout=180)
+        wait_until(lambda: _ready(eng), timeout=180, what="the engine's ready line")
+        wait_until(lambda: all(port_open(q) for q in p.values()), what="gated listeners")
         try:
             yield eng
         finally:
             eng.stop()
+
+
+def _ready(eng: Engine) -> bool:
+    if eng.proc is not None and eng.proc.poll() is not None:
+        pytest.fail(f"engine exited with {eng.proc.returncode}:\n{eng.log()}")
+    log = eng.log()
+    return "iii engine" in log and " ready" in log
 
 
 class Service:

@@ -148,10 +148,18 @@ describe('WASM policies as auth, middleware and hooks through the Node SDK', () 
 
   before(async () => {
     for (const l of LISTENERS) ports[l] = await freePort()
-    // The interpreters' first compile (Python, JS) takes seconds; later starts hit the cache.
-    engine = await Engine.create(config(ports, policyWasm()), { startTimeoutMs: 120000 })
+    // The sockets accept before the policies are compiled; the engine says "ready" after. The
+    // interpreters' first compile (Python, JS) takes tens of seconds, later starts hit the
+    // compiled-code cache.
+    engine = await Engine.create(config(ports, policyWasm()), { startTimeoutMs: 180000 })
+    await waitUntil(
+      () => {
+        if (engine.proc.exitCode !== null) throw new Error(`engine exited:\n${engine.log()}`)
+        return engine.log().includes('iii engine') && engine.log().includes(' ready')
+      },
+      { timeout: 180000, what: "the engine's ready line" },
+    )
     await waitUntil(async () => (await Promise.all(Object.values(ports).map((p) => portOpen(p)))).every(Boolean), {
-      timeout: 120000,
       what: 'gated listeners',
     })
     svc = registerWorker(engine.wsUrl, { workerName: 'node-pol-svc', otel: NO_OTEL })
