@@ -1235,7 +1235,12 @@ impl Core {
             .or(requested_ns)
             .unwrap_or_else(|| DEFAULT_NS.to_string());
         if let Some(access) = conn.access() {
-            access.may_use_namespace(&ns)?;
+            if let Err(e) = access.may_use_namespace(&ns) {
+                // What it buffered was meant for that namespace: unless it declares one it may
+                // use, the grace period must not apply it in `default`.
+                conn.state.lock().namespace_refused = Some(ns);
+                return Err(e);
+            }
         }
         let name = s("name")
             .map(|n| sanitize_name(&n))
@@ -1301,6 +1306,14 @@ impl Core {
                 return;
             }
             st.namespace = Some(DEFAULT_NS.into());
+            if let Some(ns) = st.namespace_refused.take() {
+                let dropped = std::mem::take(&mut st.buffer).len();
+                st.buffer_bytes = 0;
+                if dropped > 0 {
+                    tracing::warn!(worker_id = %conn.id_str, namespace = %ns, count = dropped, "the namespace this worker declared was refused; the registrations it sent before are dropped, not applied in `default`");
+                }
+                return;
+            }
             std::mem::take(&mut st.buffer)
         };
         if !buffered.is_empty() {
