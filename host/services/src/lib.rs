@@ -20,6 +20,7 @@
 //! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
 
 mod common;
+mod config_schema;
 pub mod configuration;
 pub mod cron;
 pub mod engine_fns;

@@ -436,13 +436,15 @@ impl Shared {
         let (old, existed) = {
             let items = self.items.lock();
             match items.get(&i.id) {
-                Some(it) if it.builtin => return Err(refuse(
-                    codes::INVALID_ID,
-                    format!(
+                Some(it) if it.builtin => {
+                    return Err(refuse(
+                        codes::INVALID_ID,
+                        format!(
                         "`{}` holds the settings of the engine's {} service; register another id",
                         i.id, it.entry.name
                     ),
-                )),
+                    ))
+                }
                 Some(it) => (Some(it.entry.clone()), true),
                 None => (None, false),
             }
