@@ -235,6 +235,10 @@ pub(crate) struct Shared {
     /// The bytes last written or accepted per id, so the watcher skips its own writes.
     known: Mutex<HashMap<String, Option<Vec<u8>>>>,
     ttl: Option<Duration>,
+    /// Changes to publish, delivered one at a time by the service's task so subscribers see
+    /// them in the order they happened.
+    events: tokio::sync::mpsc::UnboundedSender<Change>,
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>>,
 }
 
 /// Why a change was refused, as its wire error.
@@ -396,7 +400,10 @@ impl Shared {
                 },
             );
         }
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Shared {
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
             items: Mutex::new(items),
             store,
             control,
@@ -404,6 +411,11 @@ impl Shared {
             known: Mutex::new(known),
             ttl,
         })
+    }
+
+    /// Queues `c` for the `configuration` trigger.
+    fn publish(&self, c: Change) {
+        let _ = self.events.send(c);
     }
 
     async fn persist(&self, entry: StoredEntry) -> Result<(), ErrorBody> {
@@ -737,7 +749,7 @@ impl Shared {
         for id in expired {
             if let Some(c) = self.delete(&id, false).await {
                 tracing::info!(id = %id, "configuration expired: nothing subscribed to it for {}s", ttl.as_secs());
-                publish(core, c);
+                self.publish(c);
             }
         }
     }
@@ -749,8 +761,8 @@ fn subscribes(config: &Value, id: &str) -> bool {
 }
 
 /// Fires the `configuration` trigger for `c` (values expanded; a value that cannot be expanded
-/// is sent as stored).
-fn publish(core: &Core, c: Change) {
+/// is sent as stored) and waits for the handlers, so events reach them in order.
+async fn deliver(core: &Core, c: Change) {
     let schema = c.description.get("schema").cloned();
     let expand = |v: Value| schema::expand(&v, schema.as_ref(), &schema::env).unwrap_or(v);
     let mut payload = json!({"type": TRIGGER_TYPE, "event_type": c.event,
@@ -761,13 +773,14 @@ fn publish(core: &Core, c: Change) {
         }
     }
     let (id, event) = (c.id, c.event);
-    core.fire(TRIGGER_TYPE, payload, move |cfg| {
+    core.fire_matching(TRIGGER_TYPE, &payload, move |cfg| {
         subscribes(cfg, &id)
             && match cfg.get("event_types") {
                 Some(Value::Array(a)) => a.iter().any(|e| e == event),
                 _ => true,
             }
-    });
+    })
+    .await;
 }
 
 /// The `configuration` trigger type: arming checks the binding config.
@@ -869,12 +882,12 @@ impl Prepared for ConfigurationService {
             FunctionSpec::typed(
                 "configuration::register",
                 "Register a configuration id with its JSON Schema (idempotent)",
-                move |core, _ctx, i: RegisterIn| {
+                move |_core, _ctx, i: RegisterIn| {
                     let sh = sh.clone();
                     async move {
                         let (answer, change) = sh.register(i).await?;
                         if let Some(c) = change {
-                            publish(&core, c);
+                            sh.publish(c);
                         }
                         Ok(answer)
                     }
@@ -887,11 +900,11 @@ impl Prepared for ConfigurationService {
             FunctionSpec::typed(
                 "configuration::set",
                 "Validate a value against the entry's schema and store (and apply) it",
-                move |core, _ctx, i: SetIn| {
+                move |_core, _ctx, i: SetIn| {
                     let sh = sh.clone();
                     async move {
                         let (answer, change) = sh.set(&i.id, i.value, None).await?;
-                        publish(&core, change);
+                        sh.publish(change);
                         Ok(answer)
                     }
                 },
@@ -944,6 +957,20 @@ impl Prepared for ConfigurationService {
 
     fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
         let shared = self.shared;
+        if let Some(mut rx) = shared.events_rx.lock().take() {
+            let (core, stop) = (core.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = rx.recv() => match c {
+                            Some(c) => deliver(&core, c).await,
+                            None => return,
+                        },
+                    }
+                }
+            });
+        }
         Some(Box::pin(async move {
             let watch = shared
                 .store
@@ -988,7 +1015,7 @@ impl Prepared for ConfigurationService {
                         ids.sort();
                         for id in ids {
                             if let Some(c) = shared.external_edit(&id).await {
-                                publish(&core, c);
+                                shared.publish(c);
                             }
                         }
                     }
