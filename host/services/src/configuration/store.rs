@@ -66,11 +66,14 @@ pub enum StoreError {
     },
 }
 
+/// Every stored entry by id, each read on its own (a bad file is an `Err` beside the others).
+pub type Loaded = Vec<(String, Result<StoredEntry, StoreError>)>;
+
 /// A place for entries. Calls are blocking and short (one small file); async callers run them
 /// on the blocking pool.
 pub trait ConfigStore: Send + Sync {
     /// Every stored entry, each read on its own: one bad file does not hide the others.
-    fn load_all(&self) -> Result<Vec<(String, Result<StoredEntry, StoreError>)>, StoreError>;
+    fn load_all(&self) -> Result<Loaded, StoreError>;
     /// The entry `id`, if stored.
     fn read(&self, id: &str) -> Result<Option<StoredEntry>, StoreError> {
         match self.read_raw(id)? {
@@ -148,7 +151,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl ConfigStore for FsStore {
-    fn load_all(&self) -> Result<Vec<(String, Result<StoredEntry, StoreError>)>, StoreError> {
+    fn load_all(&self) -> Result<Loaded, StoreError> {
         let mut out = Vec::new();
         for item in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let item = item.map_err(io(&self.dir))?;
@@ -220,7 +223,7 @@ pub struct MemoryStore {
 }
 
 impl ConfigStore for MemoryStore {
-    fn load_all(&self) -> Result<Vec<(String, Result<StoredEntry, StoreError>)>, StoreError> {
+    fn load_all(&self) -> Result<Loaded, StoreError> {
         Ok(self
             .entries
             .lock()
