@@ -634,6 +634,8 @@ impl Shared {
             let mut items = self.items.lock();
             match items.get(id) {
                 Some(it) if it.builtin => {
+                    drop(items);
+                    self.known.lock().insert(id.to_string(), None);
                     tracing::info!(id, "stored configuration removed; the running service keeps its settings, and the next start uses config.yaml");
                     return None;
                 }
@@ -685,8 +687,13 @@ impl Shared {
             tracing::error!(file = %file, "external edit rejected, the previous value stays: its id is `{}`, but the file is named for `{id}`", entry.id);
             return None;
         }
-        let exists = self.items.lock().contains_key(id);
-        let result = if exists {
+        let current = self.items.lock().get(id).map(|it| it.entry.value.clone());
+        if current.as_ref() == Some(&entry.value) {
+            // Only the layout, name or description changed: nothing to apply.
+            self.known.lock().insert(id.to_string(), Some(bytes));
+            return None;
+        }
+        let result = if current.is_some() {
             self.set(id, entry.value, Some(bytes)).await.map(|(_, c)| c)
         } else {
             // A new file is an entry registered from disk; it must carry its schema.
@@ -704,13 +711,9 @@ impl Shared {
                         initial_value: Some(entry.value),
                         metadata: entry.metadata,
                     };
-                    let r = self.register(i).await.map(|(_, c)| c);
-                    if r.is_ok() {
-                        // Registering rewrote the file in its own layout; the user's bytes
-                        // stay the reference.
-                        self.known.lock().insert(id.to_string(), Some(bytes));
-                    }
-                    match r {
+                    // Registering rewrites the file in the store's layout and remembers those
+                    // bytes, so the rewrite is not taken for another edit.
+                    match self.register(i).await.map(|(_, c)| c) {
                         Ok(None) => return None,
                         Ok(Some(c)) => Ok(c),
                         Err(e) => Err(e),
