@@ -344,3 +344,54 @@ async fn ttl_deletes_entries_nothing_subscribes_to() {
     assert!(!e.dir.join("config/lonely.yaml").exists());
     ok(&mut w, "configuration::get", json!({"id": "kept"})).await;
 }
+
+#[tokio::test]
+async fn builtin_services_are_entries_applied_by_tier() {
+    let e = EngineProc::start("");
+    let mut w = RawWorker::connect(&e.url()).await;
+    let s = ok(&mut w, "configuration::schema", json!({"id": "iii-http"})).await;
+    assert_eq!(s["schema"]["properties"]["cors"]["x-apply"], "live");
+    assert_eq!(s["schema"]["properties"]["port"]["x-apply"], "rebind");
+    // The value the service runs with (its config.yaml block).
+    let running = ok(&mut w, "configuration::get", json!({"id": "iii-http"})).await;
+    assert_eq!(running["value"]["host"], "127.0.0.1", "{running}");
+    assert_eq!(running["value"]["default_timeout"], 5000, "{running}");
+    let list = ok(&mut w, "configuration::list", json!({})).await;
+    assert!(
+        list["configurations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "iii-observability"),
+        "{list}"
+    );
+
+    // Refused by the schema, with the pointer; the service is untouched.
+    let mut bad = running["value"].clone();
+    bad["port"] = json!("not-a-port");
+    let r = err(
+        &mut w,
+        "configuration::set",
+        json!({"id": "iii-http", "value": bad}),
+    )
+    .await;
+    assert_eq!(r["code"], "SCHEMA_INVALID");
+    assert!(r["message"].as_str().unwrap().contains("/port"), "{r}");
+
+    // CORS is live: the set reports the tier, the value is stored for the next start.
+    let mut v = running["value"].clone();
+    v["cors"] = json!({"allowed_origins": ["https://app.example"]});
+    let r = ok(
+        &mut w,
+        "configuration::set",
+        json!({"id": "iii-http", "value": v}),
+    )
+    .await;
+    assert_eq!(r["applied"]["tier"], "live", "{r}");
+    let got = ok(&mut w, "configuration::get", json!({"id": "iii-http"})).await;
+    assert_eq!(
+        got["value"]["cors"]["allowed_origins"][0],
+        "https://app.example"
+    );
+    assert!(e.dir.join("config/iii-http.yaml").exists());
+}

@@ -520,6 +520,7 @@ impl Shared {
     ) -> Result<(Value, Change), ErrorBody> {
         check_id(id)?;
         let _w = self.writes.lock().await;
+        self.sync_builtin(id);
         let (builtin, old, expanded, mut entry, description) = {
             let items = self.items.lock();
             let item = items.get(id).ok_or_else(|| {
@@ -590,8 +591,33 @@ impl Shared {
         }
     }
 
+    /// A builtin service may have been changed by other means (a `config.yaml` reload): when
+    /// the value it runs with is not what this entry's value expands to, the running value
+    /// becomes the entry's value.
+    fn sync_builtin(&self, id: &str) {
+        let Some(control) = &self.control else { return };
+        let mut items = self.items.lock();
+        let Some(item) = items.get_mut(id).filter(|it| it.builtin) else {
+            return;
+        };
+        let Some(running) = control
+            .settings()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.value)
+        else {
+            return;
+        };
+        let ours = schema::expand(&item.entry.value, item.entry.schema.as_ref(), &schema::env)
+            .unwrap_or_else(|_| item.entry.value.clone());
+        if ours != running {
+            item.entry.value = running;
+        }
+    }
+
     /// `configuration::get`.
     fn get(&self, id: &str, raw: bool) -> Result<Value, ErrorBody> {
+        self.sync_builtin(id);
         let items = self.items.lock();
         let item = items.get(id).ok_or_else(|| {
             refuse(
