@@ -175,3 +175,48 @@ pub fn describe_key(k: &Value) -> String {
         other => describe(other),
     }
 }
+
+/// Expands `${VAR}` and `${VAR:default}` in raw config text (PROTOCOL.md §7.3). An unset variable
+/// without a default is an error, not a crash. `config.yaml` text and the `configuration`
+/// service's stored values share this one implementation.
+pub fn interpolate(
+    text: &str,
+    origin: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("${") {
+        let after = &rest[pos + 2..];
+        let Some(end) = after.find('}') else { break };
+        let inner = &after[..end];
+        let (name, default) = match inner.find(':') {
+            Some(c) => (&inner[..c], Some(&inner[c + 1..])),
+            None => (inner, None),
+        };
+        if name.is_empty() {
+            out.push_str(&rest[..pos + 2]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let value = match (lookup(name), default) {
+            (Some(v), _) => v,
+            (None, Some("__III_ENGINE_VERSION__")) => env!("CARGO_PKG_VERSION").to_string(),
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                let consumed = text.len() - rest.len() + pos;
+                let line = text[..consumed].matches('\n').count() + 1;
+                return Err(ConfigError::UnsetVariable {
+                    path: origin.into(),
+                    line,
+                    var: name.into(),
+                });
+            }
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -30,9 +30,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(worker_socket::WorkerSocket),
         Box::new(engine_fns::EngineFunctions),
         Box::new(observability::Observability),
-        Box::new(listed_worker::ListedWorker {
-            name: "configuration",
-        }),
+        Box::new(configuration::Configuration),
         Box::new(listed_worker::ListedWorker {
             name: "iii-telemetry",
         }),

@@ -475,23 +475,26 @@ pub mod queue {
 
 pub mod configuration {
     //! `configuration::*` (PROTOCOL.md §5.5, §7.5). A missing entry uses
-    //! [`NOT_FOUND`](super::NOT_FOUND). The configuration service is not built yet.
+    //! [`NOT_FOUND`](super::NOT_FOUND).
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_CONFIGURATION, "configuration";
         /// `configuration::set` for an id nobody registered.
-        NOT_REGISTERED = "NOT_REGISTERED", Upstream, NotYetSent;
+        NOT_REGISTERED = "NOT_REGISTERED", Upstream, Engine;
         /// `configuration::set` with an id that is not a valid entry id.
-        INVALID_ID = "INVALID_ID", Upstream, NotYetSent;
+        INVALID_ID = "INVALID_ID", Upstream, Engine;
         /// `configuration::set` / `configuration::get`: the value does not satisfy the entry's
         /// schema.
-        SCHEMA_INVALID = "SCHEMA_INVALID", Upstream, NotYetSent;
+        SCHEMA_INVALID = "SCHEMA_INVALID", Upstream, Engine;
         /// `configuration::set`: the entry's schema cannot be compiled or loaded.
-        SCHEMA_UNAVAILABLE = "SCHEMA_UNAVAILABLE", Upstream, NotYetSent;
+        SCHEMA_UNAVAILABLE = "SCHEMA_UNAVAILABLE", Upstream, Engine;
         /// `configuration::set`: the configuration adapter failed to store the value.
-        ADAPTER_ERROR = "ADAPTER_ERROR", Upstream, NotYetSent;
+        ADAPTER_ERROR = "ADAPTER_ERROR", Upstream, Engine;
         /// `configuration::get`: a `${VAR}` placeholder could not be expanded.
-        EXPAND_FAILED = "EXPAND_FAILED", Upstream, NotYetSent;
+        EXPAND_FAILED = "EXPAND_FAILED", Upstream, Engine;
+        /// `configuration::set` for a builtin service's id: the value is valid but the service
+        /// could not take it (e.g. its new port is taken); the running service is unchanged.
+        APPLY_FAILED = "APPLY_FAILED", Ours, Engine;
     }
 }
 

@@ -70,6 +70,18 @@ impl Service for Cron {
         }
     }
 
+    fn config_schema(&self) -> Option<Value> {
+        use crate::config_schema::*;
+        Some(block(
+            "iii-cron",
+            vec![(
+                "adapter",
+                field(RESTART, "cron lock adapter (kv)", adapter()),
+            )],
+            false,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut cc = CronConfig {
             lock: LockChoice::Local,

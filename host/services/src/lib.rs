@@ -5,6 +5,8 @@
 //! - [`worker_socket`]: the worker socket listeners (`iii-worker-manager`).
 //! - [`engine_fns`]: `engine::*` listings, the handshake, trigger registration, channels.
 //! - [`observability`]: `engine::log::*`, baggage diagnostics, health, the log level.
+//! - [`configuration`]: settings entries with JSON Schemas, including the builtin services',
+//!   stored as YAML files and watched.
 //! - [`listed_worker`]: upstream entries that are listed as workers and need no work here.
 //! - [`http`]: the REST trigger server and the `http` trigger type.
 //! - [`state`]: `state::*` and the `state` trigger type on a state adapter.
@@ -18,6 +20,8 @@
 //! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
 
 mod common;
+mod config_schema;
+pub mod configuration;
 pub mod cron;
 pub mod engine_fns;
 pub mod http;

@@ -1,6 +1,5 @@
 //! Upstream entries this engine accepts and lists as in-process workers but that need no work
-//! here yet: `iii-telemetry` (SDK telemetry is accepted on `/otel` and dropped) and
-//! `configuration` (run-time configuration arrives with its own service). Each is always on,
+//! here yet: `iii-telemetry` (SDK telemetry is accepted on `/otel` and dropped). Each is always on,
 //! as upstream lists them whether or not the file names them.
 
 use iii_core::config::ConfigError;

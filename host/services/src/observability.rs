@@ -36,6 +36,19 @@ impl Service for Observability {
         }
     }
 
+    fn config_schema(&self) -> Option<Value> {
+        use crate::config_schema::*;
+        // Upstream's exporter, sampling and metrics keys are accepted and not read.
+        Some(block(
+            "iii-observability",
+            vec![(
+                "level",
+                field(RESTART, "engine log level (info)", json!({"enum": LEVELS})),
+            )],
+            true,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut cfg = ObservabilityConfig::default();
         for e in entries {

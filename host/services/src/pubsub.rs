@@ -60,6 +60,15 @@ impl Service for PubSub {
         }
     }
 
+    fn config_schema(&self) -> Option<Value> {
+        use crate::config_schema::*;
+        Some(block(
+            "iii-pubsub",
+            vec![("adapter", field(RESTART, "pub/sub bus (local)", adapter()))],
+            false,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut pc = PubSubConfig {
             bus: BusChoice::Local,

@@ -52,6 +52,37 @@ impl Service for State {
         }
     }
 
+    fn config_schema(&self) -> Option<Value> {
+        use crate::config_schema::*;
+        Some(block(
+            "iii-state",
+            vec![
+                ("adapter", field(RESTART, "state adapter (kv)", adapter())),
+                (
+                    "triggers_enabled",
+                    field(
+                        LIVE,
+                        "fire state triggers (true)",
+                        json!({"type": "boolean"}),
+                    ),
+                ),
+                (
+                    "max_value_bytes",
+                    field(LIVE, "largest value, as JSON", uint(1, None)),
+                ),
+                (
+                    "save_interval_ms",
+                    field(
+                        LIVE,
+                        "accepted for upstream compatibility; every write is durable",
+                        uint(100, Some(3_600_000)),
+                    ),
+                ),
+            ],
+            false,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut sc = StateConfig::default();
         let Some(e) = entries.first() else {

@@ -4,6 +4,7 @@
 //! for figures).
 
 mod cli;
+mod configuration;
 mod hardening_core;
 mod hardening_http;
 mod hot_reload;

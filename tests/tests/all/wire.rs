@@ -636,10 +636,17 @@ async fn introspection_lists_workers_functions_and_triggers() {
         .await;
     a.send(json!({"type": "registertrigger", "id": "r1", "trigger_type": "http", "function_id": "math::add", "config": {"api_path": "/math/add", "http_method": "POST"}})).await;
     a.sync().await;
-    let fl = a.call("engine::functions::list", json!({})).await["result"]["functions"].clone();
+    let listed = a.call("engine::functions::list", json!({})).await["result"]["functions"].clone();
+    // The always-on configuration service's functions are listed, as upstream's are.
+    let (config_fns, fl): (Vec<Value>, Vec<Value>) =
+        listed.as_array().unwrap().iter().cloned().partition(|f| {
+            f["function_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("configuration::")
+        });
+    assert_eq!(config_fns.len(), 5, "{listed}");
     let ids: Vec<&str> = fl
-        .as_array()
-        .unwrap()
         .iter()
         .map(|f| f["function_id"].as_str().unwrap())
         .collect();

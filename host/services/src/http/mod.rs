@@ -277,6 +277,63 @@ impl Service for Http {
         }
     }
 
+    fn config_schema(&self) -> Option<serde_json::Value> {
+        use crate::config_schema::*;
+        let ms = |d: &str| field(LIVE, d, uint(1, None));
+        Some(block(
+            "iii-http",
+            vec![
+                ("port", field(REBIND, "REST listener port (3111)", port())),
+                (
+                    "host",
+                    field(REBIND, "REST listener address (0.0.0.0)", host()),
+                ),
+                ("default_timeout", ms("handler timeout in ms (30000)")),
+                (
+                    "cors",
+                    field(
+                        LIVE,
+                        "CORS origins and methods",
+                        serde_json::json!({"type": ["object", "null"], "additionalProperties": false,
+                            "properties": {
+                                "allowed_origins": {"type": "array", "items": {"type": "string"}},
+                                "allowed_methods": {"type": "array", "items": {"type": "string"}}}}),
+                    ),
+                ),
+                (
+                    "concurrency_request_limit",
+                    field(REBIND, "requests served at once (1024)", uint(1, None)),
+                ),
+                (
+                    "body_limit_bytes",
+                    field(REBIND, "largest request body", uint(1, None)),
+                ),
+                ("header_read_timeout_ms", ms("time to read request headers")),
+                ("body_read_timeout_ms", ms("time to read a request body")),
+                (
+                    "middleware",
+                    field(
+                        LIVE,
+                        "global preHandler middleware, by priority",
+                        serde_json::json!({"type": ["array", "null"], "items": {
+                            "type": "object", "additionalProperties": false,
+                            "required": ["function_id"],
+                            "properties": {
+                                "function_id": function_id(),
+                                "phase": {"const": PHASE_PRE_HANDLER},
+                                "priority": {"anyOf": [{"type": "integer"},
+                                    {"type": "string", "pattern": "^\\s*[-+]?[0-9]+\\s*$"}]}}}}),
+                    ),
+                ),
+                (
+                    "middleware_timeout_ms",
+                    ms("time a middleware may take (5000)"),
+                ),
+            ],
+            false,
+        ))
+    }
+
     /// Its only exclusive resource is its port.
     fn may_overlap(&self) -> bool {
         true

@@ -51,6 +51,43 @@ impl Service for Queue {
         }
     }
 
+    fn config_schema(&self) -> Option<serde_json::Value> {
+        use crate::config_schema::*;
+        let queue = serde_json::json!({
+            "type": ["object", "null"],
+            "additionalProperties": false,
+            "properties": {
+                "max_retries": uint(1, None),
+                "concurrency": uint(1, None),
+                "type": {"enum": ["standard", "concurrent", "fifo"]},
+                "message_group_field": {"type": ["string", "null"]},
+                "backoff_ms": uint(0, None),
+                "poll_interval_ms": uint(0, None),
+                "max_priority": uint(1, Some(255)),
+                "priority_field": {},
+                "lease_ms": uint(0, None)
+            }
+        });
+        Some(block(
+            "iii-queue",
+            vec![
+                (
+                    "adapter",
+                    field(RESTART, "queue adapter (builtin)", adapter()),
+                ),
+                (
+                    "queue_configs",
+                    field(
+                        REBIND,
+                        "named queues and their retry, concurrency and ordering",
+                        serde_json::json!({"type": ["object", "null"], "additionalProperties": queue}),
+                    ),
+                ),
+            ],
+            false,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         match entries.first() {
             Some(e) => Ok(Box::new(config::configure(e)?)),

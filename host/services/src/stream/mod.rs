@@ -118,6 +118,36 @@ impl Service for Stream {
         }
     }
 
+    fn config_schema(&self) -> Option<Value> {
+        use crate::config_schema::*;
+        let pos = |d: &str| field(REBIND, d, uint(1, None));
+        Some(block(
+            "iii-stream",
+            vec![
+                ("adapter", field(RESTART, "stream adapter (kv)", adapter())),
+                ("port", field(REBIND, "stream socket port (3112)", port())),
+                (
+                    "host",
+                    field(REBIND, "stream socket address (0.0.0.0)", host()),
+                ),
+                (
+                    "auth_function",
+                    field(
+                        REBIND,
+                        "function that authenticates stream socket clients",
+                        json!({"anyOf": [function_id(), {"type": "null"}]}),
+                    ),
+                ),
+                ("max_outbound_bytes", pos("bytes queued per client")),
+                ("max_message_bytes", pos("largest client message")),
+                ("max_subscriptions", pos("subscriptions per client")),
+                ("max_connections", pos("clients at once")),
+                ("handshake_timeout_ms", pos("time to finish the handshake")),
+            ],
+            false,
+        ))
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut sc = StreamConfig::default();
         let Some(e) = entries.first() else {
