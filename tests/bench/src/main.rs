@@ -8,9 +8,11 @@
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
 //! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
 //! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
+//! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
 mod policy;
 mod pubcron;
+mod validate;
 
 mod queue;
 
@@ -636,6 +638,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("policy") {
         return rt.block_on(policy::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("validate") {
+        return rt.block_on(validate::bench());
     }
     rt.block_on(bench())
 }

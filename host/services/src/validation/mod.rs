@@ -160,7 +160,10 @@ const TRIGGER_CACHE: usize = 256;
 pub struct Validation {
     mode: Mode,
     listener: String,
-    log: Throttle,
+    /// Log lines about call inputs, results and trigger configs, each at most one a second.
+    log_calls: Throttle,
+    log_results: Throttle,
+    log_configs: Throttle,
     /// Trigger-type schema text → its validator (`None`: it does not compile).
     triggers: Mutex<HashMap<String, Option<Arc<Validator>>>>,
 }
@@ -172,7 +175,9 @@ impl Validation {
             Arc::new(Validation {
                 mode,
                 listener: listener.to_string(),
-                log: Throttle::new(),
+                log_calls: Throttle::new(),
+                log_results: Throttle::new(),
+                log_configs: Throttle::new(),
                 triggers: Mutex::new(HashMap::new()),
             })
         })
@@ -184,8 +189,8 @@ impl Validation {
     }
 
     /// A failure's outcome in this mode: the refusal (`enforce`) or a log line and `Ok`.
-    fn fail(&self, invalid: Invalid, key: (&str, &str)) -> Result<(), ErrorBody> {
-        if let Some(skipped) = self.log.allow() {
+    fn fail(&self, invalid: Invalid, key: (&str, &str), log: &Throttle) -> Result<(), ErrorBody> {
+        if let Some(skipped) = log.allow() {
             match self.mode {
                 Mode::Enforce => {
                     tracing::info!(listener = %self.listener, repeated = skipped, "refused: {invalid}")
@@ -249,7 +254,7 @@ impl PayloadValidator for Validation {
         }
         match first_failure(v, &value, "input", subject) {
             Ok(()) => Ok(()),
-            Err(invalid) => self.fail(invalid, ("function_id", &entry.id)),
+            Err(invalid) => self.fail(invalid, ("function_id", &entry.id), &self.log_calls),
         }
     }
 
@@ -274,7 +279,7 @@ impl PayloadValidator for Validation {
             Some(Err(_)) => return,
         };
         if let Err(invalid) = first_failure(v, &value, "result", subject) {
-            if let Some(skipped) = self.log.allow() {
+            if let Some(skipped) = self.log_results.allow() {
                 tracing::warn!(listener = %self.listener, repeated = skipped, "validate: warn, result passed anyway: {invalid}");
             }
         }
@@ -293,7 +298,7 @@ impl PayloadValidator for Validation {
             format!("trigger type `{trigger_type}`")
         }) {
             Ok(()) => Ok(()),
-            Err(invalid) => self.fail(invalid, ("trigger_type", trigger_type)),
+            Err(invalid) => self.fail(invalid, ("trigger_type", trigger_type), &self.log_configs),
         }
     }
 }
