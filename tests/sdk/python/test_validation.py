@@ -93,17 +93,17 @@ def setup():
         p = register_worker(eng.ws_url, InitOptions(worker_name="py-validate-provider", otel=NO_OTEL))
 
         def create_order(data: Order) -> dict:
-            d = data if isinstance(data, dict) else data.model_dump()
+            d = strip(data if isinstance(data, dict) else data.model_dump())
             record("py::order", d)
             return {"ok": True, "sku": d["sku"]}
 
         def explicit(data):  # noqa: ANN001, ANN202
-            record("py::explicit", data)
-            return {"seen": data}
+            record("py::explicit", strip(data))
+            return {"seen": strip(data)}
 
         def free(data):  # noqa: ANN001, ANN202
-            record("py::free", data)
-            return {"seen": data}
+            record("py::free", strip(data))
+            return {"seen": strip(data)}
 
         p.register_function("py::order", create_order)
         p.register_function("py::explicit", explicit, request_format=ORDER_SCHEMA, response_format={"type": "string"})
@@ -137,6 +137,13 @@ def setup():
                 _shutdown_worker(c)
             _shutdown_worker(p)
             eng.stop()
+
+
+def strip(d: Any) -> Any:
+    """The data as the caller sent it, without the `_caller_worker_id` the engine adds."""
+    if isinstance(d, dict):
+        return {k: v for k, v in d.items() if k != "_caller_worker_id"}
+    return d
 
 
 def refused(c: Any, fid: str, payload: Any) -> InvocationError:
