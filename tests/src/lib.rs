@@ -96,6 +96,9 @@ impl EngineProc {
             .current_dir(&dir)
             .env("RUST_LOG", "info")
             .env("III_NAMESPACE_GRACE_MS", "1000")
+            // The harness rewrites config.yaml with the bound ports after start; only the hot
+            // reload tests (which set it back) want that seen as a change.
+            .env("III_WATCH_CONFIG", "0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
@@ -188,6 +191,7 @@ impl EngineProc {
             .current_dir(&self.dir)
             .env("RUST_LOG", "info")
             .env("III_NAMESPACE_GRACE_MS", "1000")
+            .env("III_WATCH_CONFIG", "0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))

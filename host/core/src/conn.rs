@@ -60,6 +60,9 @@ pub struct ConnState {
     pub malformed: (u32, Option<Instant>),
     /// What the worker declared about itself.
     pub meta: WorkerMeta,
+    /// The namespace it last declared, if its policy refused it (and it has declared none
+    /// since): its buffered registrations are then dropped at the grace period's end.
+    pub namespace_refused: Option<String>,
 }
 
 /// One worker connection.

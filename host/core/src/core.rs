@@ -1308,7 +1308,12 @@ impl Core {
             .or(requested_ns)
             .unwrap_or_else(|| DEFAULT_NS.to_string());
         if let Some(access) = conn.access() {
-            access.may_use_namespace(&ns)?;
+            if let Err(e) = access.may_use_namespace(&ns) {
+                // What it buffered was meant for that namespace: unless it declares one it may
+                // use, the grace period must not apply it in `default`.
+                conn.state.lock().namespace_refused = Some(ns);
+                return Err(e);
+            }
         }
         let name = s("name")
             .map(|n| sanitize_name(&n))
@@ -1374,6 +1379,14 @@ impl Core {
                 return;
             }
             st.namespace = Some(DEFAULT_NS.into());
+            if let Some(ns) = st.namespace_refused.take() {
+                let dropped = std::mem::take(&mut st.buffer).len();
+                st.buffer_bytes = 0;
+                if dropped > 0 {
+                    tracing::warn!(worker_id = %conn.id_str, namespace = %ns, count = dropped, "the namespace this worker declared was refused; the registrations it sent before are dropped, not applied in `default`");
+                }
+                return;
+            }
             std::mem::take(&mut st.buffer)
         };
         if !buffered.is_empty() {
@@ -1441,6 +1454,53 @@ impl Core {
         let mut w = self.inner.in_process_workers.write();
         if !w.contains(&name) {
             w.push(name);
+        }
+    }
+
+    /// Removes what a service instance of `worker` installed (`old`) and its replacement
+    /// (`keep`) did not install again: its functions (unless a worker has since registered the
+    /// same id), its trigger types (their bindings park until a provider returns), its
+    /// invocation provider; with no replacement, also the worker's name in listings.
+    pub async fn retire(
+        &self,
+        worker: &'static str,
+        old: &crate::service::Installed,
+        keep: Option<&crate::service::Installed>,
+    ) {
+        let kept_fn = |id: &String| keep.is_some_and(|k| k.functions.contains(id));
+        let kept_ty = |id: &String| keep.is_some_and(|k| k.trigger_types.contains(id));
+        let mut removed = false;
+        {
+            let mut f = self.inner.functions.write();
+            if let Some(m) = f.get_mut(DEFAULT_NS) {
+                for id in old.functions.iter().filter(|id| !kept_fn(id)) {
+                    if m.get(id).is_some_and(|e| e.engine_worker == Some(worker)) {
+                        m.remove(id);
+                        removed = true;
+                    }
+                }
+            }
+        }
+        if removed {
+            self.functions_changed();
+        }
+        let mut sends = crate::triggers::Sends::new();
+        for id in old.trigger_types.iter().filter(|id| !kept_ty(id)) {
+            sends.extend(self.triggers().unregister_builtin_type(self, worker, id));
+        }
+        crate::triggers::deliver(sends).await;
+        if old.invocation_provider && !keep.is_some_and(|k| k.invocation_provider) {
+            let mut p = self.inner.invocation_provider.write();
+            if p.as_ref().is_some_and(|p| p.worker == worker) {
+                *p = None;
+            }
+        }
+        if keep.is_none() {
+            self.inner
+                .in_process_workers
+                .write()
+                .retain(|w| *w != worker);
+            self.functions_changed();
         }
     }
 

@@ -39,6 +39,6 @@ pub use crate::core::{
 };
 pub use reply::{Reply, SharedJson};
 pub use service::{
-    CancellationToken, Configured, Entry, FunctionSpec, Handles, LiveConfig, NoInput, PrepareCx,
-    Prepared, Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
+    CancellationToken, Configured, Entry, FunctionSpec, Handles, Installed, LiveConfig, NoInput,
+    PrepareCx, Prepared, Registrar, Service, ServiceInfo, StartError, TriggerTypeSpec,
 };

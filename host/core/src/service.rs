@@ -83,6 +83,13 @@ pub trait Service: Send + Sync {
     fn config_schema(&self) -> Option<Value> {
         None
     }
+
+    /// May a new instance prepare and serve while the old one still runs? True for a service
+    /// that holds nothing exclusive but its ports (its listeners then rebind new-first, and the
+    /// old instance drains after). False (the default) stops the old instance first.
+    fn may_overlap(&self) -> bool {
+        false
+    }
 }
 
 /// A validated service, ready to prepare.
@@ -399,6 +406,19 @@ pub struct TriggerTypeSpec {
 pub struct Registrar<'a> {
     core: &'a Core,
     worker: &'static str,
+    installed: Installed,
+}
+
+/// What one install of a service registered, so that a run-time change can remove exactly
+/// what its replacement does not register again ([`Core::retire`]).
+#[derive(Debug, Clone, Default)]
+pub struct Installed {
+    /// Function ids (in `default`).
+    pub functions: std::collections::HashSet<String>,
+    /// Trigger type ids (in `default`).
+    pub trigger_types: std::collections::HashSet<String>,
+    /// Did it install the invocation provider?
+    pub invocation_provider: bool,
 }
 
 impl<'a> Registrar<'a> {
@@ -406,7 +426,16 @@ impl<'a> Registrar<'a> {
     /// `engine::workers::list` from now on.
     pub fn new(core: &'a Core, worker: &'static str) -> Self {
         core.add_in_process_worker(worker);
-        Registrar { core, worker }
+        Registrar {
+            core,
+            worker,
+            installed: Installed::default(),
+        }
+    }
+
+    /// What was registered through this registrar.
+    pub fn into_installed(self) -> Installed {
+        self.installed
     }
 
     /// The worker name everything is stamped with.
@@ -421,6 +450,7 @@ impl<'a> Registrar<'a> {
 
     /// Registers a function in `default`.
     pub fn function(&mut self, spec: FunctionSpec) {
+        self.installed.functions.insert(spec.id.clone());
         self.core.register_builtin(self.worker, spec);
     }
 
@@ -431,16 +461,15 @@ impl<'a> Registrar<'a> {
         &mut self,
         provider: Arc<dyn crate::invocation::InvocationProvider>,
     ) {
+        self.installed.invocation_provider = true;
         self.core.set_invocation_provider(self.worker, provider);
     }
 
     /// Registers a trigger type in `default`.
     pub fn trigger_type(&mut self, spec: TriggerTypeSpec) {
-        self.core
-            .inner
-            .triggers
-            .lock()
-            .register_builtin_type(crate::triggers::TriggerTypeEntry {
+        self.installed.trigger_types.insert(spec.id.clone());
+        let sends = self.core.inner.triggers.lock().register_builtin_type(
+            crate::triggers::TriggerTypeEntry {
                 namespace: crate::core::DEFAULT_NS.into(),
                 id: spec.id,
                 description: spec.description,
@@ -449,6 +478,11 @@ impl<'a> Registrar<'a> {
                 response_format: spec.response_schema,
                 provider: crate::triggers::Provider::Builtin(spec.provider),
                 worker: Some(self.worker),
-            });
+            },
+        );
+        // Only a binding re-homed away from a worker's provider sends anything (its disarm).
+        if !sends.is_empty() {
+            tokio::spawn(crate::triggers::deliver(sends));
+        }
     }
 }

@@ -135,9 +135,24 @@ fn raw_value(r: Option<&RawValue>) -> Option<Value> {
 
 impl TriggerRegistry {
     /// Adds (or replaces) a service-provided trigger type.
-    pub fn register_builtin_type(&mut self, entry: TriggerTypeEntry) {
+    /// Bindings of the type, parked or armed at an earlier instance of the same service,
+    /// are armed at the new provider (a service recreated at run time keeps its routes).
+    pub fn register_builtin_type(&mut self, entry: TriggerTypeEntry) -> Sends {
         let key = (entry.namespace.clone(), entry.id.clone());
-        self.types.insert(key, entry);
+        self.types.insert(key.clone(), entry);
+        self.replay(&key)
+    }
+
+    /// Removes the service-provided type `id` of `worker` (bindings park until a provider
+    /// returns).
+    pub fn unregister_builtin_type(&mut self, engine: &Core, worker: &str, id: &str) -> Sends {
+        let key = (DEFAULT_NS.to_string(), id.to_string());
+        match self.types.get(&key) {
+            Some(t) if matches!(t.provider, Provider::Builtin(_)) && t.worker == Some(worker) => {
+                self.remove_type(engine, &key)
+            }
+            _ => Sends::new(),
+        }
     }
 
     /// Every trigger type.
@@ -484,27 +499,37 @@ impl TriggerRegistry {
         };
         self.types.insert(key.clone(), entry);
         tracing::info!(trigger_type = id, namespace = %key.0, worker_id = %conn.id_str, "[REGISTERED] trigger type");
-        // Replay: every binding this key serves, parked ones that now resolve here, and
-        // bindings that fell back to `default` but whose home namespace is this one (re-home).
+        sends.extend(self.replay(&key));
+        sends
+    }
+
+    /// Arms at `key` every binding it now serves: ones armed there before (at an earlier
+    /// provider of the same key), parked ones that now resolve here, and bindings that fell
+    /// back to `default` but whose home namespace is this one (re-home).
+    fn replay(&mut self, key: &TypeKey) -> Sends {
+        let mut sends = Sends::new();
         let ids: Vec<String> = self.bindings.keys().cloned().collect();
         for bid in ids {
             let b = self.bindings[&bid].clone();
-            if b.trigger_type != id {
+            if b.trigger_type != key.1 {
                 continue;
             }
             let target = self.resolve(&b);
-            if target.as_ref() != Some(&key) {
+            if target.as_ref() != Some(key) {
                 continue;
             }
             if let Some(old) = &b.provider {
-                if old != &key {
+                if old != key {
                     self.disarm(&b, &mut sends);
                 }
             }
             let mut nb = b.clone();
-            match self.arm(&nb, &key, &mut sends) {
+            match self.arm(&nb, key, &mut sends) {
                 Ok(()) => nb.provider = Some(key.clone()),
-                Err(_) => nb.provider = None,
+                Err(e) => {
+                    tracing::warn!(trigger_id = %nb.id, trigger_type = %key.1, "cannot arm at the returning provider: {e}; binding parked");
+                    nb.provider = None
+                }
             }
             self.bindings.insert(bid, nb);
         }

@@ -40,6 +40,28 @@ pub const EMBEDDED: &str = "workers:
 const UPSTREAM_UNAVAILABLE: &[(&str, &str)] =
     &[("iii-exec", "iii-exec"), ("iii-bridge", "iii-bridge")];
 
+/// One service as the file configured it.
+pub struct ConfiguredService {
+    /// Its names.
+    pub info: ServiceInfo,
+    /// Validated, not started.
+    pub configured: Box<dyn Configured>,
+    /// Its entries' `config:` blocks as JSON, in file order (empty for an always-on service the
+    /// file does not list). Run-time changes are diffed against these.
+    pub blocks: Vec<serde_json::Value>,
+}
+
+/// A `config:` block as JSON (`{}` when absent; YAML keys that are not strings are written as
+/// YAML text, which no service accepts anyway).
+pub fn block_json(config: &Value) -> serde_json::Value {
+    match config {
+        Value::Null => serde_json::json!({}),
+        v => serde_json::to_value(v).unwrap_or_else(|_| {
+            serde_json::Value::String(serde_yaml::to_string(v).unwrap_or_default())
+        }),
+    }
+}
+
 /// A validated configuration: core settings plus every configured service, in list order.
 pub struct EngineConfig {
     /// Where it came from.
@@ -50,7 +72,7 @@ pub struct EngineConfig {
     /// The core's own settings.
     pub core: CoreSettings,
     /// The services to start, configured, in the order of the service list.
-    pub services: Vec<(ServiceInfo, Box<dyn Configured>)>,
+    pub services: Vec<ConfiguredService>,
     /// Entries that start nothing in this engine (with the reason), logged once each.
     pub unavailable: Vec<(String, &'static str)>,
     /// Deprecated entry names used, with the name to use instead.
@@ -68,7 +90,7 @@ impl std::fmt::Debug for EngineConfig {
                 &self
                     .services
                     .iter()
-                    .map(|(i, _)| i.name)
+                    .map(|s| s.info.name)
                     .collect::<Vec<_>>(),
             )
             .field("unavailable", &self.unavailable)
@@ -107,7 +129,7 @@ impl EngineConfig {
     pub fn service<T: 'static>(&self) -> Option<&T> {
         self.services
             .iter()
-            .find_map(|(_, c)| c.as_any().downcast_ref::<T>())
+            .find_map(|s| s.configured.as_any().downcast_ref::<T>())
     }
 
     /// The engine log level the observability entry set, if any.
@@ -118,7 +140,7 @@ impl EngineConfig {
 
     /// Is a service with config name `name` configured to run?
     pub fn runs(&self, name: &str) -> bool {
-        self.services.iter().any(|(i, _)| i.name == name)
+        self.services.iter().any(|s| s.info.name == name)
     }
 
     /// Parses config text against the service list; `origin` names the file in errors.
@@ -266,7 +288,12 @@ impl EngineConfig {
                 continue;
             }
             let configured = service.configure(&claimed[i])?;
-            cfg.services.push((infos[i], configured));
+            let blocks = claimed[i].iter().map(|e| block_json(e.config)).collect();
+            cfg.services.push(ConfiguredService {
+                info: infos[i],
+                configured,
+                blocks,
+            });
         }
         Ok(cfg)
     }

@@ -7,16 +7,18 @@
 //! implements their adapter traits.
 
 pub mod config;
+mod supervisor;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use iii_adapter_api::{AdapterError, AdapterErrorKind, AdapterLoader, AdapterSpec};
-use iii_core::{CancellationToken, Core, Handles, PrepareCx, Registrar, Service};
+use iii_core::{CancellationToken, Core, Handles, Service};
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigSource, EngineConfig};
+pub use config::{ConfigSource, ConfiguredService, EngineConfig};
 pub use iii_core::config::ConfigError;
 pub use iii_core::StartError;
 
@@ -49,13 +51,16 @@ pub fn services() -> Vec<Box<dyn Service>> {
 pub struct Running {
     /// The core handle.
     pub core: Core,
-    /// What the services listen on, labelled (`worker socket`, `REST trigger server`).
+    /// What the services listened on at start-up, labelled (`worker socket`, `REST trigger
+    /// server`); [`Running::listening_now`] follows run-time changes.
     pub listening: Vec<(&'static str, SocketAddr)>,
+    supervisor: Arc<supervisor::Supervisor>,
+    /// The core's maintenance and the config watcher, stopped after the services.
     tasks: Vec<(&'static str, CancellationToken, JoinHandle<()>)>,
 }
 
 impl Running {
-    /// The first address labelled `what`.
+    /// The first address labelled `what` at start-up.
     pub fn addr(&self, what: &str) -> Option<SocketAddr> {
         self.listening
             .iter()
@@ -63,10 +68,33 @@ impl Running {
             .map(|(_, a)| *a)
     }
 
+    /// What the services listen on now (after any run-time change).
+    pub async fn listening_now(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.supervisor.listening().await
+    }
+
+    /// The engine's handle for changing service configuration at run time.
+    pub fn control(&self) -> Arc<dyn iii_core::control::ServiceControl> {
+        self.supervisor.clone()
+    }
+
+    /// Applies the config file at `path` now, as the watcher does on a change.
+    pub async fn reload(&self, path: &std::path::Path) {
+        watch::reload(&self.supervisor, path).await
+    }
+
     /// Stops the services in reverse start order, giving each up to `per_service` to finish
     /// (flush) after its token is cancelled.
     pub async fn shutdown(self, per_service: Duration) {
-        for (name, stop, task) in self.tasks.into_iter().rev() {
+        let mut tasks = self.tasks;
+        // The watcher first, so that no change starts during shutdown.
+        if let Some(i) = tasks.iter().position(|(n, _, _)| *n == "config watcher") {
+            let (_, stop, task) = tasks.remove(i);
+            stop.cancel();
+            let _ = task.await;
+        }
+        self.supervisor.shutdown(per_service).await;
+        for (name, stop, task) in tasks.into_iter().rev() {
             stop.cancel();
             let abort = task.abort_handle();
             if tokio::time::timeout(per_service, task).await.is_err() {
@@ -82,7 +110,8 @@ impl Running {
 
 /// Starts every configured service: prepare all (binds, adapter loads), then install all,
 /// then run all. Nothing is served until everything prepared, so a port clash or a bad
-/// adapter fails start-up cleanly.
+/// adapter fails start-up cleanly. A configuration read from a file is watched from then on
+/// ([`watch`]).
 pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
     start_with(cfg, Handles::default()).await
 }
@@ -96,41 +125,46 @@ pub async fn start_with(cfg: EngineConfig, mut handles: Handles) -> Result<Runni
     for (old, new) in &cfg.deprecated {
         tracing::warn!(worker = %old, "config entry name `{old}` is deprecated; write `{new}`");
     }
-    let core = Core::new(cfg.core.clone());
     if handles.get::<Arc<dyn AdapterLoader>>().is_none() {
         let loader: Arc<dyn AdapterLoader> = Arc::new(LazyPluginHost::new(cfg.project_dir.clone()));
         handles.insert(loader);
     }
-
-    let mut prepared = Vec::new();
-    for (info, configured) in cfg.services {
-        let mut cx = PrepareCx::new(&core, &cfg.project_dir, &mut handles);
-        let p = configured.prepare(&mut cx).await?;
-        prepared.push((info, p));
-    }
-    let mut listening = Vec::new();
-    for (info, p) in prepared.iter_mut() {
-        let mut reg = Registrar::new(&core, info.worker);
-        p.install(&mut reg);
-        listening.extend(p.listening());
-    }
+    let watched = match &cfg.source {
+        ConfigSource::File(p) if watch_enabled() => Some(p.clone()),
+        _ => None,
+    };
+    let (supervisor, listening) = supervisor::Supervisor::boot(cfg, handles).await?;
+    let core = supervisor.core().clone();
     let mut tasks = Vec::new();
     {
         let stop = CancellationToken::new();
         let t = tokio::spawn(core.clone().run_maintenance(stop.clone()));
         tasks.push(("core", stop, t));
     }
-    for (info, p) in prepared {
+    if let Some(path) = watched {
         let stop = CancellationToken::new();
-        if let Some(fut) = p.run(core.clone(), stop.clone()) {
-            tasks.push((info.name, stop, tokio::spawn(fut)));
-        }
+        let t = tokio::spawn(watch::watch_config(
+            Arc::downgrade(&supervisor),
+            path,
+            stop.clone(),
+        ));
+        tasks.push(("config watcher", stop, t));
     }
     Ok(Running {
         core,
         listening,
+        supervisor,
         tasks,
     })
+}
+
+/// `III_WATCH_CONFIG=0` turns the `config.yaml` watcher off (e.g. a read-only deployment that
+/// wants edits to wait for a restart).
+fn watch_enabled() -> bool {
+    !matches!(
+        std::env::var("III_WATCH_CONFIG").as_deref(),
+        Ok("0") | Ok("false") | Ok("off")
+    )
 }
 
 /// Compiled plugin code is cached here, keyed by wasmtime version and plugin digest.
@@ -195,7 +229,9 @@ mod tests {
     //! The seam's promise: a new capability is its own module plus one line in the list.
     use super::*;
     use iii_core::config::ConfigError;
-    use iii_core::{Configured, Entry, FunctionSpec, Prepared, ServiceInfo, StartError};
+    use iii_core::{
+        Configured, Entry, FunctionSpec, PrepareCx, Prepared, Registrar, ServiceInfo, StartError,
+    };
     use serde_json::json;
 
     /// A throwaway service: `echo::say` answers its input with a configured prefix.

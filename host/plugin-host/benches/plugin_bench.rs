@@ -6,8 +6,8 @@
 //!   backend I/O), through `Arc<dyn StateStore>` as services call it, against
 //!   the same operation on an in-process Rust map;
 //! * policy: a fresh Extism instance from its `InstancePre`, and a full call;
-//! * policy world: the `bearer` component policy (instantiation alone, and
-//!   instantiate + authenticate + drop) and the Extism `rate-limit` policy
+//! * policy world: the `bearer` component policy (instantiation alone, a call that
+//!   instantiates inline, a call on the instance made ahead) and the Extism `rate-limit` policy
 //!   through `Arc<dyn Policy>`, as the policies service calls them;
 //! * queue: one message through the embedded queue component (enqueue →
 //!   lease → ack, three calls) on a data dir, with and without fdatasync;
@@ -292,16 +292,18 @@ async fn run() {
     })
     .await;
     row(
-        "component policy instance (Store + instance, dropped)",
+        "component policy instantiation (Store + instance, dropped)",
         &inst,
-        "target ≤ 50 µs",
+        "target ≤ 50 µs; hidden from calls by the instance made ahead",
     );
     let conn = Connection {
         headers: vec![("authorization".into(), "Bearer t3".into())],
         query_params: Vec::new(),
         ip_address: "127.0.0.1".into(),
     };
-    let auth = timed(5_000, |_| {
+    // Back to back on one thread: the background refill never gets to run, so every call
+    // instantiates inline (the worst case: a burst).
+    let inline = timed(5_000, |_| {
         let p = &bearer;
         let conn = &conn;
         async move {
@@ -310,15 +312,24 @@ async fn run() {
     })
     .await;
     row(
-        "component policy call (instantiate + authenticate + drop)",
-        &auth,
-        "bearer example",
+        "component policy call, none ready (instantiate + call + drop)",
+        &inline,
+        "bearer example, back to back",
     );
-    println!(
-        "| {:<46} | {:>12} | {:>12} | target ≤ 20 µs |",
-        "  => the call beyond instantiation",
-        us(auth.p50.saturating_sub(inst.p50)),
-        ""
+    // With the gap real calls have: the next instance is made (untimed) before each call.
+    let mut lat = Vec::with_capacity(5_000);
+    for i in 0..5_500 {
+        bearer.prepare_next().await;
+        let t = Instant::now();
+        std::hint::black_box(bearer.authenticate(&conn).await.expect("authenticate"));
+        if i >= 500 {
+            lat.push(t.elapsed());
+        }
+    }
+    row(
+        "component policy call, instance made ahead (call + drop)",
+        &stats(lat),
+        "target ≤ 20 µs; what a call pays",
     );
     let Value::Object(limits) = json!({"limit": 1_000_000_000u64, "window_ms": 3_600_000}) else {
         unreachable!()

@@ -344,7 +344,16 @@ pub fn classify(function_id: &str, input: &Value) -> Result<Request, ErrorBody> 
         ));
     }
     if has("headers") || has("query_params") || has("ip_address") {
-        return serde_json::from_value(input.clone())
+        let mut input = input.clone();
+        // The stream socket's auth input (§4.6.4) names the peer `addr`, with its port.
+        if let (false, Some(addr)) = (has("ip_address"), m.get("addr").and_then(Value::as_str)) {
+            let ip = addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| addr.to_string());
+            input["ip_address"] = json!(ip);
+        }
+        return serde_json::from_value(input)
             .map(Request::Authenticate)
             .map_err(|e| bad(function_id, e));
     }
@@ -587,6 +596,20 @@ mod tests {
             codes::POLICY_FAILED,
             "a non-object AuthResult denies"
         );
+    }
+
+    #[test]
+    fn the_stream_sockets_auth_input_gives_the_peer_ip() {
+        let r = classify(
+            "p",
+            &json!({"headers": {}, "path": "/", "query_params": {"token": ["a"]}, "addr": "10.1.2.3:5555"}),
+        )
+        .unwrap();
+        let Request::Authenticate(c) = r else {
+            panic!("not the auth shape")
+        };
+        assert_eq!(c.ip_address, "10.1.2.3");
+        assert_eq!(c.query_params, vec![("token".into(), vec!["a".into()])]);
     }
 
     #[tokio::test]

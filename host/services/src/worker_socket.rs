@@ -187,6 +187,12 @@ impl Service for WorkerSocket {
         }
     }
 
+    /// Its only exclusive resources are its ports; connections accepted by an old instance
+    /// keep being served after it stops listening.
+    fn may_overlap(&self) -> bool {
+        true
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let mut list = Vec::new();
         for (i, e) in entries.iter().enumerate() {

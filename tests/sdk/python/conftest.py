@@ -79,6 +79,23 @@ def http_request(
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+_POLICY_WASM: dict[str, str] = {}
+
+
+def policy_wasm() -> dict[str, str]:
+    """The example policies and the hostile fixture, name -> .wasm path, built (or found
+    warm) by the one shared script, plugins/policies/build.sh, once per session."""
+    if not _POLICY_WASM:
+        script = HERE.parents[2] / "plugins/policies/build.sh"
+        r = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            pytest.fail(f"{script} failed ({r.returncode}):\n{r.stderr}")
+        for line in r.stdout.splitlines():
+            name, _, path = line.partition("=")
+            _POLICY_WASM[name] = path
+    return _POLICY_WASM
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -107,7 +124,7 @@ class Engine:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 20) -> None:
         if not os.path.exists(self.binary):
             pytest.fail(f"engine binary not found: {self.binary} (set III_BIN)")
         self.starts += 1
@@ -125,12 +142,12 @@ class Engine:
             env=env,
         )
         log.close()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while not port_open(self.ws_port):
             if self.proc.poll() is not None:
                 pytest.fail(f"engine exited with {self.proc.returncode} before listening:\n{self.log()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"engine did not accept TCP on {self.ws_port} within 20s:\n{self.log()}")
+                pytest.fail(f"engine did not accept TCP on {self.ws_port} within {timeout}s:\n{self.log()}")
             time.sleep(0.02)
 
     def wait_http(self) -> None:

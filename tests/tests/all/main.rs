@@ -6,6 +6,7 @@
 mod cli;
 mod hardening_core;
 mod hardening_http;
+mod hot_reload;
 mod http_functions;
 mod http_middleware;
 mod http_trigger;

@@ -186,3 +186,24 @@ fn a_policy_that_cannot_load_fails_start_up_naming_entry_and_file() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_the_stream_sockets_auth_function() {
+    let e = EngineProc::start(&format!(
+        "{}  - name: stream\n    config: {{port: 0, auth_function: policy::bearer, adapter: {{name: kv, config: {{store_method: in_memory}}}}}}\n",
+        policies_entry()
+    ));
+    let ok = tokio_tungstenite::connect_async(format!("{}?token=t1", e.stream_url())).await;
+    assert!(ok.is_ok(), "the allowlisted token is let in: {ok:?}");
+    let refused = tokio_tungstenite::connect_async(format!("{}?token=nope", e.stream_url()))
+        .await
+        .expect_err("an unknown token is refused");
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(r) => {
+            assert_eq!(r.status().as_u16(), 401);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("allowlist"), "{body}");
+        }
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}

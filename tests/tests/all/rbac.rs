@@ -372,6 +372,54 @@ async fn calls_follow_the_authorization_decision() {
 }
 
 #[tokio::test]
+async fn registrations_buffered_for_a_refused_namespace_are_not_applied_in_default() {
+    let (e, p) = engine();
+    let _seen = provider(&e.url()).await;
+    let mut trusted = RawWorker::connect(&e.url()).await;
+    // Registrations before any namespace declaration are buffered (PROTOCOL.md §3.8).
+    let mut w = RawWorker::connect(&format!("ws://127.0.0.1:{}/?token=full", p.rbac)).await;
+    w.register_function("q::meant_for_elsewhere", json!({}))
+        .await;
+    let r = w
+        .call(
+            "engine::workers::register",
+            json!({"name": "w", "namespace": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "FORBIDDEN", "{r}");
+    e.wait_for_log(&["registrations it sent before are dropped"]);
+    let r = trusted
+        .call("engine::functions::list", json!({"prefix": "q::"}))
+        .await;
+    assert!(function_ids(&r).is_empty(), "{r}");
+
+    // A refused declaration followed by a permitted one applies the buffer there.
+    let mut w2 = RawWorker::connect(&format!("ws://127.0.0.1:{}/?token=full", p.rbac)).await;
+    w2.register_function("q::kept", json!({})).await;
+    let r = w2
+        .call(
+            "engine::workers::register",
+            json!({"name": "w2", "namespace": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "FORBIDDEN", "{r}");
+    let r = w2
+        .call(
+            "engine::workers::register",
+            json!({"name": "w2", "namespace": "tenant"}),
+        )
+        .await;
+    assert_eq!(r["result"]["success"], true, "{r}");
+    let r = trusted
+        .call("engine::functions::list", json!({"prefix": "q::"}))
+        .await;
+    assert!(
+        r["result"].to_string().contains("q::kept"),
+        "applied in the permitted namespace: {r}"
+    );
+}
+
+#[tokio::test]
 async fn registration_hooks_allow_rewrite_and_drop() {
     let (e, p) = engine();
     let mut seen = provider(&e.url()).await;

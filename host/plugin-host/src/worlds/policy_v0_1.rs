@@ -12,6 +12,7 @@
 //! `load::<PolicyWorld>(loader, &spec)` gives an `Arc<dyn Policy>` for a component or an
 //! Extism module alike ([`PluginHost::load_policy_spec`] tells them apart by their bytes).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use iii_adapter_api::policy::{
     InvocationDecision, Policy, PolicyWorld, RegistrationDecision, RegistrationKind, Rejection,
 };
 use iii_adapter_api::{AdapterError, AdapterSource, AdapterSpec, AdapterWorld, Grants};
+use parking_lot::Mutex;
 use serde_json::Value;
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Store, UpdateDeadline};
@@ -99,7 +101,15 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
 }
 
 /// A policy component: one `InstancePre`, a fresh instance per call.
+///
+/// Instantiation is most of a call's cost, so one instance is kept ready: made in the
+/// background after each call takes the previous one, and used once, like any other (a used
+/// instance is dropped, never reused). Calls that find none ready instantiate inline.
 pub struct ComponentPolicy {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     label: String,
     host: Arc<HostInner>,
     pre: InstancePre<AdapterCtx>,
@@ -107,6 +117,10 @@ pub struct ComponentPolicy {
     caps: Capabilities,
     limits: Limits,
     cache: CacheOutcome,
+    /// The instance made ahead of the next call, if any.
+    ready: Mutex<Option<Call>>,
+    /// A background instantiation is under way (at most one per policy).
+    refilling: AtomicBool,
 }
 
 /// One call's instance; dropped (store, instance, pool slot) when the call ends.
@@ -252,37 +266,28 @@ impl PluginHost {
         )
         .map_err(|e| PolicyError::Engine(e.to_string()))?;
         Ok(Arc::new(ComponentPolicy {
-            label,
-            host: self.inner.clone(),
-            pre,
-            indices,
-            caps,
-            limits,
-            cache,
+            inner: Arc::new(Shared {
+                label,
+                host: self.inner.clone(),
+                pre,
+                indices,
+                caps,
+                limits,
+                cache,
+                ready: Mutex::new(None),
+                refilling: AtomicBool::new(false),
+            }),
         }))
     }
 }
 
-impl ComponentPolicy {
-    /// The policy's path, as configured.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Whether the compiled code came from the on-disk cache.
-    pub fn compile_cache(&self) -> CacheOutcome {
-        self.cache
-    }
-
-    /// Creates (and drops) one instance: what every call pays before running.
-    pub async fn instantiate(&self) -> Result<(), PolicyError> {
-        self.call_instance().await.map(drop)
-    }
-
-    async fn call_instance(&self) -> Result<Call, PolicyError> {
-        let deadline = Duration::from_millis(self.limits.deadline_ms);
-        let start = Instant::now();
-        let slot = crate::policy::slot(&self.host.policy_slots, &self.label, deadline).await?;
+impl Shared {
+    /// A new instance in a new store, under the call's limits counted from `start`.
+    async fn instantiate(
+        &self,
+        start: Instant,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Call, PolicyError> {
         let ctx = self
             .caps
             .build()
@@ -298,14 +303,7 @@ impl ComponentPolicy {
                 UpdateDeadline::Yield(1)
             })
         });
-        // The deadline covers the wait for a slot, instantiation and the call.
-        store.data_mut().call_deadline = start + deadline;
-        store.set_epoch_deadline(1);
-        if let Some(f) = self.limits.fuel {
-            store
-                .set_fuel(f)
-                .map_err(|e| PolicyError::Engine(e.to_string()))?;
-        }
+        self.arm(&mut store, start)?;
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => return Err(self.contained(&store, "instantiate", e)),
@@ -319,6 +317,39 @@ impl ComponentPolicy {
             guest,
             _slot: slot,
         })
+    }
+
+    /// Sets the call's deadline (from `start`: it covers the wait for a slot, instantiation
+    /// when not made ahead, and the call) and its fuel.
+    fn arm(&self, store: &mut Store<AdapterCtx>, start: Instant) -> Result<(), PolicyError> {
+        store.data_mut().call_deadline = start + Duration::from_millis(self.limits.deadline_ms);
+        store.set_epoch_deadline(1);
+        if let Some(f) = self.limits.fuel {
+            store
+                .set_fuel(f)
+                .map_err(|e| PolicyError::Engine(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the ready instance (the caller set `refilling`). It takes a pool slot only when
+    /// more than half of the policy slots are free, so ready instances never keep calls from
+    /// slots; a failure leaves none ready (the next call instantiates inline and reports it).
+    async fn refill(self: &Arc<Self>) {
+        let slots = &self.host.policy_slots;
+        let spare = slots.available_permits() > self.host.policy_slot_count / 2;
+        let slot = if spare && self.ready.lock().is_none() {
+            slots.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            match self.instantiate(Instant::now(), slot).await {
+                Ok(call) => *self.ready.lock() = Some(call),
+                Err(e) => tracing::debug!(policy = %self.label, "no instance made ahead: {e}"),
+            }
+        }
+        self.refilling.store(false, Ordering::Release);
     }
 
     /// A failed call as the reason the host stopped it, logged.
@@ -337,10 +368,90 @@ impl ComponentPolicy {
         tracing::warn!(policy = %self.label, hook, "policy call failed (the caller denies): {err}");
         err
     }
+}
+
+impl ComponentPolicy {
+    /// The policy's path, as configured.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn compile_cache(&self) -> CacheOutcome {
+        self.inner.cache
+    }
+
+    /// Creates (and drops) one fresh instance, bypassing the ready instance: the
+    /// instantiation cost that the ready instance hides from calls.
+    pub async fn instantiate(&self) -> Result<(), PolicyError> {
+        let start = Instant::now();
+        let deadline = Duration::from_millis(self.inner.limits.deadline_ms);
+        let slot =
+            crate::policy::slot(&self.inner.host.policy_slots, &self.inner.label, deadline).await?;
+        self.inner.instantiate(start, slot).await.map(drop)
+    }
+
+    /// Makes the ready instance now if there is none (and a spare slot), and waits for it:
+    /// what the background refill does between calls. For benches and tests.
+    pub async fn prepare_next(&self) {
+        while !self.has_ready_instance() {
+            if !self.inner.refilling.swap(true, Ordering::AcqRel) {
+                Shared::refill(&self.inner).await;
+                return;
+            }
+            // A background refill is under way: let it finish.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Whether an instance is ready for the next call.
+    pub fn has_ready_instance(&self) -> bool {
+        self.inner.ready.lock().is_some()
+    }
+
+    /// The instance for one call: the ready one if there is one, else a new one. Either way
+    /// the next one is then made in the background.
+    async fn call_instance(&self) -> Result<Call, PolicyError> {
+        let start = Instant::now();
+        let taken = self.inner.ready.lock().take();
+        let call = match taken {
+            Some(mut c) => {
+                self.inner.arm(&mut c.store, start)?;
+                c
+            }
+            None => {
+                let deadline = Duration::from_millis(self.inner.limits.deadline_ms);
+                let slot =
+                    crate::policy::slot(&self.inner.host.policy_slots, &self.inner.label, deadline)
+                        .await?;
+                // A policy that cannot be instantiated fails here, and is not retried in the
+                // background.
+                self.inner.instantiate(start, slot).await?
+            }
+        };
+        self.spawn_refill();
+        Ok(call)
+    }
+
+    /// Starts making the next call's instance on the runtime, unless one is ready or under way.
+    fn spawn_refill(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        rt.spawn(async move { Shared::refill(&inner).await });
+    }
+
+    fn contained(&self, store: &Store<AdapterCtx>, hook: &str, e: wasmtime::Error) -> PolicyError {
+        self.inner.contained(store, hook, e)
+    }
 
     fn json(&self, hook: &str, text: &str) -> Result<Value, PolicyError> {
         serde_json::from_str(text).map_err(|e| PolicyError::InvalidJson {
-            plugin: self.label.clone(),
+            plugin: self.inner.label.clone(),
             message: format!("{hook}: {e}"),
         })
     }

@@ -420,3 +420,31 @@ async fn modules_that_import_wasi_or_lack_the_world_are_refused_at_load() {
     let e = host().load_policy_spec(&granted).err().unwrap();
     assert!(matches!(e, PolicyError::InvalidSpec(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_gets_a_fresh_instance_made_ahead_or_inline() {
+    let p = host()
+        .load_component_policy(&spec(fixtures::hostile_policy(), json!({"mode": "count"})))
+        .unwrap();
+    let calls = |d: AuthDecision| match d {
+        AuthDecision::Allow(v) => v["calls"].clone(),
+        other => panic!("expected allow, got {other:?}"),
+    };
+    // Inline: nothing was made ahead of the first call.
+    assert!(!p.has_ready_instance());
+    assert_eq!(calls(p.authenticate(&conn(&[], &[])).await.unwrap()), 1);
+    // Made ahead: the instance a call takes has served no call before.
+    for i in 0..20 {
+        p.prepare_next().await;
+        assert!(p.has_ready_instance(), "round {i}: an instance is ready");
+        assert_eq!(
+            calls(p.authenticate(&conn(&[], &[])).await.unwrap()),
+            1,
+            "round {i}: a used instance is never reused"
+        );
+    }
+    // Back to back, made ahead or not: still one call per instance.
+    for _ in 0..20 {
+        assert_eq!(calls(p.authenticate(&conn(&[], &[])).await.unwrap()), 1);
+    }
+}

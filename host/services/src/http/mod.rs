@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use iii_core::config::{ConfigError, EntryReader};
 use iii_core::{
-    BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
-    ServiceInfo, StartError, TriggerTypeSpec,
+    BoxFut, CancellationToken, Configured, Core, Entry, LiveConfig, PrepareCx, Prepared, Registrar,
+    Service, ServiceInfo, StartError, TriggerTypeSpec,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -277,6 +277,11 @@ impl Service for Http {
         }
     }
 
+    /// Its only exclusive resource is its port.
+    fn may_overlap(&self) -> bool {
+        true
+    }
+
     fn configure(&self, entries: &[Entry<'_>]) -> Result<Box<dyn Configured>, ConfigError> {
         let cfg = match entries.first() {
             Some(e) => configure(e)?,
@@ -289,8 +294,31 @@ impl Service for Http {
 struct Bound {
     listener: TcpListener,
     addr: SocketAddr,
-    cfg: HttpConfig,
+    settings: server::LiveSettings,
     routes: Arc<HttpRoutes>,
+}
+
+/// Applies live-tier changes (CORS, timeouts, body limit, middleware) to the running server;
+/// the next request sees them.
+struct LiveHttp(server::LiveSettings);
+
+impl LiveConfig for LiveHttp {
+    fn apply_live(&self, next: &dyn Configured) -> Result<(), String> {
+        let Some(next) = next.as_any().downcast_ref::<HttpConfig>() else {
+            return Err("not an http configuration".into());
+        };
+        let mut cur = self.0.write();
+        if (
+            next.host.as_str(),
+            next.port,
+            next.concurrency_request_limit,
+        ) != (cur.host.as_str(), cur.port, cur.concurrency_request_limit)
+        {
+            return Err("host, port and concurrency_request_limit need a rebind".into());
+        }
+        *cur = Arc::new(next.clone());
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -313,7 +341,7 @@ impl Configured for HttpConfig {
         Ok(Box::new(Bound {
             listener,
             addr,
-            cfg: *self,
+            settings: Arc::new(parking_lot::RwLock::new(Arc::new(*self))),
             routes: Arc::new(HttpRoutes::default()),
         }))
     }
@@ -349,8 +377,12 @@ impl Prepared for Bound {
     fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
         let b = *self;
         Some(Box::pin(server::serve(
-            core, b.routes, b.listener, b.cfg, stop,
+            core, b.routes, b.listener, b.settings, stop,
         )))
+    }
+
+    fn live(&self) -> Option<Arc<dyn LiveConfig>> {
+        Some(Arc::new(LiveHttp(self.settings.clone())))
     }
 }
 

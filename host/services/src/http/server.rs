@@ -424,10 +424,14 @@ fn shutting_down() -> Response<Body> {
     )
 }
 
+/// The server's settings, swapped whole by a live configuration change; each request reads
+/// them once at its start.
+pub type LiveSettings = Arc<parking_lot::RwLock<Arc<HttpConfig>>>;
+
 struct Server {
     engine: Core,
     routes: Arc<HttpRoutes>,
-    cfg: HttpConfig,
+    settings: LiveSettings,
     limit: Semaphore,
 }
 
@@ -436,14 +440,15 @@ pub async fn serve(
     engine: Core,
     routes: Arc<HttpRoutes>,
     listener: TcpListener,
-    cfg: HttpConfig,
+    settings: LiveSettings,
     stop: CancellationToken,
 ) {
+    let limit = settings.read().concurrency_request_limit;
     let server = Arc::new(Server {
         engine,
         routes,
-        limit: Semaphore::new(cfg.concurrency_request_limit),
-        cfg,
+        limit: Semaphore::new(limit),
+        settings,
     });
     loop {
         let accepted = tokio::select! {
@@ -460,7 +465,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
-        let header_timeout = server.cfg.header_read_timeout;
+        let header_timeout = server.cfg().header_read_timeout;
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
@@ -478,8 +483,13 @@ pub async fn serve(
 }
 
 impl Server {
+    /// The settings now.
+    fn cfg(&self) -> Arc<HttpConfig> {
+        self.settings.read().clone()
+    }
+
     fn cors_origin(&self, req_origin: Option<&str>) -> Option<String> {
-        match &self.cfg.cors {
+        match &self.cfg().cors {
             None => Some("*".into()),
             Some(c) => {
                 if c.allowed_origins.iter().any(|o| o == "*") {
@@ -539,13 +549,14 @@ impl Server {
             method: &method,
             metadata: metadata.as_deref(),
         };
-        if !self.cfg.middleware.is_empty() {
+        let cfg = self.cfg();
+        if !cfg.middleware.is_empty() {
             // Middleware calls are engine work like a handler's, so they hold a permit too; it is
             // given back while the body is read (a slow client must not hold one).
             let Ok(permit) = self.limit.acquire().await else {
                 return shutting_down();
             };
-            let global = self.cfg.middleware.iter().map(|m| m.function_id.as_str());
+            let global = cfg.middleware.iter().map(|m| m.function_id.as_str());
             let answered = self.middleware(DEFAULT_NS, global, &view).await;
             drop(permit);
             if let Some(mut resp) = answered {
@@ -597,14 +608,14 @@ impl Server {
                 .expect("a middleware input serialises")
             });
             let call = self.engine.call(namespace, fid, input, view.metadata, None);
-            let out = match tokio::time::timeout(self.cfg.middleware_timeout, call).await {
+            let out = match tokio::time::timeout(self.cfg().middleware_timeout, call).await {
                 Err(_) => {
                     return Some(envelope(
                         StatusCode::GATEWAY_TIMEOUT,
                         codes::MIDDLEWARE_TIMEOUT,
                         &format!(
                             "middleware {fid} did not answer within {} ms (http config `middleware_timeout_ms`)",
-                            self.cfg.middleware_timeout.as_millis()
+                            self.cfg().middleware_timeout.as_millis()
                         ),
                     ))
                 }
@@ -631,7 +642,7 @@ impl Server {
         parts: &hyper::http::request::Parts,
         mut body: Incoming,
     ) -> Result<Bytes, Response<Body>> {
-        let limit = self.cfg.body_limit_bytes;
+        let limit = self.cfg().body_limit_bytes;
         let too_large = || {
             refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -671,14 +682,14 @@ impl Server {
             }
             Ok(buf.freeze())
         };
-        match tokio::time::timeout(self.cfg.body_read_timeout, read).await {
+        match tokio::time::timeout(self.cfg().body_read_timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(refusal(
                 StatusCode::REQUEST_TIMEOUT,
                 codes::TIMEOUT,
                 &format!(
                     "the request body did not arrive within {} ms (http config `body_read_timeout_ms`)",
-                    self.cfg.body_read_timeout.as_millis()
+                    self.cfg().body_read_timeout.as_millis()
                 ),
             )),
         }
@@ -785,7 +796,7 @@ impl Server {
         channels.side_finished(&resp_ch);
 
         let work = self.run(route, data, metadata, rx);
-        match tokio::time::timeout(self.cfg.default_timeout, work).await {
+        match tokio::time::timeout(self.cfg().default_timeout, work).await {
             Ok(r) => r,
             Err(_) => Response::builder()
                 .status(StatusCode::GATEWAY_TIMEOUT)
@@ -842,7 +853,7 @@ impl Server {
     }
 
     fn preflight(&self, req: &Request<Incoming>) -> Response<Body> {
-        let methods = match &self.cfg.cors {
+        let methods = match &self.cfg().cors {
             Some(c) if !c.allowed_methods.is_empty() => c.allowed_methods.join(", "),
             _ => METHODS.join(", "),
         };

@@ -3,7 +3,7 @@
 // ($III_BIN, default /work/main/target/debug/iii) on free ports from a temp
 // cwd with a generated config.yaml, waits for TCP, kills it afterwards and
 // prints its log when the test fails.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -19,6 +19,25 @@ export const III_BIN = process.env.III_BIN || '/work/main/target/debug/iii'
 after(() => {
   setTimeout(() => process.exit(), 500).unref()
 })
+
+let policyWasmCache
+/**
+ * The example policies and the hostile fixture, name -> .wasm path, built (or found warm) by
+ * the one shared script, plugins/policies/build.sh (it prints `name=path` lines).
+ */
+export function policyWasm() {
+  if (!policyWasmCache) {
+    const script = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../../../plugins/policies/build.sh')
+    const out = execFileSync('bash', [script], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+    policyWasmCache = Object.fromEntries(
+      out
+        .split('\n')
+        .filter((l) => l.includes('='))
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    )
+  }
+  return policyWasmCache
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -85,10 +104,10 @@ export class Engine {
   }
 
   /** `extraConfig` is appended to the `workers:` list (YAML, two-space indent). */
-  static async create(extraConfig = '') {
+  static async create(extraConfig = '', { startTimeoutMs = 20000 } = {}) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iii-sdk-node-'))
     const e = new Engine(dir, await freePort(), await freePort(), extraConfig)
-    await e.start()
+    await e.start(startTimeoutMs)
     return e
   }
 
@@ -100,7 +119,7 @@ export class Engine {
     return `http://127.0.0.1:${this.httpPort}`
   }
 
-  async start() {
+  async start(timeoutMs = 20000) {
     if (!fs.existsSync(III_BIN)) throw new Error(`engine binary not found: ${III_BIN} (set III_BIN)`)
     this.starts += 1
     fs.appendFileSync(this.logPath, `\n===== engine start #${this.starts} =====\n`)
@@ -116,10 +135,10 @@ export class Engine {
     proc.once('exit', (code, sig) => {
       exited = { code, sig }
     })
-    const deadline = Date.now() + 20000
+    const deadline = Date.now() + timeoutMs
     while (!(await portOpen(this.wsPort))) {
       if (exited) throw new Error(`engine exited (${JSON.stringify(exited)}) before listening:\n${this.log()}`)
-      if (Date.now() > deadline) throw new Error(`engine did not accept TCP on ${this.wsPort} within 20s:\n${this.log()}`)
+      if (Date.now() > deadline) throw new Error(`engine did not accept TCP on ${this.wsPort} within ${timeoutMs}ms:\n${this.log()}`)
       await sleep(20)
     }
   }

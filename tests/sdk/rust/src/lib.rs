@@ -172,3 +172,33 @@ pub fn take_caller_id(v: &mut Value) -> Option<String> {
 pub fn stop(c: &IIIClient) {
     tokio::task::block_in_place(|| c.shutdown());
 }
+
+/// The example policies of `plugins/policies` and the hostile fixture, name → `.wasm` path
+/// (`bearer`, `audit`, `tenant-prefix`, `rate-limit`, `hostile`, `python-allowlist`,
+/// `js-tenant`), built (or found warm) once per test binary by the one script the Python and
+/// Node suites call too, `plugins/policies/build.sh` (it prints `name=path` lines).
+pub fn policy_wasm() -> &'static std::collections::HashMap<String, std::path::PathBuf> {
+    static W: std::sync::OnceLock<std::collections::HashMap<String, std::path::PathBuf>> =
+        std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../plugins/policies/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}); it needs the wasm32-wasip2 and wasm32-unknown-unknown targets, python3 (with venv) and npm",
+            script.display(),
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), std::path::PathBuf::from(v)))
+            .collect()
+    })
+}
