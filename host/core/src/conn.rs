@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::access::SessionAccess;
 use crate::limits::ConnLimits;
+use crate::validation::PayloadValidator;
 
 /// What the writer task sends to the socket.
 pub enum Out {
@@ -95,6 +96,8 @@ pub struct Conn {
     pub(crate) cleaned_notify: Notify,
     /// The listener policy's grants for this session; unset on a trusted listener.
     access: OnceLock<Arc<dyn SessionAccess>>,
+    /// The listener's payload checks; unset when it does not validate (`validate: off`).
+    validator: OnceLock<Arc<dyn PayloadValidator>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +156,7 @@ impl Conn {
             close_now: Notify::new(),
             cleaned_notify: Notify::new(),
             access: OnceLock::new(),
+            validator: OnceLock::new(),
         }
     }
 
@@ -269,6 +273,16 @@ impl Conn {
     /// Sets the session's access policy, once, before the session serves anything.
     pub(crate) fn set_access(&self, access: Arc<dyn SessionAccess>) {
         let _ = self.access.set(access);
+    }
+
+    /// The listener's payload checks (PROTOCOL.md §3.9); `None` when it does not validate.
+    pub fn validator(&self) -> Option<&Arc<dyn PayloadValidator>> {
+        self.validator.get()
+    }
+
+    /// Sets the session's payload checks, once, before the session serves anything.
+    pub(crate) fn set_validator(&self, validator: Arc<dyn PayloadValidator>) {
+        let _ = self.validator.set(validator);
     }
 }
 

@@ -4,11 +4,12 @@
 //! handle. Services register through [`crate::service::Registrar`]; they never see `Inner`.
 
 use iii_protocol::codes;
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use iii_protocol::{out, ErrorBody, Frame};
@@ -60,6 +61,12 @@ impl CallCtx {
     pub fn access(&self) -> Option<&Arc<dyn crate::access::SessionAccess>> {
         self.caller.as_ref().and_then(|c| c.access())
     }
+
+    /// The calling session's payload checks (PROTOCOL.md §3.9); `None` when its listener does
+    /// not validate, or for an engine-internal call.
+    pub fn validator(&self) -> Option<&Arc<dyn crate::validation::PayloadValidator>> {
+        self.caller.as_ref().and_then(|c| c.validator())
+    }
 }
 
 /// A boxed future, as in-process handlers and service tasks return.
@@ -99,6 +106,8 @@ pub struct FunctionEntry {
     pub on_behalf_of: Option<Arc<Conn>>,
     /// Ends that handler's calls in flight when its worker disconnects.
     hosted_stop: Option<tokio_util::sync::CancellationToken>,
+    /// See [`FunctionEntry::derived`].
+    derived: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl FunctionEntry {
@@ -126,6 +135,19 @@ impl FunctionEntry {
             Handler::Remote(c) => Some(c),
             Handler::Builtin(_) => self.on_behalf_of.as_ref(),
         }
+    }
+
+    /// A value computed from this entry once and kept as long as the entry lives (a payload
+    /// validator's compiled schemas, [`crate::validation`]), so it goes when the function goes.
+    /// The first caller's `init` fills the slot and later callers share it. The slot holds one
+    /// type: asked for another, it returns `None`.
+    pub fn derived<T: Any + Send + Sync>(
+        &self,
+        init: impl FnOnce(&FunctionEntry) -> T,
+    ) -> Option<&T> {
+        self.derived
+            .get_or_init(|| Box::new(init(self)))
+            .downcast_ref()
     }
 
     /// `metadata.internal` is true: hidden from listings unless asked.
@@ -269,6 +291,7 @@ impl Core {
             engine_worker: Some(worker),
             on_behalf_of: None,
             hosted_stop: None,
+            derived: OnceLock::new(),
         };
         self.inner
             .functions
@@ -367,6 +390,7 @@ impl Core {
             engine_worker: None,
             on_behalf_of,
             hosted_stop,
+            derived: OnceLock::new(),
         });
         let conflict = {
             let mut map = self.inner.functions.write();
@@ -563,6 +587,14 @@ impl Core {
                         .lookup(ns, fid)
                         .is_some_and(|e| e.owner_conn().is_none());
                 if !engine_owned {
+                    // The payload is the session's, whoever forwards it: checked before the
+                    // middleware sees it.
+                    if let Err(e) = self.check_call_by_id(conn, ns, fid, &f) {
+                        if let Some(fr) = reply(Err(&e)) {
+                            let _ = conn.send(fr).await;
+                        }
+                        return;
+                    }
                     self.through_middleware(conn, &f, middleware, context, ns);
                     return;
                 }
@@ -570,6 +602,12 @@ impl Core {
         }
 
         if let Some(iii_protocol::Action::Enqueue { queue }) = &f.action {
+            if let Err(e) = self.check_call_by_id(conn, ns, fid, &f) {
+                if let Some(fr) = reply(Err(&e)) {
+                    let _ = conn.send(fr).await;
+                }
+                return;
+            }
             self.enqueue_from_worker(conn, &f, queue, ns).await;
             return;
         }
@@ -584,6 +622,14 @@ impl Core {
             }
             return;
         };
+
+        if let Err(e) = check_call(conn, &entry, &f) {
+            if let Some(fr) = reply(Err(&e)) {
+                let _ = conn.send(fr).await;
+            }
+            return;
+        }
+        let check = result_check(conn, &entry);
 
         match &entry.handler {
             Handler::Remote(target) => {
@@ -600,6 +646,7 @@ impl Core {
                         function_id: fn_arc,
                         traceparent: f.traceparent.as_deref().map(str::to_string),
                         baggage: f.baggage.as_deref().map(str::to_string),
+                        check,
                     },
                     None => Waiter::Discard {
                         function_id: fn_arc,
@@ -695,6 +742,9 @@ impl Core {
                     match (&res, reply_id) {
                         (_, Some(id)) => {
                             let text = res.as_ref().ok().and_then(Reply::json_text);
+                            if let (Some(entry), Ok(_)) = (&check, &res) {
+                                checked_result(&conn, entry, text.as_deref());
+                            }
                             let outcome = match &res {
                                 Ok(_) => Ok(text.as_deref()),
                                 Err(e) => Err(e),
@@ -715,6 +765,24 @@ impl Core {
                     }
                 });
             }
+        }
+    }
+
+    /// [`check_call`] for a call that is not routed here (middleware, enqueue): the target is
+    /// looked up only when the session validates; a target not registered now is not checked.
+    fn check_call_by_id(
+        &self,
+        conn: &Conn,
+        ns: &str,
+        fid: &str,
+        f: &Frame<'_>,
+    ) -> Result<(), ErrorBody> {
+        if conn.validator().is_none() {
+            return Ok(());
+        }
+        match self.lookup(ns, fid) {
+            Some(entry) => check_call(conn, &entry, f),
+            None => Ok(()),
         }
     }
 
@@ -981,11 +1049,15 @@ impl Core {
                         function_id,
                         traceparent,
                         baggage,
+                        check,
                     } => {
                         let outcome = match &outcome {
                             Ok(r) => Ok(r.map(RawValue::get)),
                             Err(e) => Err(e),
                         };
+                        if let (Some(entry), Ok(result)) = (&check, &outcome) {
+                            checked_result(&caller, entry, *result);
+                        }
                         send_result(
                             &caller,
                             id_str,
@@ -1026,6 +1098,7 @@ impl Core {
                 function_id,
                 traceparent,
                 baggage,
+                ..
             } => {
                 let frame = out::invocation_result(
                     &iii_protocol::format_uuid(id),
@@ -1439,6 +1512,31 @@ impl Core {
     /// Calls in flight.
     pub fn pending_len(&self) -> usize {
         self.inner.pending.len()
+    }
+}
+
+/// The session's payload check of a call to `entry` (PROTOCOL.md §3.9): `Ok` at once when its
+/// listener does not validate or the function has no `request_format`.
+fn check_call(conn: &Conn, entry: &FunctionEntry, f: &Frame<'_>) -> Result<(), ErrorBody> {
+    match conn.validator() {
+        Some(v) if entry.request_format.is_some() => {
+            v.check_call(entry, f.data.map_or("null", RawValue::get))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The entry to check a call's result against, when the caller's listener checks results and
+/// the function declares a `response_format`.
+fn result_check(conn: &Conn, entry: &Arc<FunctionEntry>) -> Option<Arc<FunctionEntry>> {
+    let checks = conn.validator().is_some_and(|v| v.checks_results());
+    (checks && entry.response_format.is_some()).then(|| entry.clone())
+}
+
+/// Hands a successful result to the caller's result check (log only).
+fn checked_result(caller: &Conn, entry: &FunctionEntry, result: Option<&str>) {
+    if let Some(v) = caller.validator() {
+        v.check_result(entry, result);
     }
 }
 

@@ -4,8 +4,9 @@
 //! It holds the function registry and invocation router ([`Core`]), in-flight calls
 //! ([`pending`]), trigger types and bindings ([`triggers`]), worker-socket sessions
 //! ([`conn`], [`session`], [`listener`]), data channels ([`channels`]), config-entry reading
-//! ([`config`]), the seam every capability plugs into ([`service`]) and the one for functions
-//! served on a worker's behalf ([`invocation`]).
+//! ([`config`]), the seam every capability plugs into ([`service`]), the one for functions
+//! served on a worker's behalf ([`invocation`]) and the one for a listener's opt-in payload
+//! checks ([`validation`]).
 //!
 //! It never names a service and links no wasmtime: services depend on it, never the reverse.
 //! The wire contract is `host/protocol/PROTOCOL.md`; "§" references point there.
@@ -27,6 +28,7 @@ pub mod session;
 pub mod testing;
 pub mod triggers;
 pub mod url;
+pub mod validation;
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ use crate::access::{ConnectRequest, ListenerAccess, SessionAccess};
 use crate::channels::{Direction, SideState};
 use crate::core::Core;
 use crate::limits::ConnLimits;
+use crate::validation::PayloadValidator;
 
 enum Route {
     Worker,
@@ -103,13 +104,22 @@ pub async fn bind(cfg: &WorkerSocketConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind((cfg.host.as_str(), cfg.port)).await
 }
 
-/// Accepts connections until `stop` is cancelled. With `access`, every worker and telemetry
-/// connection is admitted by it first (PROTOCOL.md §9.2); without, the listener is trusted.
+/// What a listener applies to its sessions besides its socket settings.
+#[derive(Clone, Default)]
+pub struct SessionPolicy {
+    /// Admits every worker and telemetry connection first (PROTOCOL.md §9.2); `None`: the
+    /// listener is trusted.
+    pub access: Option<Arc<dyn ListenerAccess>>,
+    /// Checks the sessions' payloads (PROTOCOL.md §3.9); `None`: `validate: off`.
+    pub validator: Option<Arc<dyn PayloadValidator>>,
+}
+
+/// Accepts connections until `stop` is cancelled, applying `policy` to every session.
 pub async fn serve(
     engine: Core,
     listener: TcpListener,
     cfg: WorkerSocketConfig,
-    access: Option<Arc<dyn ListenerAccess>>,
+    policy: SessionPolicy,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let limits = Arc::new(cfg.limits.clone());
@@ -160,9 +170,9 @@ pub async fn serve(
         let engine = engine.clone();
         let deadline = cfg.handshake_timeout;
         let limits = limits.clone();
-        let access = access.clone();
+        let policy = policy.clone();
         tokio::spawn(async move {
-            handle(engine, stream, addr, deadline, limits, access).await;
+            handle(engine, stream, addr, deadline, limits, policy).await;
             drop(slot);
         });
     }
@@ -174,8 +184,9 @@ async fn handle(
     addr: SocketAddr,
     deadline: Duration,
     limits: Arc<ConnLimits>,
-    access: Option<Arc<dyn ListenerAccess>>,
+    policy: SessionPolicy,
 ) {
+    let SessionPolicy { access, validator } = policy;
     let _ = stream.set_nodelay(true);
     let mut route = None;
     let mut presented = ConnectRequest::default();
@@ -266,7 +277,15 @@ async fn handle(
     };
     match route {
         Some(Route::Worker) => {
-            crate::session::run_worker(engine, ws, addr.ip().to_string(), limits, session).await
+            crate::session::run_worker(
+                engine,
+                ws,
+                addr.ip().to_string(),
+                limits,
+                session,
+                validator,
+            )
+            .await
         }
         Some(Route::Otel) => {
             // Telemetry is accepted so SDK exporters do not error; it is not stored yet.

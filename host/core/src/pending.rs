@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::conn::Conn;
+use crate::core::FunctionEntry;
 
 /// The outcome of a call as seen by an in-process caller.
 pub type Outcome = Result<Option<Box<RawValue>>, ErrorBody>;
@@ -32,6 +33,9 @@ pub enum Waiter {
         traceparent: Option<String>,
         /// The caller's baggage, echoed.
         baggage: Option<String>,
+        /// The function, when the caller's listener checks results against its
+        /// `response_format` ([`crate::validation`]).
+        check: Option<Arc<FunctionEntry>>,
     },
     /// An in-process caller (HTTP trigger, builtin function, trigger fire).
     Oneshot(oneshot::Sender<Outcome>),

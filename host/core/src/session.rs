@@ -21,6 +21,7 @@ use crate::access::{Registration, SessionAccess};
 use crate::conn::{Conn, Out};
 use crate::core::{new_id, Core, DEFAULT_NS};
 use crate::limits::{ConnLimits, REGISTRATION_LIMIT_EXCEEDED};
+use crate::validation::PayloadValidator;
 
 /// Window over which malformed-frame warnings are counted per connection.
 const MALFORMED_LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -82,6 +83,7 @@ pub async fn run_worker<S>(
     ip: String,
     limits: Arc<ConnLimits>,
     access: Option<Arc<dyn SessionAccess>>,
+    validator: Option<Arc<dyn PayloadValidator>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -98,6 +100,9 @@ pub async fn run_worker<S>(
     ));
     if let Some(a) = access {
         conn.set_access(a);
+    }
+    if let Some(v) = validator {
+        conn.set_validator(v);
     }
     let writer_task = tokio::spawn(writer(sink, rx, queued));
     let _ = conn
@@ -396,6 +401,16 @@ async fn apply_decoded(
             crate::triggers::deliver(sends).await;
         }
         Kind::RegisterTrigger => {
+            if let Err(e) = check_trigger_config(engine, conn, ns, &frame) {
+                tracing::info!(worker_id = %conn.id_str, id = frame.id.as_deref().unwrap_or(""), "trigger registration refused: {e}");
+                let _ = conn.try_send(iii_protocol::out::trigger_registration_result(
+                    frame.id.as_deref().unwrap_or(""),
+                    frame.trigger_type.as_deref().unwrap_or(""),
+                    frame.function_id.as_deref().unwrap_or(""),
+                    Some(&e),
+                ));
+                return;
+            }
             let sends = engine
                 .inner
                 .triggers
@@ -415,6 +430,31 @@ async fn apply_decoded(
         Kind::RegisterService => {}
         _ => {}
     }
+}
+
+/// The session's payload check of a `registertrigger` config (PROTOCOL.md §3.9) against the
+/// trigger type it resolves to now; `Ok` when the listener does not validate, the type has no
+/// schema or no provider yet.
+fn check_trigger_config(
+    engine: &Core,
+    conn: &Conn,
+    ns: &str,
+    frame: &iii_protocol::Frame<'_>,
+) -> Result<(), iii_protocol::ErrorBody> {
+    let (Some(v), Some(ty)) = (conn.validator(), frame.trigger_type.as_deref()) else {
+        return Ok(());
+    };
+    let schema = engine
+        .triggers()
+        .config_schema(ty, frame.trigger_namespace.as_deref(), ns);
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let config = frame
+        .config
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .unwrap_or(Value::Null);
+    v.check_trigger_config(ty, &schema, &config)
 }
 
 /// Sends the close status a protocol error calls for (RFC 6455, section 7.4.1): 1007 for a text frame

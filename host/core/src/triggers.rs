@@ -216,17 +216,33 @@ impl TriggerRegistry {
     }
 
     fn resolve(&self, b: &Binding) -> Option<TypeKey> {
-        let ty = &b.trigger_type;
-        if let Some(ns) = &b.trigger_namespace {
-            let k = (ns.clone(), ty.clone());
+        self.resolve_type(
+            &b.trigger_type,
+            b.trigger_namespace.as_deref(),
+            &b.home_namespace,
+        )
+    }
+
+    /// The provider a binding of `ty` registered from `home` would be armed at (§3.8):
+    /// `trigger_namespace` when given, else the home namespace, then `default`.
+    fn resolve_type(&self, ty: &str, trigger_ns: Option<&str>, home: &str) -> Option<TypeKey> {
+        if let Some(ns) = trigger_ns {
+            let k = (ns.to_string(), ty.to_string());
             return self.types.contains_key(&k).then_some(k);
         }
-        let home = (b.home_namespace.clone(), ty.clone());
+        let home = (home.to_string(), ty.to_string());
         if self.types.contains_key(&home) {
             return Some(home);
         }
-        let dflt = (DEFAULT_NS.to_string(), ty.clone());
+        let dflt = (DEFAULT_NS.to_string(), ty.to_string());
         self.types.contains_key(&dflt).then_some(dflt)
+    }
+
+    /// The `trigger_request_format` of the trigger type a binding of `ty` registered from
+    /// `home` resolves to now; `None` when the type has none or no provider yet.
+    pub fn config_schema(&self, ty: &str, trigger_ns: Option<&str>, home: &str) -> Option<Value> {
+        let key = self.resolve_type(ty, trigger_ns, home)?;
+        self.types.get(&key)?.trigger_request_format.clone()
     }
 
     /// The provider key and worker connection binding `id` is armed at, if its provider is

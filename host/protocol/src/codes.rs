@@ -200,6 +200,13 @@ pub mod invocation {
         /// `engine::queue::enqueue` is registered, or the provider returned an error (its
         /// message is carried over) (§3.4).
         ENQUEUE_ERROR = "enqueue_error", Upstream, Engine;
+        /// Opt-in payload validation (a worker-socket listener with `validate: enforce`,
+        /// §3.9): a call's `data` does not match the target's `request_format`, or (as a
+        /// `triggerregistrationresult` error, or the error of `engine::register_trigger`) a
+        /// binding's `config` does not match its trigger type's `trigger_request_format`. The
+        /// message names the function or trigger type, the validator's message and the JSON
+        /// pointer of the failing value; `details` carries `instance_path` and `schema_path`.
+        VALIDATION_ERROR = "validation_error", Ours, Engine;
     }
 }
 

@@ -35,6 +35,10 @@ pub struct ErrorBody {
     /// The handler's stack trace, when a worker reports one; omitted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacktrace: Option<String>,
+    /// Machine-readable detail of the failure, when the sender has some (a `validation_error`
+    /// carries `{function_id | trigger_type, instance_path, schema_path}`); omitted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ErrorBody {
@@ -44,6 +48,7 @@ impl ErrorBody {
             code: code.into(),
             message: message.into(),
             stacktrace: None,
+            details: None,
         }
     }
 }

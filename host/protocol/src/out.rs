@@ -62,8 +62,8 @@ fn start(kind: &str, cap: usize) -> String {
     s
 }
 
-/// The JSON of an [`ErrorBody`], written directly: three strings cannot fail to serialize, so
-/// no fallback code is needed.
+/// The JSON of an [`ErrorBody`], written directly: strings and an already parsed value cannot
+/// fail to serialize, so no fallback code is needed.
 fn error_json(e: &ErrorBody) -> String {
     let trace = e.stacktrace.as_deref().map_or(0, str::len);
     let mut s = String::with_capacity(e.code.len() + e.message.len() + trace + 48);
@@ -71,6 +71,9 @@ fn error_json(e: &ErrorBody) -> String {
     push_json_str(&mut s, &e.code);
     field_str(&mut s, "message", &e.message);
     field_opt_str(&mut s, "stacktrace", e.stacktrace.as_deref());
+    if let Some(d) = &e.details {
+        field_raw(&mut s, "details", &d.to_string());
+    }
     s.push('}');
     s
 }
@@ -311,6 +314,8 @@ mod tests {
             "without a stack trace"
         );
         e.stacktrace = Some("at f()\n\tat g()".into());
+        assert_eq!(parse(&error_json(&e)), serde_json::to_value(&e).unwrap());
+        e.details = Some(serde_json::json!({"instance_path": "/a/0", "n": [1, null]}));
         assert_eq!(parse(&error_json(&e)), serde_json::to_value(&e).unwrap());
         let back: ErrorBody = serde_json::from_str(&error_json(&e)).unwrap();
         assert_eq!(back, e);

@@ -18,6 +18,8 @@
 //! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
 //!   service: the listener's service builds it from its own entry).
 //! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
+//! - [`validation`]: opt-in JSON Schema checks of a worker-socket listener's payloads
+//!   (`validate:`; not a service: the listener's service builds it from its own entry).
 
 mod common;
 mod config_schema;
@@ -34,4 +36,5 @@ pub mod queue;
 pub mod rbac;
 pub mod state;
 pub mod stream;
+pub mod validation;
 pub mod worker_socket;

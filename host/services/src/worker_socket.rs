@@ -3,11 +3,13 @@
 //! any entry replaces the implicit default listener on 127.0.0.1:49134.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use iii_core::config::ConfigError;
 use iii_core::limits::ConnLimits;
-use iii_core::listener::{self, WorkerSocketConfig};
+use iii_core::listener::{self, SessionPolicy, WorkerSocketConfig};
+use iii_core::validation::PayloadValidator;
 use iii_core::{
     BoxFut, CancellationToken, Configured, Core, Entry, PrepareCx, Prepared, Registrar, Service,
     ServiceInfo, StartError,
@@ -15,6 +17,7 @@ use iii_core::{
 use tokio::net::TcpListener;
 
 use crate::rbac::{Gate, ListenerPolicy};
+use crate::validation::{Mode, Validation};
 
 const WORKER: &str = "iii-worker-manager";
 
@@ -38,22 +41,47 @@ fn default_listener(index: usize) -> WorkerSocketConfig {
     }
 }
 
-/// One listener: its socket settings and its access policy (RBAC, middleware), if any.
+/// One listener: its socket settings, its access policy (RBAC, middleware), if any, and
+/// whether it validates payloads.
 pub struct Listener {
     /// Address, limits and timeouts.
     pub socket: WorkerSocketConfig,
     /// `rbac` / `middleware_function_id`; `None` = trusted.
     pub policy: Option<ListenerPolicy>,
+    /// `validate`: payload checks against the registered schemas (PROTOCOL.md §3.9).
+    pub validate: Mode,
 }
 
 fn listener(e: &Entry<'_>, index: usize) -> Result<Listener, ConfigError> {
     let socket = listener_config(e, index)?;
     let at = e.key("config");
-    let policy = match e.reader.mapping(e.config, &at)? {
-        Some(m) => ListenerPolicy::from_config(&e.reader, m, &at)?,
-        None => None,
+    let (policy, validate) = match e.reader.mapping(e.config, &at)? {
+        Some(m) => (
+            ListenerPolicy::from_config(&e.reader, m, &at)?,
+            validate_mode(&e.reader, m, &at)?,
+        ),
+        None => (None, Mode::Off),
     };
-    Ok(Listener { socket, policy })
+    Ok(Listener {
+        socket,
+        policy,
+        validate,
+    })
+}
+
+/// `validate: off | warn | enforce`, default `off` (upstream never validates).
+fn validate_mode(
+    r: &iii_core::config::EntryReader,
+    m: &serde_yaml::Mapping,
+    at: &str,
+) -> Result<Mode, ConfigError> {
+    let Some(v) = m.get("validate") else {
+        return Ok(Mode::Off);
+    };
+    let key = format!("{at}.validate");
+    v.as_str()
+        .and_then(Mode::parse)
+        .ok_or_else(|| r.invalid(&key, "one of off, warn, enforce", v))
 }
 
 fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, ConfigError> {
@@ -71,6 +99,7 @@ fn listener_config(e: &Entry<'_>, index: usize) -> Result<WorkerSocketConfig, Co
             "host",
             "middleware_function_id",
             "rbac",
+            "validate",
             "handshake_timeout_ms",
             "max_connections",
             "max_outbound_bytes",
@@ -173,6 +202,7 @@ impl Service for WorkerSocket {
             list.push(Listener {
                 socket: default_listener(0),
                 policy: None,
+                validate: Mode::Off,
             });
         }
         Ok(Box::new(WorkerSockets(list)))
@@ -202,12 +232,13 @@ impl Configured for WorkerSockets {
                 port: c.port,
                 source,
             })?;
+            let validate = lc.validate.as_str();
             match &lc.policy {
                 Some(p) => {
-                    tracing::info!(listener = %c.name, rbac = p.rbac.is_some(), middleware = p.middleware_function_id.as_deref().unwrap_or(""), "worker socket listening on ws://{addr}")
+                    tracing::info!(listener = %c.name, rbac = p.rbac.is_some(), middleware = p.middleware_function_id.as_deref().unwrap_or(""), validate, "worker socket listening on ws://{addr}")
                 }
                 None => {
-                    tracing::info!(listener = %c.name, "worker socket listening on ws://{addr}")
+                    tracing::info!(listener = %c.name, validate, "worker socket listening on ws://{addr}")
                 }
             }
             bound.push((l, lc, addr));
@@ -235,12 +266,16 @@ impl Prepared for Bound {
                 .0
                 .into_iter()
                 .map(|(l, c, _)| {
-                    let access = c.policy.map(Gate::for_listener);
+                    let policy = SessionPolicy {
+                        access: c.policy.map(Gate::for_listener),
+                        validator: Validation::new(c.validate, &c.socket.name)
+                            .map(|v| v as Arc<dyn PayloadValidator>),
+                    };
                     tokio::spawn(listener::serve(
                         core.clone(),
                         l,
                         c.socket,
-                        access,
+                        policy,
                         stop.clone(),
                     ))
                 })
@@ -268,6 +303,41 @@ mod tests {
             },
         };
         listener_config(&e, 0)
+    }
+
+    fn parse_listener(yaml: &str) -> Result<Listener, ConfigError> {
+        let config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test yaml");
+        let e = Entry {
+            at: "workers[0](iii-worker-manager)".into(),
+            name: WORKER,
+            config: &config,
+            reader: EntryReader {
+                path: "config.yaml",
+            },
+        };
+        listener(&e, 0)
+    }
+
+    #[test]
+    fn validate_defaults_to_off_and_names_its_key_when_wrong() {
+        assert_eq!(parse_listener("port: 1").unwrap().validate, Mode::Off);
+        assert_eq!(parse_listener("{}").unwrap().validate, Mode::Off);
+        for (v, m) in [
+            ("off", Mode::Off),
+            ("warn", Mode::Warn),
+            ("enforce", Mode::Enforce),
+        ] {
+            let l = parse_listener(&format!("validate: {v}")).unwrap();
+            assert_eq!(l.validate, m);
+        }
+        for bad in ["validate: strict", "validate: true", "validate: [warn]"] {
+            let e = parse_listener(bad).err().expect(bad).to_string();
+            assert!(
+                e.contains("workers[0](iii-worker-manager).config.validate")
+                    && e.contains("off, warn, enforce"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

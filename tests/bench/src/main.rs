@@ -9,10 +9,12 @@
 //! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
 //! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
 //! `iii-bench reload` measures how long a `config.yaml` edit takes to apply ([`reload`]).
+//! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
 mod policy;
 mod pubcron;
 mod reload;
+mod validate;
 
 mod queue;
 
@@ -641,6 +643,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("reload") {
         return rt.block_on(reload::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("validate") {
+        return rt.block_on(validate::bench());
     }
     rt.block_on(bench())
 }

@@ -20,4 +20,5 @@ mod rbac;
 mod rbac_policies;
 mod state_stream;
 mod stream_socket;
+mod validation;
 mod wire;

@@ -5,3 +5,4 @@ mod invocation;
 mod router;
 mod support;
 mod triggers;
+mod validation;

@@ -546,13 +546,26 @@ fn install(reg: &mut Registrar<'_>) {
                         "namespace must not be blank",
                     ));
                 }
+                let config = i.config.unwrap_or(Value::Null);
+                // The session's payload checks (PROTOCOL.md §3.9), against the type the binding
+                // resolves to now.
+                if let Some(v) = ctx.validator() {
+                    let schema = e.triggers().config_schema(
+                        &i.trigger_type,
+                        i.trigger_namespace.as_deref(),
+                        DEFAULT_NS,
+                    );
+                    if let Some(schema) = schema {
+                        v.check_trigger_config(&i.trigger_type, &schema, &config)?;
+                    }
+                }
                 let id = iii_protocol::format_uuid(iii_core::new_id());
                 let b = Binding {
                     id: id.clone(),
                     trigger_type: i.trigger_type,
                     // A session with a prefix names its own functions unprefixed (§9.7).
                     function_id: iii_core::access::prefixed(access.as_ref(), &i.function_id),
-                    config: i.config.unwrap_or(Value::Null),
+                    config,
                     metadata: i.metadata,
                     owner: None,
                     namespace: DEFAULT_NS.into(),
