@@ -7,8 +7,8 @@ use std::sync::Arc;
 use iii_adapter_api::{AdapterSpec, StateStore, StateWorld, UpdateOp};
 use iii_core::config::ConfigError;
 use iii_core::{
-    Configured, Core, Entry, NoInput, PrepareCx, Prepared, Registrar, Service, ServiceInfo,
-    StartError, TriggerTypeSpec,
+    Configured, Core, Entry, LiveConfig, NoInput, PrepareCx, Prepared, Registrar, Service,
+    ServiceInfo, StartError, TriggerTypeSpec,
 };
 use iii_protocol::ErrorBody;
 use schemars::JsonSchema;
@@ -141,7 +141,7 @@ impl Configured for StateConfig {
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
         let (store, _) = load_adapter::<StateWorld>(cx, "state", &self.adapter).await?;
-        Ok(Box::new(StateService { store, opts: *self }))
+        Ok(Box::new(StateService::new(store, *self)))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -152,13 +152,41 @@ impl Configured for StateConfig {
 #[derive(Clone)]
 pub struct StateService {
     store: Arc<dyn StateStore>,
-    opts: StateConfig,
+    /// The live-tier options (`triggers_enabled`, `max_value_bytes`), changed in place by a
+    /// run-time configuration change.
+    opts: Arc<parking_lot::RwLock<StateConfig>>,
 }
 
 impl StateService {
     /// A service over `store` (for tests: a memory store).
     pub fn new(store: Arc<dyn StateStore>, opts: StateConfig) -> Self {
-        StateService { store, opts }
+        StateService {
+            store,
+            opts: Arc::new(parking_lot::RwLock::new(opts)),
+        }
+    }
+
+    fn triggers_enabled(&self) -> bool {
+        self.opts.read().triggers_enabled
+    }
+
+    fn max_value_bytes(&self) -> Option<usize> {
+        self.opts.read().max_value_bytes
+    }
+}
+
+/// Applies `triggers_enabled` and `max_value_bytes` to the running service.
+struct LiveState(Arc<parking_lot::RwLock<StateConfig>>);
+
+impl LiveConfig for LiveState {
+    fn apply_live(&self, next: &dyn Configured) -> Result<(), String> {
+        let Some(next) = next.as_any().downcast_ref::<StateConfig>() else {
+            return Err("not a state configuration".into());
+        };
+        let mut cur = self.0.write();
+        cur.triggers_enabled = next.triggers_enabled;
+        cur.max_value_bytes = next.max_value_bytes;
+        Ok(())
     }
 }
 
@@ -205,7 +233,7 @@ fn emit(
     old: Option<Value>,
     new: Option<Value>,
 ) {
-    if !svc.opts.triggers_enabled {
+    if !svc.triggers_enabled() {
         return;
     }
     let event = match (&old, &new) {
@@ -222,6 +250,10 @@ fn emit(
 }
 
 impl Prepared for StateService {
+    fn live(&self) -> Option<Arc<dyn LiveConfig>> {
+        Some(Arc::new(LiveState(self.opts.clone())))
+    }
+
     fn install(&mut self, reg: &mut Registrar<'_>) {
         let tt = ServiceTriggerType {
             string_keys: &["scope", "key", "condition_function_id"],
@@ -247,7 +279,7 @@ impl Prepared for StateService {
                 "Store a value under scope/key",
                 |e, i: SetIn, svc| async move {
                     let value = i.value.or(i.data).unwrap_or(Value::Null);
-                    if let Some(max) = svc.opts.max_value_bytes {
+                    if let Some(max) = svc.max_value_bytes() {
                         let len = value.to_string().len();
                         if len > max {
                             return Err(ErrorBody::new(

@@ -394,4 +394,69 @@ async fn builtin_services_are_entries_applied_by_tier() {
         "https://app.example"
     );
     assert!(e.dir.join("config/iii-http.yaml").exists());
+    // ... and the next response carries it.
+    let port = e.http_port;
+    let (_, headers, _) = tokio::task::spawn_blocking(move || {
+        iii_tests::http(
+            port,
+            "GET",
+            "/none",
+            &[("Origin", "https://app.example")],
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        iii_tests::header(&headers, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+}
+
+#[tokio::test]
+async fn a_live_state_setting_applies_to_the_running_service() {
+    let e = EngineProc::start(
+        "  - name: state\n    config: {adapter: {name: kv, config: {store_method: in_memory}}}\n",
+    );
+    let mut w = RawWorker::connect(&e.url()).await;
+    ok(
+        &mut w,
+        "state::set",
+        json!({"scope": "s", "key": "k", "value": "a fairly long value"}),
+    )
+    .await;
+    let running = ok(&mut w, "configuration::get", json!({"id": "iii-state"})).await;
+    let mut v = running["value"].clone();
+    v["max_value_bytes"] = json!(8);
+    let r = ok(
+        &mut w,
+        "configuration::set",
+        json!({"id": "iii-state", "value": v}),
+    )
+    .await;
+    assert_eq!(r["applied"]["tier"], "live", "{r}");
+    let r = err(
+        &mut w,
+        "state::set",
+        json!({"scope": "s", "key": "k", "value": "a fairly long value"}),
+    )
+    .await;
+    assert_eq!(r["code"], "VALUE_TOO_LARGE", "{r}");
+    // Applied in place: the value stored before is still there (same store, no restart).
+    let got = ok(&mut w, "state::get", json!({"scope": "s", "key": "k"})).await;
+    assert_eq!(got, json!("a fairly long value"));
+    // An adapter change is restart-tier: reported, not applied.
+    let mut v2 = v.clone();
+    v2["adapter"] = json!({"name": "kv"});
+    let r = ok(
+        &mut w,
+        "configuration::set",
+        json!({"id": "iii-state", "value": v2}),
+    )
+    .await;
+    assert_eq!(r["applied"]["tier"], "restart", "{r}");
+    assert!(
+        r["applied"]["note"].as_str().unwrap().contains("adapter"),
+        "{r}"
+    );
 }

@@ -286,7 +286,7 @@ impl Service for Http {
                 ("port", field(REBIND, "REST listener port (3111)", port())),
                 (
                     "host",
-                    field(REBIND, "REST listener address (0.0.0.0)", host()),
+                    field(REBIND, "REST listener address (127.0.0.1)", host()),
                 ),
                 ("default_timeout", ms("handler timeout in ms (30000)")),
                 (

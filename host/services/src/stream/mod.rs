@@ -128,7 +128,7 @@ impl Service for Stream {
                 ("port", field(REBIND, "stream socket port (3112)", port())),
                 (
                     "host",
-                    field(REBIND, "stream socket address (0.0.0.0)", host()),
+                    field(REBIND, "stream socket address (127.0.0.1)", host()),
                 ),
                 (
                     "auth_function",
