@@ -100,3 +100,36 @@ def test_trigger_and_external_edit(workers, engine):
     assert got.wait(10)
     assert events[-1]["new_value"] == {"url": "edited://"}
     assert call(w, "configuration::get", {"id": "py.svc"})["value"] == {"url": "edited://"}
+
+
+def test_builtin_http_settings_apply_by_tier(workers, engine):
+    """`iii-http` as a configuration entry: CORS applies live, a bad port is refused with its
+    pointer, and a new port rebinds (the new one answers the same route, the old one closes)."""
+    from conftest import free_port, http_request, port_open
+
+    engine.wait_http()
+    w = workers("py-config-http")
+    w.register_function("pycfg::hello", lambda req: {"status_code": 200, "body": {"hi": True}})
+    w.register_trigger({"type": "http", "function_id": "pycfg::hello", "config": {"api_path": "hi", "http_method": "GET"}})
+    wait_until(lambda: http_request("GET", engine.http_url + "/hi")[0] == 200, what="route live")
+
+    value = call(w, "configuration::get", {"id": "iii-http"})["value"]
+    assert value["port"] == engine.http_port, value
+
+    live = dict(value, cors={"allowed_origins": ["https://py.example"]})
+    r = call(w, "configuration::set", {"id": "iii-http", "value": live})
+    assert r["applied"]["tier"] == "live", r
+    _, headers, _ = http_request("GET", engine.http_url + "/hi", headers={"Origin": "https://py.example"})
+    assert headers.get("access-control-allow-origin") == "https://py.example", headers
+
+    err = refused(w, "configuration::set", {"id": "iii-http", "value": dict(live, port="eighty")})
+    assert err.code == "SCHEMA_INVALID" and "/port" in err.message, err
+    assert port_open(engine.http_port)
+
+    new_port = free_port()
+    r = call(w, "configuration::set", {"id": "iii-http", "value": dict(live, port=new_port)})
+    assert r["applied"]["tier"] == "rebind", r
+    st, _, body = http_request("GET", f"http://127.0.0.1:{new_port}/hi")
+    assert st == 200 and b"hi" in body, (st, body)
+    wait_until(lambda: not port_open(engine.http_port), what="old HTTP port closed")
+    assert call(w, "configuration::get", {"id": "iii-http"})["value"]["port"] == new_port
