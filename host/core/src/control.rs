@@ -123,6 +123,12 @@ pub trait ServiceControl: Send + Sync {
     /// earlier service's prepare phase), the value replaces its `config.yaml` block for this
     /// start.
     async fn apply(&self, id: &str, value: Value) -> Result<Applied, ControlError>;
+
+    /// Ticks whenever the running settings change by any means (an `apply`, a `config.yaml`
+    /// reload), so a holder of stored values can follow. The default never ticks.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
 }
 
 #[cfg(test)]

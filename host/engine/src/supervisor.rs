@@ -85,6 +85,8 @@ pub(crate) struct Supervisor {
     slots: tokio::sync::Mutex<Vec<Slot>>,
     boot: parking_lot::Mutex<Option<Boot>>,
     settings: parking_lot::RwLock<Vec<ServiceSetting>>,
+    /// Bumped by every settings refresh ([`ServiceControl::changes`]).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// The service implementation named `name` in the service list.
@@ -188,6 +190,7 @@ impl Supervisor {
             slots: tokio::sync::Mutex::new(Vec::new()),
             boot: parking_lot::Mutex::new(Some(Boot::default())),
             settings: parking_lot::RwLock::new(settings),
+            generation: tokio::sync::watch::channel(0).0,
         });
         let control: Arc<dyn ServiceControl> = sup.clone();
         handles.insert(control);
@@ -290,6 +293,7 @@ impl Supervisor {
             .iter()
             .filter_map(|s| setting_of(s.info, &s.blocks))
             .collect();
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Prepares `configured` for slot `info`.
@@ -532,6 +536,10 @@ impl Supervisor {
 impl ServiceControl for Supervisor {
     fn settings(&self) -> Vec<ServiceSetting> {
         self.settings.read().clone()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     async fn apply(&self, id: &str, value: Value) -> Result<Applied, ControlError> {

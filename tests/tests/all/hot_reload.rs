@@ -221,3 +221,58 @@ async fn serve(w: &mut RawWorker) {
     w.serve_one(|_| json!({"status_code": 200, "body": {"ok": true}}))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_builtin_value_is_followed_by_its_configuration_entry() {
+    let (e, ws, web) = watched("");
+    let mut w = RawWorker::connect_named(&e.url(), "follower", None).await;
+    w.register_function("cfg::on_change", json!({})).await;
+    w.send(json!({"type": "registertrigger", "id": "t-cfg", "trigger_type": "configuration", "function_id": "cfg::on_change", "config": {"configuration_id": "iii-http"}})).await;
+    w.sync().await;
+    let mut caller = RawWorker::connect(&e.url()).await;
+
+    // A value set at run time is stored for the next start...
+    let running = caller
+        .call("configuration::get", json!({"id": "iii-http"}))
+        .await["result"]["value"]
+        .clone();
+    let mut v = running.clone();
+    v["cors"] = json!({"allowed_origins": ["https://set.example"]});
+    let set = tokio::spawn(async move {
+        let r = caller
+            .call("configuration::set", json!({"id": "iii-http", "value": v}))
+            .await;
+        (caller, r)
+    });
+    let ev = w.serve_one(|_| Value::Null).await;
+    assert_eq!(ev["data"]["event_type"], "configuration:updated", "{ev}");
+    let (mut caller, r) = set.await.unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    let stored = std::fs::read_to_string(e.dir.join("config/iii-http.yaml")).unwrap();
+    assert!(stored.contains("set.example"), "{stored}");
+
+    // ... and a later edit of config.yaml applies, fires `updated`, and is what the stored
+    // file says from then on, so the next start agrees with the running engine.
+    write(
+        &e,
+        &base(ws, web, "").replace(
+            "default_timeout: 5000}",
+            "default_timeout: 5000, cors: {allowed_origins: ['https://file.example']}}",
+        ),
+    );
+    let ev = w.serve_one(|_| Value::Null).await;
+    assert_eq!(ev["data"]["event_type"], "configuration:updated", "{ev}");
+    assert_eq!(
+        ev["data"]["new_value"]["cors"]["allowed_origins"][0], "https://file.example",
+        "{ev}"
+    );
+    let got = caller
+        .call("configuration::get", json!({"id": "iii-http"}))
+        .await;
+    assert_eq!(
+        got["result"]["value"]["cors"]["allowed_origins"][0], "https://file.example",
+        "{got}"
+    );
+    let stored = std::fs::read_to_string(e.dir.join("config/iii-http.yaml")).unwrap();
+    assert!(stored.contains("file.example"), "{stored}");
+}

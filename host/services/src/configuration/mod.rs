@@ -591,6 +591,49 @@ impl Shared {
         }
     }
 
+    /// After the running settings changed: a builtin whose running value is no longer this
+    /// entry's (a `config.yaml` reload changed it) takes the running value, its stored file
+    /// (if it has one) is rewritten so the next start agrees with the running engine, and an
+    /// `updated` event is returned for each.
+    async fn follow_builtins(&self) -> Vec<Change> {
+        let Some(control) = self.control.clone() else {
+            return Vec::new();
+        };
+        // A `set` in progress holds this until its own value is recorded.
+        let _w = self.writes.lock().await;
+        let mut changes = Vec::new();
+        for s in control.settings() {
+            let (old, entry, description) = {
+                let mut items = self.items.lock();
+                let Some(item) = items.get_mut(&s.id).filter(|it| it.builtin) else {
+                    continue;
+                };
+                let ours =
+                    schema::expand(&item.entry.value, item.entry.schema.as_ref(), &schema::env)
+                        .unwrap_or_else(|_| item.entry.value.clone());
+                if ours == s.value {
+                    continue;
+                }
+                let old = std::mem::replace(&mut item.entry.value, s.value.clone());
+                (old, item.entry.clone(), item.description_json())
+            };
+            let stored = self.known.lock().get(&s.id).is_some_and(Option::is_some);
+            if stored {
+                if let Err(e) = self.persist(entry).await {
+                    tracing::warn!(id = %s.id, "the stored value could not follow the running one: {}", e.message);
+                }
+            }
+            changes.push(Change {
+                event: UPDATED,
+                id: s.id.clone(),
+                description,
+                old,
+                new: s.value,
+            });
+        }
+        changes
+    }
+
     /// A builtin service may have been changed by other means (a `config.yaml` reload): when
     /// the value it runs with is not what this entry's value expands to, the running value
     /// becomes the entry's value.
@@ -1020,9 +1063,19 @@ impl Prepared for ConfigurationService {
                     .map_or(Duration::from_secs(3600), |t| t.min(Duration::from_secs(1))),
             );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut changes = shared.control.as_ref().map(|c| c.changes());
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    changed = async { changes.as_mut().expect("guarded").changed().await }, if changes.is_some() => {
+                        if changed.is_err() {
+                            changes = None;
+                            continue;
+                        }
+                        for c in shared.follow_builtins().await {
+                            shared.publish(c);
+                        }
+                    }
                     _ = tick.tick(), if shared.ttl.is_some() => {
                         shared.expire(&core, shared.ttl.unwrap_or_default()).await;
                     }
