@@ -3,7 +3,7 @@
 // without `raw`, list, schema, and the trigger.
 import assert from 'node:assert/strict'
 import { InvocationError } from 'iii-sdk'
-import { call, engineTest, waitFunction, waitUntil } from '../lib/harness.mjs'
+import { call, engineTest, freePort, http, portOpen, waitFunction, waitUntil } from '../lib/harness.mjs'
 
 // The engine inherits this process's environment.
 process.env.III_NODE_CFG_URL = 'pg://node-env'
@@ -97,4 +97,32 @@ engineTest('configuration trigger: registered and updated, filtered by event typ
   assert.deepEqual(updates[0].old_value, { url: 'a' })
   assert.deepEqual(updates[0].new_value, { url: 'b' })
   assert.deepEqual(updates[0].schema, SCHEMA)
+})
+
+engineTest('configuration: iii-http is an entry; CORS applies live, a bad port is refused, a new port rebinds', async ({ engine, worker }) => {
+  await engine.waitHttp()
+  const w = await worker('node-config-http')
+  w.registerFunction('nodecfg::hi', async () => ({ status_code: 200, body: { hi: true } }))
+  w.registerTrigger({ type: 'http', function_id: 'nodecfg::hi', config: { api_path: 'hi', http_method: 'GET' } })
+  const base = `http://127.0.0.1:${engine.httpPort}`
+  await waitUntil(async () => (await http('GET', `${base}/hi`)).status === 200, { what: 'route live' })
+
+  const { value } = await call(w, 'configuration::get', { id: 'iii-http' })
+  assert.equal(value.port, engine.httpPort)
+  const live = { ...value, cors: { allowed_origins: ['https://node.example'] } }
+  const r = await call(w, 'configuration::set', { id: 'iii-http', value: live })
+  assert.equal(r.applied.tier, 'live')
+  const res = await http('GET', `${base}/hi`, { headers: { origin: 'https://node.example' } })
+  assert.equal(res.headers.get('access-control-allow-origin'), 'https://node.example')
+
+  const err = await refused(w, 'configuration::set', { id: 'iii-http', value: { ...live, port: 'eighty' } })
+  assert.equal(err.code, 'SCHEMA_INVALID')
+  assert.match(err.message, /\/port/)
+
+  const next = await freePort()
+  const moved = await call(w, 'configuration::set', { id: 'iii-http', value: { ...live, port: next } })
+  assert.equal(moved.applied.tier, 'rebind')
+  const again = await http('GET', `http://127.0.0.1:${next}/hi`)
+  assert.equal(again.status, 200)
+  await waitUntil(async () => !(await portOpen(engine.httpPort)), { what: 'old HTTP port closed' })
 })
