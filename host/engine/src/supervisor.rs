@@ -440,10 +440,11 @@ impl Supervisor {
     /// changes services; unchanged ones keep running. Returns a one-line summary.
     pub(crate) async fn reload(&self, cfg: EngineConfig) -> Result<String, String> {
         let mut slots = self.slots.lock().await;
-        // Removing the entry of an always-on service would silently fall back to its defaults
-        // (a different port, say): refuse the file instead.
+        // Removing the entry of an always-on service that listens would silently move it to
+        // its default address: refuse the file instead. (Others just return to their defaults.)
         for s in slots.iter() {
             if s.info.always_on
+                && !s.listening.is_empty()
                 && !s.blocks.is_empty()
                 && cfg
                     .services
