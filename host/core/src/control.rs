@@ -49,18 +49,29 @@ impl ApplyTier {
     /// The tier a change from `old` to `new` needs: the highest tier among the top-level fields
     /// that differ (`None` when nothing differs).
     pub fn of_change(schema: &Value, old: &Value, new: &Value) -> Option<ApplyTier> {
-        let empty = serde_json::Map::new();
-        let o = old.as_object().unwrap_or(&empty);
-        let n = new.as_object().unwrap_or(&empty);
         if !old.is_object() || !new.is_object() {
             return (old != new).then_some(ApplyTier::Rebind);
         }
-        o.keys()
-            .chain(n.keys())
-            .filter(|k| o.get(*k) != n.get(*k))
+        changed_fields(old, new)
+            .iter()
             .map(|k| ApplyTier::of_field(schema, k))
             .max()
     }
+}
+
+/// The top-level keys whose values differ between two objects, each once, in the order they
+/// first appear (`old`'s keys, then keys only `new` has). Non-objects have no fields.
+pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let o = old.as_object().unwrap_or(&empty);
+    let n = new.as_object().unwrap_or(&empty);
+    let mut out: Vec<String> = Vec::new();
+    for k in o.keys().chain(n.keys()) {
+        if o.get(k) != n.get(k) && !out.contains(k) {
+            out.push(k.clone());
+        }
+    }
+    out
 }
 
 /// One configurable service as the configuration layer sees it.

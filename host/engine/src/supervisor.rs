@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iii_core::config::{ConfigError, EntryReader};
-use iii_core::control::{Applied, ApplyTier, ControlError, ServiceControl, ServiceSetting};
+use iii_core::control::{
+    changed_fields, Applied, ApplyTier, ControlError, ServiceControl, ServiceSetting,
+};
 use iii_core::{
     CancellationToken, Configured, Core, Entry, Handles, Installed, LiveConfig, PrepareCx,
     Prepared, Registrar, Service, ServiceInfo, StartError,
@@ -156,18 +158,18 @@ fn tier_of(info: ServiceInfo, old: &[Value], new: &[Value]) -> (Option<ApplyTier
     let o = old.first().unwrap_or(&empty);
     let n = new.first().unwrap_or(&empty);
     let tier = ApplyTier::of_change(&schema, o, n);
-    let mut restart: Vec<String> = Vec::new();
-    if let (Some(om), Some(nm)) = (o.as_object(), n.as_object()) {
-        for k in om.keys().chain(nm.keys()) {
-            if om.get(k) != nm.get(k)
-                && ApplyTier::of_field(&schema, k) == ApplyTier::Restart
-                && !restart.contains(k)
-            {
-                restart.push(k.clone());
-            }
-        }
-    }
+    let restart = changed_fields(o, n)
+        .into_iter()
+        .filter(|k| ApplyTier::of_field(&schema, k) == ApplyTier::Restart)
+        .collect();
     (tier, restart)
+}
+
+/// Installs `p` as the in-process worker `worker` and returns what it registered.
+fn install(core: &Core, worker: &'static str, p: &mut Box<dyn Prepared>) -> Installed {
+    let mut reg = Registrar::new(core, worker);
+    p.install(&mut reg);
+    reg.into_installed()
 }
 
 impl Supervisor {
@@ -220,9 +222,7 @@ impl Supervisor {
         let mut listening = Vec::new();
         let mut installs = Vec::new();
         for (info, _, p) in prepared.iter_mut() {
-            let mut reg = Registrar::new(&core, info.worker);
-            p.install(&mut reg);
-            installs.push(reg.into_installed());
+            installs.push(install(&core, info.worker, p));
             listening.extend(p.listening());
         }
         let mut slots = Vec::new();
@@ -308,9 +308,7 @@ impl Supervisor {
 
     /// Installs a prepared replacement of `old` and retires what only `old` registered.
     async fn swap_in(&self, old: &Slot, p: &mut Box<dyn Prepared>) -> Installed {
-        let mut reg = Registrar::new(&self.core, old.info.worker);
-        p.install(&mut reg);
-        let installed = reg.into_installed();
+        let installed = install(&self.core, old.info.worker, p);
         self.core
             .retire(old.info.worker, &old.installed, Some(&installed))
             .await;
@@ -506,9 +504,7 @@ impl Supervisor {
                 }
                 None => match self.prepare(configured).await {
                     Ok(mut p) => {
-                        let mut reg = Registrar::new(&self.core, info.worker);
-                        p.install(&mut reg);
-                        let installed = reg.into_installed();
+                        let installed = install(&self.core, info.worker, &mut p);
                         let slot = Self::run_slot(&self.core, info, blocks, p, installed);
                         let at = pos.min(slots.len());
                         slots.insert(at, slot);
