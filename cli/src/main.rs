@@ -1,6 +1,8 @@
-//! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one.
+//! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one;
+//! `iii worker sandbox …` drives the sandbox daemon.
 
 mod trigger;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +71,9 @@ enum Command {
     /// Invoke a function on a running iii engine
     #[command(visible_alias = "t", disable_help_flag = true)]
     Trigger(trigger::TriggerArgs),
+    /// Manage workers (so far: `iii worker sandbox`; the other worker subcommands come with issue #13)
+    #[command(long_about = worker::LONG_ABOUT)]
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Trigger(args)) => return trigger::main(args),
+        Some(Command::Worker(args)) => return worker::main(args),
         None => run_engine(cli.config, cli.use_default_config),
     };
     match result {

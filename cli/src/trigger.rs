@@ -81,7 +81,7 @@ pub fn build_payload(json: Option<&str>, kv: &[String]) -> Result<Value, Payload
 }
 
 #[derive(Debug, thiserror::Error)]
-enum CallError {
+pub(crate) enum CallError {
     #[error("Timed out waiting for the engine (no response within the timeout). Is the engine running at the given address and port?")]
     Timeout,
     #[error("cannot connect to the engine at {url}: {reason}. Is the engine running at the given address and port?")]
@@ -94,6 +94,96 @@ enum CallError {
     Remote(Value),
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One worker connection to the engine: any number of calls, one after the other or started
+/// and awaited separately (so a caller can stream into a data channel while its call runs).
+pub(crate) struct Client {
+    ws: Socket,
+}
+
+impl Client {
+    /// Opens the worker socket at `url` (`ws://host:port`).
+    pub(crate) async fn connect(url: &str) -> Result<Client, CallError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| connect_error(url, e))?;
+        Ok(Client { ws })
+    }
+
+    /// Sends an `invokefunction` and returns its invocation id; await it with [`Client::result`].
+    pub(crate) async fn start(
+        &mut self,
+        function_id: &str,
+        data: &Value,
+        namespace: Option<&str>,
+    ) -> Result<String, CallError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut frame = serde_json::json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data});
+        if let Some(ns) = namespace {
+            frame["namespace"] = Value::String(ns.to_string());
+        }
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| CallError::WebSocket(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Waits for the result of invocation `id`: `Ok(None)` for a null result, the engine's
+    /// error object as [`CallError::Remote`]. Other frames are skipped.
+    pub(crate) async fn result(&mut self, id: &str) -> Result<Option<Value>, CallError> {
+        while let Some(msg) = self.ws.next().await {
+            let msg = msg.map_err(|e| CallError::WebSocket(e.to_string()))?;
+            let Message::Text(t) = msg else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                continue;
+            };
+            if v["type"] == "invocationresult" && v["invocation_id"] == id {
+                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+                    return Err(CallError::Remote(err.clone()));
+                }
+                return Ok(v.get("result").cloned().filter(|r| !r.is_null()));
+            }
+        }
+        Err(CallError::Closed)
+    }
+
+    /// [`Client::start`] then [`Client::result`], bounded by `timeout`.
+    pub(crate) async fn call(
+        &mut self,
+        function_id: &str,
+        data: &Value,
+        namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<Value>, CallError> {
+        let work = async {
+            let id = self.start(function_id, data, namespace).await?;
+            self.result(&id).await
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+
+    /// Closes the socket politely.
+    pub(crate) async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A failed WebSocket connect: an I/O failure names the URL (the usual "nothing listens" case).
+pub(crate) fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> CallError {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Io(io) => CallError::Connect {
+            url: url.to_string(),
+            reason: io.to_string(),
+        },
+        other => CallError::WebSocket(other.to_string()),
+    }
+}
+
 async fn call(
     url: &str,
     function_id: &str,
@@ -102,38 +192,10 @@ async fn call(
     timeout: Duration,
 ) -> Result<Option<Value>, CallError> {
     let work = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Io(io) => CallError::Connect {
-                    url: url.to_string(),
-                    reason: io.to_string(),
-                },
-                other => CallError::WebSocket(other.to_string()),
-            })?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut frame = serde_json::json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data});
-        if let Some(ns) = namespace {
-            frame["namespace"] = Value::String(ns.to_string());
-        }
-        ws.send(Message::text(frame.to_string()))
-            .await
-            .map_err(|e| CallError::WebSocket(e.to_string()))?;
-        while let Some(msg) = ws.next().await {
-            let msg = msg.map_err(|e| CallError::WebSocket(e.to_string()))?;
-            let Message::Text(t) = msg else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                continue;
-            };
-            if v["type"] == "invocationresult" && v["invocation_id"] == id.as_str() {
-                let _ = ws.close(None).await;
-                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-                    return Err(CallError::Remote(err.clone()));
-                }
-                return Ok(v.get("result").cloned().filter(|r| !r.is_null()));
-            }
-        }
-        Err(CallError::Closed)
+        let mut client = Client::connect(url).await?;
+        let r = client.call(function_id, data, namespace, timeout).await;
+        client.close().await;
+        r
     };
     tokio::time::timeout(timeout, work)
         .await
