@@ -18,6 +18,7 @@ mod pubsub_cron;
 mod queue;
 mod rbac;
 mod rbac_policies;
+mod sandbox;
 mod state_stream;
 mod stream_socket;
 mod validation;
