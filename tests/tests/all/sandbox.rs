@@ -1495,7 +1495,7 @@ async fn sandbox_run_defaults_lang_and_wraps_step_failures() {
         .as_str()
         .expect("sandbox_id with keep_sandbox")
         .to_string();
-    assert_eq!(c.list_ids().await, [kept.clone()]);
+    assert_eq!(c.list_ids().await, vec![kept.clone()]);
     assert_eq!(c.sh(&kept, "cat /workspace/kept").await["stdout"], "k");
     c.stop(&kept).await;
 
@@ -1891,7 +1891,7 @@ async fn the_reaper_stops_an_idle_sandbox() {
     assert!(env["code"] == "S002" || env["code"] == "S004", "{env}");
     assert_eq!(
         c.list_ids().await,
-        [busy.clone()],
+        vec![busy.clone()],
         "a sandbox inside its idle timeout stays"
     );
     c.stop(&busy).await;
