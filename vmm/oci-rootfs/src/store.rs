@@ -35,7 +35,7 @@ pub use crate::image::Format as LowerFormat;
 
 /// Bumped whenever the build steps change what ends up in a lower, so old
 /// entries are not mistaken for new ones.
-pub const BUILDER_VERSION: &str = "iii-images-1";
+pub const BUILDER_VERSION: &str = "iii-images-2";
 
 /// The presets [`ImageStore::build_preset`] knows.
 pub const PRESETS: &[&str] = &["python", "node"];
@@ -74,7 +74,9 @@ pub enum ImageError {
         package: &'static str,
     },
     /// The host's apt sources name no Debian suite to bootstrap from.
-    #[error("no usable apt source for {codename} (main) in /etc/apt/sources.list or sources.list.d")]
+    #[error(
+        "no usable apt source for {codename} (main) in /etc/apt/sources.list or sources.list.d"
+    )]
     NoSources {
         /// The host's release codename.
         codename: String,
@@ -176,7 +178,10 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let mut rest = rest.trim_start();
@@ -228,12 +233,7 @@ pub fn parse_deb822(text: &str) -> Vec<AptSource> {
                 fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if !get("types").is_some_and(|t| t.split_whitespace().any(|w| w == "deb")) {
             continue;
         }
@@ -346,11 +346,7 @@ pub struct PresetRecipe {
 
 impl PresetRecipe {
     /// The recipe for preset `name` on a host with these sources.
-    pub fn new(
-        name: &str,
-        suite: &str,
-        sources: &[AptSource],
-    ) -> Result<PresetRecipe, ImageError> {
+    pub fn new(name: &str, suite: &str, sources: &[AptSource]) -> Result<PresetRecipe, ImageError> {
         let include: &[&str] = match name {
             "python" => &["python3", "ca-certificates"],
             "node" => &["nodejs", "ca-certificates"],
@@ -408,6 +404,9 @@ impl PresetRecipe {
             "--format=tar".into(),
             "--aptopt=APT::Install-Recommends \"false\"".into(),
             "--aptopt=Acquire::Languages \"none\"".into(),
+            // The cache lives under a private home: apt's `_apt` user could not
+            // write there, and saying so is only noise.
+            "--aptopt=APT::Sandbox::User \"root\"".into(),
         ];
         // Set up /usr as merged without the usrmerge package (it pulls perl).
         let hooks = Path::new("/usr/share/mmdebstrap/hooks/merged-usr");
@@ -741,7 +740,8 @@ fn build_erofs(
 fn which(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| {
         std::env::split_paths(&p).any(|d| {
-            fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            fs::metadata(d.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
     })
 }
@@ -828,6 +828,7 @@ fn build_preset_into(
         .lines()
         .map(str::to_string)
         .collect();
+    fs::remove_file(&packages).map_err(io_err(&packages))?;
     progress(&format!("{} packages installed", pkgs.len()));
     // The tarball becomes a one-layer OCI image, unpacked by the same code as
     // custom images (same safety rules, same owners and modes).
@@ -869,9 +870,8 @@ struct Source<'a> {
 impl Source<'_> {
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, ImageError> {
         if self.is_dir {
-            let rel = oci::normalize(name).ok_or_else(|| oci::OciError::PathTraversal {
-                entry: name.into(),
-            })?;
+            let rel = oci::normalize(name)
+                .ok_or_else(|| oci::OciError::PathTraversal { entry: name.into() })?;
             let p = self.path.join(rel);
             return match File::open(&p) {
                 Ok(f) => {
@@ -886,7 +886,10 @@ impl Source<'_> {
         let want = oci::normalize(name);
         let f = File::open(self.path).map_err(io_err(self.path))?;
         let mut r = BufReader::new(f);
-        let gz = r.fill_buf().map_err(io_err(self.path))?.starts_with(&[0x1f, 0x8b]);
+        let gz = r
+            .fill_buf()
+            .map_err(io_err(self.path))?
+            .starts_with(&[0x1f, 0x8b]);
         let reader: Box<dyn Read> = if gz {
             Box::new(flate2::read::GzDecoder::new(r))
         } else {
@@ -898,7 +901,9 @@ impl Source<'_> {
             let p = e.path().map_err(io_err(self.path))?;
             if oci::normalize(&p.to_string_lossy()) == want {
                 let mut v = Vec::new();
-                e.take(MAX_DOC).read_to_end(&mut v).map_err(io_err(self.path))?;
+                e.take(MAX_DOC)
+                    .read_to_end(&mut v)
+                    .map_err(io_err(self.path))?;
                 return Ok(Some(v));
             }
         }
@@ -993,7 +998,10 @@ pub fn image_identity(source: &Path) -> Result<String, ImageError> {
         let cfg = src
             .read(&m.config)?
             .ok_or_else(|| oci::OciError::NotAnImage(source.to_path_buf()))?;
-        return Ok(format!("docker-config:sha256:{}", hex(&Sha256::digest(&cfg))));
+        return Ok(format!(
+            "docker-config:sha256:{}",
+            hex(&Sha256::digest(&cfg))
+        ));
     }
     Err(oci::OciError::NotAnImage(source.to_path_buf()).into())
 }
@@ -1016,7 +1024,10 @@ pub fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

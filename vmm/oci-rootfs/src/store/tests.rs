@@ -106,7 +106,10 @@ fn mmdebstrap_arguments_carry_the_recipe() {
     assert!(a.contains(&"--dpkgopt=path-exclude=/usr/share/man/*".to_string()));
     assert!(a.iter().any(|x| x.contains("etc/resolv.conf")));
     // The package list path is shell-quoted inside the hook.
-    assert!(a.iter().any(|x| x.ends_with("> '/x/it'\\''s.txt'")), "{a:?}");
+    assert!(
+        a.iter().any(|x| x.ends_with("> '/x/it'\\''s.txt'")),
+        "{a:?}"
+    );
     assert_eq!(
         r.sources,
         vec!["deb http://deb.debian.org/debian bookworm main"]
@@ -156,7 +159,11 @@ fn host_sources_read_the_etc_tree() {
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path();
     fs::create_dir_all(etc.join("apt/sources.list.d")).unwrap();
-    fs::write(etc.join("os-release"), "ID=debian\nVERSION_CODENAME=bookworm\n").unwrap();
+    fs::write(
+        etc.join("os-release"),
+        "ID=debian\nVERSION_CODENAME=bookworm\n",
+    )
+    .unwrap();
     fs::write(
         etc.join("apt/sources.list.d/debian.sources"),
         "Types: deb\nURIs: http://m/debian\nSuites: bookworm\nComponents: main\n",
@@ -245,7 +252,10 @@ fn a_failed_build_publishes_nothing() {
             })
         })
         .unwrap_err();
-    assert!(err.to_string().contains("apt-get install mmdebstrap"), "{err}");
+    assert!(
+        err.to_string().contains("apt-get install mmdebstrap"),
+        "{err}"
+    );
     assert!(entries(&s).is_empty(), "{:?}", entries(&s));
     assert!(s.lookup_key(&key).is_none());
     // A builder whose lower is missing fails cleanly too.
@@ -278,7 +288,11 @@ fn stale_temp_dirs_and_broken_entries_are_replaced() {
     assert!(s.lookup_key(&key).is_none());
     let n = Arc::new(AtomicUsize::new(0));
     let r = s
-        .ensure(&key, &mut |_| {}, &mut fake_build(n, b"good", Duration::ZERO))
+        .ensure(
+            &key,
+            &mut |_| {},
+            &mut fake_build(n, b"good", Duration::ZERO),
+        )
         .unwrap();
     assert_eq!(fs::read(&r.lower).unwrap(), b"good");
     assert!(!stale.exists());
@@ -313,7 +327,10 @@ fn concurrent_builders_of_one_key_build_once() {
     }
     let waited = results
         .iter()
-        .filter(|(_, l)| l.iter().any(|x| x == "waiting for another image build to finish"))
+        .filter(|(_, l)| {
+            l.iter()
+                .any(|x| x == "waiting for another image build to finish")
+        })
         .count();
     let cached = results
         .iter()
@@ -343,7 +360,11 @@ fn a_held_lock_blocks_builders_until_released() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(n.load(Ordering::SeqCst), 0, "no build while the lock is held");
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        0,
+        "no build while the lock is held"
+    );
     assert!(s.lookup_key(&key).is_none());
     drop(held);
     let lines = t.join().unwrap();
@@ -391,7 +412,9 @@ fn custom_images_are_cached_by_manifest_digest() {
             ("A".to_string(), "1".to_string())
         ]
     );
-    assert!(lines.iter().any(|l| l.starts_with("building erofs lower (")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("building erofs lower (")));
     assert!(lines.last().unwrap().starts_with("ready in "), "{lines:?}");
     // The lower really holds the file.
     let out = d.path().join("x");
@@ -455,7 +478,10 @@ fn docker_save_images_are_keyed_by_config() {
     tar_dir(&ds, &tb);
     assert_eq!(s.lookup_custom(&tb), Some(r.clone()));
     fs::write(ds.join("cfg.json"), br#"{"config":{"Env":["B=3"]}}"#).unwrap();
-    assert!(s.lookup_custom(&ds).is_none(), "a new config is a new image");
+    assert!(
+        s.lookup_custom(&ds).is_none(),
+        "a new config is a new image"
+    );
 }
 
 #[test]
@@ -465,7 +491,8 @@ fn bad_custom_sources_are_clear_errors() {
     fs::create_dir_all(&empty).unwrap();
     let err = s.import_custom(&empty, &mut |_| {}).unwrap_err();
     assert!(
-        err.to_string().starts_with("not an OCI image layout or image tarball"),
+        err.to_string()
+            .starts_with("not an OCI image layout or image tarball"),
         "{err}"
     );
     let missing = d.path().join("nope");
@@ -547,5 +574,9 @@ fn remove_tree_detaches_mounts_inside_first() {
     }
     remove_tree(&t).unwrap();
     assert!(!t.exists());
-    assert_eq!(fs::read(keep.join("precious")).unwrap(), b"x", "bind source untouched");
+    assert_eq!(
+        fs::read(keep.join("precious")).unwrap(),
+        b"x",
+        "bind source untouched"
+    );
 }
