@@ -446,7 +446,9 @@ pub struct ImageStore {
 }
 
 /// Holds the store's build lock; released when dropped (closing the fd).
-struct BuildLock(#[allow(dead_code)] File);
+struct BuildLock {
+    _file: File,
+}
 
 impl ImageStore {
     /// Opens (creating) the store at `root`, or at
@@ -561,7 +563,7 @@ impl ImageStore {
             progress("waiting for another image build to finish");
             flock(&f, libc::LOCK_EX).map_err(io_err(&path))?;
         }
-        Ok(BuildLock(f))
+        Ok(BuildLock { _file: f })
     }
 
     /// The published entry for `key`, building it with `build` under the lock
@@ -570,7 +572,7 @@ impl ImageStore {
         &self,
         key: &str,
         progress: &mut dyn FnMut(&str),
-        build: &mut dyn FnMut(&Path, &mut dyn FnMut(&str)) -> Result<Built, ImageError>,
+        build: &mut BuildFn<'_>,
     ) -> Result<Rootfs, ImageError> {
         if let Some(r) = self.lookup_key(key) {
             progress("cached");
@@ -640,6 +642,9 @@ impl ImageStore {
         Ok(())
     }
 }
+
+/// Fills the temp dir it is given with `lower.erofs`, reporting progress.
+type BuildFn<'a> = dyn FnMut(&Path, &mut dyn FnMut(&str)) -> Result<Built, ImageError> + 'a;
 
 /// What a build produced besides the lower.
 struct Built {
@@ -789,6 +794,18 @@ fn build_preset_into(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // A builder that dies takes mmdebstrap with it (SIGTERM lets it unmount
+    // its chroot), rather than leaving it writing into a dir the next
+    // builder removes. The build runs on this thread until the child exits.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             ImageError::MissingTool {

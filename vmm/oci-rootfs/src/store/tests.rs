@@ -24,8 +24,8 @@ fn fake_build(
     count: Arc<AtomicUsize>,
     data: &'static [u8],
     delay: Duration,
-) -> impl FnMut(&Path, &mut dyn FnMut(&str)) -> Result<Built, ImageError> {
-    move |tmp, progress| {
+) -> Box<BuildFn<'static>> {
+    Box::new(move |tmp: &Path, progress: &mut dyn FnMut(&str)| {
         count.fetch_add(1, Ordering::SeqCst);
         progress("building");
         std::thread::sleep(delay);
@@ -36,7 +36,7 @@ fn fake_build(
             env: vec![("PATH".into(), "/bin".into())],
             packages: vec![],
         })
-    }
+    })
 }
 
 fn entries(s: &ImageStore) -> Vec<String> {
