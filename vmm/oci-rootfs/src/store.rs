@@ -459,6 +459,8 @@ impl ImageStore {
             None => default_root().ok_or(ImageError::NoCacheDir)?,
         };
         fs::create_dir_all(&root).map_err(io_err(&root))?;
+        // Lowers are handed to other processes (and mounted): absolute paths.
+        let root = fs::canonicalize(&root).map_err(io_err(&root))?;
         Ok(Self {
             root,
             etc: PathBuf::from("/etc"),

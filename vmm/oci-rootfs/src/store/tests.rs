@@ -536,6 +536,25 @@ fn bad_custom_sources_are_clear_errors() {
 }
 
 #[test]
+fn the_store_root_is_absolute() {
+    let d = tempfile::tempdir().unwrap();
+    let rel = Path::new("target-store-test");
+    let cwd = std::env::current_dir().unwrap();
+    let _ = fs::remove_dir_all(cwd.join(rel));
+    let s = ImageStore::open(Some(rel.to_path_buf())).unwrap();
+    assert!(s.root().is_absolute());
+    assert_eq!(s.root(), fs::canonicalize(cwd.join(rel)).unwrap());
+    fs::remove_dir_all(cwd.join(rel)).unwrap();
+    // A file where the store should be is an error, not a panic.
+    let f = d.path().join("file");
+    fs::write(&f, b"x").unwrap();
+    assert!(matches!(
+        ImageStore::open(Some(f.join("images"))),
+        Err(ImageError::Io { .. })
+    ));
+}
+
+#[test]
 fn env_pairs_add_a_default_path() {
     assert_eq!(
         env_pairs(&["X=a=b".into(), "junk".into()]),
