@@ -4,8 +4,7 @@
 //! engine data channels, so their size is not bound by a JSON message.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
@@ -351,57 +350,31 @@ fn env_list(entries: &[String]) -> Value {
     )
 }
 
-/// Builds a preset image into the local cache before `create`, so its (slow, first-time) progress
-/// shows on the user's terminal instead of stalling a silent call. Uses `iii-mkrootfs preset`,
-/// the one builder of the image cache the daemon reads; when it is not installed the daemon
-/// builds the image itself (`auto_install`).
+/// Builds a missing preset image into the local image cache before `create`, so the slow
+/// first-time build shows its progress on the user's terminal (stderr) instead of stalling a
+/// silent call. It is the same cache and builder the daemon uses, so the daemon then finds it;
+/// a cached preset costs a lookup. A failure is only a warning: the daemon reports its own.
 fn prepull(image: &str) {
     if !matches!(image, "python" | "node") {
         return;
     }
-    let Some(tool) = find_tool("iii-mkrootfs") else {
-        return;
-    };
-    // stdout is reserved for the sandbox id: the builder's own stdout (the lower's path) is
-    // captured; its progress lines on stderr go straight to the terminal.
-    let out = Command::new(&tool)
-        .args(["preset", image])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => eprintln!(
-            "warning: building the {image} image with {} failed ({}); the daemon will try itself",
-            tool.display(),
-            o.status
-        ),
-        Err(e) => eprintln!(
-            "warning: cannot run {}: {e}; the daemon will build the {image} image itself",
-            tool.display()
-        ),
-    }
-}
-
-/// `$III_MKROOTFS`-style override, then next to this executable, then `PATH`.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let var = format!("III_{}", name.trim_start_matches("iii-").to_uppercase());
-    if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
-        return Some(p);
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(PathBuf::from))
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Some(p);
+    let store = match iii_oci_rootfs::ImageStore::open(None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot open the image cache: {e}");
+            return;
         }
+    };
+    if store.lookup_preset(image).is_some() {
+        return;
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    eprintln!(
+        "building the {image} image into {} (once; later sandboxes reuse it)",
+        store.root().display()
+    );
+    if let Err(e) = store.build_preset(image, &mut |line| eprintln!("  {line}")) {
+        eprintln!("warning: building the {image} image failed: {e}");
+    }
 }
 
 async fn create(a: CreateArgs) -> Result<Outcome, SandboxError> {

@@ -2,9 +2,9 @@
 //! `- name: iii-sandbox` (namespace runtime) supervising the `iii-sandbox` daemon, driven over the
 //! worker protocol as a raw worker and through `iii worker sandbox …`.
 //!
-//! Needs root (namespaces, cgroups, overlay mounts) and the binaries `iii`, `iii-sandbox`,
-//! `iii-init` and `iii-mkrootfs` in the target directory; the python and node presets are built
-//! once into the shared image cache (`iii-mkrootfs preset`, slow the first time, instant after).
+//! Needs root (namespaces, cgroups, overlay mounts) and the binaries `iii`, `iii-sandbox` and
+//! `iii-init` in the target directory; the python and node presets are built once into the
+//! shared image cache (the `iii-oci-rootfs` builder the daemon uses; slow the first time).
 //! Each engine gets its own state root (`III_SANDBOX_ROOT`) so the checks that a stopped or
 //! orphaned sandbox left nothing behind see only this test's sandboxes.
 
@@ -25,42 +25,19 @@ use tokio_tungstenite::tungstenite::Message;
 const CREATE_WAIT: Duration = Duration::from_secs(300);
 const CALL_WAIT: Duration = Duration::from_secs(60);
 
-/// A binary of this workspace next to `iii` (same profile).
-fn sibling_bin(name: &str) -> PathBuf {
-    let p = iii_tests::iii_bin()
-        .parent()
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} not found; build it first (cargo build -p iii-cli -p iii-sandbox -p iii-guest-init -p iii-oci-rootfs)",
-        p.display()
-    );
-    p
-}
-
-/// Builds (or finds cached) the python and node presets through the one image builder, once per
-/// test process. Returns preset → lower path (what `iii-mkrootfs preset` prints last).
+/// Builds (or finds cached) the python and node presets through the image cache the daemon
+/// reads, once per test process. Returns preset → lower path.
 fn presets() -> &'static Vec<(String, PathBuf)> {
     static DONE: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
     DONE.get_or_init(|| {
+        let store = iii_oci_rootfs::ImageStore::open(None).expect("open the image cache");
         ["python", "node"]
             .iter()
             .map(|name| {
-                let out = Command::new(sibling_bin("iii-mkrootfs"))
-                    .args(["preset", name])
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .expect("run iii-mkrootfs");
-                assert!(out.status.success(), "iii-mkrootfs preset {name} failed");
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let lower = stdout
-                    .lines()
-                    .map(str::trim)
-                    .rfind(|l| !l.is_empty())
-                    .unwrap_or_else(|| panic!("iii-mkrootfs preset {name} printed no path"));
-                (name.to_string(), PathBuf::from(lower))
+                let rootfs = store
+                    .build_preset(name, &mut |line| eprintln!("preset {name}: {line}"))
+                    .unwrap_or_else(|e| panic!("building preset {name}: {e}"));
+                (name.to_string(), rootfs.lower)
             })
             .collect()
     })
