@@ -147,7 +147,7 @@ impl Sandboxes {
         }
     }
 
-    /// `iii worker sandbox <args> --port <this engine>`.
+    /// `iii worker sandbox <sub> --port <this engine> <rest>`.
     fn cli(&self, args: &[&str]) -> (i32, String, String) {
         self.cli_stdin(args, None)
     }
@@ -160,9 +160,12 @@ impl Sandboxes {
     fn cli_bytes(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
         let port = self.port();
         let mut c = Command::new(iii_tests::iii_bin());
+        // `--port` right after the subcommand: after a trailing command it would be the
+        // command's own argument.
         c.args(["worker", "sandbox"])
-            .args(args)
-            .args(["--port", &port]);
+            .args(&args[..1])
+            .args(["--port", &port])
+            .args(&args[1..]);
         c.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
