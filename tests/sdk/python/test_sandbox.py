@@ -142,7 +142,7 @@ def test_structured_errors_carry_fix(workers):
     assert env["fix_note"] == "the sandbox is gone; call sandbox::create first"
 
     with pytest.raises(InvocationError) as ei:
-        sb(w, "sandbox::run", {"image": "ruby", "code": "puts 1"})
+        sb(w, "sandbox::run", {"image": "ruby", "lang": "ruby", "code": "puts 1"})
     env = envelope(ei.value)
     assert env["code"] == "S100" and env["type"] == "config", env
     assert env["message"].startswith("during sandbox::run step `create` (sandbox_id=): image 'ruby' not in catalog"), env

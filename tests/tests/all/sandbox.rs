@@ -1486,11 +1486,22 @@ async fn sandbox_run_defaults_lang_and_wraps_step_failures() {
     assert_eq!(c.sh(&kept, "cat /workspace/kept").await["stdout"], "k");
     c.stop(&kept).await;
 
+    // Only a preset implies the language.
+    let env = c
+        .err("sandbox::run", json!({"image": "ruby", "code": "x"}))
+        .await;
+    assert_code(
+        &env,
+        "S001",
+        "validation",
+        "invalid request: `lang` is required",
+    );
+
     // RunStepFailed: the inner code and category, the step in message and fix.
     let r = c
         .call_for(
             "sandbox::run",
-            json!({"image": "ruby", "code": "x"}),
+            json!({"image": "ruby", "lang": "ruby", "code": "x"}),
             CREATE_WAIT,
         )
         .await;

@@ -134,7 +134,7 @@ engineTest(
     assert.deepEqual([env.code, env.message, env.fix], ['S002', `sandbox not found: ${ghost}`, null])
     assert.equal(env.fix_note, 'the sandbox is gone; call sandbox::create first')
 
-    env = await failing(sb(w, 'sandbox::run', { image: 'ruby', code: 'puts 1' }))
+    env = await failing(sb(w, 'sandbox::run', { image: 'ruby', lang: 'ruby', code: 'puts 1' }))
     assert.deepEqual([env.code, env.type], ['S100', 'config'])
     assert.ok(env.message.startsWith("during sandbox::run step `create` (sandbox_id=): image 'ruby' not in catalog"), env.message)
     assert.deepEqual(env.fix, { context: 'during sandbox::run step `create`', sandbox_id: '', inner_code: 'S100' })
