@@ -1033,13 +1033,17 @@ async fn fs_functions_and_their_error_codes() {
         .err("sandbox::fs::rm", f(json!({"path": "/workspace/new"})))
         .await;
     assert_code(&env, "S211", "filesystem", "file not found: /workspace/new");
-    // A read-only mount is an I/O error (S216), not a permission problem.
+    // The sandbox's /sys is a read-only mount: refused like a permission problem.
     let env = c
         .err(
             "sandbox::fs::write",
             f(json!({"path": "/sys/iii-test", "content": "x"})),
         )
         .await;
+    assert_code(&env, "S215", "filesystem", "permission denied: ");
+    // Any other I/O failure (here ENAMETOOLONG) is S216.
+    let long = format!("/workspace/{}", "n".repeat(300));
+    let env = c.err("sandbox::fs::mkdir", f(json!({"path": long}))).await;
     assert_code(&env, "S216", "filesystem", "fs i/o error: ");
 
     // grep.
