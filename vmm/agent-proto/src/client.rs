@@ -205,7 +205,10 @@ pub fn fs_write_stream(
     chunks: impl Iterator<Item = Vec<u8>>,
 ) -> Result<FsResponse, ProtoError> {
     let FsRequest::Write {
-        path, mode, parents, ..
+        path,
+        mode,
+        parents,
+        ..
     } = req
     else {
         return Err(ProtoError::Malformed {
@@ -346,7 +349,11 @@ mod tests {
                 value: Some(serde_json::json!({"bytes_written": sizes.iter().sum::<usize>()})),
                 ..Default::default()
             };
-            write_frame(&mut b, &Frame::new(Kind::FsResult, pack(&resp, &[]).unwrap())).unwrap();
+            write_frame(
+                &mut b,
+                &Frame::new(Kind::FsResult, pack(&resp, &[]).unwrap()),
+            )
+            .unwrap();
             sizes
         });
         let req = FsRequest::Write {
@@ -380,7 +387,11 @@ mod tests {
             write_frame(&mut b, &Frame::new(Kind::FsData, b"ab".to_vec())).unwrap();
             write_frame(&mut b, &Frame::new(Kind::FsData, b"cd".to_vec())).unwrap();
             let resp = FsResponse::failed(codes::IO, "fs i/o error: boom");
-            write_frame(&mut b, &Frame::new(Kind::FsResult, pack(&resp, &[]).unwrap())).unwrap();
+            write_frame(
+                &mut b,
+                &Frame::new(Kind::FsResult, pack(&resp, &[]).unwrap()),
+            )
+            .unwrap();
         });
         let mut size = 0;
         let mut data = Vec::new();

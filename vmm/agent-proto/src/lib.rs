@@ -689,10 +689,9 @@ mod tests {
                 max_line_bytes: 4096,
             }
         );
-        let sed: FsRequest = serde_json::from_str(
-            r#"{"op":"sed","files":["/a"],"pattern":"x","replacement":"y"}"#,
-        )
-        .unwrap();
+        let sed: FsRequest =
+            serde_json::from_str(r#"{"op":"sed","files":["/a"],"pattern":"x","replacement":"y"}"#)
+                .unwrap();
         assert_eq!(
             sed,
             FsRequest::Sed {
