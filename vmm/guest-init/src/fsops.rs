@@ -422,8 +422,9 @@ pub fn read_stream(path: &str, mut send: impl FnMut(&Frame) -> bool) -> FsRespon
 }
 
 fn mkdir(path: &Path, mode: u32, parents: bool) -> FsResult<bool> {
+    // `mkdir -p` accepts an existing directory, also through a symlink.
     match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() && parents => return Ok(false),
+        Ok(_) if parents && fs::metadata(path).is_ok_and(|m| m.is_dir()) => return Ok(false),
         Ok(_) => {
             return Err(FsError::new(
                 codes::EXISTS,
@@ -1014,6 +1015,11 @@ mod tests {
         let (r, _) = ok(mk(t.p("a/b"), true), b"");
         assert_eq!(r.value, Some(json!({"created": false})));
         assert_eq!(err(mk(t.p("a/b"), false)).0, "S213");
+        std::os::unix::fs::symlink(t.p("a"), t.p("l")).unwrap();
+        let (r, _) = ok(mk(t.p("l"), true), b"");
+        assert_eq!(r.value, Some(json!({"created": false})));
+        fs::write(t.p("f"), b"").unwrap();
+        assert_eq!(err(mk(t.p("f"), true)).0, "S213");
         assert_eq!(err(mk(t.p("q/r"), false)).0, "S211");
     }
 
