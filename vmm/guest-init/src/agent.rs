@@ -173,7 +173,19 @@ fn decode_fs(payload: &[u8]) -> Result<(FsRequest, &[u8]), FsResponse> {
 
 fn send_fs_result(w: &SharedWriter, resp: &FsResponse, data: &[u8]) {
     let frame = match pack(resp, data) {
-        Ok(p) => Frame::new(Kind::FsResult, p),
+        Ok(p) if p.len() < MAX_FRAME => Frame::new(Kind::FsResult, p),
+        // An answer no frame can hold (a huge listing): say so instead of
+        // leaving the client waiting for a frame that was never sent.
+        Ok(p) => {
+            let too_big = FsResponse::failed(
+                codes::IO,
+                format!(
+                    "fs i/o error: the result is {} bytes, over the frame limit",
+                    p.len()
+                ),
+            );
+            Frame::new(Kind::FsResult, pack(&too_big, &[]).expect("small header"))
+        }
         Err(e) => Frame::new(Kind::Error, e.to_string()),
     };
     send(w, &frame);

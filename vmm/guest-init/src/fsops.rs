@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iii_vm_agent_proto::{codes, FileInfo, Frame, FsRequest, FsResponse, Kind, FS_CHUNK};
+use iii_vm_agent_proto::{
+    codes, FileInfo, Frame, FsRequest, FsResponse, Kind, FS_CHUNK, MAX_FRAME,
+};
 use serde_json::{json, Value};
 
 /// Every `op` tag this agent serves; anything else is S219.
@@ -214,10 +216,20 @@ pub fn info(name: String, md: &Metadata) -> FileInfo {
     }
 }
 
+/// What one `FsResult` frame may carry, leaving room for its JSON header.
+pub const MAX_RESULT: usize = MAX_FRAME - (64 << 10);
+
 fn read(path: &Path) -> FsResult<Vec<u8>> {
     let md = ctx(path, fs::metadata(path))?;
     if md.is_dir() {
         return Err(FsError::wrong_type(path));
+    }
+    if md.len() > MAX_RESULT as u64 {
+        return Err(FsError::invalid(format!(
+            "invalid request: {} is {} bytes, more than one frame holds; use read_stream",
+            path.display(),
+            md.len()
+        )));
     }
     ctx(path, fs::read(path))
 }
@@ -756,6 +768,8 @@ fn grep(a: &GrepArgs) -> FsResult<Value> {
     };
     let mut matches = Vec::new();
     let mut truncated = false;
+    // The answer is one frame: stop (truncated) before it could overflow.
+    let mut budget = MAX_RESULT / 2;
     'files: for path in files {
         // Unreadable files are skipped, as grep -s does: one bad file must
         // not hide every other match.
@@ -777,14 +791,17 @@ fn grep(a: &GrepArgs) -> FsResult<Value> {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if re.is_match(text) {
-                if matches.len() >= a.max_matches {
+                let content = cut_line(text, a.max_line_bytes);
+                let cost = content.len() + path.as_os_str().len() + 48;
+                if matches.len() >= a.max_matches || cost > budget {
                     truncated = true;
                     break 'files;
                 }
+                budget -= cost;
                 matches.push(json!({
                     "path": path.to_string_lossy(),
                     "line": no,
-                    "content": cut_line(text, a.max_line_bytes),
+                    "content": content,
                 }));
             }
         }
@@ -999,6 +1016,18 @@ mod tests {
             (end.code.as_deref(), end.error.unwrap()),
             (Some("S211"), format!("file not found: {}", t.p("missing")))
         );
+    }
+
+    #[test]
+    fn whole_reads_are_bounded_by_the_frame() {
+        let t = Tmp::new("bigread");
+        let f = File::create(t.p("sparse")).unwrap();
+        f.set_len(MAX_FRAME as u64).unwrap();
+        let (code, msg) = err(FsRequest::Read {
+            path: t.p("sparse"),
+        });
+        assert_eq!(code, "S210");
+        assert!(msg.contains("use read_stream"), "{msg}");
     }
 
     #[test]

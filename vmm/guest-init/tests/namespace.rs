@@ -138,6 +138,7 @@ fn start(dir: &Path, lower: &Path, format: &str, port: u16, cgroup_procs: &[Stri
         "resolv_conf": "nameserver 10.0.2.3\n",
     });
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    let t0 = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_iii-init"))
         .arg("--namespace")
         .arg(dir.join("spec.json"))
@@ -146,6 +147,8 @@ fn start(dir: &Path, lower: &Path, format: &str, port: u16, cgroup_procs: &[Stri
     let mut s = client::connect_unix(&dir.join("agent.sock"), Duration::from_secs(20))
         .expect("agent socket");
     client::ping(&mut s).expect("agent answers Pong");
+    // A figure for the report, not an assertion.
+    eprintln!("{format} lower: spawn → agent Pong in {:?}", t0.elapsed());
     let pid: i32 = std::fs::read_to_string(dir.join("init.pid"))
         .unwrap()
         .trim()
