@@ -355,6 +355,10 @@ fn run_session(
     let (mut child, exit_rx) =
         // `spawn: <io error>` ends with `(os error N)`: the host maps ENOENT to 127, EACCES to 126.
         reaper::spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
+    // The command holds our copies of the PTY slave: while they are open the
+    // master never reads EOF, and every PTY session waited out the pumps'
+    // 2 s grace after its process exited.
+    drop(cmd);
     let pid = child.id() as i32;
     let (done_tx, done_rx) = channel();
     let mut pumps = 0;

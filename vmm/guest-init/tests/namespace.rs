@@ -450,6 +450,30 @@ fn namespace_sandbox_end_to_end() {
         sb.sh(&format!("echo through-the-forward | nc 127.0.0.1 {port}")),
         "through-the-forward\n"
     );
+    // A PTY session (the sandbox's own devpts instance) and a timeout.
+    let conn = client::connect_unix(&dir.join("agent.sock"), Duration::from_secs(5)).unwrap();
+    let pty = ExecRequest {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "test -t 0 && test -t 1 && echo tty".into(),
+        ],
+        tty: true,
+        ..Default::default()
+    };
+    let out = client::exec(&conn, &pty, b"").unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tty");
+    let conn = client::connect_unix(&dir.join("agent.sock"), Duration::from_secs(5)).unwrap();
+    let slow = ExecRequest {
+        argv: vec!["sleep".into(), "30".into()],
+        timeout_ms: Some(200),
+        ..Default::default()
+    };
+    let out = client::exec(&conn, &slow, b"").unwrap();
+    assert_eq!(
+        (out.code, out.timed_out),
+        (iii_vm_agent_proto::EXIT_TIMEOUT, true)
+    );
     // Concurrent sessions, each on its own connection.
     let sessions: Vec<_> = (0..4)
         .map(|i| {
