@@ -289,6 +289,19 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Path, mode: u32, parents: bool) -> FsResult<Self> {
+        // Writing through a symlink writes its target (as `>` does), not a
+        // regular file over the link.
+        let resolved;
+        let dest = match fs::symlink_metadata(dest) {
+            Ok(md) if md.file_type().is_symlink() => match fs::canonicalize(dest) {
+                Ok(t) => {
+                    resolved = t;
+                    resolved.as_path()
+                }
+                Err(_) => dest, // dangling: replace the link
+            },
+            _ => dest,
+        };
         if let Ok(md) = fs::metadata(dest) {
             if md.is_dir() {
                 return Err(FsError::wrong_type(dest));
@@ -962,6 +975,15 @@ mod tests {
         // Overwrite leaves no temp files behind.
         ok(write(t.p("a.txt"), false), b"again");
         assert_eq!(fs::read_dir(&t.0).unwrap().count(), 1);
+        // Through a symlink: the target changes, the link stays.
+        std::os::unix::fs::symlink(t.p("a.txt"), t.p("link")).unwrap();
+        ok(write(t.p("link"), false), b"via link");
+        assert_eq!(fs::read(t.p("a.txt")).unwrap(), b"via link");
+        assert!(fs::symlink_metadata(t.p("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        fs::remove_file(t.p("link")).unwrap();
         let (code, msg) = err(write(t.p("x/y/b.txt"), false));
         assert_eq!(code, "S211");
         assert_eq!(msg, format!("parent directory not found: {}", t.p("x/y")));
