@@ -68,6 +68,9 @@ pub struct RuntimeOptions {
     pub ready_timeout: Duration,
     /// Size of each microVM's sparse ext4 upper, MiB (default 2048).
     pub upper_mib: u64,
+    /// A pre-made empty ext4 image copied as each microVM's upper instead of
+    /// running `mke2fs` (for hosts without e2fsprogs, such as the nested L1).
+    pub upper_template: Option<PathBuf>,
     /// Pass `--allow-pvm` to the VMM and skip the PVM refusal (measurement only:
     /// guests do not boot on PVM).
     pub allow_pvm: bool,
@@ -82,6 +85,7 @@ impl Default for RuntimeOptions {
             kernel: None,
             ready_timeout: Duration::from_secs(30),
             upper_mib: 2048,
+            upper_template: None,
             allow_pvm: false,
         }
     }

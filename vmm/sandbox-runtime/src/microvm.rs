@@ -33,6 +33,7 @@ pub struct MicroVmRuntime {
     kernel: PathBuf,
     ready_timeout: Duration,
     upper_mib: u64,
+    upper_template: Option<PathBuf>,
     allow_pvm: bool,
 }
 
@@ -80,6 +81,7 @@ impl MicroVmRuntime {
             kernel,
             ready_timeout: opts.ready_timeout,
             upper_mib: opts.upper_mib,
+            upper_template: opts.upper_template,
             allow_pvm: opts.allow_pvm,
         })
     }
@@ -217,8 +219,13 @@ impl MicroVmRuntime {
         let initrd = dir.join("initrd.cpio");
         let upper = dir.join("upper.ext4");
         {
-            let (init, initrd, upper, mib) =
-                (self.init.clone(), initrd.clone(), upper.clone(), self.upper_mib);
+            let (init, initrd, upper, mib, template) = (
+                self.init.clone(),
+                initrd.clone(),
+                upper.clone(),
+                self.upper_mib,
+                self.upper_template.clone(),
+            );
             tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
                 let bytes =
                     std::fs::read(&init).map_err(|e| RuntimeError::io("reading", &init, e))?;
@@ -226,8 +233,13 @@ impl MicroVmRuntime {
                     .map_err(|e| RuntimeError::InvalidSpec(format!("initramfs: {e}")))?;
                 std::fs::write(&initrd, cpio)
                     .map_err(|e| RuntimeError::io("writing", &initrd, e))?;
-                iii_oci_rootfs::image::create_upper(&upper, mib)
-                    .map_err(|e| RuntimeError::InvalidSpec(format!("upper image: {e}")))
+                match template {
+                    Some(t) => std::fs::copy(&t, &upper)
+                        .map(|_| ())
+                        .map_err(|e| RuntimeError::io("copying the upper template", &t, e)),
+                    None => iii_oci_rootfs::image::create_upper(&upper, mib)
+                        .map_err(|e| RuntimeError::InvalidSpec(format!("upper image: {e}"))),
+                }
             })
             .await
             .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))??;

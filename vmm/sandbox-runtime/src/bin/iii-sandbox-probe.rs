@@ -3,7 +3,7 @@
 //! its L1 (which has a real `/dev/kvm`) against the microVM runtime.
 //!
 //! `iii-sandbox-probe [--runtime microvm|namespace] --lower IMG [--format erofs|ext4]
-//!  [--kernel VMLINUX] [--vmm III-VMM] [--init III-INIT] [--root DIR] [--prefix TAG]`
+//!  [--kernel VMLINUX] [--vmm III-VMM] [--init III-INIT] [--root DIR] [--upper-template EXT4] [--prefix TAG]`
 //!
 //! Prints `<prefix> PASS <name>` / `<prefix> FAIL <name>: why` lines (prefix
 //! default `PROBE`) and exits non-zero on a failure.
@@ -52,6 +52,7 @@ fn parse() -> Result<Args, String> {
             "--upper-mib" => {
                 a.opts.upper_mib = val()?.parse().map_err(|e| format!("--upper-mib: {e}"))?
             }
+            "--upper-template" => a.opts.upper_template = Some(val()?.into()),
             "--prefix" => a.prefix = val()?,
             f => return Err(format!("unknown argument {f}")),
         }
