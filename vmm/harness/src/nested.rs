@@ -154,7 +154,11 @@ fn build_l1_initrd(
             0o755,
             &std::fs::read(probe).context("iii-sandbox-probe")?,
         )
-        .file("iii/iii-init", 0o755, &std::fs::read(init).context("iii-init")?)
+        .file(
+            "iii/iii-init",
+            0o755,
+            &std::fs::read(init).context("iii-init")?,
+        )
         .file("iii/upper-probe.ext4", 0o644, &std::fs::read(&up_p)?);
     }
     let out = fx.dir.join("l1.cpio");

@@ -139,20 +139,23 @@ impl Layout {
                 d.display()
             )));
         }
-        let r = self.apply(&groups, limits);
+        let r = self.apply(id, &groups, limits);
         if r.is_err() {
             let _ = groups.remove(Duration::from_secs(2));
         }
         r.map(|()| groups)
     }
 
-    fn apply(&self, groups: &Cgroups, l: Limits) -> Result<(), RuntimeError> {
+    fn apply(&self, id: &str, groups: &Cgroups, l: Limits) -> Result<(), RuntimeError> {
         let quota = u64::from(l.cpus.max(1)) * CPU_PERIOD_US;
         match self {
             Self::V1 { memory, cpu, pids } => {
-                let m = memory.join(PARENT).join(&groups.id_of(0));
+                let m = memory.join(PARENT).join(id);
                 mkdir(&m)?;
-                write(&m.join("memory.limit_in_bytes"), &l.memory_bytes.to_string())?;
+                write(
+                    &m.join("memory.limit_in_bytes"),
+                    &l.memory_bytes.to_string(),
+                )?;
                 // memsw exists only with swap accounting; without it there is
                 // nothing to limit, and swappiness 0 keeps pages out of swap.
                 let memsw = m.join("memory.memsw.limit_in_bytes");
@@ -161,20 +164,20 @@ impl Layout {
                 }
                 let _ = std::fs::write(m.join("memory.swappiness"), "0");
                 if let Some(c) = cpu {
-                    let c = c.join(PARENT).join(&groups.id_of(0));
+                    let c = c.join(PARENT).join(id);
                     mkdir(&c)?;
                     write(&c.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 }
-                let p = pids.join(PARENT).join(&groups.id_of(0));
+                let p = pids.join(PARENT).join(id);
                 mkdir(&p)?;
                 write(&p.join("pids.max"), &l.pids_max.to_string())?;
             }
             Self::V2 { root } => {
                 let parent = root.join(PARENT);
                 mkdir(&parent)?;
-                let have = std::fs::read_to_string(root.join("cgroup.controllers"))
-                    .unwrap_or_default();
+                let have =
+                    std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
                 let wanted: Vec<String> = ["memory", "cpu", "pids"]
                     .into_iter()
                     .filter(|c| have.split_whitespace().any(|h| h == *c))
@@ -212,13 +215,6 @@ impl Cgroups {
         Self {
             dirs: layout.dirs(id),
         }
-    }
-
-    fn id_of(&self, i: usize) -> String {
-        self.dirs[i]
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
     }
 
     /// The group directories.
@@ -369,7 +365,16 @@ mod tests {
             .find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
             .unwrap();
         assert_eq!(pids.trim(), "17");
-        assert!(layout.create(&id, Limits { memory_bytes: 1 << 26, cpus: 1, pids_max: 1 }).is_err());
+        assert!(layout
+            .create(
+                &id,
+                Limits {
+                    memory_bytes: 1 << 26,
+                    cpus: 1,
+                    pids_max: 1
+                }
+            )
+            .is_err());
         g.remove(Duration::from_secs(2)).unwrap();
         assert!(g.dirs().iter().all(|d| !d.exists()));
     }

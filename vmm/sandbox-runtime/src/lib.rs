@@ -145,7 +145,9 @@ pub enum RuntimeError {
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
     /// A sandbox with this id is already running (or its directory was left behind).
-    #[error("sandbox {0} already exists (stop it first, or run cleanup_orphans if its daemon died)")]
+    #[error(
+        "sandbox {0} already exists (stop it first, or run cleanup_orphans if its daemon died)"
+    )]
     Exists(String),
     /// A file operation on the host failed.
     #[error("{what} {}: {source}", path.display())]
@@ -342,8 +344,7 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// Exit code of a wait status: the code, or 128 + signal.
 pub(crate) fn exit_code(st: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    st.code()
-        .unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -365,8 +366,15 @@ mod tests {
             "namespace".parse::<RuntimeChoice>().unwrap(),
             RuntimeChoice::Namespace
         );
-        assert_eq!("auto".parse::<RuntimeChoice>().unwrap(), RuntimeChoice::Auto);
-        assert!("vm".parse::<RuntimeChoice>().unwrap_err().to_string().contains("microvm"));
+        assert_eq!(
+            "auto".parse::<RuntimeChoice>().unwrap(),
+            RuntimeChoice::Auto
+        );
+        assert!("vm"
+            .parse::<RuntimeChoice>()
+            .unwrap_err()
+            .to_string()
+            .contains("microvm"));
     }
 
     #[test]

@@ -141,7 +141,9 @@ impl crate::Runtime for MicroVmRuntime {
                     .into(),
             ));
         }
-        let vcpus = u8::try_from(spec.cpus).ok().filter(|c| (1..=32).contains(c));
+        let vcpus = u8::try_from(spec.cpus)
+            .ok()
+            .filter(|c| (1..=32).contains(c));
         let Some(vcpus) = vcpus else {
             return Err(RuntimeError::InvalidSpec(format!(
                 "cpus must be 1..=32 for a microVM (got {})",
@@ -372,12 +374,14 @@ impl SandboxHandle for VmSandbox {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let mut rx = self.exit.lock().map(|r| r.clone()).map_err(|_| {
-            RuntimeError::Leftover {
+        let mut rx = self
+            .exit
+            .lock()
+            .map(|r| r.clone())
+            .map_err(|_| RuntimeError::Leftover {
                 id: self.id.clone(),
                 what: "its VMM (state lock poisoned)".into(),
-            }
-        })?;
+            })?;
         if rx.borrow().is_none() {
             // Ask the guest to sync and power off; kill the VMM if it does not.
             let u = self.uds.clone();

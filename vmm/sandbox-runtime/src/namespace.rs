@@ -100,7 +100,10 @@ impl NamespaceRuntime {
 
 /// The sandbox environment: the image's, then the spec's (later wins), with
 /// a standard `PATH` and `HOME` when neither sets them.
-pub(crate) fn merge_env(image: &[(String, String)], spec: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn merge_env(
+    image: &[(String, String)],
+    spec: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for (k, v) in image.iter().chain(spec) {
         match env.iter_mut().find(|(ek, _)| ek == k) {
@@ -151,12 +154,10 @@ impl Parts {
                 // task has not seen it exit), so it cannot have been reused.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            let waited = tokio::time::timeout(
-                Duration::from_secs(10),
-                exit.wait_for(|c| c.is_some()),
-            )
-            .await
-            .is_ok();
+            let waited =
+                tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|c| c.is_some()))
+                    .await
+                    .is_ok();
             if !waited {
                 return Err(RuntimeError::Leftover {
                     id: self.id.clone(),
@@ -489,10 +490,12 @@ impl NamespaceRuntime {
         let pid1: i32 = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| RuntimeError::InvalidSpec(format!(
-                "iii-init answered but wrote no pid to {}",
-                pid_file.display()
-            )))?;
+            .ok_or_else(|| {
+                RuntimeError::InvalidSpec(format!(
+                    "iii-init answered but wrote no pid to {}",
+                    pid_file.display()
+                ))
+            })?;
         let pid1_start = state::start_time(pid1).unwrap_or(0);
         parts.pid1 = Some((pid1, pid1_start));
 
@@ -583,11 +586,21 @@ mod tests {
     #[test]
     fn env_merges_image_then_spec_with_defaults() {
         let s = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let env = merge_env(&[s("PATH", "/img"), s("A", "1")], &[s("A", "2"), s("B", "3")]);
+        let env = merge_env(
+            &[s("PATH", "/img"), s("A", "1")],
+            &[s("A", "2"), s("B", "3")],
+        );
         assert_eq!(
             env,
-            vec![s("PATH", "/img"), s("A", "2"), s("B", "3"), s("HOME", "/root")]
+            vec![
+                s("PATH", "/img"),
+                s("A", "2"),
+                s("B", "3"),
+                s("HOME", "/root")
+            ]
         );
-        assert!(merge_env(&[], &[]).iter().any(|(k, v)| k == "PATH" && v == DEFAULT_PATH));
+        assert!(merge_env(&[], &[])
+            .iter()
+            .any(|(k, v)| k == "PATH" && v == DEFAULT_PATH));
     }
 }

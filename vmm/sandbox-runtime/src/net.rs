@@ -57,7 +57,11 @@ impl Slirp {
         .arg(pid.to_string())
         .arg("tap0")
         .stdin(Stdio::null())
-        .stdout(log_f.try_clone().map_err(|e| RuntimeError::io("opening", log, e))?)
+        .stdout(
+            log_f
+                .try_clone()
+                .map_err(|e| RuntimeError::io("opening", log, e))?,
+        )
         .stderr(log_f);
         // SAFETY: only async-signal-safe dup2 calls between fork and exec.
         // dup2 clears FD_CLOEXEC on the copies, so exactly fds 3 and 4 pass.
@@ -137,9 +141,7 @@ pub fn ns_bytes(pid: i32) -> Option<u64> {
             .filter_map(|x| x.parse().ok())
             .collect();
         // rx_bytes is field 0, tx_bytes field 8.
-        total = total
-            .saturating_add(*f.first()?)
-            .saturating_add(*f.get(8)?);
+        total = total.saturating_add(*f.first()?).saturating_add(*f.get(8)?);
     }
     Some(total)
 }

@@ -29,7 +29,17 @@ fn fixture() -> &'static Fixture {
         let base = std::env::temp_dir().join(format!("iii-sbrt-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let tree = base.join("tree");
-        for d in ["bin", "etc", "root", "tmp", "proc", "sys", "dev", "run", "workspace"] {
+        for d in [
+            "bin",
+            "etc",
+            "root",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "workspace",
+        ] {
             std::fs::create_dir_all(tree.join(d)).unwrap();
         }
         let bb = ["/bin/busybox", "/usr/bin/busybox"]
@@ -37,7 +47,10 @@ fn fixture() -> &'static Fixture {
             .find(|p| Path::new(p).is_file())
             .expect("busybox-static is not installed (apt-get install busybox-static)");
         std::fs::copy(bb, tree.join("bin/busybox")).unwrap();
-        let list = std::process::Command::new(bb).arg("--list").output().unwrap();
+        let list = std::process::Command::new(bb)
+            .arg("--list")
+            .output()
+            .unwrap();
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             if applet != "busybox" && !applet.contains('/') {
                 let _ = std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet));
@@ -166,7 +179,12 @@ async fn create_exec_stop_leaves_nothing() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(dir.metadata().unwrap().permissions().mode() & 0o777, 0o700);
     let o = sh(&*sb, "echo hello; hostname; echo $SANDBOX_VAR", None).await;
-    assert_eq!((o.code, o.stdout.as_slice()), (0, &b"hello\nsandbox\nset\n"[..]), "{}", out(&o));
+    assert_eq!(
+        (o.code, o.stdout.as_slice()),
+        (0, &b"hello\nsandbox\nset\n"[..]),
+        "{}",
+        out(&o)
+    );
     // Writes land in this sandbox's upper, never in the lower.
     let o = sh(&*sb, "echo data > /root/f && cat /root/f", None).await;
     assert_eq!(o.stdout, b"data\n", "{}", out(&o));
@@ -192,10 +210,20 @@ async fn a_memory_hog_is_killed_with_137_and_the_sandbox_stays_usable() {
     let o = sh(&*sb, "exec tail /dev/zero", Some(60_000)).await;
     assert_eq!(o.code, 137, "{}", out(&o));
     // Pages in a tmpfs count too, and cannot go to swap.
-    let o = sh(&*sb, "exec dd if=/dev/zero of=/tmp/fill bs=1M count=200", Some(60_000)).await;
+    let o = sh(
+        &*sb,
+        "exec dd if=/dev/zero of=/tmp/fill bs=1M count=200",
+        Some(60_000),
+    )
+    .await;
     assert_eq!(o.code, 137, "{}", out(&o));
     let o = sh(&*sb, "rm -f /tmp/fill; echo still-here", None).await;
-    assert_eq!((o.code, o.stdout.as_slice()), (0, &b"still-here\n"[..]), "{}", out(&o));
+    assert_eq!(
+        (o.code, o.stdout.as_slice()),
+        (0, &b"still-here\n"[..]),
+        "{}",
+        out(&o)
+    );
     assert_eq!(sb.exited(), None);
     let pid1 = pid1_of(&rt, &id);
     sb.stop().await.unwrap();
@@ -217,7 +245,11 @@ async fn a_fork_bomb_is_held_by_pids_max_and_another_sandbox_still_execs() {
     let bomb_stream = a.connect_agent().unwrap();
     let bomb = tokio::task::spawn_blocking(move || {
         let req = ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "b() { b | b & }; b; sleep 8".into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "b() { b | b & }; b; sleep 8".into(),
+            ],
             env: vec![("PATH".into(), "/bin".into())],
             timeout_ms: Some(6_000),
             ..Default::default()
@@ -246,7 +278,12 @@ async fn a_fork_bomb_is_held_by_pids_max_and_another_sandbox_still_execs() {
     // Meanwhile a second sandbox works normally.
     let b = rt.create(spec("forkbomb-b", port)).await.unwrap();
     let o = sh(&*b, "echo fine", None).await;
-    assert_eq!((o.code, o.stdout.as_slice()), (0, &b"fine\n"[..]), "{}", out(&o));
+    assert_eq!(
+        (o.code, o.stdout.as_slice()),
+        (0, &b"fine\n"[..]),
+        "{}",
+        out(&o)
+    );
     let _ = bomb.await;
     let (pa, pb) = (pid1_of(&rt, &id), pid1_of(&rt, b.id()));
     let bid = b.id().to_string();
@@ -287,13 +324,30 @@ async fn two_sandboxes_cannot_see_each_others_files_processes_or_sockets() {
     .await;
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(text.ends_with("done\n"), "{}", out(&o));
-    for leak in ["sees-file", "sees-tmp", "sees-process", "sees-socket", "logger-reached", "sees-host"] {
+    for leak in [
+        "sees-file",
+        "sees-tmp",
+        "sees-process",
+        "sees-socket",
+        "logger-reached",
+        "sees-host",
+    ] {
         assert!(!text.contains(leak), "{leak}: {}", out(&o));
     }
     // Only a handful of processes are visible: init, the agent's session, sh, ls, grep.
-    let procs: usize = text.lines().rev().nth(1).and_then(|l| l.parse().ok()).unwrap_or(999);
+    let procs: usize = text
+        .lines()
+        .rev()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(999);
     assert!(procs < 10, "B sees {procs} processes: {}", out(&o));
-    let (pa, pb, ida, idb) = (pid1_of(&rt, a.id()), pid1_of(&rt, b.id()), a.id().to_string(), b.id().to_string());
+    let (pa, pb, ida, idb) = (
+        pid1_of(&rt, a.id()),
+        pid1_of(&rt, b.id()),
+        a.id().to_string(),
+        b.id().to_string(),
+    );
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     assert_gone(&rt, &ida, pa);
@@ -311,7 +365,12 @@ async fn only_the_forwarded_engine_port_of_host_loopback_answers() {
     let sb = rt.create(spec("fwd", engine)).await.unwrap();
     let act = sb.net_activity_file().unwrap();
     let old = SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options().write(true).open(&act).unwrap().set_modified(old).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&act)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let o = sh(
         &*sb,
         &format!(
@@ -322,7 +381,10 @@ async fn only_the_forwarded_engine_port_of_host_loopback_answers() {
     .await;
     assert_eq!(o.stdout, b"engine\nrefused\n", "{}", out(&o));
     let m = act.metadata().unwrap().modified().unwrap();
-    assert!(m > old + Duration::from_secs(60), "net-activity not touched");
+    assert!(
+        m > old + Duration::from_secs(60),
+        "net-activity not touched"
+    );
     let (pid1, id) = (pid1_of(&rt, sb.id()), sb.id().to_string());
     sb.stop().await.unwrap();
     assert_gone(&rt, &id, pid1);
@@ -333,7 +395,11 @@ async fn with_network_the_nat_does_not_reach_host_loopback() {
     if !root() {
         return;
     }
-    if std::process::Command::new("slirp4netns").arg("--version").output().is_err() {
+    if std::process::Command::new("slirp4netns")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("slirp4netns is not installed (apt-get install slirp4netns)");
     }
     let rt = runtime();
@@ -374,7 +440,11 @@ async fn an_init_that_dies_starting_is_reported_with_its_log_and_undone() {
     let mut sp = spec("dies", replier(b"x"));
     sp.rootfs.lower = bad;
     let id = sp.id.clone();
-    let e = rt.create(sp).await.err().expect("a garbage lower must fail");
+    let e = rt
+        .create(sp)
+        .await
+        .err()
+        .expect("a garbage lower must fail");
     assert!(matches!(e, RuntimeError::DiedStarting { .. }), "{e}");
     assert!(e.to_string().contains("last log lines"), "{e}");
     assert!(!rt.root().join(&id).exists());

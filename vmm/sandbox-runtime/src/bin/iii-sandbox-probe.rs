@@ -139,7 +139,10 @@ fn main() {
         Ok(note) => println!("{prefix} PASS sandbox-runtime/{name} ({note})"),
         Err(e) => {
             failed = true;
-            println!("{prefix} FAIL sandbox-runtime/{name}: {}", e.replace('\n', " | "));
+            println!(
+                "{prefix} FAIL sandbox-runtime/{name}: {}",
+                e.replace('\n', " | ")
+            );
         }
     };
     rt.block_on(probe(&a, &mut say));
