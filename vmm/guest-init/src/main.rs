@@ -14,6 +14,7 @@
 mod abi;
 mod agent;
 mod cmdline;
+mod fsops;
 mod reaper;
 mod sys;
 mod vsock;
