@@ -438,13 +438,28 @@ impl NamespaceRuntime {
         let log_f2 = log_f
             .try_clone()
             .map_err(|e| RuntimeError::io("opening", &log, e))?;
-        let mut child = tokio::process::Command::new(&self.init)
-            .arg("--namespace")
+        let mut cmd = tokio::process::Command::new(&self.init);
+        cmd.arg("--namespace")
             .arg(&spec_path)
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(log_f)
-            .stderr(log_f2)
+            .stderr(log_f2);
+        // The bootstrap (and PID 1, which it forks) must never be the OOM
+        // killer's victim: PID 1's death ends the sandbox. Sessions get 0 back.
+        // SAFETY: only open/write/close on a static path between fork and exec
+        // (async-signal-safe); a failure leaves the default score.
+        unsafe {
+            cmd.pre_exec(|| {
+                let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                if fd >= 0 {
+                    libc::write(fd, b"-1000".as_ptr().cast(), 5);
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| RuntimeError::Spawn {
                 what: self.init.display().to_string(),
