@@ -459,12 +459,10 @@ impl NamespaceRuntime {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| RuntimeError::Spawn {
-                what: self.init.display().to_string(),
-                source: e,
-            })?;
+        let mut child = cmd.spawn().map_err(|e| RuntimeError::Spawn {
+            what: self.init.display().to_string(),
+            source: e,
+        })?;
         let bootstrap = child.id().and_then(|p| i32::try_from(p).ok());
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {

@@ -156,3 +156,67 @@ pub fn touch(path: &PathBuf) {
         let _ = f.set_modified(SystemTime::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slirp_configures_tap0_in_the_target_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let mut holder = Command::new("unshare")
+            .args(["--net", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(holder.id()).unwrap();
+        // Wait until unshare has exec'd sleep in the new namespace.
+        let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == Some(host_ns.clone()) {
+            assert!(Instant::now() < deadline, "unshare --net did not switch");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("slirp.log");
+        match Slirp::start(pid, &log, Duration::from_secs(10)) {
+            Ok(s) => {
+                let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+                assert!(dev.contains("tap0:"), "{dev}");
+                assert!(ns_bytes(pid).is_some());
+                s.stop();
+            }
+            Err(e) => {
+                let installed = Command::new("slirp4netns")
+                    .arg("--version")
+                    .output()
+                    .is_ok();
+                let m = e.to_string();
+                assert!(
+                    !installed && m.contains("apt-get install slirp4netns"),
+                    "{m}"
+                );
+            }
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
+
+    #[test]
+    fn touch_moves_the_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("act");
+        touch(&p);
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        touch(&p);
+        assert!(p.metadata().unwrap().modified().unwrap() > old + Duration::from_secs(60));
+    }
+}

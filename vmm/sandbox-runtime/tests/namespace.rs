@@ -27,7 +27,11 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         // Fixtures of earlier runs whose process is gone.
-        for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = name.strip_prefix("iii-sbrt-test-") {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
