@@ -359,11 +359,65 @@ impl crate::Runtime for NamespaceRuntime {
                 Err(e) => tracing::warn!(%id, "orphan sandbox not cleaned: {e}"),
             }
         }
+        // Sandboxes whose directory was deleted under them (a tmp cleaner, an
+        // `rm -rf`): found by their cgroup, whose init names a spec in this root.
+        for id in self.lost_sandboxes() {
+            let parts = Parts {
+                id: id.clone(),
+                dir: self.root.join(&id),
+                cgroups: Some(Cgroups::of(&self.layout, &id)),
+                bootstrap: None,
+                exit: None,
+                pid1: None,
+                slirp: None,
+                tasks: Vec::new(),
+            };
+            match parts.teardown().await {
+                Ok(()) => cleaned.push(id),
+                Err(e) => tracing::warn!(%id, "lost sandbox not cleaned: {e}"),
+            }
+        }
         cleaned
     }
 }
 
 impl NamespaceRuntime {
+    /// Ids with a cgroup but no directory in this root, whose tasks run
+    /// `iii-init --namespace <root>/<id>/spec.json`. Groups of other state
+    /// roots (other daemons' tests) name other specs and are left alone.
+    fn lost_sandboxes(&self) -> Vec<String> {
+        let Some(parent) = self
+            .layout
+            .dirs("x")
+            .first()
+            .and_then(|d| d.parent().map(Path::to_path_buf))
+        else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if check_id(&id).is_err() || !e.path().is_dir() || self.root.join(&id).exists() {
+                continue;
+            }
+            let spec = self.root.join(&id).join("spec.json");
+            let ours = Cgroups::of(&self.layout, &id)
+                .pids()
+                .into_iter()
+                .any(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                        args.get(1) == Some(&&b"--namespace"[..])
+                            && args.get(2) == Some(&spec.as_os_str().as_encoded_bytes())
+                    })
+                });
+            if ours {
+                lost.push(id);
+            }
+        }
+        lost
+    }
+
     async fn start(
         &self,
         spec: &SandboxSpec,
