@@ -34,10 +34,11 @@ fn fixture() -> &'static Fixture {
         {
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = name.strip_prefix("iii-sbrt-test-").unwrap_or("");
-            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+            if !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
         let base = std::env::temp_dir().join(format!("iii-sbrt-test-{}", std::process::id()));
