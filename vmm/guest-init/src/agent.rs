@@ -16,6 +16,31 @@ use crate::{fsops, reaper, sys};
 
 type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// What every session starts from, set once by init before the agent serves.
+/// The VM's init leaves the defaults (no env, cwd `/`); the namespace mode
+/// sets the sandbox's env and workdir, and asks children to give up init's
+/// OOM protection.
+#[derive(Debug, Default)]
+pub struct SessionDefaults {
+    /// Environment under each request's own `env`.
+    pub env: Vec<(String, String)>,
+    /// Working directory when a request names none.
+    pub cwd: Option<String>,
+    /// Set the child's `oom_score_adj` back to 0 (init runs at -1000).
+    pub reset_oom_score: bool,
+}
+
+static DEFAULTS: std::sync::OnceLock<SessionDefaults> = std::sync::OnceLock::new();
+
+/// Sets the session defaults; only the first call counts.
+pub fn set_defaults(d: SessionDefaults) {
+    let _ = DEFAULTS.set(d);
+}
+
+fn defaults() -> &'static SessionDefaults {
+    DEFAULTS.get_or_init(SessionDefaults::default)
+}
+
 enum Input {
     Stdin(Vec<u8>),
     Signal(i32),
@@ -157,14 +182,33 @@ pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command
     let mut cmd = Command::new(prog);
     cmd.args(args);
     cmd.env_clear();
-    if !req.env.iter().any(|(k, _)| k == "PATH") {
+    let base = defaults();
+    if !req.env.iter().chain(&base.env).any(|(k, _)| k == "PATH") {
         cmd.env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
     }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    cmd.current_dir(req.cwd.as_deref().unwrap_or("/"));
+    // The request's entries come last, so they override the base.
+    cmd.envs(base.env.iter().chain(&req.env).map(|(k, v)| (k, v)));
+    cmd.current_dir(req.cwd.as_deref().or(base.cwd.as_deref()).unwrap_or("/"));
+    if base.reset_oom_score {
+        // SAFETY: open, write and close are async-signal-safe; the path and
+        // value are static, nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(u) = &req.user {
         let (uid, gid) = parse_user(u).ok_or_else(|| format!("bad user {u:?}, want uid[:gid]"))?;
         cmd.uid(uid).gid(gid);
