@@ -223,6 +223,24 @@ async fn create_exec_stop_leaves_nothing() {
     assert_eq!(std::fs::read(dir.join("upper/root/f")).unwrap(), b"data\n");
     let o = sh(&*sb, "exit 7", None).await;
     assert_eq!(o.code, 7);
+    // The limits as written: 128 MiB with swap off, one CPU, the default pids.max.
+    let read = |name: &str| {
+        Cgroups::of(rt.layout(), &id)
+            .dirs()
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join(name)).ok())
+            .map(|s| s.trim().to_string())
+    };
+    if let Some(mem) = read("memory.limit_in_bytes") {
+        assert_eq!(mem, (128u64 << 20).to_string());
+        if let Some(memsw) = read("memory.memsw.limit_in_bytes") {
+            assert_eq!(memsw, mem);
+        }
+        assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("100000"));
+    } else {
+        assert_eq!(read("memory.max"), Some((128u64 << 20).to_string()));
+    }
+    assert_eq!(read("pids.max").as_deref(), Some("256"));
     let pid1 = pid1_of(&rt, &id);
     sb.stop().await.unwrap();
     assert_gone(&rt, &id, pid1);
@@ -524,4 +542,44 @@ async fn orphans_of_a_dead_daemon_are_cleaned_and_live_ones_kept() {
     assert_gone(&rt, &kid, kpid);
     // The orphan's own handle finds nothing left to stop.
     orphan.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_that_dies_on_its_own_reports_it_and_stop_still_cleans() {
+    if !root() {
+        return;
+    }
+    let rt = runtime_clean().await;
+    let sb = rt.create(spec("crash", replier(b"x"))).await.unwrap();
+    let id = sb.id().to_string();
+    let pid1 = pid1_of(&rt, &id);
+    // SAFETY: kill(2) has no memory effects; pid1 is this test's sandbox's PID 1.
+    unsafe { libc::kill(pid1, libc::SIGKILL) };
+    let mut code = None;
+    for _ in 0..200 {
+        code = sb.exited();
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(code.is_some_and(|c| c != 0), "exited() = {code:?}");
+    assert!(sb.connect_agent().is_err() || sh_fails(&*sb).await);
+    sb.stop().await.unwrap();
+    assert_gone(&rt, &id, pid1);
+}
+
+/// True when an exec session on a dead sandbox fails.
+async fn sh_fails(sb: &dyn SandboxHandle) -> bool {
+    let Ok(s) = sb.connect_agent() else {
+        return true;
+    };
+    let req = ExecRequest {
+        argv: vec!["true".into()],
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || client::exec(&s, &req, &[]))
+        .await
+        .unwrap()
+        .is_err()
 }
