@@ -123,7 +123,9 @@ pub trait Runtime: Send + Sync {
     async fn cleanup_orphans(&self) -> Vec<String>;
 }
 
-/// A running sandbox.
+/// A running sandbox. Dropping a handle does not stop it: call
+/// [`SandboxHandle::stop`] (a daemon that dies leaves it to
+/// [`Runtime::cleanup_orphans`] of the next one).
 #[async_trait::async_trait]
 pub trait SandboxHandle: Send + Sync {
     /// The spec's id.

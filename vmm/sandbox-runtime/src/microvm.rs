@@ -162,6 +162,7 @@ impl crate::Runtime for MicroVmRuntime {
                 spec.rootfs.lower.display()
             )));
         }
+        state::mkdir_private(&self.root)?;
         let dir = self.root.join(&spec.id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}

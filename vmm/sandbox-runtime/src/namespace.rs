@@ -11,7 +11,6 @@
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -290,6 +289,8 @@ impl crate::Runtime for NamespaceRuntime {
                 spec.rootfs.lower.display()
             )));
         }
+        // The root again: a tmp cleaner may have removed it since `new`.
+        state::mkdir_private(&self.root)?;
         let dir = self.root.join(&spec.id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
@@ -585,7 +586,7 @@ impl NamespaceRuntime {
             activity,
             exit: rx,
             stopped: AtomicBool::new(false),
-            parts: Arc::new(Mutex::new(Some(Parts {
+            parts: tokio::sync::Mutex::new(Some(Parts {
                 id: spec.id.clone(),
                 dir: dir.to_path_buf(),
                 cgroups: parts.cgroups.take(),
@@ -594,7 +595,7 @@ impl NamespaceRuntime {
                 pid1: parts.pid1.take(),
                 slirp: parts.slirp.take(),
                 tasks: std::mem::take(&mut parts.tasks),
-            }))),
+            })),
         })
     }
 }
@@ -606,7 +607,8 @@ struct NsSandbox {
     activity: PathBuf,
     exit: watch::Receiver<Option<i32>>,
     stopped: AtomicBool,
-    parts: Arc<Mutex<Option<Parts>>>,
+    /// Held across a teardown, so a second `stop` waits for the first.
+    parts: tokio::sync::Mutex<Option<Parts>>,
 }
 
 #[async_trait::async_trait]
@@ -631,8 +633,8 @@ impl SandboxHandle for NsSandbox {
 
     async fn stop(&self) -> Result<(), RuntimeError> {
         self.stopped.store(true, Ordering::SeqCst);
-        let parts = self.parts.lock().map(|mut p| p.take()).unwrap_or(None);
-        match parts {
+        let mut guard = self.parts.lock().await;
+        match guard.take() {
             Some(p) => p.teardown().await,
             None => Ok(()),
         }

@@ -242,7 +242,10 @@ async fn create_exec_stop_leaves_nothing() {
     }
     assert_eq!(read("pids.max").as_deref(), Some("256"));
     let pid1 = pid1_of(&rt, &id);
-    sb.stop().await.unwrap();
+    // Two stops at once: the second waits for the first, both succeed.
+    let (a, b) = tokio::join!(sb.stop(), sb.stop());
+    a.unwrap();
+    b.unwrap();
     assert_gone(&rt, &id, pid1);
 }
 
