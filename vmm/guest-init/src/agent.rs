@@ -28,7 +28,23 @@ pub struct SessionDefaults {
     pub cwd: Option<String>,
     /// Set the child's `oom_score_adj` back to 0 (init runs at -1000).
     pub reset_oom_score: bool,
+    /// Drop every capability not in [`SESSION_CAPS`] from the child's
+    /// bounding set (the namespace runtime: sessions run as the host's
+    /// root, so what root may do must be cut down).
+    pub restrict_caps: bool,
 }
+
+/// The capabilities a namespace session keeps (what container runtimes
+/// grant by default, without `CAP_MKNOD`, since no device cgroup fences
+/// the nodes it could make): chown, dac_override, fowner, fsetid, kill,
+/// setgid, setuid, setpcap, net_bind_service, net_raw, sys_chroot,
+/// audit_write, setfcap. Everything else (sys_admin, sys_module,
+/// sys_rawio, dac_read_search, sys_ptrace, sys_boot, …) is dropped.
+pub const SESSION_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
+
+/// Highest capability number the drop loop tries; the kernel's last one
+/// (`cap_last_cap`) is lower, and EINVAL past it ends the loop.
+const CAP_SCAN_MAX: u32 = 63;
 
 static DEFAULTS: std::sync::OnceLock<SessionDefaults> = std::sync::OnceLock::new();
 
@@ -192,6 +208,26 @@ pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command
     // The request's entries come last, so they override the base.
     cmd.envs(base.env.iter().chain(&req.env).map(|(k, v)| (k, v)));
     cmd.current_dir(req.cwd.as_deref().or(base.cwd.as_deref()).unwrap_or("/"));
+    if base.restrict_caps {
+        // SAFETY: prctl is async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                for cap in 0..=CAP_SCAN_MAX {
+                    if SESSION_CAPS.contains(&cap) {
+                        continue;
+                    }
+                    if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) < 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.raw_os_error() == Some(libc::EINVAL) {
+                            break; // past the kernel's last capability
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     if base.reset_oom_score {
         // SAFETY: open, write and close are async-signal-safe; the path and
         // value are static, nothing is allocated.

@@ -170,6 +170,14 @@ fn log(msg: &str) {
 
 /// Entry point for `iii-init --namespace <spec>`; never returns.
 pub fn main(spec_path: &str) -> ! {
+    // The sandbox can read PID 1's initial environment (/proc/1/environ),
+    // which is the runtime's (the daemon's secrets included): start over
+    // with an empty one. Sessions get the spec's env, never this one.
+    if std::env::vars_os().next().is_some() {
+        reexec_without_env();
+    }
+    // SAFETY: plain syscall; files the agent creates get predictable modes.
+    unsafe { libc::umask(0o022) };
     let spec = match fs::read(spec_path)
         .map_err(|source| NsError::ReadSpec {
             path: spec_path.into(),
@@ -190,6 +198,22 @@ pub fn main(spec_path: &str) -> ! {
             std::process::exit(1)
         }
     }
+}
+
+fn reexec_without_env() {
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid strings
+    // that outlive the call; execve only returns on failure.
+    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    log(&format!(
+        "cannot re-exec with an empty environment: {}",
+        io::Error::last_os_error()
+    ));
 }
 
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -364,6 +388,7 @@ fn setup(spec: &Spec) -> Result<(UnixListener, OwnedFd), NsError> {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
     )?;
+    harden_proc(m)?;
     mkdir(&format!("{m}/sys"))?;
     sys::mount(
         "sysfs",
@@ -411,6 +436,35 @@ fn setup(spec: &Spec) -> Result<(UnixListener, OwnedFd), NsError> {
     }
     std::env::set_current_dir(&spec.workdir).map_err(io_err("chdir", &spec.workdir))?;
     Ok((listener, dir_fd))
+}
+
+/// `/proc` entries that reach past the namespaces: host-wide sysctls and
+/// triggers become read-only, kernel memory and key listings are hidden
+/// under `/dev/null` (as container runtimes do). Sessions cannot undo it:
+/// they run without `CAP_SYS_ADMIN`.
+fn harden_proc(root: &str) -> Result<(), NsError> {
+    for ro in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let p = format!("{root}/proc/{ro}");
+        if !Path::new(&p).exists() {
+            continue;
+        }
+        sys::mount(&p, &p, "", libc::MS_BIND | libc::MS_REC, None)?;
+        sys::mount(
+            &p,
+            &p,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )?;
+    }
+    let null = format!("{root}/dev/null");
+    for masked in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+        let p = format!("{root}/proc/{masked}");
+        if Path::new(&p).exists() {
+            sys::mount(&null, &p, "", libc::MS_BIND, None)?;
+        }
+    }
+    Ok(())
 }
 
 fn mkdir(p: &str) -> Result<(), NsError> {
@@ -590,6 +644,7 @@ fn serve(spec: &Spec, (listener, dir_fd): (UnixListener, OwnedFd)) -> ! {
         env: spec.env.clone(),
         cwd: Some(spec.workdir.clone()),
         reset_oom_score: true,
+        restrict_caps: true,
     });
     // PID 1 of a pid namespace only gets the signals it handles; the stop
     // signals are taken by sigwait, SIGCHLD stays blocked (waitid does not

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use iii_vm_agent_proto::{client, ExecRequest, FsRequest};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "hostname", "nc", "sleep", "mkdir", "test", "id", "grep",
+    "sh", "echo", "cat", "ls", "hostname", "nc", "sleep", "mkdir", "test", "id", "grep", "wc",
+    "mount",
 ];
 
 fn is_root() -> bool {
@@ -345,6 +346,16 @@ fn namespace_sandbox_end_to_end() {
             .is_some_and(|o| o.split(',').any(|f| f == "ro")),
         "{sys_opts}"
     );
+    // PID 1 shows no host environment; sessions run without the
+    // capabilities that would undo the sandbox, and /proc/sys is read-only.
+    assert_eq!(sb.sh("cat /proc/1/environ | wc -c"), "0\n");
+    let caps = sb.sh("grep CapBnd /proc/self/status");
+    assert_eq!(caps.trim(), "CapBnd:\t00000000a00425fb", "{caps}");
+    let out = sb.exec(&["sh", "-c", "echo x > /proc/sys/kernel/hostname"]);
+    assert_ne!(out.code, 0, "host-wide sysctls are read-only");
+    let out = sb.exec(&["sh", "-c", "mount -t tmpfs none /mnt"]);
+    assert_ne!(out.code, 0, "no CAP_SYS_ADMIN in sessions");
+    assert_eq!(sb.sh("cat /proc/kcore | wc -c"), "0\n");
     // No host path is visible.
     assert_eq!(
         sb.sh(&format!(
