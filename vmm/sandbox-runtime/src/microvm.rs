@@ -110,6 +110,15 @@ fn kill_vmm(o: Option<Owner>) {
     }
 }
 
+/// Waits (at most 5 s) until the recorded VMM no longer runs.
+async fn wait_gone(o: Option<Owner>) {
+    let Some(o) = o else { return };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while o.alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn remove_dir(id: &str, dir: &Path) -> Result<(), RuntimeError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
@@ -174,9 +183,9 @@ impl crate::Runtime for MicroVmRuntime {
         match self.start(&spec, &dir, vcpus).await {
             Ok(sb) => Ok(Box::new(sb)),
             Err(e) => {
-                kill_vmm(read_vmm_pid(&dir));
-                // Give the VMM a moment to die before its files go.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let vmm = read_vmm_pid(&dir);
+                kill_vmm(vmm);
+                wait_gone(vmm).await;
                 let _ = remove_dir(&spec.id, &dir);
                 Err(e)
             }
@@ -198,8 +207,9 @@ impl crate::Runtime for MicroVmRuntime {
             if Owner::read(&dir).is_some_and(|o| o.alive()) {
                 continue;
             }
-            kill_vmm(read_vmm_pid(&dir));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let vmm = read_vmm_pid(&dir);
+            kill_vmm(vmm);
+            wait_gone(vmm).await;
             if remove_dir(&id, &dir).is_ok() {
                 cleaned.push(id);
             }
