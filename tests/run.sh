@@ -48,8 +48,8 @@ fi
 step "cargo clippy --all-targets -D warnings"
 bounded 25 cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
 
-step "build the iii binary"
-bounded 25 cargo build -p iii-cli || failed+=("build")
+step "build the iii binary (and iii-init, which the sandbox runtime's tests start)"
+bounded 25 cargo build -p iii-cli -p iii-guest-init || failed+=("build")
 export III_BIN="$ROOT/target/debug/iii"
 
 step "sandbox preset images"
