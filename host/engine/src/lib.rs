@@ -42,6 +42,11 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(cron::Cron),
         Box::new(http_functions::HttpFunctions),
         Box::new(policies::Policies),
+        Box::new(external::ExternalWorker {
+            name: "iii-sandbox",
+            program: "iii-sandbox",
+            program_env: "III_SANDBOX_BIN",
+        }),
     ]
 }
 

@@ -130,3 +130,30 @@ where
         f(core, i, state.clone())
     })
 }
+
+/// The worker socket's listeners as daemons started by the engine reach them (provided by the
+/// worker socket service at prepare).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerEndpoints(pub Vec<WorkerEndpoint>);
+
+/// One worker socket listener.
+#[derive(Debug, Clone)]
+pub struct WorkerEndpoint {
+    /// Where it listens (an unspecified host is reached on loopback).
+    pub addr: std::net::SocketAddr,
+    /// Whether RBAC or middleware gates it.
+    pub gated: bool,
+}
+
+impl WorkerEndpoints {
+    /// The address an engine-started daemon connects to: the first ungated listener, on
+    /// loopback when it listens on every address.
+    pub fn for_daemons(&self) -> Option<std::net::SocketAddr> {
+        let e = self.0.iter().find(|e| !e.gated)?;
+        let mut a = e.addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Some(a)
+    }
+}

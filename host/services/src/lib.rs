@@ -18,6 +18,7 @@
 //! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
 //!   service: the listener's service builds it from its own entry).
 //! - [`policies`]: WebAssembly policies (components or Extism modules) as in-process functions.
+//! - [`external`]: daemons run out of process as workers and supervised (`iii-sandbox`).
 //! - [`validation`]: opt-in JSON Schema checks of a worker-socket listener's payloads
 //!   (`validate:`; not a service: the listener's service builds it from its own entry).
 
@@ -26,6 +27,7 @@ mod config_schema;
 pub mod configuration;
 pub mod cron;
 pub mod engine_fns;
+pub mod external;
 pub mod http;
 pub mod http_functions;
 pub mod listed_worker;

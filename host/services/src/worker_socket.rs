@@ -215,7 +215,7 @@ struct Bound(Vec<(TcpListener, Listener, SocketAddr)>);
 impl Configured for WorkerSockets {
     async fn prepare(
         self: Box<Self>,
-        _cx: &mut PrepareCx<'_>,
+        cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
         let mut bound = Vec::new();
         for lc in self.0 {
@@ -243,6 +243,15 @@ impl Configured for WorkerSockets {
             }
             bound.push((l, lc, addr));
         }
+        cx.provide(crate::common::WorkerEndpoints(
+            bound
+                .iter()
+                .map(|(_, lc, addr)| crate::common::WorkerEndpoint {
+                    addr: *addr,
+                    gated: lc.policy.is_some(),
+                })
+                .collect(),
+        ));
         Ok(Box::new(Bound(bound)))
     }
     fn as_any(&self) -> &dyn std::any::Any {

@@ -8,18 +8,20 @@
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
 //! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
 //! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
+//! `iii-bench sandbox` measures sandboxes on the namespace runtime ([`sandbox`]).
 //! `iii-bench reload` measures how long a `config.yaml` edit takes to apply ([`reload`]).
 //! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
 mod policy;
 mod pubcron;
 mod reload;
+mod sandbox;
 mod validate;
 
 mod queue;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -643,6 +645,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("reload") {
         return rt.block_on(reload::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("sandbox") {
+        return rt.block_on(sandbox::bench());
     }
     if args.get(1).map(String::as_str) == Some("validate") {
         return rt.block_on(validate::bench());

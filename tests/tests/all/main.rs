@@ -5,6 +5,7 @@
 
 mod cli;
 mod configuration;
+mod external_daemon;
 mod hardening_core;
 mod hardening_http;
 mod hot_reload;

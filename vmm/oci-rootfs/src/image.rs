@@ -33,7 +33,8 @@ pub enum ImageError {
 }
 
 /// The filesystem of a read-only lower image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Compressed erofs (`mkfs.erofs -zlz4hc`): smaller and faster to boot.
     Erofs,
@@ -93,15 +94,18 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub fn build_lower(dir: &Path, out: &Path, format: Format) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(out);
     match format {
-        Format::Erofs => run(
-            "mkfs.erofs",
-            "erofs-utils",
-            Command::new("mkfs.erofs")
-                .arg("-zlz4hc")
-                .arg("--all-root")
-                .arg(out)
-                .arg(dir),
-        ),
+        Format::Erofs => {
+            let mut cmd = Command::new("mkfs.erofs");
+            cmd.arg("-zlz4hc");
+            // Run as root, the unpacker kept the image's owners (a `USER app`
+            // image needs its home owned by app); otherwise every file is the
+            // builder's and is mapped to root.
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                cmd.arg("--all-root");
+            }
+            run("mkfs.erofs", "erofs-utils", cmd.arg(out).arg(dir))
+        }
         Format::Ext4 => {
             // Room for metadata; the lower is never written, so no slack for growth.
             let size = (dir_bytes(dir) * 13 / 10 + (8 << 20)).div_ceil(1 << 20);

@@ -142,11 +142,15 @@ fn set_raw_link(h: &mut tar::Header, target: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn put_blob(dir: &Path, data: &[u8]) -> io::Result<(String, usize)> {
-    let hex: String = Sha256::digest(data)
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+fn put_blob(dir: &Path, data: &[u8]) -> io::Result<(String, usize)> {
+    let hex = sha256_hex(data);
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     fs::write(blobs.join(&hex), data)?;
@@ -161,16 +165,50 @@ pub fn write_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for l in layers {
-        let hex: String = Sha256::digest(l)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = sha256_hex(l);
         diff_ids.push(format!("sha256:{hex}"));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(l)?;
         let (digest, size) = put_blob(dir, &gz.finish()?)?;
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
     }
+    finish_layout(dir, descs, diff_ids, config)
+}
+
+/// Writes an OCI image layout at `dir` whose layers are the uncompressed tar
+/// files `layers` (bottom first), moved into the blob store without being read
+/// into memory (root filesystems are hundreds of MiB). `dir` must be on the
+/// same filesystem as the layer files.
+pub fn write_layout_from_tars(
+    dir: &Path,
+    layers: &[std::path::PathBuf],
+    config: serde_json::Value,
+) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let mut h = Sha256::new();
+        let size = io::copy(&mut io::BufReader::new(fs::File::open(l)?), &mut h)?;
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        fs::rename(l, blobs.join(&hex))?;
+        // Uncompressed: the blob digest is the diff id.
+        diff_ids.push(format!("sha256:{hex}"));
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{hex}"), "size": size}));
+    }
+    finish_layout(dir, descs, diff_ids, config)
+}
+
+/// Config, manifest and index for layers already in the blob store.
+fn finish_layout(
+    dir: &Path,
+    descs: Vec<serde_json::Value>,
+    diff_ids: Vec<String>,
+    config: serde_json::Value,
+) -> io::Result<()> {
     let cfg = json!({
         "architecture": "amd64", "os": "linux", "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids}

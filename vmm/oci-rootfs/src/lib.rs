@@ -7,7 +7,9 @@
 //!   `mkfs.erofs`, or ext4 via `mke2fs -d`; neither needs root) and create a
 //!   fresh per-VM ext4 upper. A shared lower is never booted read-write.
 //! * [`initramfs`]: a newc cpio holding `/init` and `/dev/console`.
-//! * [`layout`]: write an OCI image layout (used to package test images).
+//! * [`layout`]: write an OCI image layout (test images, and presets).
+//! * [`store`]: the content-keyed cache of sandbox lowers: presets
+//!   bootstrapped from Debian and imported custom images.
 
 #![deny(clippy::cast_possible_truncation)]
 
@@ -15,3 +17,6 @@ pub mod image;
 pub mod initramfs;
 pub mod layout;
 pub mod oci;
+pub mod store;
+
+pub use store::{ImageError, ImageStore, LowerFormat, Rootfs};

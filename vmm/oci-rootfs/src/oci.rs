@@ -414,7 +414,9 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
             remove_any(&root.join(parent).join(victim))?;
         }
     }
-    // Pass 2: content.
+    // Pass 2: content. Directory times are set once the layer is done, since
+    // adding their entries changes them.
+    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     let mut ar = open_layer(l)?;
     for e in ar.entries().map_err(io_err(&l.path))? {
         let mut e = e.map_err(io_err(&l.path))?;
@@ -448,6 +450,7 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
                     remove_any(&dst)?;
                 }
                 fs::create_dir_all(&dst).map_err(io_err(&dst))?;
+                dir_times.push((dst.clone(), mtime(&h)));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_any(&dst)?;
@@ -466,6 +469,7 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
                 // followed while unpacking (see check_ancestors).
                 symlink(&target, &dst).map_err(io_err(&dst))?;
                 chown(&dst, uid, gid, true);
+                set_mtime(&dst, mtime(&h), true);
                 continue;
             }
             tar::EntryType::Link => {
@@ -491,8 +495,45 @@ fn apply_layer(l: &Layer, root: &Path) -> Result<(), OciError> {
         }
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err(&dst))?;
         chown(&dst, uid, gid, false);
+        if h.entry_type() != tar::EntryType::Directory {
+            set_mtime(&dst, mtime(&h), false);
+        }
+    }
+    for (d, t) in dir_times.iter().rev() {
+        set_mtime(d, *t, false);
     }
     Ok(())
+}
+
+fn mtime(h: &tar::Header) -> i64 {
+    h.mtime()
+        .ok()
+        .and_then(|t| i64::try_from(t).ok())
+        .unwrap_or(0)
+}
+
+/// Keeps the layer's modification times: Python, for one, trusts its
+/// byte-code caches only while each source file's mtime matches the one
+/// recorded at compile time.
+fn set_mtime(p: &Path, secs: i64, nofollow: bool) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return;
+    };
+    let t = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    let flags = if nofollow {
+        libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        0
+    };
+    // SAFETY: c is a valid NUL-terminated path and `times` points to two
+    // timespecs; a failure only leaves the unpack time in place.
+    unsafe {
+        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), flags);
+    }
 }
 
 /// An entry's owner as Linux ids. Tar headers can carry wider ids (in
@@ -708,6 +749,48 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join("root/etc/owned").exists());
+    }
+
+    #[test]
+    fn modification_times_are_kept() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, mtime: u64, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(path).unwrap();
+            h.set_entry_type(kind);
+            h.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_mtime(mtime);
+            h.set_size(data.len() as u64);
+            if kind == tar::EntryType::Symlink {
+                h.set_link_name("mod.py").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        };
+        add("lib/", tar::EntryType::Directory, 1_500_000_000, b"");
+        add(
+            "lib/mod.py",
+            tar::EntryType::Regular,
+            1_600_000_000,
+            b"x = 1\n",
+        );
+        add("lib/alias.py", tar::EntryType::Symlink, 1_550_000_000, b"");
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_layout(&dir.path().join("img"), &[tar], serde_json::json!({})).unwrap();
+        let root = dir.path().join("root");
+        Image::open(&dir.path().join("img"))
+            .unwrap()
+            .unpack(&root)
+            .unwrap();
+        let t = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().mtime();
+        assert_eq!(t("lib/mod.py"), 1_600_000_000);
+        assert_eq!(t("lib/alias.py"), 1_550_000_000, "symlink's own time");
+        assert_eq!(t("lib"), 1_500_000_000, "set after its entries were added");
     }
 
     #[test]

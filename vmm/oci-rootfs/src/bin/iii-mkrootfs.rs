@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use iii_oci_rootfs::{image, initramfs, layout, oci};
+use iii_oci_rootfs::{image, initramfs, layout, oci, ImageStore, Rootfs};
 
 #[derive(Parser)]
 #[command(about = "Build iii microVM root filesystems")]
@@ -48,6 +48,20 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build (or find in the cache) a sandbox preset: `python` or `node`.
+    /// Progress goes to stderr; the lower's path is printed on stdout.
+    Preset {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Import an OCI layout directory, OCI tarball or `docker save` tarball
+    /// into the image cache (a hit when its manifest was imported before).
+    Import {
+        source: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Package a directory as a one-layer OCI image layout (for tests).
     Package {
         dir: PathBuf,
@@ -57,6 +71,44 @@ enum Cmd {
         #[arg(long)]
         cmd: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Image cache directory (default ${XDG_CACHE_HOME:-~/.cache}/iii/images).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Print the whole Rootfs (lower, format, env, key) as JSON instead of the path.
+    #[arg(long)]
+    json: bool,
+    /// Only look in the cache: exit 1 when the image is not there.
+    #[arg(long)]
+    lookup: bool,
+}
+
+fn from_store(
+    args: StoreArgs,
+    lookup: impl FnOnce(&ImageStore) -> Option<Rootfs>,
+    build: impl FnOnce(&ImageStore, &mut dyn FnMut(&str)) -> Result<Rootfs, iii_oci_rootfs::ImageError>,
+) -> Result<()> {
+    let store = ImageStore::open(args.cache)?;
+    let rootfs = if args.lookup {
+        match lookup(&store) {
+            Some(r) => r,
+            None => {
+                eprintln!("not in the image cache ({})", store.root().display());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        build(&store, &mut |line| eprintln!("{line}"))?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&rootfs)?);
+    } else {
+        println!("{}", rootfs.lower.display());
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -91,6 +143,16 @@ fn main() -> Result<()> {
                 std::fs::read(&init).with_context(|| format!("reading {}", init.display()))?;
             std::fs::write(&out, initramfs::build(&data, &[])?)?;
         }
+        Cmd::Preset { name, store } => from_store(
+            store,
+            |s| s.lookup_preset(&name),
+            |s, p| s.build_preset(&name, p),
+        )?,
+        Cmd::Import { source, store } => from_store(
+            store,
+            |s| s.lookup_custom(&source),
+            |s, p| s.import_custom(&source, p),
+        )?,
         Cmd::Package { dir, out, cmd } => {
             let tar = tar_dir(&dir)?;
             layout::write_layout(
