@@ -69,8 +69,9 @@ fi
 # tests/run.sh has already run them in `cargo test --workspace`
 # (III_WORKSPACE_TESTED=1); running them here again would only cost time.
 if [[ -z ${III_WORKSPACE_TESTED:-} ]]; then
-  crates=(-p iii-vmm -p iii-vm-agent-proto -p iii-guest-init -p iii-oci-rootfs)
-  out=$(nice cargo test "${crates[@]}" 2>&1)
+  crates=(-p iii-vmm -p iii-vm-agent-proto -p iii-guest-init -p iii-oci-rootfs -p iii-sandbox-runtime)
+  # The sandbox runtime's namespace tests start target/debug/iii-init.
+  out=$(nice cargo build -p iii-guest-init 2>&1 && nice cargo test "${crates[@]}" 2>&1)
   rc=$?
   p=$(grep -E '^test result:' <<<"$out" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
   f=$(grep -E '^test result:' <<<"$out" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\2/' | paste -sd+ | bc)
@@ -103,9 +104,10 @@ fi
 # --- static guest/host binaries ---------------------------------------------
 musl=target/$static_target/release
 if env "${static_env[@]}" nice cargo build -q --release --target "$static_target" -p iii-guest-init -p iii-vmm \
-     -p iii-vmm-harness --bin iii-init --bin iii-vmm --bin iii-vmctl 2>&1 \
+     -p iii-vmm-harness -p iii-sandbox-runtime --bin iii-init --bin iii-vmm --bin iii-vmctl \
+     --bin iii-sandbox-probe 2>&1 \
    && nice cargo build -q -p iii-vmm-harness 2>&1; then
-  pass "build static iii-init, iii-vmm, iii-vmctl and the harness"
+  pass "build static iii-init, iii-vmm, iii-vmctl, iii-sandbox-probe and the harness"
 else
   fail "build static binaries"
   finish
@@ -165,7 +167,7 @@ if [[ -z $l1pkg || ! -d $l1dir/boot ]]; then
   fail "L1 kernel package (linux-image-*-cloud-amd64) not available"
 else
   run_harness 1200 nested --kernel-dir "$kdir" --init "$musl/iii-init" --vmm "$musl/iii-vmm" \
-    --vmctl "$musl/iii-vmctl" --l1-dir "$l1dir"
+    --vmctl "$musl/iii-vmctl" --probe "$musl/iii-sandbox-probe" --l1-dir "$l1dir"
 fi
 
 finish

@@ -215,7 +215,18 @@ fn forward_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(name: &'stati
     tokio::spawn(async move {
         let mut lines = BufReader::new(r).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "iii::daemon", daemon = name, "{line}");
+            // Keep the daemon's own level when its line starts with one.
+            let trimmed = line.trim_start();
+            let (level, rest) = trimmed.split_once(' ').unwrap_or(("", trimmed));
+            let rest = rest.trim_start();
+            match level {
+                "ERROR" => tracing::error!(target: "iii::daemon", daemon = name, "{rest}"),
+                "WARN" => tracing::warn!(target: "iii::daemon", daemon = name, "{rest}"),
+                "INFO" => tracing::info!(target: "iii::daemon", daemon = name, "{rest}"),
+                "DEBUG" => tracing::debug!(target: "iii::daemon", daemon = name, "{rest}"),
+                "TRACE" => tracing::trace!(target: "iii::daemon", daemon = name, "{rest}"),
+                _ => tracing::info!(target: "iii::daemon", daemon = name, "{line}"),
+            }
         }
     });
 }

@@ -3,9 +3,15 @@
 //! A frame is `len: u32 LE` (of what follows), `kind: u8`, then `len - 1`
 //! payload bytes. A session is one exec or one file operation: the client
 //! opens it with [`Kind::Exec`] or [`Kind::Fs`], and the agent ends it with
-//! [`Kind::Exit`] or [`Kind::FsResult`] (or [`Kind::Error`]). Over vsock each
-//! session has its own connection; over a serial port sessions follow each
-//! other on the one stream.
+//! [`Kind::Exit`] or [`Kind::FsResult`] (or [`Kind::Error`]). Over vsock (and
+//! the namespace runtime's Unix socket) each session has its own connection;
+//! over a serial port sessions follow each other on the one stream.
+//!
+//! Streaming file sessions: a [`FsRequest::Write`] with `stream: true` is
+//! followed by [`Kind::Stdin`] chunks (at most [`FS_CHUNK`] bytes each) and an
+//! empty one; the agent then answers one [`Kind::FsResult`]. A
+//! [`FsRequest::ReadStream`] is answered with [`Kind::FsMeta`], then
+//! [`Kind::FsData`] chunks, then [`Kind::FsResult`].
 
 #![deny(clippy::cast_possible_truncation)]
 
@@ -21,6 +27,34 @@ pub const AGENT_PORT: u32 = 52;
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Upper bound for one frame, so a corrupt length cannot exhaust memory.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Largest data chunk of a streaming file session, either way.
+pub const FS_CHUNK: usize = 64 << 10;
+/// Bit 0 of the flags of an 8-byte [`Kind::Exit`]: the process was killed by
+/// the session's `timeout_ms`.
+pub const EXIT_FLAG_TIMED_OUT: i32 = 1;
+
+/// The S-codes the agent puts in [`FsResponse::code`] (the `sandbox::fs::*`
+/// error catalogue; the host maps them 1:1 to its error envelope).
+pub mod codes {
+    /// Invalid request (bad shape, a directory where a file list was expected).
+    pub const INVALID: &str = "S210";
+    /// File not found, or a parent directory not found.
+    pub const NOT_FOUND: &str = "S211";
+    /// Not a directory, or otherwise the wrong type.
+    pub const WRONG_TYPE: &str = "S212";
+    /// The target already exists.
+    pub const EXISTS: &str = "S213";
+    /// Directory not empty.
+    pub const NOT_EMPTY: &str = "S214";
+    /// Permission denied.
+    pub const PERMISSION: &str = "S215";
+    /// Any other I/O error.
+    pub const IO: &str = "S216";
+    /// The grep / sed pattern is not a valid regex.
+    pub const REGEX: &str = "S217";
+    /// An operation this agent does not know.
+    pub const UNSUPPORTED: &str = "S219";
+}
 
 /// The frame type, the byte after the length prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +80,8 @@ pub enum Kind {
     Stdout = 16,
     /// Bytes the process wrote to stderr.
     Stderr = 17,
-    /// i32 LE exit code (128 + signal for a signalled process, 124 on timeout).
+    /// i32 LE exit code (128 + signal for a signalled process, 124 on timeout),
+    /// optionally followed by i32 LE flags ([`EXIT_FLAG_TIMED_OUT`]).
     Exit = 18,
     /// UTF-8 message; ends the session.
     Error = 19,
@@ -54,6 +89,10 @@ pub enum Kind {
     FsResult = 20,
     /// The answer to [`Kind::Ping`].
     Pong = 21,
+    /// First answer to [`FsRequest::ReadStream`]: a JSON [`FileInfo`].
+    FsMeta = 22,
+    /// A chunk (at most [`FS_CHUNK`] bytes) of a streamed read.
+    FsData = 23,
 }
 
 impl Kind {
@@ -73,6 +112,8 @@ impl Kind {
             19 => Error,
             20 => FsResult,
             21 => Pong,
+            22 => FsMeta,
+            23 => FsData,
             _ => return None,
         })
     }
@@ -133,9 +174,30 @@ impl Frame {
         }
     }
 
-    /// The [`Kind::Exit`] frame that ends an exec session with `code`.
+    /// The legacy 4-byte [`Kind::Exit`] frame that ends an exec session with `code`.
     pub fn exit(code: i32) -> Self {
         Self::new(Kind::Exit, code.to_le_bytes().to_vec())
+    }
+
+    /// The 8-byte [`Kind::Exit`] frame: `code`, then `flags` ([`EXIT_FLAG_TIMED_OUT`]).
+    pub fn exit_with(code: i32, flags: i32) -> Self {
+        let mut p = code.to_le_bytes().to_vec();
+        p.extend_from_slice(&flags.to_le_bytes());
+        Self::new(Kind::Exit, p)
+    }
+
+    /// Decodes an exit payload of either size: `(code, flags)`, flags 0 for 4 bytes.
+    pub fn exit_payload(&self) -> Result<(i32, i32), ProtoError> {
+        let p = &self.payload;
+        let word = |i: usize| i32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        match p.len() {
+            4 => Ok((word(0), 0)),
+            8 => Ok((word(0), word(4))),
+            n => Err(ProtoError::Malformed {
+                what: "exit payload",
+                detail: format!("{n} bytes, want 4 or 8"),
+            }),
+        }
     }
 
     /// A terminal size change for a `tty` session.
@@ -248,8 +310,21 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn default_max_matches() -> usize {
+    10_000
+}
+
+fn default_max_line_bytes() -> usize {
+    4096
+}
+
 /// File operations. Contents travel base64-free as raw bytes after the JSON
-/// header: payload = `json_len: u32 LE`, JSON, data.
+/// header: payload = `json_len: u32 LE`, JSON, data. Paths are absolute paths
+/// in the guest; modes are permission bits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FsRequest {
@@ -258,40 +333,142 @@ pub enum FsRequest {
         /// Absolute path in the guest.
         path: String,
     },
-    /// Create or truncate the file with the request data.
+    /// Replace the file atomically (temp file in the same directory, fsync,
+    /// rename) with the request data, or with the streamed chunks that follow
+    /// when `stream` is set. Answers `{"bytes_written":N}`.
     Write {
         /// Absolute path in the guest.
         path: String,
-        /// Permission bits for a newly created file.
+        /// Permission bits of the written file.
         mode: u32,
+        /// Create missing parent directories (0755) first.
+        #[serde(default)]
+        parents: bool,
+        /// The data follows as [`Kind::Stdin`] frames ended by an empty one.
+        #[serde(default)]
+        stream: bool,
     },
-    /// Create the directory and any missing parents.
+    /// Create the directory (and missing parents when `parents`); answers
+    /// `{"created":bool}` (`false`: it already existed, with `parents`).
     Mkdir {
         /// Absolute path in the guest.
         path: String,
         /// Permission bits for the created directories.
         mode: u32,
+        /// Create missing parents and accept an existing directory.
+        #[serde(default = "yes")]
+        parents: bool,
     },
-    /// Remove a file or an empty directory, or a whole tree with `recursive`.
+    /// Remove a file or an empty directory, or a whole tree with `recursive`;
+    /// answers `{"removed":true}`.
     Remove {
         /// Absolute path in the guest.
         path: String,
         /// Remove a directory with everything below it.
+        #[serde(default)]
         recursive: bool,
     },
-    /// List a directory's entries.
+    /// List a directory's entries (`lstat`: symlinks are not followed).
     List {
         /// Absolute path in the guest.
         path: String,
     },
-    /// Describe one path as a single entry.
+    /// Describe one path as a single entry (`lstat`).
     Stat {
         /// Absolute path in the guest.
         path: String,
     },
+    /// Stream a file: [`Kind::FsMeta`], [`Kind::FsData`] chunks, [`Kind::FsResult`].
+    ReadStream {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Change permission bits (and owner, when given); answers `{"updated":N}`.
+    Chmod {
+        /// Absolute path in the guest.
+        path: String,
+        /// New permission bits.
+        mode: u32,
+        /// New owner.
+        #[serde(default)]
+        uid: Option<u32>,
+        /// New group.
+        #[serde(default)]
+        gid: Option<u32>,
+        /// Apply to everything below a directory too (symlinks are not followed).
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Move `src` to `dst`; answers `{"moved":true}`.
+    Rename {
+        /// Absolute source path.
+        src: String,
+        /// Absolute destination path.
+        dst: String,
+        /// Replace an existing `dst`.
+        #[serde(default)]
+        overwrite: bool,
+    },
+    /// Search files for a regex; answers `{"matches":[{path,line,content}],"truncated":bool}`.
+    Grep {
+        /// A file, or a directory to search.
+        path: String,
+        /// A `regex` crate pattern.
+        pattern: String,
+        /// Descend into subdirectories.
+        #[serde(default = "yes")]
+        recursive: bool,
+        /// Match case-insensitively.
+        #[serde(default)]
+        ignore_case: bool,
+        /// Only files matching one of these globs (name, or path below `path` when it has a `/`).
+        #[serde(default)]
+        include_glob: Vec<String>,
+        /// Skip files (and directories) matching one of these globs.
+        #[serde(default)]
+        exclude_glob: Vec<String>,
+        /// Stop after this many matches (`truncated` is then set).
+        #[serde(default = "default_max_matches")]
+        max_matches: usize,
+        /// Longer lines are cut to this many bytes and end with `…`.
+        #[serde(default = "default_max_line_bytes")]
+        max_line_bytes: usize,
+    },
+    /// Replace a pattern in files, each rewritten atomically; answers
+    /// `{"results":[{path,replacements,success,error?}],"total_replacements":N}`.
+    Sed {
+        /// The files to edit (exclusive with `path`).
+        #[serde(default)]
+        files: Vec<String>,
+        /// A directory (or a file) whose files are edited.
+        #[serde(default)]
+        path: Option<String>,
+        /// With `path`: descend into subdirectories; a directory needs it.
+        #[serde(default = "yes")]
+        recursive: bool,
+        /// With `path`: only files matching one of these globs.
+        #[serde(default)]
+        include_glob: Vec<String>,
+        /// With `path`: skip files matching one of these globs.
+        #[serde(default)]
+        exclude_glob: Vec<String>,
+        /// What to replace: a regex, or a literal string when `regex` is false.
+        pattern: String,
+        /// The replacement (`$1`-style groups with `regex`).
+        replacement: String,
+        /// Treat `pattern` as a regex.
+        #[serde(default = "yes")]
+        regex: bool,
+        /// Replace only the first match of each file.
+        #[serde(default)]
+        first_only: bool,
+        /// Match case-insensitively.
+        #[serde(default)]
+        ignore_case: bool,
+    },
 }
 
-/// One file or directory in a [`FsResponse`].
+/// One file or directory in a [`FsResponse`] (or a [`Kind::FsMeta`] frame).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileInfo {
     /// File name (for `Stat`, the path asked about).
@@ -302,6 +479,12 @@ pub struct FileInfo {
     pub mode: u32,
     /// Whether this is a directory.
     pub is_dir: bool,
+    /// Modification time, unix seconds.
+    #[serde(default)]
+    pub mtime: i64,
+    /// Whether this is a symbolic link (never followed).
+    #[serde(default)]
+    pub is_symlink: bool,
 }
 
 /// The outcome of a file operation, the header of a [`Kind::FsResult`] frame.
@@ -310,9 +493,26 @@ pub struct FsResponse {
     /// Why the operation failed; `None` on success.
     #[serde(default)]
     pub error: Option<String>,
+    /// The S-code of `error` ([`codes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// Entries for `List` and `Stat`; empty otherwise.
     #[serde(default)]
     pub entries: Vec<FileInfo>,
+    /// The op's result object (`{"created":true}`, `{"bytes_written":N}`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+impl FsResponse {
+    /// A failed operation: S-code and message.
+    pub fn failed(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: Some(message.into()),
+            code: Some(code.into()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Packs a JSON header and raw bytes into one payload; fails only for a
@@ -387,23 +587,179 @@ mod tests {
 
     #[test]
     fn packed_payloads() {
-        let p = pack(
-            &FsRequest::Write {
-                path: "/a".into(),
-                mode: 0o644,
-            },
-            b"data",
-        )
-        .unwrap();
-        let (req, data): (FsRequest, _) = unpack(&p).unwrap();
-        assert_eq!(
-            req,
-            FsRequest::Write {
-                path: "/a".into(),
-                mode: 0o644
-            }
-        );
+        let req = FsRequest::Write {
+            path: "/a".into(),
+            mode: 0o644,
+            parents: true,
+            stream: false,
+        };
+        let p = pack(&req, b"data").unwrap();
+        let (back, data): (FsRequest, _) = unpack(&p).unwrap();
+        assert_eq!(back, req);
         assert_eq!(data, b"data");
         assert!(unpack::<FsRequest>(&[9, 0, 0, 0, b'{']).is_err());
+    }
+
+    #[test]
+    fn exit_payloads_of_both_sizes() {
+        let old = Frame::exit(7);
+        assert_eq!(old.payload.len(), 4);
+        assert_eq!(old.exit_payload().unwrap(), (7, 0));
+        let new = Frame::exit_with(EXIT_TIMEOUT, EXIT_FLAG_TIMED_OUT);
+        assert_eq!(new.payload.len(), 8);
+        assert_eq!(
+            new.exit_payload().unwrap(),
+            (EXIT_TIMEOUT, EXIT_FLAG_TIMED_OUT)
+        );
+        assert!(Frame::new(Kind::Exit, vec![1, 2, 3])
+            .exit_payload()
+            .is_err());
+    }
+
+    #[test]
+    fn stream_kinds_round_trip() {
+        let mut buf = Vec::new();
+        let meta = FileInfo {
+            name: "/f".into(),
+            size: 3,
+            mode: 0o100644,
+            mtime: 1_700_000_000,
+            ..Default::default()
+        };
+        write_frame(&mut buf, &Frame::with_json(Kind::FsMeta, &meta)).unwrap();
+        write_frame(&mut buf, &Frame::new(Kind::FsData, b"abc".to_vec())).unwrap();
+        let mut r = buf.as_slice();
+        let f = read_frame(&mut r).unwrap();
+        assert_eq!(f.kind, Kind::FsMeta);
+        assert_eq!(f.json::<FileInfo>().unwrap(), meta);
+        let f = read_frame(&mut r).unwrap();
+        assert_eq!((f.kind, f.payload.as_slice()), (Kind::FsData, &b"abc"[..]));
+        assert_eq!(Kind::FsMeta as u8, 22);
+        assert_eq!(Kind::FsData as u8, 23);
+    }
+
+    #[test]
+    fn old_payloads_still_decode() {
+        // What the previous protocol version put on the wire.
+        let info: FileInfo =
+            serde_json::from_str(r#"{"name":"a","size":1,"mode":33188,"is_dir":false}"#).unwrap();
+        assert_eq!((info.mtime, info.is_symlink), (0, false));
+        let resp: FsResponse = serde_json::from_str(r#"{"error":null,"entries":[]}"#).unwrap();
+        assert_eq!(resp, FsResponse::default());
+        let mkdir: FsRequest =
+            serde_json::from_str(r#"{"op":"mkdir","path":"/d","mode":493}"#).unwrap();
+        assert_eq!(
+            mkdir,
+            FsRequest::Mkdir {
+                path: "/d".into(),
+                mode: 0o755,
+                parents: true
+            }
+        );
+        let write: FsRequest =
+            serde_json::from_str(r#"{"op":"write","path":"/f","mode":420}"#).unwrap();
+        assert_eq!(
+            write,
+            FsRequest::Write {
+                path: "/f".into(),
+                mode: 0o644,
+                parents: false,
+                stream: false
+            }
+        );
+        // And a response of this version omits the new fields when unset.
+        let json = serde_json::to_string(&FsResponse::default()).unwrap();
+        assert_eq!(json, r#"{"error":null,"entries":[]}"#);
+    }
+
+    #[test]
+    fn new_ops_take_their_defaults() {
+        let grep: FsRequest =
+            serde_json::from_str(r#"{"op":"grep","path":"/w","pattern":"x"}"#).unwrap();
+        assert_eq!(
+            grep,
+            FsRequest::Grep {
+                path: "/w".into(),
+                pattern: "x".into(),
+                recursive: true,
+                ignore_case: false,
+                include_glob: vec![],
+                exclude_glob: vec![],
+                max_matches: 10_000,
+                max_line_bytes: 4096,
+            }
+        );
+        let sed: FsRequest =
+            serde_json::from_str(r#"{"op":"sed","files":["/a"],"pattern":"x","replacement":"y"}"#)
+                .unwrap();
+        assert_eq!(
+            sed,
+            FsRequest::Sed {
+                files: vec!["/a".into()],
+                path: None,
+                recursive: true,
+                include_glob: vec![],
+                exclude_glob: vec![],
+                pattern: "x".into(),
+                replacement: "y".into(),
+                regex: true,
+                first_only: false,
+                ignore_case: false,
+            }
+        );
+        let chmod: FsRequest =
+            serde_json::from_str(r#"{"op":"chmod","path":"/a","mode":384,"uid":5}"#).unwrap();
+        assert_eq!(
+            chmod,
+            FsRequest::Chmod {
+                path: "/a".into(),
+                mode: 0o600,
+                uid: Some(5),
+                gid: None,
+                recursive: false
+            }
+        );
+        let mv: FsRequest =
+            serde_json::from_str(r#"{"op":"rename","src":"/a","dst":"/b"}"#).unwrap();
+        assert_eq!(
+            mv,
+            FsRequest::Rename {
+                src: "/a".into(),
+                dst: "/b".into(),
+                overwrite: false
+            }
+        );
+        let rs: FsRequest = serde_json::from_str(r#"{"op":"read_stream","path":"/a"}"#).unwrap();
+        assert_eq!(rs, FsRequest::ReadStream { path: "/a".into() });
+        let rm: FsRequest = serde_json::from_str(r#"{"op":"remove","path":"/a"}"#).unwrap();
+        assert_eq!(
+            rm,
+            FsRequest::Remove {
+                path: "/a".into(),
+                recursive: false
+            }
+        );
+        // An op this version does not know does not decode (the agent answers S219).
+        assert!(serde_json::from_str::<FsRequest>(r#"{"op":"teleport","path":"/a"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_carry_code_and_value() {
+        let mut ok = FsResponse {
+            value: Some(serde_json::json!({"bytes_written": 3})),
+            ..Default::default()
+        };
+        ok.entries.push(FileInfo {
+            name: "l".into(),
+            is_symlink: true,
+            mtime: 5,
+            ..Default::default()
+        });
+        let back: FsResponse = serde_json::from_slice(&serde_json::to_vec(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        let err = FsResponse::failed(codes::NOT_FOUND, "file not found: /x");
+        let back: FsResponse = serde_json::from_slice(&serde_json::to_vec(&err).unwrap()).unwrap();
+        assert_eq!(back.code.as_deref(), Some("S211"));
+        assert_eq!(back.error.as_deref(), Some("file not found: /x"));
     }
 }

@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +12,50 @@ use std::time::Duration;
 
 use iii_vm_agent_proto::*;
 
-use crate::{reaper, sys};
+use crate::{fsops, reaper, sys};
 
 type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// What every session starts from, set once by init before the agent serves.
+/// The VM's init leaves the defaults (no env, cwd `/`); the namespace mode
+/// sets the sandbox's env and workdir, and asks children to give up init's
+/// OOM protection.
+#[derive(Debug, Default)]
+pub struct SessionDefaults {
+    /// Environment under each request's own `env`.
+    pub env: Vec<(String, String)>,
+    /// Working directory when a request names none.
+    pub cwd: Option<String>,
+    /// Set the child's `oom_score_adj` back to 0 (init runs at -1000).
+    pub reset_oom_score: bool,
+    /// Drop every capability not in [`SESSION_CAPS`] from the child's
+    /// bounding set (the namespace runtime: sessions run as the host's
+    /// root, so what root may do must be cut down).
+    pub restrict_caps: bool,
+}
+
+/// The capabilities a namespace session keeps (what container runtimes
+/// grant by default, without `CAP_MKNOD`, since no device cgroup fences
+/// the nodes it could make): chown, dac_override, fowner, fsetid, kill,
+/// setgid, setuid, setpcap, net_bind_service, net_raw, sys_chroot,
+/// audit_write, setfcap. Everything else (sys_admin, sys_module,
+/// sys_rawio, dac_read_search, sys_ptrace, sys_boot, …) is dropped.
+pub const SESSION_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
+
+/// Highest capability number the drop loop tries; the kernel's last one
+/// (`cap_last_cap`) is lower, and EINVAL past it ends the loop.
+const CAP_SCAN_MAX: u32 = 63;
+
+static DEFAULTS: std::sync::OnceLock<SessionDefaults> = std::sync::OnceLock::new();
+
+/// Sets the session defaults; only the first call counts.
+pub fn set_defaults(d: SessionDefaults) {
+    let _ = DEFAULTS.set(d);
+}
+
+fn defaults() -> &'static SessionDefaults {
+    DEFAULTS.get_or_init(SessionDefaults::default)
+}
 
 enum Input {
     Stdin(Vec<u8>),
@@ -44,6 +84,8 @@ pub enum End {
 pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
     let w: SharedWriter = Arc::new(Mutex::new(w));
     let mut active: Option<Sender<Input>> = None;
+    // A streamed write in progress takes the Stdin frames until its empty end frame.
+    let mut upload: Option<fsops::WriteStream> = None;
     loop {
         let f = match read_frame(&mut r) {
             Ok(f) => f,
@@ -66,6 +108,14 @@ pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
                     send(&w, &Frame::new(Kind::Error, e.to_string()));
                 }
             },
+            Kind::Stdin if upload.is_some() => {
+                if f.payload.is_empty() {
+                    let resp = upload.take().expect("checked").finish();
+                    send_fs_result(&w, &resp, &[]);
+                } else if let Some(u) = upload.as_mut() {
+                    u.push(&f.payload);
+                }
+            }
             Kind::Stdin => to_session(&active, Input::Stdin(f.payload)),
             Kind::Signal => {
                 if let Ok(sig) = f.i32_payload() {
@@ -77,17 +127,26 @@ pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
                 let cols = u16::from_le_bytes([f.payload[2], f.payload[3]]);
                 to_session(&active, Input::Resize(rows, cols))
             }
-            Kind::Fs => {
-                let reply = unpack::<FsRequest>(&f.payload).and_then(|(req, data)| {
-                    let (resp, out) = fs_op(&req, data);
-                    pack(&resp, &out)
-                });
-                let reply = match reply {
-                    Ok(payload) => Frame::new(Kind::FsResult, payload),
-                    Err(e) => Frame::new(Kind::Error, e.to_string()),
-                };
-                send(&w, &reply);
-            }
+            Kind::Fs => match decode_fs(&f.payload) {
+                Ok((
+                    FsRequest::Write {
+                        path,
+                        mode,
+                        parents,
+                        stream: true,
+                    },
+                    _,
+                )) => upload = Some(fsops::WriteStream::begin(&path, mode, parents)),
+                Ok((FsRequest::ReadStream { path }, _)) => {
+                    let resp = fsops::read_stream(&path, |frame| send(&w, frame));
+                    send_fs_result(&w, &resp, &[]);
+                }
+                Ok((req, data)) => {
+                    let (resp, out) = fsops::run(&req, data);
+                    send_fs_result(&w, &resp, &out);
+                }
+                Err(resp) => send_fs_result(&w, &resp, &[]),
+            },
             Kind::Ping => {
                 send(&w, &Frame::new(Kind::Pong, Vec::new()));
             }
@@ -100,6 +159,36 @@ pub fn serve(mut r: impl Read, w: Box<dyn Write + Send>) -> End {
             }
         }
     }
+}
+
+/// Decodes a `Fs` payload; an undecodable one becomes its S210/S219 answer.
+fn decode_fs(payload: &[u8]) -> Result<(FsRequest, &[u8]), FsResponse> {
+    let (header, data): (serde_json::Value, &[u8]) = unpack(payload)
+        .map_err(|e| FsResponse::failed(codes::INVALID, format!("invalid request: {e}")))?;
+    match serde_json::from_value::<FsRequest>(header.clone()) {
+        Ok(req) => Ok((req, data)),
+        Err(e) => Err(fsops::undecodable(&header, &e)),
+    }
+}
+
+fn send_fs_result(w: &SharedWriter, resp: &FsResponse, data: &[u8]) {
+    let frame = match pack(resp, data) {
+        Ok(p) if p.len() < MAX_FRAME => Frame::new(Kind::FsResult, p),
+        // An answer no frame can hold (a huge listing): say so instead of
+        // leaving the client waiting for a frame that was never sent.
+        Ok(p) => {
+            let too_big = FsResponse::failed(
+                codes::IO,
+                format!(
+                    "fs i/o error: the result is {} bytes, over the frame limit",
+                    p.len()
+                ),
+            );
+            Frame::new(Kind::FsResult, pack(&too_big, &[]).expect("small header"))
+        }
+        Err(e) => Frame::new(Kind::Error, e.to_string()),
+    };
+    send(w, &frame);
 }
 
 fn parse_user(u: &str) -> Option<(u32, u32)> {
@@ -121,14 +210,53 @@ pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command
     let mut cmd = Command::new(prog);
     cmd.args(args);
     cmd.env_clear();
-    if !req.env.iter().any(|(k, _)| k == "PATH") {
+    let base = defaults();
+    if !req.env.iter().chain(&base.env).any(|(k, _)| k == "PATH") {
         cmd.env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
     }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
-    cmd.current_dir(req.cwd.as_deref().unwrap_or("/"));
+    // The request's entries come last, so they override the base.
+    cmd.envs(base.env.iter().chain(&req.env).map(|(k, v)| (k, v)));
+    cmd.current_dir(req.cwd.as_deref().or(base.cwd.as_deref()).unwrap_or("/"));
+    if base.restrict_caps {
+        // SAFETY: prctl is async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                for cap in 0..=CAP_SCAN_MAX {
+                    if SESSION_CAPS.contains(&cap) {
+                        continue;
+                    }
+                    if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) < 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.raw_os_error() == Some(libc::EINVAL) {
+                            break; // past the kernel's last capability
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    if base.reset_oom_score {
+        // SAFETY: open, write and close are async-signal-safe; the path and
+        // value are static, nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(u) = &req.user {
         let (uid, gid) = parse_user(u).ok_or_else(|| format!("bad user {u:?}, want uid[:gid]"))?;
         cmd.uid(uid).gid(gid);
@@ -199,19 +327,25 @@ fn pump(mut src: impl Read + Send + 'static, kind: Kind, w: SharedWriter, done: 
 fn start_session(req: ExecRequest, w: SharedWriter) -> Sender<Input> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        let code = match run_session(&req, &w, rx) {
-            Ok(code) => code,
+        let (code, timed_out) = match run_session(&req, &w, rx) {
+            Ok(x) => x,
             Err(e) => {
                 send(&w, &Frame::new(Kind::Error, e));
                 return;
             }
         };
-        send(&w, &Frame::exit(code));
+        let flags = if timed_out { EXIT_FLAG_TIMED_OUT } else { 0 };
+        send(&w, &Frame::exit_with(code, flags));
     });
     tx
 }
 
-fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> Result<i32, String> {
+/// Runs one exec session; returns its exit code and whether the timeout killed it.
+fn run_session(
+    req: &ExecRequest,
+    w: &SharedWriter,
+    input: Receiver<Input>,
+) -> Result<(i32, bool), String> {
     let pty = if req.tty {
         Some(sys::openpty().map_err(|e| format!("openpty: {e}"))?)
     } else {
@@ -219,7 +353,12 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
     };
     let mut cmd = command(req, pty.as_ref().map(|(_, s)| s))?;
     let (mut child, exit_rx) =
-        reaper::spawn(&mut cmd).map_err(|e| format!("cannot run {:?}: {e}", req.argv[0]))?;
+        // `spawn: <io error>` ends with `(os error N)`: the host maps ENOENT to 127, EACCES to 126.
+        reaper::spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
+    // The command holds our copies of the PTY slave: while they are open the
+    // master never reads EOF, and every PTY session waited out the pumps'
+    // 2 s grace after its process exited.
+    drop(cmd);
     let pid = child.id() as i32;
     let (done_tx, done_rx) = channel();
     let mut pumps = 0;
@@ -302,17 +441,17 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
             }
         }
     });
-    let code = match req.timeout_ms {
+    let (code, timed_out) = match req.timeout_ms {
         Some(ms) => match exit_rx.recv_timeout(Duration::from_millis(ms)) {
-            Ok(code) => code,
+            Ok(code) => (code, false),
             Err(RecvTimeoutError::Timeout) => {
                 sys::kill(group, libc::SIGKILL);
                 let _ = exit_rx.recv();
-                EXIT_TIMEOUT
+                (EXIT_TIMEOUT, true)
             }
-            Err(RecvTimeoutError::Disconnected) => 255,
+            Err(RecvTimeoutError::Disconnected) => (255, false),
         },
-        None => exit_rx.recv().unwrap_or(255),
+        None => (exit_rx.recv().unwrap_or(255), false),
     };
     finished.store(true, Ordering::SeqCst);
     // Deliver remaining output; background processes that keep the pipes
@@ -322,82 +461,7 @@ fn run_session(req: &ExecRequest, w: &SharedWriter, input: Receiver<Input>) -> R
             break;
         }
     }
-    Ok(code)
-}
-
-fn fs_op(req: &FsRequest, data: &[u8]) -> (FsResponse, Vec<u8>) {
-    let result: std::io::Result<(Vec<FileInfo>, Vec<u8>)> = (|| match req {
-        FsRequest::Read { path } => Ok((Vec::new(), std::fs::read(path)?)),
-        FsRequest::Write { path, mode } => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(*mode)
-                .open(path)?;
-            f.write_all(data)?;
-            Ok((Vec::new(), Vec::new()))
-        }
-        FsRequest::Mkdir { path, mode } => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(*mode)
-                .create(path)?;
-            Ok((Vec::new(), Vec::new()))
-        }
-        FsRequest::Remove { path, recursive } => {
-            let md = std::fs::symlink_metadata(path)?;
-            if md.is_dir() {
-                if *recursive {
-                    std::fs::remove_dir_all(path)?
-                } else {
-                    std::fs::remove_dir(path)?
-                }
-            } else {
-                std::fs::remove_file(path)?
-            }
-            Ok((Vec::new(), Vec::new()))
-        }
-        FsRequest::List { path } => {
-            let mut v = Vec::new();
-            for e in std::fs::read_dir(path)? {
-                let e = e?;
-                let md = e.metadata()?;
-                v.push(info(e.file_name().to_string_lossy().into(), &md));
-            }
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok((v, Vec::new()))
-        }
-        FsRequest::Stat { path } => {
-            let md = std::fs::metadata(path)?;
-            Ok((vec![info(path.clone(), &md)], Vec::new()))
-        }
-    })();
-    match result {
-        Ok((entries, out)) => (
-            FsResponse {
-                error: None,
-                entries,
-            },
-            out,
-        ),
-        Err(e) => (
-            FsResponse {
-                error: Some(e.to_string()),
-                entries: Vec::new(),
-            },
-            Vec::new(),
-        ),
-    }
-}
-
-fn info(name: String, md: &std::fs::Metadata) -> FileInfo {
-    FileInfo {
-        name,
-        size: md.size(),
-        mode: md.permissions().mode(),
-        is_dir: md.is_dir(),
-    }
+    Ok((code, timed_out))
 }
 
 #[cfg(test)]
@@ -460,7 +524,23 @@ mod tests {
         let t = std::time::Instant::now();
         let out = run(req, b"");
         assert_eq!(out.code, EXIT_TIMEOUT);
+        assert!(out.timed_out, "the 8-byte exit carries the timeout flag");
         assert!(t.elapsed() < Duration::from_secs(10));
+        // A process that exits 124 on its own is not a timeout.
+        let out = run(sh("exit 124"), b"");
+        assert_eq!((out.code, out.timed_out), (124, false));
+    }
+
+    #[test]
+    fn capped_exec_drains_past_the_cap() {
+        let s = agent();
+        let out = client::exec_capped(&s, &sh("head -c 300000 /dev/zero; echo e >&2"), b"", 1000)
+            .unwrap();
+        assert_eq!(out.code, 0);
+        assert_eq!(out.stdout.len(), 1000);
+        assert!(out.stdout_truncated);
+        assert_eq!(out.stderr, b"e\n");
+        assert!(!out.stderr_truncated);
     }
 
     #[test]
@@ -486,7 +566,7 @@ mod tests {
         let code = loop {
             let f = read_frame(&mut r).unwrap();
             if f.kind == Kind::Exit {
-                break f.i32_payload().unwrap();
+                break f.exit_payload().unwrap().0;
             }
         };
         assert_eq!(code, 128 + 15);
@@ -534,10 +614,73 @@ mod tests {
             argv: vec!["/nonexistent".into()],
             ..Default::default()
         };
-        assert!(matches!(
-            client::exec(&s, &req, b""),
-            Err(ProtoError::Agent(_))
-        ));
+        match client::exec(&s, &req, b"") {
+            Err(ProtoError::Agent(m)) => {
+                assert!(m.starts_with("spawn: "), "{m}");
+                assert!(m.ends_with("(os error 2)"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn streamed_files_both_ways_and_unknown_ops() {
+        let mut s = agent();
+        let dir = std::env::temp_dir().join(format!("iii-agent-stream-{}", std::process::id()));
+        let f = dir.join("sub/big.bin").to_string_lossy().to_string();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i % 251).to_le_bytes()[0])
+            .collect();
+        let req = FsRequest::Write {
+            path: f.clone(),
+            mode: 0o600,
+            parents: true,
+            stream: true,
+        };
+        let chunks: Vec<Vec<u8>> = data.chunks(70_000).map(<[u8]>::to_vec).collect();
+        let resp = client::fs_write_stream(&mut s, &req, chunks.into_iter()).unwrap();
+        assert_eq!(resp.error, None);
+        assert_eq!(
+            resp.value,
+            Some(serde_json::json!({"bytes_written": 300_000}))
+        );
+        let mut meta = None;
+        let mut got = Vec::new();
+        let resp = client::fs_read_stream(
+            &mut s,
+            &f,
+            |m| meta = Some(m.clone()),
+            |c| {
+                got.extend_from_slice(c);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(resp.error, None);
+        assert_eq!(meta.unwrap().size, 300_000);
+        assert_eq!(got, data);
+        // A failed streamed write still consumes its chunks: the stream stays in step.
+        let bad = FsRequest::Write {
+            path: dir.join("no/such/f").to_string_lossy().into(),
+            mode: 0o600,
+            parents: false,
+            stream: true,
+        };
+        let resp = client::fs_write_stream(&mut s, &bad, vec![vec![1u8; 10]].into_iter()).unwrap();
+        assert_eq!(resp.code.as_deref(), Some(codes::NOT_FOUND));
+        // An op this agent does not know, then a header that is not a request.
+        let payload = pack(&serde_json::json!({"op": "teleport", "path": "/"}), b"").unwrap();
+        write_frame(&mut s, &Frame::new(Kind::Fs, payload)).unwrap();
+        let f = read_frame(&mut s).unwrap();
+        assert_eq!(f.kind, Kind::FsResult);
+        let (resp, _): (FsResponse, _) = unpack(&f.payload).unwrap();
+        assert_eq!(resp.code.as_deref(), Some(codes::UNSUPPORTED));
+        write_frame(&mut s, &Frame::new(Kind::Fs, vec![1, 2])).unwrap();
+        let f = read_frame(&mut s).unwrap();
+        let (resp, _): (FsResponse, _) = unpack(&f.payload).unwrap();
+        assert_eq!(resp.code.as_deref(), Some(codes::INVALID));
+        client::ping(&mut s).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -550,6 +693,7 @@ mod tests {
             &FsRequest::Mkdir {
                 path: d.clone(),
                 mode: 0o755,
+                parents: true,
             },
             b"",
         )
@@ -561,6 +705,8 @@ mod tests {
             &FsRequest::Write {
                 path: f.clone(),
                 mode: 0o600,
+                parents: false,
+                stream: false,
             },
             b"content",
         )

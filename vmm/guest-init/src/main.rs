@@ -8,12 +8,17 @@
 //!    `iii.agent` when present, which is how qemu-based tests reach it);
 //! 5. runs the workload, if any, forwards signals to it, reaps all children,
 //!    and powers off when the workload exits or the host asks.
+//!
+//! `iii-init --namespace <spec.json>` runs the same agent in Linux
+//! namespaces on the host instead (see [`namespace`]).
 
 #![deny(clippy::cast_possible_truncation)]
 
 mod abi;
 mod agent;
 mod cmdline;
+mod fsops;
+mod namespace;
 mod reaper;
 mod sys;
 mod vsock;
@@ -42,6 +47,14 @@ fn fatal(msg: &str) -> ! {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--namespace") {
+        let Some(spec) = args.get(2) else {
+            eprintln!("usage: iii-init --namespace <spec.json>");
+            std::process::exit(2);
+        };
+        namespace::main(spec);
+    }
     if std::process::id() != 1 {
         eprintln!("iii-init must run as PID 1 inside an iii microVM");
         std::process::exit(2);

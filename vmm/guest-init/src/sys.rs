@@ -74,6 +74,52 @@ pub fn chroot(path: &str) -> Result<(), SysError> {
     check(unsafe { libc::chroot(p.as_ptr()) }, "chroot", path)
 }
 
+pub fn umount_detach(target: &str) -> Result<(), SysError> {
+    let t = cstr(target);
+    // SAFETY: valid string.
+    let ret = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    check(ret, "umount", target)
+}
+
+/// `pivot_root(".", ".")` in the new root (cwd), then detaches the old root
+/// stacked on top of it: no directory for the old root is needed.
+pub fn pivot_into_cwd() -> Result<(), SysError> {
+    let dot = cstr(".");
+    // SAFETY: valid strings; pivot_root has no libc wrapper.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    check(if ret < 0 { -1 } else { 0 }, "pivot_root", ".")?;
+    umount_detach(".")
+}
+
+pub fn sethostname(name: &str) -> Result<(), SysError> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    check(ret, "sethostname", name)
+}
+
+/// A character device node `path` (mode 0666) for `major:minor`.
+pub fn mknod_char(path: &str, major: u32, minor: u32) -> Result<(), SysError> {
+    let p = cstr(path);
+    // SAFETY: valid string; makedev is pure arithmetic.
+    let ret = unsafe {
+        libc::mknod(
+            p.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    check(ret, "mknod", path)?;
+    // mknod applies the umask; the nodes must be usable by every user.
+    // SAFETY: valid string.
+    let ret = unsafe { libc::chmod(p.as_ptr(), 0o666) };
+    check(ret, "chmod", path)
+}
+
+pub fn unshare(flags: libc::c_int) -> Result<(), SysError> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::unshare(flags) }, "unshare", "namespaces")
+}
+
 pub fn kill(pid: i32, sig: i32) {
     // SAFETY: plain syscall; failure (process gone) is fine.
     unsafe { libc::kill(pid, sig) };

@@ -40,6 +40,9 @@ enum Cmd {
         /// Static iii-vmctl binary (host-side client used inside L1).
         #[arg(long)]
         vmctl: PathBuf,
+        /// Static iii-sandbox-probe: also drive the sandbox microVM runtime inside L1.
+        #[arg(long)]
+        probe: Option<PathBuf>,
         /// Directory with the unpacked Debian cloud kernel package (L1 kernel + kvm modules).
         #[arg(long)]
         l1_dir: PathBuf,
@@ -55,8 +58,17 @@ fn main() -> Result<()> {
             init,
             vmm,
             vmctl,
+            probe,
             l1_dir,
-        } => nested::run(&kernel_dir, &init, &vmm, &vmctl, &l1_dir, &mut report),
+        } => nested::run(
+            &kernel_dir,
+            &init,
+            &vmm,
+            &vmctl,
+            probe.as_deref(),
+            &l1_dir,
+            &mut report,
+        ),
     }
     println!("{} passed, {} failed", report.passed, report.failed);
     if report.failed > 0 {

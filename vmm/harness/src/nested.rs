@@ -1,7 +1,9 @@
 //! Full-VMM tests: a qemu TCG L1 (`-cpu max` emulates AMD SVM) boots the
 //! Debian cloud kernel with kvm-amd; inside it our static iii-vmm boots our
 //! guest kernel + init, and `iii-vmctl nested-suite` checks boot, exec round
-//! trips, the vsock-forwarded port and isolation between two VMs.
+//! trips, the vsock-forwarded port and isolation between two VMs. With a
+//! probe, `iii-sandbox-probe` first drives the sandbox microVM runtime there
+//! (create → exec `echo` → stop).
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +26,11 @@ ip link set lo up 2>/dev/null || ifconfig lo up
 for m in irqbypass kvm kvm-amd; do insmod /lib/kvm/$m.ko || echo "NESTED FAIL insmod $m"; done
 echo "L1 ready"
 grep -q iii.debug /proc/cmdline && export III_DEBUG=1
+if [ -x /iii/iii-sandbox-probe ]; then
+  /iii/iii-sandbox-probe --runtime microvm --lower /iii/lower.erofs --kernel /iii/vmlinux \
+    --vmm /iii/iii-vmm --init /iii/iii-init --root /tmp/iii-sandbox \
+    --upper-template /iii/upper-probe.ext4 --prefix NESTED
+fi
 /iii/iii-vmctl nested-suite --dir /iii
 sync
 reboot -f
@@ -98,6 +105,8 @@ fn build_l1_initrd(
     fx: &Fixtures,
     vmm: &Path,
     vmctl: &Path,
+    probe: Option<&Path>,
+    init: &Path,
     l1: &Path,
 ) -> Result<std::path::PathBuf> {
     let up_a = fx.dir.join("upper-a.ext4");
@@ -136,24 +145,42 @@ fn build_l1_initrd(
         .file("iii/lower.erofs", 0o644, &std::fs::read(&fx.lower_erofs)?)
         .file("iii/upper-a.ext4", 0o644, &std::fs::read(&up_a)?)
         .file("iii/upper-b.ext4", 0o644, &std::fs::read(&up_b)?);
+    if let Some(probe) = probe {
+        // L1 has no mke2fs: the runtime copies this empty upper per sandbox.
+        let up_p = fx.dir.join("upper-probe.ext4");
+        image::create_upper(&up_p, 16)?;
+        a.file(
+            "iii/iii-sandbox-probe",
+            0o755,
+            &std::fs::read(probe).context("iii-sandbox-probe")?,
+        )
+        .file(
+            "iii/iii-init",
+            0o755,
+            &std::fs::read(init).context("iii-init")?,
+        )
+        .file("iii/upper-probe.ext4", 0o644, &std::fs::read(&up_p)?);
+    }
     let out = fx.dir.join("l1.cpio");
     std::fs::write(&out, a.finish()?)?;
     Ok(out)
 }
 
 /// Runs the full-VMM suite inside a nested qemu L1 (Debian cloud kernel
-/// from `l1`, with kvm-amd), recording each scenario in `report`.
+/// from `l1`, with kvm-amd), recording each scenario in `report`; with
+/// `probe` (a static `iii-sandbox-probe`), the sandbox runtime's scenarios too.
 pub fn run(
     kernel_dir: &Path,
     init: &Path,
     vmm: &Path,
     vmctl: &Path,
+    probe: Option<&Path>,
     l1: &Path,
     report: &mut Report,
 ) {
     let r = (|| -> Result<()> {
         let fx = Fixtures::build(kernel_dir, init)?;
-        let initrd = build_l1_initrd(&fx, vmm, vmctl, l1)?;
+        let initrd = build_l1_initrd(&fx, vmm, vmctl, probe, init, l1)?;
         let spec = QemuSpec {
             kernel: l1_kernel(l1)?,
             initrd,

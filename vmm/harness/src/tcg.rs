@@ -306,6 +306,8 @@ fn exec_suite(fx: &Fixtures, report: &mut Report) {
             &FsRequest::Write {
                 path: "/srv/agent.txt".into(),
                 mode: 0o644,
+                parents: false,
+                stream: false,
             },
             b"via fs op",
         )?;
