@@ -603,7 +603,9 @@ async fn catalog_exec_shapes_env_stdin_workdir_and_request_errors() {
         .await;
     assert_eq!(r["stdout"], "/tmp\n", "{r}");
     let r = c.exec(&id, json!({"argv": ["pwd"]})).await;
-    assert_eq!(r["stdout"], "/\n", "the default cwd is /: {r}");
+    // Upstream's VM dispatcher runs in `/`; ours starts sessions in the init's workdir
+    // (sandbox contract §B), where files are meant to go.
+    assert_eq!(r["stdout"], "/workspace\n", "the default cwd: {r}");
     let r = c.sh(&id, "echo out; echo err >&2; exit 3").await;
     assert_eq!(
         (r["stdout"].as_str(), r["stderr"].as_str()),
@@ -856,7 +858,7 @@ async fn fs_functions_and_their_error_codes() {
     let r = c.ok("sandbox::fs::write", f(json!({"path": "/workspace/bin.dat", "content_b64": b64(&[0, 159, 146, 150, 255]), "mode": "0600"}))).await;
     assert_eq!(r["bytes_written"], 5);
 
-    // stat / ls.
+    // stat / ls. stat names the path it was given; ls entries are names in the directory.
     let st = c
         .ok(
             "sandbox::fs::stat",
@@ -872,7 +874,7 @@ async fn fs_functions_and_their_error_codes() {
             st["is_symlink"].as_bool()
         ),
         (
-            Some("bin.dat"),
+            Some("/workspace/bin.dat"),
             Some(false),
             Some(5),
             Some("0600"),
