@@ -1950,6 +1950,10 @@ async fn stop_leaves_nothing_and_orphans_are_cleaned_after_an_engine_sigkill() {
     for d in &daemons {
         kill9(i32::try_from(*d).unwrap());
     }
+    assert!(
+        s.root.dir_of(&orphan).exists(),
+        "the killed daemon could not clean up: the orphan is really left behind"
+    );
     let s = tokio::task::spawn_blocking(move || {
         s.engine.kill9_and_restart();
         s
