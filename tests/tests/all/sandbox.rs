@@ -187,6 +187,39 @@ impl Sandboxes {
     }
 }
 
+impl Drop for Sandboxes {
+    /// A test that failed half-way leaves sandboxes running. SIGTERM lets the engine stop the
+    /// daemon, which stops its sandboxes; whatever still runs after that (a wedged daemon) is
+    /// killed here and its cgroups removed, so one failure does not leak into the machine.
+    fn drop(&mut self) {
+        let pid = self.engine.child.id();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(self.engine.child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for id in self.root.entries() {
+            for line in leftovers(&self.root, &id) {
+                if let Some(p) = line
+                    .strip_prefix("process ")
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|p| p.parse::<i32>().ok())
+                {
+                    kill9(p);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            for line in leftovers(&self.root, &id) {
+                if let Some(dir) = line.strip_prefix("cgroup ") {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+        }
+    }
+}
+
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
