@@ -21,10 +21,9 @@ pub mod cgroup;
 pub mod microvm;
 pub mod namespace;
 mod net;
-mod rootfs;
 pub mod state;
 
-pub use rootfs::{LowerFormat, Rootfs};
+pub use iii_oci_rootfs::{LowerFormat, Rootfs};
 
 /// Which runtime a configuration asks for (`runtime: auto | microvm | namespace`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
