@@ -129,6 +129,9 @@ async fn cycle(rt: &dyn Runtime, a: &Args, n: usize) -> Result<Cycle, (&'static 
     })
 }
 
+/// Picks one stage's time out of a cycle.
+type Stage = fn(&Cycle) -> Duration;
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -162,7 +165,7 @@ async fn probe(a: &Args, say: &mut dyn FnMut(&str, Result<String, String>)) {
         );
         println!("{p} BENCH | stage | min | median | max |");
         println!("{p} BENCH |---|---:|---:|---:|");
-        let stages: [(&str, fn(&Cycle) -> Duration); 3] = [
+        let stages: [(&str, Stage); 3] = [
             ("create", |c| c.create),
             ("exec echo", |c| c.exec),
             ("stop", |c| c.stop),
