@@ -57,7 +57,7 @@ pub fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream, ProtoE
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) && Instant::now() < deadline =>
             {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(ProtoError::Connect(format!("{}: {e}", path.display()))),
         }

@@ -173,7 +173,19 @@ fn decode_fs(payload: &[u8]) -> Result<(FsRequest, &[u8]), FsResponse> {
 
 fn send_fs_result(w: &SharedWriter, resp: &FsResponse, data: &[u8]) {
     let frame = match pack(resp, data) {
-        Ok(p) => Frame::new(Kind::FsResult, p),
+        Ok(p) if p.len() < MAX_FRAME => Frame::new(Kind::FsResult, p),
+        // An answer no frame can hold (a huge listing): say so instead of
+        // leaving the client waiting for a frame that was never sent.
+        Ok(p) => {
+            let too_big = FsResponse::failed(
+                codes::IO,
+                format!(
+                    "fs i/o error: the result is {} bytes, over the frame limit",
+                    p.len()
+                ),
+            );
+            Frame::new(Kind::FsResult, pack(&too_big, &[]).expect("small header"))
+        }
         Err(e) => Frame::new(Kind::Error, e.to_string()),
     };
     send(w, &frame);
@@ -343,6 +355,10 @@ fn run_session(
     let (mut child, exit_rx) =
         // `spawn: <io error>` ends with `(os error N)`: the host maps ENOENT to 127, EACCES to 126.
         reaper::spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
+    // The command holds our copies of the PTY slave: while they are open the
+    // master never reads EOF, and every PTY session waited out the pumps'
+    // 2 s grace after its process exited.
+    drop(cmd);
     let pid = child.id() as i32;
     let (done_tx, done_rx) = channel();
     let mut pumps = 0;

@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iii_vm_agent_proto::{codes, FileInfo, Frame, FsRequest, FsResponse, Kind, FS_CHUNK};
+use iii_vm_agent_proto::{
+    codes, FileInfo, Frame, FsRequest, FsResponse, Kind, FS_CHUNK, MAX_FRAME,
+};
 use serde_json::{json, Value};
 
 /// Every `op` tag this agent serves; anything else is S219.
@@ -214,10 +216,20 @@ pub fn info(name: String, md: &Metadata) -> FileInfo {
     }
 }
 
+/// What one `FsResult` frame may carry, leaving room for its JSON header.
+pub const MAX_RESULT: usize = MAX_FRAME - (64 << 10);
+
 fn read(path: &Path) -> FsResult<Vec<u8>> {
     let md = ctx(path, fs::metadata(path))?;
     if md.is_dir() {
         return Err(FsError::wrong_type(path));
+    }
+    if md.len() > MAX_RESULT as u64 {
+        return Err(FsError::invalid(format!(
+            "invalid request: {} is {} bytes, more than one frame holds; use read_stream",
+            path.display(),
+            md.len()
+        )));
     }
     ctx(path, fs::read(path))
 }
@@ -277,6 +289,19 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Path, mode: u32, parents: bool) -> FsResult<Self> {
+        // Writing through a symlink writes its target (as `>` does), not a
+        // regular file over the link.
+        let resolved;
+        let dest = match fs::symlink_metadata(dest) {
+            Ok(md) if md.file_type().is_symlink() => match fs::canonicalize(dest) {
+                Ok(t) => {
+                    resolved = t;
+                    resolved.as_path()
+                }
+                Err(_) => dest, // dangling: replace the link
+            },
+            _ => dest,
+        };
         if let Ok(md) = fs::metadata(dest) {
             if md.is_dir() {
                 return Err(FsError::wrong_type(dest));
@@ -422,8 +447,9 @@ pub fn read_stream(path: &str, mut send: impl FnMut(&Frame) -> bool) -> FsRespon
 }
 
 fn mkdir(path: &Path, mode: u32, parents: bool) -> FsResult<bool> {
+    // `mkdir -p` accepts an existing directory, also through a symlink.
     match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() && parents => return Ok(false),
+        Ok(_) if parents && fs::metadata(path).is_ok_and(|m| m.is_dir()) => return Ok(false),
         Ok(_) => {
             return Err(FsError::new(
                 codes::EXISTS,
@@ -755,6 +781,8 @@ fn grep(a: &GrepArgs) -> FsResult<Value> {
     };
     let mut matches = Vec::new();
     let mut truncated = false;
+    // The answer is one frame: stop (truncated) before it could overflow.
+    let mut budget = MAX_RESULT / 2;
     'files: for path in files {
         // Unreadable files are skipped, as grep -s does: one bad file must
         // not hide every other match.
@@ -776,14 +804,17 @@ fn grep(a: &GrepArgs) -> FsResult<Value> {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if re.is_match(text) {
-                if matches.len() >= a.max_matches {
+                let content = cut_line(text, a.max_line_bytes);
+                let cost = content.len() + path.as_os_str().len() + 48;
+                if matches.len() >= a.max_matches || cost > budget {
                     truncated = true;
                     break 'files;
                 }
+                budget -= cost;
                 matches.push(json!({
                     "path": path.to_string_lossy(),
                     "line": no,
-                    "content": cut_line(text, a.max_line_bytes),
+                    "content": content,
                 }));
             }
         }
@@ -944,6 +975,15 @@ mod tests {
         // Overwrite leaves no temp files behind.
         ok(write(t.p("a.txt"), false), b"again");
         assert_eq!(fs::read_dir(&t.0).unwrap().count(), 1);
+        // Through a symlink: the target changes, the link stays.
+        std::os::unix::fs::symlink(t.p("a.txt"), t.p("link")).unwrap();
+        ok(write(t.p("link"), false), b"via link");
+        assert_eq!(fs::read(t.p("a.txt")).unwrap(), b"via link");
+        assert!(fs::symlink_metadata(t.p("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        fs::remove_file(t.p("link")).unwrap();
         let (code, msg) = err(write(t.p("x/y/b.txt"), false));
         assert_eq!(code, "S211");
         assert_eq!(msg, format!("parent directory not found: {}", t.p("x/y")));
@@ -1001,6 +1041,18 @@ mod tests {
     }
 
     #[test]
+    fn whole_reads_are_bounded_by_the_frame() {
+        let t = Tmp::new("bigread");
+        let f = File::create(t.p("sparse")).unwrap();
+        f.set_len(MAX_FRAME as u64).unwrap();
+        let (code, msg) = err(FsRequest::Read {
+            path: t.p("sparse"),
+        });
+        assert_eq!(code, "S210");
+        assert!(msg.contains("use read_stream"), "{msg}");
+    }
+
+    #[test]
     fn mkdir_created_flag_and_errors() {
         let t = Tmp::new("mkdir");
         let mk = |p: String, parents| FsRequest::Mkdir {
@@ -1014,6 +1066,11 @@ mod tests {
         let (r, _) = ok(mk(t.p("a/b"), true), b"");
         assert_eq!(r.value, Some(json!({"created": false})));
         assert_eq!(err(mk(t.p("a/b"), false)).0, "S213");
+        std::os::unix::fs::symlink(t.p("a"), t.p("l")).unwrap();
+        let (r, _) = ok(mk(t.p("l"), true), b"");
+        assert_eq!(r.value, Some(json!({"created": false})));
+        fs::write(t.p("f"), b"").unwrap();
+        assert_eq!(err(mk(t.p("f"), true)).0, "S213");
         assert_eq!(err(mk(t.p("q/r"), false)).0, "S211");
     }
 

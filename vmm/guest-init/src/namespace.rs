@@ -1,10 +1,11 @@
 //! `iii-init --namespace <spec.json>`: the same agent, in Linux namespaces
 //! instead of a VM (the sandbox runtime's `namespace` isolation).
 //!
-//! The bootstrap process joins the sandbox's cgroups, unshares the mount,
-//! pid, net, UTS and IPC namespaces and forks. It stays in the host's pid
-//! namespace: it records the child's pid, forwards SIGTERM/SIGINT and exits
-//! with the child's status. The child is PID 1 of the new pid namespace: it
+//! The bootstrap process joins the sandbox's cgroups, unshares the pid
+//! namespace and forks; the child unshares the mount, net, UTS and IPC
+//! namespaces. The bootstrap stays in every host namespace: it records the
+//! child's pid, forwards SIGTERM/SIGINT and exits with the child's status.
+//! The child is PID 1 of the new pid namespace: it
 //! dies with the bootstrap (`PR_SET_PDEATHSIG`), builds the root (read-only
 //! lower on an autoclear loop device + overlay upper), a minimal `/dev`,
 //! `/proc`, read-only `/sys`, `/tmp`, `/run`, brings up `lo`, pivots into
@@ -242,15 +243,13 @@ fn bootstrap(spec: &Spec) -> Result<i32, NsError> {
     let set = sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
     // SAFETY: valid set; no threads exist yet.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    // unshare(CLONE_NEWNS) needs an unshared fs_struct: this process must
-    // still be single-threaded here (nothing above starts a thread).
-    sys::unshare(
-        libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC,
-    )?;
+    // Only the pid namespace is unshared here (it applies to the children
+    // only); the child unshares the others itself. Were the bootstrap in the
+    // sandbox's mount namespace, the child's pivot_root would move the
+    // bootstrap's root into the sandbox too (pivot_root re-roots every
+    // process of the namespace), and it could no longer reach the host paths
+    // it writes, like the pid file.
+    sys::unshare(libc::CLONE_NEWPID)?;
     // The child watches the read end: EOF means the bootstrap is gone,
     // covering a death between fork and PR_SET_PDEATHSIG.
     let mut fds = [0; 2];
@@ -308,6 +307,14 @@ fn pid1(spec: &Spec, alive: OwnedFd) -> ! {
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if bootstrap_gone(alive.as_raw_fd()) {
+        std::process::exit(1);
+    }
+    // unshare(CLONE_NEWNS) needs an unshared fs_struct: this process is
+    // single-threaded (forked from a single-threaded bootstrap).
+    if let Err(e) = sys::unshare(
+        libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+    ) {
+        log(&format!("setup failed: {e}"));
         std::process::exit(1);
     }
     match setup(spec) {
