@@ -20,7 +20,9 @@ finish() {
   exit $?
 }
 
-pkgs=(mmdebstrap erofs-utils)
+# mmdebstrap and erofs-utils build the presets; the sandbox runtime's tests also need
+# slirp4netns (network: true) and busybox-static (their minimal test root).
+pkgs=(mmdebstrap erofs-utils slirp4netns busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

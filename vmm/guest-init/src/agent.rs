@@ -17,6 +17,10 @@ use crate::{fsops, reaper, sys};
 type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// What every session starts from, set once by init before the agent serves.
+/// Whether init's own `oom_score_adj` is -1000 (set by the namespace mode when the host allows).
+pub static INIT_OOM_PROTECTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The VM's init leaves the defaults (no env, cwd `/`); the namespace mode
 /// sets the sandbox's env and workdir, and asks children to give up init's
 /// OOM protection.
@@ -26,7 +30,8 @@ pub struct SessionDefaults {
     pub env: Vec<(String, String)>,
     /// Working directory when a request names none.
     pub cwd: Option<String>,
-    /// Set the child's `oom_score_adj` back to 0 (init runs at -1000).
+    /// Set the child's `oom_score_adj` back to 0 when init runs at -1000, else to +1000 (so
+    /// the OOM killer picks a session before init either way).
     pub reset_oom_score: bool,
     /// Drop every capability not in [`SESSION_CAPS`] from the child's
     /// bounding set (the namespace runtime: sessions run as the host's
@@ -241,16 +246,22 @@ pub fn command(req: &ExecRequest, tty_slave: Option<&OwnedFd>) -> Result<Command
         }
     }
     if base.reset_oom_score {
+        let score: &'static [u8] = if INIT_OOM_PROTECTED.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            b"0"
+        } else {
+            b"1000"
+        };
         // SAFETY: open, write and close are async-signal-safe; the path and
         // value are static, nothing is allocated.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 let fd = libc::open(
                     c"/proc/self/oom_score_adj".as_ptr(),
                     libc::O_WRONLY | libc::O_CLOEXEC,
                 );
                 if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::write(fd, score.as_ptr().cast(), score.len());
                     libc::close(fd);
                 }
                 Ok(())

@@ -436,10 +436,13 @@ fn setup(spec: &Spec) -> Result<(UnixListener, OwnedFd), NsError> {
     // Lowering it needs CAP_SYS_RESOURCE, which some hosts withhold even
     // from root: then init stays killable, which is a weaker sandbox, not
     // a broken one.
-    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
-        log(&format!(
-            "cannot protect init from the OOM killer (oom_score_adj -1000): {e}"
-        ));
+    // Without it, sessions get the highest score instead (raising needs no capability), so the
+    // OOM killer still takes the workload before init.
+    match fs::write("/proc/self/oom_score_adj", "-1000") {
+        Ok(()) => crate::agent::INIT_OOM_PROTECTED.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => log(&format!(
+            "cannot protect init from the OOM killer (oom_score_adj -1000): {e}; sessions run at +1000 instead"
+        )),
     }
     std::env::set_current_dir(&spec.workdir).map_err(io_err("chdir", &spec.workdir))?;
     Ok((listener, dir_fd))

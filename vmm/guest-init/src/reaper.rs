@@ -5,11 +5,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 static WAITERS: Mutex<Option<HashMap<i32, SyncSender<i32>>>> = Mutex::new(None);
+/// Bumped (under `WAITERS`) by every spawn; the reaper sleeps on `SPAWNED` while it has no
+/// child, so an exec's exit is collected at once instead of after a polling interval.
+static SPAWNS: AtomicU64 = AtomicU64::new(0);
+static SPAWNED: Condvar = Condvar::new();
 
 /// Spawns `cmd`; the receiver yields its exit code (shell convention).
 /// Never call `Child::wait` on the result: the reaper owns the status.
@@ -22,6 +27,8 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, Receiver<i32>)> {
     guard
         .get_or_insert_with(HashMap::new)
         .insert(child.id() as i32, tx);
+    SPAWNS.fetch_add(1, Ordering::SeqCst);
+    SPAWNED.notify_all();
     Ok((child, rx))
 }
 
@@ -33,13 +40,18 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, Receiver<i32>)> {
 /// reaping under the lock means the reaper can never take that child from under std.
 pub fn reap_forever() -> ! {
     loop {
+        let seen = SPAWNS.load(Ordering::SeqCst);
         // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: info is a valid out-pointer; WNOWAIT leaves the child waitable.
         let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
         if r < 0 {
-            // ECHILD: nothing to reap yet.
-            std::thread::sleep(Duration::from_millis(50));
+            // ECHILD: nothing to reap until the next spawn. A spawn between waitid and this
+            // lock bumped the counter, so it is not missed; the timeout is only a backstop.
+            let guard = WAITERS.lock().unwrap_or_else(|e| e.into_inner());
+            if SPAWNS.load(Ordering::SeqCst) == seen {
+                let _ = SPAWNED.wait_timeout(guard, Duration::from_secs(1));
+            }
             continue;
         }
         // SAFETY: waitid succeeded with WEXITED, so si_pid is set.

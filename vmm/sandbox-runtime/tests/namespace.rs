@@ -586,3 +586,55 @@ async fn sh_fails(sb: &dyn SandboxHandle) -> bool {
         .unwrap()
         .is_err()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_preset_runs_in_a_namespace_sandbox() {
+    if !root() {
+        return;
+    }
+    // The cached preset; building it downloads from the Debian mirror, so that
+    // happens only with III_IMAGE_TESTS=1 (as in iii-oci-rootfs's own test).
+    let store = iii_oci_rootfs::ImageStore::open(None).unwrap();
+    let rootfs = match store.lookup_preset("python") {
+        Some(r) => r,
+        None if std::env::var("III_IMAGE_TESTS").as_deref() == Ok("1") => {
+            let store = iii_oci_rootfs::ImageStore::open(None).unwrap();
+            tokio::task::spawn_blocking(move || store.build_preset("python", &mut |_| {}))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+        None => {
+            eprintln!("no cached python preset (III_IMAGE_TESTS=1 builds it); skipped");
+            return;
+        }
+    };
+    let rt = runtime_clean().await;
+    let mut sp = spec("python", replier(b"x"));
+    sp.rootfs = rootfs;
+    sp.env = vec![];
+    let sb = rt.create(sp).await.unwrap();
+    let s = sb.connect_agent().unwrap();
+    // No env in the request: the image's PATH and LANG come from the sandbox.
+    let req = ExecRequest {
+        argv: vec![
+            "python3".into(),
+            "-c".into(),
+            "import os, sys; print(sys.version_info[0], os.environ['LANG'], os.getcwd())".into(),
+        ],
+        ..Default::default()
+    };
+    let o = tokio::task::spawn_blocking(move || client::exec(&s, &req, &[]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (o.code, String::from_utf8_lossy(&o.stdout).into_owned()),
+        (0, "3 C.UTF-8 /workspace\n".to_string()),
+        "{}",
+        out(&o)
+    );
+    let (pid1, id) = (pid1_of(&rt, sb.id()), sb.id().to_string());
+    sb.stop().await.unwrap();
+    assert_gone(&rt, &id, pid1);
+}

@@ -132,6 +132,14 @@ impl Daemon {
         // here the engine port stays forwarded at the sandbox's own 127.0.0.1 either way.
         let env = req.env.pairs()?;
         let rootfs = self.images.rootfs(&req.image, &src).await?;
+        // Every exec starts from the image's env, then the sandbox's (the namespace init has
+        // them as its defaults too; a microVM's init has none, so each request carries them).
+        let base_env: Vec<(String, String)> = rootfs
+            .env
+            .iter()
+            .cloned()
+            .chain(env.iter().cloned())
+            .collect();
         let id = uuid::Uuid::new_v4();
         let started = Instant::now();
         tracing::info!(sandbox_id = %id, image = %req.image, event = "booting_vm", runtime = self.runtime.name(), "creating sandbox");
@@ -157,6 +165,7 @@ impl Daemon {
             Entry {
                 handle: Arc::from(handle),
                 image: req.image.clone(),
+                base_env,
                 name: req.name,
                 created: now,
                 last_activity: now,
@@ -185,14 +194,18 @@ impl Daemon {
             .unwrap_or(300_000)
             .min(self.cfg.max_exec_timeout_ms)
             .max(1);
-        let (handle, _slot) = self
+        let crate::registry::Admitted {
+            handle,
+            base_env,
+            slot: _slot,
+        } = self
             .registry
             .begin_exec(id, self.cfg.max_concurrent_exec_per_sandbox)?;
         let program = argv[0].clone();
         let exec = ExecRequest {
             argv,
-            // The agent layers these over the sandbox's boot environment.
-            env,
+            // Later entries win: the request's env over the sandbox's.
+            env: base_env.into_iter().chain(env).collect(),
             cwd: req.workdir.clone(),
             user: None,
             tty: false,

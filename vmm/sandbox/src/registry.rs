@@ -16,6 +16,8 @@ pub struct Entry {
     pub handle: Arc<dyn SandboxHandle>,
     /// The image name it was created from.
     pub image: String,
+    /// The environment every exec starts from (image, then create's `env`).
+    pub base_env: Vec<(String, String)>,
     /// The optional name given at create.
     pub name: Option<String>,
     /// When it was created.
@@ -52,6 +54,16 @@ impl Drop for ExecSlot {
             e.last_activity = Instant::now();
         }
     }
+}
+
+/// An admitted exec: where it runs, the env it starts from, and its slot.
+pub struct Admitted {
+    /// The sandbox.
+    pub handle: Arc<dyn SandboxHandle>,
+    /// Image env, then the sandbox's.
+    pub base_env: Vec<(String, String)>,
+    /// Freed when dropped.
+    pub slot: ExecSlot,
 }
 
 /// Releases a create reservation when dropped.
@@ -119,11 +131,7 @@ impl Registry {
     }
 
     /// Admits one exec (S002, S004, S003 at the cap).
-    pub fn begin_exec(
-        &self,
-        id: Uuid,
-        cap: u32,
-    ) -> Result<(Arc<dyn SandboxHandle>, ExecSlot), SandboxError> {
+    pub fn begin_exec(&self, id: Uuid, cap: u32) -> Result<Admitted, SandboxError> {
         let mut map = self.inner.lock().expect("registry lock");
         let e = map
             .get_mut(&id)
@@ -136,13 +144,14 @@ impl Registry {
         }
         e.exec_in_flight += 1;
         e.last_activity = Instant::now();
-        Ok((
-            e.handle.clone(),
-            ExecSlot {
+        Ok(Admitted {
+            handle: e.handle.clone(),
+            base_env: e.base_env.clone(),
+            slot: ExecSlot {
                 registry: self.clone(),
                 id,
             },
-        ))
+        })
     }
 
     /// Marks a sandbox stopped and returns its handle; `Ok(None)` when it already was.
