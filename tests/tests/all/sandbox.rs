@@ -1312,7 +1312,7 @@ async fn four_execs_run_a_fifth_gets_s003_and_a_stopping_sandbox_is_s004() {
     );
 
     // S004: a stop in progress has already marked the sandbox stopped. Many files in its upper
-    // make the removal take a while; execs sent meanwhile see S004 until the entry is gone
+    // make the removal take a while; calls sent meanwhile see S004 until the entry is gone
     // (then S002).
     let r = c
         .exec(
@@ -1324,20 +1324,35 @@ async fn four_execs_run_a_fifth_gets_s003_and_a_stopping_sandbox_is_s004() {
     let mut stopper = s.client().await;
     let sid = id.clone();
     let stopping = tokio::spawn(async move { stopper.stop(&sid).await });
-    let mut s004 = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s004.is_none() && Instant::now() < deadline {
-        let r = c
-            .call("sandbox::exec", json!({"sandbox_id": id, "argv": ["true"]}))
-            .await;
-        match envelope(&r) {
-            Some(e) if e["code"] == "S004" => s004 = Some(e),
-            Some(e) if e["code"] == "S002" => break,
-            _ => {}
-        }
+    // Probes that return at once whatever the sandbox does: two callers of fs::stat, so one
+    // caught in flight when the sandbox dies does not hide the window.
+    let mut probes = Vec::new();
+    for _ in 0..2 {
+        let mut p = s.client().await;
+        let id = id.clone();
+        probes.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let r = p
+                    .call("sandbox::fs::stat", json!({"sandbox_id": id, "path": "/"}))
+                    .await;
+                match envelope(&r) {
+                    Some(e) if e["code"] == "S004" => return Some(e),
+                    Some(e) if e["code"] == "S002" => return None,
+                    _ => {}
+                }
+            }
+            None
+        }));
     }
     stopping.await.unwrap();
-    let env = s004.expect("an exec during the stop sees S004 (the stop finished first?)");
+    let mut s004 = None;
+    for p in probes {
+        if let Some(e) = p.await.unwrap() {
+            s004 = Some(e);
+        }
+    }
+    let env = s004.expect("a call during the stop sees S004 (the stop finished first?)");
     assert_code(
         &env,
         "S004",
