@@ -636,9 +636,8 @@ async fn catalog_exec_shapes_env_stdin_workdir_and_request_errors() {
         .await;
     assert_eq!(r["stdout"], "/tmp\n", "{r}");
     let r = c.exec(&id, json!({"argv": ["pwd"]})).await;
-    // Upstream's VM dispatcher runs in `/`; ours starts sessions in the init's workdir
-    // (sandbox contract §B), where files are meant to go.
-    assert_eq!(r["stdout"], "/workspace\n", "the default cwd: {r}");
+    // As upstream's dispatcher: `/` unless the exec names a workdir (`/workspace` exists).
+    assert_eq!(r["stdout"], "/\n", "the default cwd: {r}");
     let r = c.sh(&id, "echo out; echo err >&2; exit 3").await;
     assert_eq!(
         (r["stdout"].as_str(), r["stderr"].as_str()),
@@ -891,7 +890,7 @@ async fn fs_functions_and_their_error_codes() {
     let r = c.ok("sandbox::fs::write", f(json!({"path": "/workspace/bin.dat", "content_b64": b64(&[0, 159, 146, 150, 255]), "mode": "0600"}))).await;
     assert_eq!(r["bytes_written"], 5);
 
-    // stat / ls. stat names the path it was given; ls entries are names in the directory.
+    // stat / ls: both name the entry itself (its last path component).
     let st = c
         .ok(
             "sandbox::fs::stat",
@@ -907,7 +906,7 @@ async fn fs_functions_and_their_error_codes() {
             st["is_symlink"].as_bool()
         ),
         (
-            Some("/workspace/bin.dat"),
+            Some("bin.dat"),
             Some(false),
             Some(5),
             Some("0600"),
@@ -942,6 +941,7 @@ async fn fs_functions_and_their_error_codes() {
         .ok("sandbox::fs::stat", f(json!({"path": "/workspace/link"})))
         .await;
     assert_eq!(st["is_symlink"], true, "lstat, not followed: {st}");
+    assert_eq!(st["name"], "link", "stat names the entry as ls does: {st}");
     let env = c
         .err("sandbox::fs::stat", f(json!({"path": "/workspace/nope"})))
         .await;

@@ -553,17 +553,26 @@ impl NamespaceRuntime {
                     log: log_tail(&log, 20),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let pid1: i32 = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| {
-                RuntimeError::InvalidSpec(format!(
+        // PID 1 can answer before the bootstrap (its parent, in the host pid namespace) has
+        // written the pid file: give it a moment.
+        let pid_deadline = Instant::now() + Duration::from_secs(2);
+        let pid1: i32 = loop {
+            if let Some(p) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break p;
+            }
+            if Instant::now() >= pid_deadline {
+                return Err(RuntimeError::InvalidSpec(format!(
                     "iii-init answered but wrote no pid to {}",
                     pid_file.display()
-                ))
-            })?;
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
         let pid1_start = state::start_time(pid1).unwrap_or(0);
         parts.pid1 = Some((pid1, pid1_start));
 

@@ -206,7 +206,8 @@ impl Daemon {
             argv,
             // Later entries win: the request's env over the sandbox's.
             env: base_env.into_iter().chain(env).collect(),
-            cwd: req.workdir.clone(),
+            // Upstream's dispatcher runs in `/`; `/workspace` exists for files.
+            cwd: Some(req.workdir.clone().unwrap_or_else(|| "/".into())),
             user: None,
             tty: false,
             timeout_ms: Some(timeout_ms),

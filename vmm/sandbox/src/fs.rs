@@ -193,11 +193,17 @@ impl Daemon {
             Vec::new(),
         )
         .await?;
-        let info = resp
+        let mut info = resp
             .entries
             .first()
+            .cloned()
             .ok_or_else(|| SandboxError::fs("S211", format!("file not found: {}", r.path)))?;
-        Ok(entry(info))
+        // The entry's own name, as `ls` gives it (the agent echoes the path asked about).
+        info.name = std::path::Path::new(&r.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        Ok(entry(&info))
     }
 
     /// `fs::mkdir`.
