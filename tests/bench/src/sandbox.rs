@@ -102,6 +102,8 @@ pub async fn bench() -> Result<()> {
     let ws_port = free_port();
     let dir = std::env::temp_dir().join(format!("iii-bench-sandbox-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
+    // Short: sandbox socket paths live below it (107-byte limit).
+    let sb_root = format!("/tmp/iii-bsb-{}", &uuid::Uuid::new_v4().to_string()[..8]);
     std::fs::write(
         dir.join("config.yaml"),
         format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws_port}}}\n  - name: iii-sandbox\n    config:\n      runtime: namespace\n      image_allowlist: [python]\n"),
@@ -109,7 +111,7 @@ pub async fn bench() -> Result<()> {
     let child = Command::new(iii_bin()?)
         .current_dir(&dir)
         .env("RUST_LOG", "warn")
-        .env("III_SANDBOX_ROOT", dir.join("sandboxes"))
+        .env("III_SANDBOX_ROOT", &sb_root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -214,5 +216,7 @@ pub async fn bench() -> Result<()> {
         None => println!("| cold (empty cache) | not measured (set III_BENCH_COLD_IMAGE=1) |"),
     }
     println!("| cached | {} |", ms(cached));
+    drop(_engine);
+    let _ = std::fs::remove_dir_all(&sb_root);
     Ok(())
 }

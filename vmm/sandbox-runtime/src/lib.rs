@@ -266,6 +266,23 @@ pub(crate) fn state_root(opts: &RuntimeOptions) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/iii-sandbox"))
 }
 
+/// Longest socket path a sandbox makes below the root: `/<64-char id>/fwd-65535.sock`.
+const LONGEST_SOCKET_SUFFIX: usize = 1 + 64 + "/fwd-65535.sock".len();
+
+/// Refuses a state root so long that the sandboxes' Unix sockets could not be bound (a
+/// `sun_path` holds 107 bytes), at start-up rather than at the first create.
+pub(crate) fn check_root_len(root: &Path) -> Result<(), RuntimeError> {
+    let len = root.as_os_str().len();
+    if len + LONGEST_SOCKET_SUFFIX > 107 {
+        return Err(RuntimeError::Host(format!(
+            "sandbox state root {} is {len} bytes long: sandbox sockets below it would exceed the              107-byte Unix socket path limit; set III_SANDBOX_ROOT to a directory of at most {} bytes",
+            root.display(),
+            107 - LONGEST_SOCKET_SUFFIX
+        )));
+    }
+    Ok(())
+}
+
 /// Finds helper binary `name`: the explicit path, `$env`, next to the current
 /// executable (and its parent, for `target/debug/deps` test binaries), or `PATH`.
 pub(crate) fn find_binary(
@@ -351,6 +368,14 @@ pub(crate) fn exit_code(st: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_too_long_for_socket_paths_is_refused() {
+        assert!(check_root_len(Path::new("/tmp/iii-sandbox")).is_ok());
+        let long = format!("/tmp/{}", "x".repeat(40));
+        let e = check_root_len(Path::new(&long)).unwrap_err();
+        assert!(e.to_string().contains("III_SANDBOX_ROOT"), "{e}");
+    }
 
     #[test]
     fn ids_are_checked() {

@@ -73,6 +73,7 @@ impl MicroVmRuntime {
         let vmm = find_binary(opts.vmm.as_deref(), "iii-vmm", "III_VMM")?;
         let init = find_binary(opts.init.as_deref(), "iii-init", "III_INIT")?;
         let root = crate::state_root(&opts);
+        crate::check_root_len(&root)?;
         state::mkdir_private(&root)?;
         Ok(Self {
             root,

@@ -77,6 +77,7 @@ impl NamespaceRuntime {
         let init = find_binary(opts.init.as_deref(), "iii-init", "III_INIT")?;
         let layout = Layout::detect()?;
         let root = crate::state_root(&opts);
+        crate::check_root_len(&root)?;
         state::mkdir_private(&root)?;
         Ok(Self {
             root,
