@@ -709,17 +709,22 @@ impl ImageStore {
         let dir = self.root().join(REFS_DIR);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = self.ref_path(whole);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let rec = RefRecord {
             reference: whole.into(),
             digest: digest.into(),
         };
         let data = serde_json::to_vec_pretty(&rec).map_err(|e| PullError::Io {
-            path: tmp.clone(),
+            path: path.clone(),
             source: e.into(),
         })?;
-        fs::write(&tmp, data).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        // A reader sees the old record or the new one, never half of one.
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+        tmp.write_all(&data).map_err(io_err(tmp.path()))?;
+        tmp.persist(&path).map_err(|e| PullError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
     }
 
     fn pull_here(
@@ -1166,6 +1171,10 @@ pub fn push_layout(
         dir,
     };
     rt.block_on(async {
+        // Anonymous: pushes to registries that want credentials fail with 401.
+        client
+            .store_auth_if_needed(&registry, &RegistryAuth::Anonymous)
+            .await;
         if let [only] = entries.as_slice() {
             return ctx.push_desc(only, true, progress).await;
         }
