@@ -319,6 +319,19 @@ fn push_pull_config_cache_hit_and_offline_lookup() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::metadata(&p2.rootfs.lower).unwrap().ino(), ino.ino());
 
+    // By digest: the same entry, and a wrong digest is refused as such.
+    let by_digest = reg.reference(&format!("iii-test/hello@{manifest_digest}"));
+    let mut lines3 = Vec::new();
+    let p3 = s
+        .pull(&by_digest, &mut |l| lines3.push(l.to_string()))
+        .unwrap();
+    assert_eq!(
+        (p3.digest.as_str(), lines3.as_slice()),
+        (manifest_digest.as_str(), ["cached".to_string()].as_slice())
+    );
+    let missing = reg.reference(&format!("iii-test/hello@sha256:{}", "0".repeat(64)));
+    assert!(matches!(pull_err(&s, &missing), PullError::NotFound { .. }));
+
     // Offline: the registry is gone, the cache still answers.
     reg.stop();
     assert_eq!(s.lookup_pulled(&reference), Some(p.clone()));
