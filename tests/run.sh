@@ -10,6 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 exec </dev/null
 ROOT="$PWD"
 export CARGO_TERM_COLOR=never
+# One-shot builds gain nothing from incremental state, which costs gigabytes of disk.
+export CARGO_INCREMENTAL=0
+# The registry tests (OCI pulls) must run here, never skip: the package step installs the registry.
+export III_REGISTRY_TESTS=1
 
 bash tests/setup.sh
 

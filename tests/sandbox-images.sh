@@ -21,8 +21,9 @@ finish() {
 }
 
 # mmdebstrap and erofs-utils build the presets; the sandbox runtime's tests also need
-# slirp4netns (network: true) and busybox-static (their minimal test root).
-pkgs=(mmdebstrap erofs-utils slirp4netns busybox-static)
+# slirp4netns (network: true) and busybox-static (their minimal test root); the OCI pull tests
+# start Debian's docker-registry.
+pkgs=(mmdebstrap erofs-utils slirp4netns busybox-static docker-registry)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
