@@ -101,17 +101,52 @@ pub fn env_config(env: &[(String, String)]) -> Option<Mapping> {
     (!m.is_empty()).then_some(m)
 }
 
+fn store() -> Result<iii_oci_rootfs::ImageStore, WorkerError> {
+    iii_oci_rootfs::ImageStore::open(None)
+        .map_err(|e| WorkerError::OciPull(format!("cannot open the image store: {e}")))
+}
+
 /// Pulls `reference` into the image store the engine's image workers start from.
-pub fn pull(reference: &str, _progress: &mut dyn FnMut(&str)) -> Result<Pulled, WorkerError> {
-    Err(WorkerError::OciPull(format!(
-        "cannot pull {reference}: this build has no OCI registry client yet (it comes with the \
-registry pull of the image store); add builtin workers by name for now"
-    )))
+pub fn pull(reference: &str, progress: &mut dyn FnMut(&str)) -> Result<Pulled, WorkerError> {
+    let p = store()?
+        .pull(reference, progress)
+        .map_err(|e| WorkerError::OciPull(format!("cannot pull {reference}: {e}")))?;
+    Ok(Pulled {
+        digest: p.digest,
+        env: p.config.env,
+    })
 }
 
 /// Removes the cached pull of `reference`; the bytes freed, `None` when nothing was cached.
-pub fn remove_cached(_reference: &str) -> Result<Option<u64>, WorkerError> {
-    Ok(None)
+/// Another reference to the same image (same manifest digest) loses it too: it is one entry.
+pub fn remove_cached(reference: &str) -> Result<Option<u64>, WorkerError> {
+    let store = store()?;
+    let Some(p) = store.lookup_pulled(reference) else {
+        return Ok(None);
+    };
+    let dir = store.root().join(&p.rootfs.key);
+    let bytes = tree_bytes(&dir);
+    iii_oci_rootfs::store::remove_tree(&dir)
+        .map_err(|e| WorkerError::Internal(format!("cannot remove {}: {e}", dir.display())))?;
+    Ok(Some(bytes))
+}
+
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]

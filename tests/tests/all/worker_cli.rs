@@ -381,3 +381,218 @@ fn clear_with_nothing_cached() {
     assert!(err.contains("✓ Cleared 0 image(s)"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The OCI path against a real registry (tests/registry.sh: Debian's docker-registry on
+/// 127.0.0.1). Runs when III_REGISTRY_TESTS=1 or docker-registry is installed (and busybox and
+/// mkfs.erofs are, which the image store needs); otherwise says why and passes.
+mod oci {
+    use super::*;
+    use iii_oci_rootfs::layout::{layer_tar, write_layout_arch, Entry};
+    use iii_oci_rootfs::registry::{host_arch, push_layout};
+
+    fn on_path(tool: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    }
+
+    fn enabled() -> bool {
+        let forced = std::env::var("III_REGISTRY_TESTS").as_deref() == Ok("1");
+        let ok = (forced || on_path("docker-registry"))
+            && Path::new("/bin/busybox").is_file()
+            && on_path("mkfs.erofs");
+        if !ok {
+            eprintln!("skipped: needs docker-registry (or III_REGISTRY_TESTS=1), /bin/busybox and mkfs.erofs");
+        }
+        ok
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("registry.sh")
+    }
+
+    /// A registry with its own state dir, stopped on drop.
+    struct Registry {
+        state: PathBuf,
+        addr: String,
+    }
+
+    impl Registry {
+        fn start() -> Registry {
+            let state = project();
+            let out = Command::new("bash")
+                .arg(script())
+                .arg("start")
+                .env("III_REGISTRY_STATE", &state)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "registry.sh start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let addr = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            Registry { state, addr }
+        }
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(script())
+                .arg("stop")
+                .env("III_REGISTRY_STATE", &self.state)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+    }
+
+    fn push_image(reference: &str, dir: &Path) {
+        let busybox = std::fs::read("/bin/busybox").unwrap();
+        let layer = layer_tar(&[
+            Entry::Dir {
+                path: "bin",
+                mode: 0o755,
+            },
+            Entry::File {
+                path: "bin/busybox",
+                mode: 0o755,
+                data: &busybox,
+            },
+            Entry::Symlink {
+                path: "bin/sh",
+                target: "busybox",
+            },
+        ])
+        .unwrap();
+        let layout = dir.join("layout");
+        write_layout_arch(
+            &layout,
+            &[layer],
+            serde_json::json!({
+                "Env": ["PATH=/bin", "HOME=/root", "FOO=bar", "III_URL=ws://localhost:49134"],
+                "Entrypoint": ["/bin/sh", "-c", "sleep 1000"],
+            }),
+            host_arch(),
+        )
+        .unwrap();
+        push_layout(&layout, reference, &mut |_| {}).unwrap();
+    }
+
+    #[tokio::test]
+    async fn add_pulls_writes_image_and_env_config_then_waits_for_the_worker() {
+        if !enabled() {
+            return;
+        }
+        let reg = Registry::start();
+        let mut e = EngineProc::start("");
+        let dir = e.dir.clone();
+        let reference = format!("{}/team/hello:latest", reg.addr);
+        {
+            let (r, d) = (reference.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || push_image(&r, &d))
+                .await
+                .unwrap();
+        }
+        let cache = dir.join("cache");
+        let cache_s = cache.to_str().unwrap().to_string();
+        let run = |args: Vec<String>, timeout: &'static str| {
+            let dir = dir.clone();
+            let cache_s = cache_s.clone();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                worker_env(
+                    &dir,
+                    &args,
+                    &[
+                        ("XDG_CACHE_HOME", &cache_s),
+                        ("III_WORKER_READY_TIMEOUT_SECS", timeout),
+                    ],
+                )
+            })
+        };
+        let before = read(&dir, "config.yaml").unwrap();
+
+        // No worker connects: the wait ends with the hint, and the add still succeeds.
+        let (code, err) = run(vec!["add".into(), reference.clone()], "1")
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("Pulling {reference}")), "{err}");
+        assert!(
+            err.contains("✓ hello added to config.yaml") && err.contains("sha256:"),
+            "{err}"
+        );
+        assert!(err.contains("hello is not ready after 1s"), "{err}");
+        assert_eq!(
+            read(&dir, "config.yaml").unwrap(),
+            format!("{before}  - name: hello\n    image: {reference}\n    config:\n      FOO: bar\n      III_URL: ws://localhost:49134\n")
+        );
+        assert!(
+            read(&dir, "iii.lock").is_none(),
+            "direct image refs are not lock-tracked"
+        );
+
+        // A worker named like the entry connects: the wait sees it. The user's edit survives.
+        let edited = read(&dir, "config.yaml")
+            .unwrap()
+            .replace("FOO: bar", "FOO: mine");
+        std::fs::write(dir.join("config.yaml"), &edited).unwrap();
+        let url = e.url();
+        let connector = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            RawWorker::connect_named(&url, "hello", None).await
+        });
+        let (code, err) = run(vec!["add".into(), reference.clone()], "60")
+            .await
+            .unwrap();
+        let w = connector.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("✓ ready in"), "{err}");
+        assert_eq!(read(&dir, "config.yaml").unwrap(), edited);
+
+        // Running: clear refuses; once it has gone, clear frees the pulled image.
+        let (code, err) = run(vec!["clear".into(), "-y".into(), "hello".into()], "1")
+            .await
+            .unwrap();
+        assert_eq!(code, 1, "{err}");
+        drop(w);
+        let mut cleared = String::new();
+        for _ in 0..100 {
+            let (code, err) = run(vec!["clear".into(), "-y".into(), "hello".into()], "1")
+                .await
+                .unwrap();
+            if code == 0 {
+                cleared = err;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            cleared.contains("✓ Cleared") && cleared.contains(" MB"),
+            "{cleared}"
+        );
+        let store = iii_oci_rootfs::ImageStore::open(Some(cache.join("iii/images"))).unwrap();
+        assert!(store.lookup_pulled(&reference).is_none());
+
+        // The engine is down now: --force re-pulls, the wait says so and returns.
+        let _ = e.child.kill();
+        let _ = e.child.wait();
+        let (code, err) = run(
+            vec!["add".into(), "--force".into(), reference.clone()],
+            "60",
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("⚠ engine not running; start it to observe boot."),
+            "{err}"
+        );
+        assert!(store.lookup_pulled(&reference).is_some());
+        let (code, err) = run(vec!["remove".into(), "-y".into(), "hello".into()], "1")
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(read(&dir, "config.yaml").unwrap(), before);
+    }
+}
