@@ -1,17 +1,31 @@
-//! `iii worker …`: worker management. Only `sandbox` exists so far; the registry, install and
-//! lifecycle subcommands (add, remove, list, start, stop, exec, logs, …) come with issue #13.
+//! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
+//! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
+//! `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
+//! logs, exec, sync, update, verify, init, reinstall) come later with issue #13.
 
+pub mod add;
+pub mod config_file;
+pub mod engine;
+pub mod error;
+pub mod lock;
+pub mod manage;
+pub mod names;
+pub mod oci;
 pub mod sandbox;
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use error::WorkerError;
+
 /// `iii worker --help`'s long text: what exists and what does not yet.
-pub const LONG_ABOUT: &str = "Manage workers.\n\nThis engine implements `iii worker sandbox` \
-(create/exec/run/list/stop/upload/download ephemeral sandboxes through the iii-sandbox daemon). The other \
-`iii worker` subcommands (add, remove, reinstall, clear, start, stop, restart, list, status, logs, exec, sync, \
-update, verify, init) are not implemented yet; they come with issue #13.";
+pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
+config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
+or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
+by OCI image reference. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
+upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, verify, init) and \
+registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
 #[command(subcommand_required = true, arg_required_else_help = true)]
@@ -22,12 +36,99 @@ pub struct WorkerArgs {
 
 #[derive(Subcommand, Debug)]
 enum WorkerCommand {
+    /// Add a builtin worker by name or a container worker by OCI image reference
+    #[command(
+        long_about = "Add workers to the config file. A builtin name (http, state, stream, queue, pubsub, cron, \
+iii-sandbox, …) writes a bare `- name:` entry (iii-sandbox also gets its default config: block) and an iii.lock \
+entry `{type: engine}`. An OCI image reference (ex. ghcr.io/org/worker:tag) is pulled into the image store and \
+written as `- name: <last path segment>` + `image: <ref>`, with the image's ENV (minus PATH, HOME, HOSTNAME, LANG, \
+TERM) as its config: block; then add waits up to 120s for the engine to start it and the worker to connect \
+(--no-wait skips the wait; a timeout is not an error). Existing entries keep their hand-written config:. \
+Everything else in the file, comments included, stays as it was."
+    )]
+    Add(add::AddArgs),
+    /// Remove workers from the config file and iii.lock
+    #[command(
+        long_about = "Remove workers from the config file and iii.lock. The engine's file watcher stops a \
+running worker; cached images remain (use `iii worker clear <name>` to delete them). Without a terminal, pass -y."
+    )]
+    Remove(manage::RemoveArgs),
+    /// List the configured workers and their status
+    #[command(
+        long_about = "List the config file's workers (table on stderr): version from iii.lock, and status from \
+the engine's engine::workers::list when it is reachable (builtins run whenever the engine does)."
+    )]
+    List,
+    /// Delete cached worker images
+    #[command(
+        long_about = "Delete the cached images of a worker (or of every image worker in the config file); a \
+running worker's are kept. Local only, no engine needed. Without a terminal, pass -y."
+    )]
+    Clear(manage::ClearArgs),
     Sandbox(sandbox::SandboxArgs),
+}
+
+/// Holds `./.iii-worker.lock` so two `iii worker` edits of one project never interleave.
+pub struct ProjectLock {
+    _file: std::fs::File,
+}
+
+impl ProjectLock {
+    const PATH: &'static str = ".iii-worker.lock";
+
+    /// Takes the lock or fails at once (W120) when another command holds it.
+    pub fn acquire() -> Result<ProjectLock, WorkerError> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::PATH)
+            .map_err(|e| WorkerError::LockIo(format!("cannot open {}: {e}", Self::PATH)))?;
+        match f.try_lock() {
+            Ok(()) => Ok(ProjectLock { _file: f }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(WorkerError::LockBusy(Self::PATH.into())),
+            Err(std::fs::TryLockError::Error(e)) => Err(WorkerError::LockIo(format!(
+                "cannot lock {}: {e}",
+                Self::PATH
+            ))),
+        }
+    }
 }
 
 /// Runs `iii worker …`.
 pub fn main(args: WorkerArgs) -> ExitCode {
-    match args.command {
-        WorkerCommand::Sandbox(a) => sandbox::main(a),
+    if let WorkerCommand::Sandbox(a) = args.command {
+        return sandbox::main(a);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            WorkerError::Internal(format!("cannot start the async runtime: {e}")).print();
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = rt.block_on(async move {
+        let report = |r: Result<(), WorkerError>| match r {
+            Ok(()) => true,
+            Err(e) => {
+                e.print();
+                false
+            }
+        };
+        match args.command {
+            WorkerCommand::Add(a) => add::run(a).await,
+            WorkerCommand::Remove(a) => manage::remove(a),
+            WorkerCommand::List => report(manage::list().await),
+            WorkerCommand::Clear(a) => report(manage::clear(a).await),
+            WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
+        }
+    });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -24,3 +24,4 @@ mod state_stream;
 mod stream_socket;
 mod validation;
 mod wire;
+mod worker_cli;
