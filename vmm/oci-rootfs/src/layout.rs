@@ -160,6 +160,16 @@ fn put_blob(dir: &Path, data: &[u8]) -> io::Result<(String, usize)> {
 /// Writes an OCI image layout at `dir` with gzip-compressed layers (bottom
 /// first) and the given image config (`Env`, `Cmd`, ...).
 pub fn write_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -> io::Result<()> {
+    write_layout_arch(dir, layers, config, "amd64")
+}
+
+/// [`write_layout`] for an image of `architecture` (linux), e.g. `arm64`.
+pub fn write_layout_arch(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    config: serde_json::Value,
+    architecture: &str,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut descs = Vec::new();
@@ -172,7 +182,7 @@ pub fn write_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -
         let (digest, size) = put_blob(dir, &gz.finish()?)?;
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
     }
-    finish_layout(dir, descs, diff_ids, config)
+    finish_layout(dir, descs, diff_ids, config, architecture)
 }
 
 /// Writes an OCI image layout at `dir` whose layers are the uncompressed tar
@@ -199,7 +209,7 @@ pub fn write_layout_from_tars(
         diff_ids.push(format!("sha256:{hex}"));
         descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{hex}"), "size": size}));
     }
-    finish_layout(dir, descs, diff_ids, config)
+    finish_layout(dir, descs, diff_ids, config, "amd64")
 }
 
 /// Config, manifest and index for layers already in the blob store.
@@ -208,9 +218,10 @@ fn finish_layout(
     descs: Vec<serde_json::Value>,
     diff_ids: Vec<String>,
     config: serde_json::Value,
+    architecture: &str,
 ) -> io::Result<()> {
     let cfg = json!({
-        "architecture": "amd64", "os": "linux", "config": config,
+        "architecture": architecture, "os": "linux", "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
     let (cdigest, csize) = put_blob(dir, &serde_json::to_vec(&cfg)?)?;
@@ -224,7 +235,7 @@ fn finish_layout(
     let index = json!({
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
-                       "platform": {"architecture": "amd64", "os": "linux"}}]
+                       "platform": {"architecture": architecture, "os": "linux"}}]
     });
     fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
 }

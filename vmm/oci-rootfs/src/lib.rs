@@ -9,7 +9,8 @@
 //! * [`initramfs`]: a newc cpio holding `/init` and `/dev/console`.
 //! * [`layout`]: write an OCI image layout (test images, and presets).
 //! * [`store`]: the content-keyed cache of sandbox lowers: presets
-//!   bootstrapped from Debian and imported custom images.
+//!   bootstrapped from Debian, imported custom images, pulled images.
+//! * [`registry`]: pulls from OCI registries into the store, pushes layouts.
 
 #![deny(clippy::cast_possible_truncation)]
 
@@ -17,6 +18,8 @@ pub mod image;
 pub mod initramfs;
 pub mod layout;
 pub mod oci;
+pub mod registry;
 pub mod store;
 
+pub use registry::{ImageConfig, PullError, Pulled};
 pub use store::{ImageError, ImageStore, LowerFormat, Rootfs};

@@ -43,7 +43,7 @@ pub const PRESETS: &[&str] = &["python", "node"];
 /// The `PATH` an image gets when its config sets none (what OCI runtimes use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-const LOWER_FILE: &str = "lower.erofs";
+pub(crate) const LOWER_FILE: &str = "lower.erofs";
 const META_FILE: &str = "image.json";
 const LOCK_FILE: &str = ".lock";
 const TMP_PREFIX: &str = ".tmp-";
@@ -98,12 +98,15 @@ pub enum ImageError {
     /// `mkfs.erofs` failed.
     #[error("building the lower image: {0}")]
     Build(#[from] image::ImageError),
+    /// Pulling from (or pushing to) a registry failed.
+    #[error(transparent)]
+    Pull(#[from] crate::registry::PullError),
     /// A stale build directory still has something mounted inside it.
     #[error("{0} still has mounts inside it; not removing it")]
     Mounted(PathBuf),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_path_buf(),
         source,
@@ -125,8 +128,8 @@ pub struct Rootfs {
 
 /// What `image.json` records next to a lower.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    /// `preset` or `custom`.
+pub(crate) struct Meta {
+    /// `preset`, `custom` or `pulled`.
     kind: String,
     /// The preset name, or the source path of a custom image when imported.
     name: String,
@@ -141,6 +144,12 @@ struct Meta {
     /// Wall time of the build.
     build_secs: f64,
     builder_version: String,
+    /// The manifest digest of a pulled image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) digest: Option<String>,
+    /// The run configuration of a pulled image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) image: Option<crate::registry::ImageConfig>,
 }
 
 /// One `deb` source line: where packages come from.
@@ -530,6 +539,8 @@ impl ImageStore {
                 name: source.display().to_string(),
                 env,
                 packages: Vec::new(),
+                digest: None,
+                image: None,
             })
         })
     }
@@ -539,18 +550,24 @@ impl ImageStore {
     }
 
     fn lookup_key(&self, key: &str) -> Option<Rootfs> {
+        self.lookup_meta(key).map(|(r, _)| r)
+    }
+
+    /// The published entry `key` and its record.
+    pub(crate) fn lookup_meta(&self, key: &str) -> Option<(Rootfs, Meta)> {
         let dir = self.entry(key);
         let meta: Meta = serde_json::from_slice(&fs::read(dir.join(META_FILE)).ok()?).ok()?;
         let lower = dir.join(LOWER_FILE);
         if meta.key != key || !lower.is_file() {
             return None;
         }
-        Some(Rootfs {
+        let rootfs = Rootfs {
             lower,
             format: meta.format,
-            env: meta.env,
+            env: meta.env.clone(),
             key: key.to_string(),
-        })
+        };
+        Some((rootfs, meta))
     }
 
     fn lock(&self, progress: &mut dyn FnMut(&str)) -> Result<BuildLock, ImageError> {
@@ -570,7 +587,7 @@ impl ImageStore {
 
     /// The published entry for `key`, building it with `build` under the lock
     /// when missing. `build` fills the temp dir it is given with `lower.erofs`.
-    fn ensure(
+    pub(crate) fn ensure(
         &self,
         key: &str,
         progress: &mut dyn FnMut(&str),
@@ -611,6 +628,8 @@ impl ImageStore {
             lower_bytes,
             build_secs: t0.elapsed().as_secs_f64(),
             builder_version: BUILDER_VERSION.into(),
+            digest: built.digest,
+            image: built.image,
         };
         let mp = tmp.join(META_FILE);
         write_synced(
@@ -646,14 +665,17 @@ impl ImageStore {
 }
 
 /// Fills the temp dir it is given with `lower.erofs`, reporting progress.
-type BuildFn<'a> = dyn FnMut(&Path, &mut dyn FnMut(&str)) -> Result<Built, ImageError> + 'a;
+pub(crate) type BuildFn<'a> =
+    dyn FnMut(&Path, &mut dyn FnMut(&str)) -> Result<Built, ImageError> + 'a;
 
 /// What a build produced besides the lower.
-struct Built {
-    kind: &'static str,
-    name: String,
-    env: Vec<(String, String)>,
-    packages: Vec<String>,
+pub(crate) struct Built {
+    pub(crate) kind: &'static str,
+    pub(crate) name: String,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) packages: Vec<String>,
+    pub(crate) digest: Option<String>,
+    pub(crate) image: Option<crate::registry::ImageConfig>,
 }
 
 /// Removes the temp dir of a build that failed or panicked.
@@ -731,7 +753,7 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn build_erofs(
+pub(crate) fn build_erofs(
     rootdir: &Path,
     out: &Path,
     progress: &mut dyn FnMut(&str),
@@ -871,6 +893,8 @@ fn build_preset_into(
         name: recipe.name.clone(),
         env: recipe.env.clone(),
         packages: pkgs,
+        digest: None,
+        image: None,
     })
 }
 

@@ -62,6 +62,24 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Pull an image from a registry into the image cache (anonymous; plain
+    /// HTTP only for localhost/127.0.0.1 and III_INSECURE_REGISTRIES).
+    /// Progress goes to stderr; the lower's path is printed on stdout.
+    Pull {
+        reference: String,
+        /// Image cache directory (default ${XDG_CACHE_HOME:-~/.cache}/iii/images).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Print the whole pull (rootfs, digest, config) as JSON instead of the path.
+        #[arg(long)]
+        json: bool,
+        /// Only look in the cache: exit 1 when the reference was never pulled.
+        #[arg(long)]
+        lookup: bool,
+    },
+    /// Push an OCI image layout directory to a registry as REFERENCE.
+    /// Prints the digest the reference now names.
+    Push { layout: PathBuf, reference: String },
     /// Package a directory as a one-layer OCI image layout (for tests).
     Package {
         dir: PathBuf,
@@ -153,6 +171,39 @@ fn main() -> Result<()> {
             |s| s.lookup_custom(&source),
             |s, p| s.import_custom(&source, p),
         )?,
+        Cmd::Pull {
+            reference,
+            cache,
+            json,
+            lookup,
+        } => {
+            let store = ImageStore::open(cache)?;
+            let pulled = if lookup {
+                match store.lookup_pulled(&reference) {
+                    Some(p) => p,
+                    None => {
+                        eprintln!(
+                            "{reference} is not in the image cache ({})",
+                            store.root().display()
+                        );
+                        std::process::exit(1);
+                    }
+                }
+            } else {
+                store.pull(&reference, &mut |line| eprintln!("{line}"))?
+            };
+            if json {
+                println!("{}", serde_json::to_string(&pulled)?);
+            } else {
+                println!("{}", pulled.rootfs.lower.display());
+            }
+        }
+        Cmd::Push { layout, reference } => {
+            let digest = iii_oci_rootfs::registry::push_layout(&layout, &reference, &mut |line| {
+                eprintln!("{line}")
+            })?;
+            println!("{digest}");
+        }
         Cmd::Package { dir, out, cmd } => {
             let tar = tar_dir(&dir)?;
             layout::write_layout(

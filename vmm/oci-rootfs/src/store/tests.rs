@@ -35,6 +35,8 @@ fn fake_build(
             name: "fake".into(),
             env: vec![("PATH".into(), "/bin".into())],
             packages: vec![],
+            digest: None,
+            image: None,
         })
     })
 }
@@ -264,7 +266,9 @@ fn a_failed_build_publishes_nothing() {
             kind: "custom",
             name: "x".into(),
             env: vec![],
-            packages: vec![]
+            packages: vec![],
+            digest: None,
+            image: None,
         })),
         Err(ImageError::Io { .. })
     ));
