@@ -24,7 +24,8 @@ struct Args {
     /// The entry's name (the worker registers as it: `III_WORKER_NAME`).
     #[arg(long)]
     name: String,
-    /// The image: an OCI layout directory or tarball (a registry reference once pulls exist).
+    /// The image: a registry reference (pulled once, then taken from the cache), or the path of
+    /// an OCI layout directory or tarball.
     #[arg(long)]
     image: String,
     /// The engine's worker socket, reachable from the sandbox at the same port on 127.0.0.1.
@@ -56,11 +57,26 @@ fn resolve_image(store: &ImageStore, reference: &str) -> Result<Resolved, HostEr
     };
     let path = Path::new(reference);
     if !path.exists() {
-        return Err(bad(
-            "not an OCI layout directory or tarball on this host, and this build cannot pull \
-             from a registry yet"
-                .into(),
-        ));
+        // A registry reference: the cached pull, else a pull now.
+        let pulled = match store.lookup_pulled(reference) {
+            Some(p) => p,
+            None => store
+                .pull(reference, &mut |line| {
+                    tracing::info!("image {reference}: {line}")
+                })
+                .map_err(|e| bad(e.to_string()))?,
+        };
+        tracing::info!(digest = %pulled.digest, "image {reference}");
+        let argv = command_line(&pulled.config.entrypoint, &pulled.config.cmd);
+        if argv.is_empty() {
+            return Err(HostError::NothingToRun(reference.to_string()));
+        }
+        return Ok(Resolved {
+            rootfs: pulled.rootfs,
+            argv,
+            working_dir: pulled.config.working_dir.filter(|d| !d.is_empty()),
+            user: None,
+        });
     }
     let rootfs = store
         .import_custom(path, &mut |line| {
@@ -209,12 +225,14 @@ impl Stop {
 /// Has the engine that started us (`III_ENGINE_PID`) gone? (PR_SET_PDEATHSIG and the
 /// lifeline both say so with a stop; this tells them from a plain SIGTERM.)
 fn engine_gone() -> bool {
+    // SAFETY: getppid(2) has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    // Reparented (to init or a subreaper) means the engine is gone, even while it is a
+    // zombie that still has a /proc entry.
     std::env::var("III_ENGINE_PID")
         .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        // SAFETY: getppid(2) has no preconditions.
-        || unsafe { libc::getppid() } == 1
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|pid| pid != parent || !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The engine is gone and with it the pipes our stdout/stderr went to: point them at
@@ -373,7 +391,18 @@ fn main() {
         }
     };
     let name = args.name.clone();
-    let result = rt.block_on(run(args));
+    // A panic must not unwind through the runtime's drop, which would wait for the
+    // blocking session thread forever: record it and exit.
+    let log_name = name.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        orphan_log(&log_name);
+        let _ = writeln!(
+            std::io::stderr(),
+            "ERROR iii-worker-host {log_name}: {info}"
+        );
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(args))))
+        .unwrap_or_else(|_| Ok(101));
     let code = match result {
         Ok(code) => code.clamp(0, 255),
         Err(e) => {
