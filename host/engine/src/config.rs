@@ -223,6 +223,11 @@ impl EngineConfig {
                 .iter()
                 .any(|k| m.get(*k).is_some_and(|x| !x.is_null()));
             let at = format!("{at}({name})");
+            if name == iii_services::external::IMAGE_WORKERS {
+                return Err(v.error(format!(
+                    "`{at}`: `{name}` is reserved (image workers are listed by their own name with `image:`)"
+                )));
+            }
             if let Some(i) = infos
                 .iter()
                 .position(|s| s.name == name || s.deprecated_names.contains(&name))
@@ -279,6 +284,23 @@ impl EngineConfig {
                     return Err(v.error(format!(
                         "`{at}`: unknown builtin `{name}`; did you mean `{known}`? (an external worker needs `image:` or `worker_path:`)"
                     )));
+                }
+            }
+            // A worker of the user's own from an image: the engine runs it in a sandbox
+            // through `iii-worker-host`. Its service gets the whole entry (name, image, config).
+            let image = m.get("image").is_some_and(|x| !x.is_null());
+            if image {
+                if let Some(i) = infos
+                    .iter()
+                    .position(|s| s.name == iii_services::external::IMAGE_WORKERS)
+                {
+                    claimed[i].push(Entry {
+                        at,
+                        name,
+                        config: item,
+                        reader: EntryReader { path: origin },
+                    });
+                    continue;
                 }
             }
             cfg.unavailable.push((name.to_string(), "external and registry workers are not supported by this engine yet; start the worker yourself and point it at the worker socket"));
@@ -508,11 +530,14 @@ workers:
                 "{typo}: {e}"
             );
         }
-        // An explicit external worker is not second-guessed; a distinct name is external.
+        // An explicit external worker is not second-guessed: with `image:` it is an image
+        // worker the engine runs; a distinct name without one starts nothing.
         let c =
             parse("workers:\n  - name: iii-stat\n    image: ghcr.io/me/stat:1\n  - name: pdfkit\n")
                 .unwrap();
-        assert_eq!(c.unavailable.len(), 2);
+        assert!(c.runs(iii_services::external::IMAGE_WORKERS));
+        assert_eq!(c.unavailable.len(), 1, "{:?}", c.unavailable);
+        assert_eq!(c.unavailable[0].0, "pdfkit");
     }
 
     #[test]

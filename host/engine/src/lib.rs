@@ -47,6 +47,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
             program: "iii-sandbox",
             program_env: "III_SANDBOX_BIN",
         }),
+        Box::new(external::ImageWorkers),
     ]
 }
 
