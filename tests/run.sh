@@ -53,7 +53,7 @@ step "cargo clippy --all-targets -D warnings"
 bounded 25 cargo clippy --workspace --all-targets -- -D warnings || failed+=("clippy")
 
 step "build the iii binary, the sandbox daemon and iii-init (the sandbox tests start them)"
-bounded 25 cargo build -p iii-cli -p iii-sandbox -p iii-guest-init || failed+=("build")
+bounded 25 cargo build -p iii-cli -p iii-sandbox -p iii-guest-init -p iii-worker-host || failed+=("build")
 export III_BIN="$ROOT/target/debug/iii"
 
 step "sandbox preset images"
