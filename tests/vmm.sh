@@ -25,7 +25,7 @@ finish() {
 
 # --- dependencies -----------------------------------------------------------
 pkgs=(qemu-system-x86 erofs-utils e2fsprogs linux-source-6.1 build-essential flex bison bc
-      libelf-dev libssl-dev cpio busybox-static file xz-utils)
+      libelf-dev libssl-dev cpio busybox-static file xz-utils musl-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,7 +44,9 @@ fi
 # unreachable on CI, glibc's static libraries come with libc6-dev).
 # III_VMM_STATIC=glibc forces the fallback.
 static_target=x86_64-unknown-linux-musl
-static_env=()
+# C code in the static binaries' dependencies (ring, under the registry client) is compiled
+# with musl's gcc wrapper (musl-tools).
+static_env=(CC_x86_64_unknown_linux_musl=musl-gcc)
 if [[ ${III_VMM_STATIC:-} == glibc ]] || { ! rustup target list --installed 2>/dev/null | grep -qx "$static_target" \
    && ! rustup target add "$static_target" >/dev/null 2>&1; }; then
   log "musl target unavailable; building static glibc binaries instead"

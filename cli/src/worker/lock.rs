@@ -1,4 +1,4 @@
-//! `./iii.lock` (workers-and-sandboxes spec §2.2): the schema, its validation, the atomic write
+//! `./iii.lock` (workers-and-sandboxes spec section 2.2): the schema, its validation, the atomic write
 //! and the byte-stable drift/sync error texts that `iii worker sync --frozen` prints.
 
 use std::collections::BTreeMap;
@@ -435,7 +435,7 @@ pub enum DriftLine {
     dead_code,
     reason = "rendered by `iii worker sync --frozen`, which comes later"
 )]
-/// The frozen-sync failures, each rendered as the byte-stable block of §2.2.3 (no colors).
+/// The frozen-sync failures, each rendered as the byte-stable block of section 2.2.3 (no colors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
     #[error("{}", render_drift(.0))]

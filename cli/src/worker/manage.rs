@@ -1,4 +1,4 @@
-//! `iii worker remove`, `list` and `clear` (workers-and-sandboxes spec §1.4, §1.5, §1.9).
+//! `iii worker remove`, `list` and `clear` (workers-and-sandboxes spec section 1.4, section 1.5, section 1.9).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;

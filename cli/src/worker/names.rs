@@ -1,4 +1,4 @@
-//! Worker name validation (workers-and-sandboxes spec §3.0), checked before any file is written.
+//! Worker name validation (workers-and-sandboxes spec section 3.0), checked before any file is written.
 //!
 //! A name becomes a config entry, an `iii.lock` key and a directory name under the state root,
 //! so it must be one safe path component.

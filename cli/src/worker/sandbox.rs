@@ -1,5 +1,5 @@
 //! `iii worker sandbox …`: a thin client of the `iii-sandbox` daemon's `sandbox::*` functions
-//! (workers-and-sandboxes spec §1.17). Every subcommand connects to the engine's worker socket on
+//! (workers-and-sandboxes spec section 1.17). Every subcommand connects to the engine's worker socket on
 //! 127.0.0.1, calls one or a few functions and prints their result; file transfers stream through
 //! engine data channels, so their size is not bound by a JSON message.
 
@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::trigger::{connect_error, CallError, Client};
 
 const DEFAULT_PORT: u16 = 49134;
-/// `sandbox::create` may build or import an image first; §4.4 recommends 300 s.
+/// `sandbox::create` may build or import an image first; section 4.4 recommends 300 s.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The daemon's default exec timeout; the call waits this plus [`EXEC_MARGIN_MS`].
 const DEFAULT_EXEC_TIMEOUT_MS: u64 = 300_000;
@@ -840,7 +840,7 @@ async fn download(a: DownloadArgs) -> Result<Outcome, SandboxError> {
     Ok(Outcome::Exit(0))
 }
 
-/// `error: [Sxxx] <message>` for a daemon error (the §4.5 JSON envelope in the handler error's
+/// `error: [Sxxx] <message>` for a daemon error (the section 4.5 JSON envelope in the handler error's
 /// message, possibly after a `handler error: ` prefix); other engine errors as `<message> (<code>)`.
 fn render_remote(err: &Value) -> String {
     let message = err.get("message").and_then(Value::as_str).unwrap_or("");

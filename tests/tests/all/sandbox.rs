@@ -1,4 +1,4 @@
-//! Sandboxes end to end (issue #12, workers-and-sandboxes spec §1.17, §4): the real `iii` with
+//! Sandboxes end to end (issue #12, workers-and-sandboxes spec section 1.17, section 4): the real `iii` with
 //! `- name: iii-sandbox` (namespace runtime) supervising the `iii-sandbox` daemon, driven over the
 //! worker protocol as a raw worker and through `iii worker sandbox …`.
 //!
@@ -269,7 +269,7 @@ impl Sb {
         r["result"].clone()
     }
 
-    /// The §4.5 envelope of a call that must fail.
+    /// The section 4.5 envelope of a call that must fail.
     async fn err(&mut self, function: &str, data: Value) -> Value {
         let r = self.call(function, data.clone()).await;
         envelope(&r).unwrap_or_else(|| {
