@@ -12,6 +12,7 @@ mod hot_reload;
 mod http_functions;
 mod http_middleware;
 mod http_trigger;
+mod image_fixture;
 mod image_workers;
 mod kv_durability;
 mod lang_policies;

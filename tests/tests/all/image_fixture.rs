@@ -1,0 +1,314 @@
+//! Shared fixtures for the tests that run image workers: a real OCI layout holding the
+//! `hello-worker` example of `vmm/worker-host` (official Rust SDK) over busybox-static, an
+//! engine configured to run it on the namespace runtime, and process probes.
+//!
+//! Needs root (namespaces, mounts, cgroups), busybox-static and cargo (the binaries are built
+//! so they match this checkout).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use iii_oci_rootfs::layout::{layer_tar, write_layout, Entry};
+use iii_tests::{free_port, EngineProc, RawWorker};
+use serde_json::{json, Value};
+
+pub(crate) struct Built {
+    pub(crate) target: PathBuf,
+    pub(crate) layout: PathBuf,
+}
+
+pub(crate) fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the binaries and the image once per test binary.
+pub(crate) fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(workspace())
+            .args([
+                "build",
+                "-p",
+                "iii-worker-host",
+                "--bins",
+                "--example",
+                "hello-worker",
+                "-p",
+                "iii-guest-init",
+            ])
+            .status()
+            .expect("run cargo");
+        assert!(st.success(), "building the worker host and example failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"))
+            .join("debug");
+        let layout = std::env::temp_dir().join(format!("iii-imgw-layout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&layout);
+        make_layout(&target.join("examples/hello-worker"), &layout);
+        Built { target, layout }
+    })
+}
+
+/// The shared libraries `bin` loads (absolute paths, as `ldd` resolves them).
+pub(crate) fn libraries(bin: &Path) -> Vec<String> {
+    let out = Command::new("ldd").arg(bin).output().expect("run ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(p.to_string());
+        }
+    }
+    libs
+}
+
+/// An OCI layout: busybox-static in /bin, the worker at /hello-worker with its libraries at
+/// the paths it loads them from; entrypoint the worker, workdir /tmp.
+pub(crate) fn make_layout(worker: &Path, dir: &Path) {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("busybox-static is not installed (apt-get install busybox-static)");
+    let busybox = std::fs::read(bb).unwrap();
+    let worker_bytes = std::fs::read(worker).unwrap();
+    let libs: Vec<(String, Vec<u8>)> = libraries(worker)
+        .into_iter()
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p.trim_start_matches('/').to_string(), data)
+        })
+        .collect();
+    let mut dirs: Vec<String> = [
+        "bin",
+        "etc",
+        "root",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "workspace",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (p, _) in &libs {
+        let mut acc = String::new();
+        for part in Path::new(p).parent().unwrap().iter() {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(&part.to_string_lossy());
+            if !dirs.contains(&acc) {
+                dirs.push(acc.clone());
+            }
+        }
+    }
+    let mut entries: Vec<Entry<'_>> = dirs
+        .iter()
+        .map(|d| Entry::Dir {
+            path: d,
+            mode: 0o755,
+        })
+        .collect();
+    entries.push(Entry::File {
+        path: "bin/busybox",
+        mode: 0o755,
+        data: &busybox,
+    });
+    entries.push(Entry::Symlink {
+        path: "bin/sh",
+        target: "busybox",
+    });
+    entries.push(Entry::File {
+        path: "etc/passwd",
+        mode: 0o644,
+        data: b"root:x:0:0:root:/root:/bin/sh\n",
+    });
+    entries.push(Entry::File {
+        path: "hello-worker",
+        mode: 0o755,
+        data: &worker_bytes,
+    });
+    for (p, data) in &libs {
+        entries.push(Entry::File {
+            path: p,
+            mode: 0o755,
+            data,
+        });
+    }
+    let layer = layer_tar(&entries).unwrap();
+    write_layout(
+        dir,
+        &[layer],
+        json!({
+            "Entrypoint": ["/hello-worker"],
+            "Env": ["PATH=/bin", "GREETING_WORD=image-default"],
+            "WorkingDir": "/tmp",
+        }),
+    )
+    .unwrap();
+}
+
+pub(crate) struct Setup {
+    pub(crate) engine: EngineProc,
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) _cache: tempfile::TempDir,
+    pub(crate) ws: u16,
+}
+
+pub(crate) fn entry(name: &str) -> String {
+    format!(
+        "  - name: {name}\n    image: {}\n    config:\n      greeting: {{word: howdy}}\n",
+        built().layout.display()
+    )
+}
+
+pub(crate) fn config(ws: u16, extra: &str) -> String {
+    format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {ws}}}\n{extra}")
+}
+
+pub(crate) fn start(name: &str, watch: bool) -> Setup {
+    let b = built();
+    // Short: sandbox socket paths live below it.
+    let root = tempfile::Builder::new()
+        .prefix("iw")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let ws = free_port();
+    let host = b.target.join("iii-worker-host");
+    let init = b.target.join("iii-init");
+    let extra = entry(name);
+    let engine = EngineProc::start_with_env(
+        move |_, _| config(ws, &extra),
+        &[
+            ("III_SANDBOX_ROOT", root.path().to_str().unwrap()),
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("III_WORKER_RUNTIME", "namespace"),
+            ("III_WORKER_HOST_BIN", host.to_str().unwrap()),
+            ("III_INIT", init.to_str().unwrap()),
+            ("III_WATCH_CONFIG", if watch { "1" } else { "0" }),
+        ],
+    );
+    if watch {
+        engine.wait_for_log(&["watching the configuration file"]);
+    }
+    Setup {
+        engine,
+        root,
+        _cache: cache,
+        ws,
+    }
+}
+
+pub(crate) fn write_config(e: &EngineProc, text: &str) {
+    let tmp = e.dir.join(".config.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, e.dir.join("config.yaml")).unwrap();
+}
+
+/// Sandbox directories under the state root.
+pub(crate) fn sandboxes(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("w-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Live processes whose NUL-separated `file` (cmdline or environ) contains every needle.
+pub(crate) fn procs_with(file: &str, needles: &[String]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let text = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text).replace('\0', " ");
+        if needles.iter().all(|n| text.contains(n.as_str())) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The worker host processes of the engine on port `ws`.
+pub(crate) fn hosts(ws: u16) -> Vec<u32> {
+    procs_with(
+        "cmdline",
+        &[
+            "iii-worker-host".into(),
+            format!("--engine ws://127.0.0.1:{ws}"),
+        ],
+    )
+}
+
+/// The workload processes (seen from the host) of the engine on port `ws`.
+pub(crate) fn workloads(ws: u16) -> Vec<u32> {
+    procs_with(
+        "environ",
+        &[
+            format!("III_URL=ws://127.0.0.1:{ws}"),
+            "III_WORKER_NAME=".into(),
+        ],
+    )
+    .into_iter()
+    .filter(|p| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|c| c.starts_with(b"/hello-worker"))
+            .unwrap_or(false)
+    })
+    .collect()
+}
+
+pub(crate) async fn greet(w: &mut RawWorker) -> Value {
+    w.call("hello::greet", json!({"name": "tester"})).await
+}
+
+/// Waits until `hello::greet` answers through the engine; returns its result.
+pub(crate) async fn until_greets(w: &mut RawWorker, e: &EngineProc) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = greet(w).await;
+        if r["error"].is_null() && r["result"].is_object() {
+            return r["result"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hello::greet never answered: {r}\n{}",
+            e.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(crate) fn eventually(limit: Duration, what: &str, e: &EngineProc, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}\n{}", e.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
