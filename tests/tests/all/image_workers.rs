@@ -12,8 +12,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use iii_tests::{free_port, EngineProc, RawWorker};
-use serde_json::json;
+use iii_tests::{free_port, RawWorker};
 
 use super::image_fixture::*;
 
