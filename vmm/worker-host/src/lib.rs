@@ -4,11 +4,15 @@
 //! session's output to its own stdout/stderr and stops the sandbox when it is told to stop,
 //! when the engine goes (stdin lifeline) or when the workload exits.
 //!
-//! The pure parts live here (tested below); `main.rs` wires them to the runtime.
+//! The pure parts live here (tested below), with the exec socket ([`shell`]) and the
+//! never-failing output ([`output`]); `main.rs` wires them to the runtime.
 
 #![deny(clippy::cast_possible_truncation)]
 
 use serde_yaml::Value;
+
+pub mod output;
+pub mod shell;
 
 /// Why the worker host could not run its worker.
 #[derive(Debug, thiserror::Error)]

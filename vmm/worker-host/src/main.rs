@@ -3,7 +3,6 @@
 //! Runs one image worker (see the library docs). The engine starts it and restarts it when it
 //! exits; it exits with the workload's exit code, or 0 after a requested stop.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +12,10 @@ use clap::Parser;
 use iii_oci_rootfs::{ImageStore, Rootfs};
 use iii_sandbox_runtime::{Runtime, RuntimeChoice, RuntimeOptions, SandboxHandle, SandboxSpec};
 use iii_vm_agent_proto::{read_frame, write_frame, ExecRequest, Frame, Kind, ProtoError};
-use iii_worker_host::{command_line, flatten_config, merge_env, sandbox_id, url_port, HostError};
+use iii_worker_host::shell::{self, SessionBase};
+use iii_worker_host::{
+    command_line, flatten_config, merge_env, output, sandbox_id, url_port, HostError,
+};
 
 #[derive(Parser)]
 #[command(
@@ -153,13 +155,8 @@ fn run_session(stream: UnixStream, req: &ExecRequest) -> Result<i32, ProtoError>
         match f.kind {
             // A closed stdout (the engine gone) must not stop the workload: the lifeline
             // ends it properly.
-            Kind::Stdout => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&f.payload).and_then(|()| o.flush());
-            }
-            Kind::Stderr => {
-                let _ = std::io::stderr().lock().write_all(&f.payload);
-            }
+            Kind::Stdout => output::stdout(&f.payload),
+            Kind::Stderr => output::stderr(&f.payload),
             Kind::Exit => return Ok(f.exit_payload()?.0),
             Kind::Error => {
                 return Err(ProtoError::Agent(
@@ -204,7 +201,9 @@ impl Stop {
         })
     }
 
-    async fn requested(&mut self) -> &'static str {
+    /// Why we stop; `true` when the engine is gone (lifeline EOF, which can come before the
+    /// kernel reparents us, or a signal once it has).
+    async fn requested(&mut self) -> (&'static str, bool) {
         let lifeline = async {
             match self.lifeline.as_mut() {
                 Some(h) => {
@@ -214,10 +213,10 @@ impl Stop {
             }
         };
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
-            () = lifeline => "the engine is gone (lifeline closed)",
+            _ = self.term.recv() => ("SIGTERM", engine_gone()),
+            _ = self.int.recv() => ("SIGINT", engine_gone()),
+            _ = self.hup.recv() => ("SIGHUP", engine_gone()),
+            () = lifeline => ("the engine is gone (lifeline closed)", true),
         }
     }
 }
@@ -235,27 +234,34 @@ fn engine_gone() -> bool {
         .is_some_and(|pid| pid != parent || !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// The engine is gone and with it the pipes our stdout/stderr went to: point them at
-/// `<tmp>/iii-worker-host-<name>.log` so the stop is still on record.
-fn orphan_log(name: &str) {
-    use std::os::fd::AsRawFd;
-    let path = std::env::temp_dir().join(format!(
-        "iii-worker-host-{}.log",
-        iii_worker_host::sandbox_id(name, 0)
-            .trim_start_matches("w-")
-            .trim_end_matches("-0")
-    ));
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        // SAFETY: dup2 onto fds 1 and 2 of this process; `f` stays open for the call.
-        unsafe {
-            libc::dup2(f.as_raw_fd(), 1);
-            libc::dup2(f.as_raw_fd(), 2);
-        }
-    }
+/// `host.json` and `shell.sock` for `iii worker exec`; a failure costs exec, not the worker.
+fn publish(
+    args: &Args,
+    id: &str,
+    runtime: &str,
+    env: &[(String, String)],
+    workdir: String,
+    handle: &Arc<dyn SandboxHandle>,
+) -> Option<shell::Published> {
+    let state = iii_worker_state::HostState {
+        name: args.name.clone(),
+        pid: std::process::id(),
+        kind: "image".into(),
+        source: args.image.clone(),
+        sandbox_id: id.to_string(),
+        runtime: runtime.to_string(),
+        workdir: workdir.clone(),
+        started_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let base = SessionBase {
+        env: env.to_vec(),
+        workdir,
+    };
+    shell::publish(&state, base, handle.clone())
+        .inspect_err(|e| tracing::warn!("`iii worker exec` is unavailable for this worker: {e}"))
+        .ok()
 }
 
 async fn run(args: Args) -> Result<i32> {
@@ -298,7 +304,10 @@ async fn run(args: Args) -> Result<i32> {
     // A stop that came while the image was prepared: no sandbox to make.
     tokio::select! {
         biased;
-        reason = stop.requested() => {
+        (reason, gone) = stop.requested() => {
+            if gone {
+                output::engine_gone(reason);
+            }
             tracing::info!("stopping before the sandbox started ({reason})");
             return Ok(0);
         }
@@ -318,6 +327,8 @@ async fn run(args: Args) -> Result<i32> {
         argv = ?image.argv,
         "sandbox ready; starting the workload"
     );
+    let workdir = image.working_dir.clone().unwrap_or_else(|| "/".into());
+    let published = publish(&args, &id, runtime.name(), &env, workdir, &handle);
     let req = ExecRequest {
         argv: image.argv,
         env,
@@ -334,9 +345,10 @@ async fn run(args: Args) -> Result<i32> {
         run_session(stream, &req)
     });
     let code = tokio::select! {
-        reason = stop.requested() => {
-            if engine_gone() {
-                orphan_log(&args.name);
+        (reason, gone) = stop.requested() => {
+            // Before anything is said: the engine's pipes are gone.
+            if gone {
+                output::engine_gone(reason);
             }
             tracing::info!(sandbox_id = %id, "stopping ({reason})");
             0
@@ -356,6 +368,9 @@ async fn run(args: Args) -> Result<i32> {
             }
         }
     };
+    if let Some(p) = published {
+        p.withdraw();
+    }
     if let Err(e) = handle.stop().await {
         tracing::error!(sandbox_id = %id, "stopping the sandbox: {e}");
         return Ok(if code == 0 { 1 } else { code });
@@ -372,7 +387,9 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("III_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Never eprintln! on a failed write (it panics once the engine's pipe is gone).
+        .with_writer(|| output::Stderr)
+        .log_internal_errors(false)
         .with_ansi(!supervised);
     if supervised {
         fmt.without_time().init();
@@ -380,6 +397,7 @@ fn main() {
         fmt.init();
     }
     let args = Args::parse();
+    output::init(&args.name);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -395,11 +413,7 @@ fn main() {
     // blocking session thread forever: record it and exit.
     let log_name = name.clone();
     std::panic::set_hook(Box::new(move |info| {
-        orphan_log(&log_name);
-        let _ = writeln!(
-            std::io::stderr(),
-            "ERROR iii-worker-host {log_name}: {info}"
-        );
+        output::stderr(format!("ERROR iii-worker-host {log_name}: {info}\n").as_bytes());
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(args))))
         .unwrap_or_else(|_| Ok(101));
@@ -407,7 +421,7 @@ fn main() {
         Ok(code) => code.clamp(0, 255),
         Err(e) => {
             // Not eprintln!: it panics when the engine (our stderr) is gone.
-            let _ = writeln!(std::io::stderr(), "ERROR iii-worker-host {name}: {e:#}");
+            output::stderr(format!("ERROR iii-worker-host {name}: {e:#}\n").as_bytes());
             2
         }
     };
