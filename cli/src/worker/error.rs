@@ -1,4 +1,4 @@
-//! The one error type of `iii worker add/remove/list/clear`, printed as `error: [Wxxx] message`
+//! The one error type of `iii worker add/remove/list/clear/exec`, printed as `error: [Wxxx] message`
 //! with the W-codes of workers-and-sandboxes spec §7.6.
 
 use super::config_file::ConfigFileError;
@@ -18,6 +18,8 @@ pub enum WorkerError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    #[error("{0}")]
+    NotRunning(String),
     #[error("{0}")]
     Running(String),
     #[error("another `iii worker` command holds {0}; wait for it to finish and retry")]
@@ -47,6 +49,7 @@ impl WorkerError {
             WorkerError::Consent(_) => "W104",
             WorkerError::NotFound(_) => "W110",
             WorkerError::AlreadyExists(_) => "W111",
+            WorkerError::NotRunning(_) => "W113",
             WorkerError::Running(_) => "W114",
             WorkerError::LockBusy(_) => "W120",
             WorkerError::LockIo(_) => "W121",

@@ -1,12 +1,13 @@
 //! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
-//! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
-//! `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
-//! logs, exec, sync, update, verify, init, reinstall) come later with issue #13.
+//! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), `exec`
+//! runs a command in a running managed worker, and `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
+//! logs, sync, update, verify, init, reinstall) come later with issue #13.
 
 pub mod add;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod lock;
 pub mod manage;
 pub mod names;
@@ -23,8 +24,8 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
-upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, verify, init) and \
+by OCI image reference. `iii worker exec` runs a command in a running image or local worker. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
+upstream subcommands (reinstall, start, stop, restart, status, logs, sync, update, verify, init) and \
 registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
@@ -66,6 +67,17 @@ running worker's are kept. Local only, no engine needed. Without a terminal, pas
     )]
     Clear(manage::ClearArgs),
     Sandbox(sandbox::SandboxArgs),
+    /// Run a command inside a running image or local worker
+    #[command(
+        long_about = "Run a command inside a running managed worker's sandbox, through the worker host's \
+~/.iii/managed/<name>/shell.sock ($III_HOME overrides ~/.iii). The command sees the worker's own environment \
+with the -e entries on top, and starts in the worker's working directory unless -w is given. A terminal is \
+used when stdin and stdout are terminals (-t forces it, --no-tty never): raw mode, window size followed. \
+Without one, stdin is streamed (a terminal stdin is closed at once), stdout and stderr are kept apart, Ctrl-C \
+is passed on and a second Ctrl-C within a second kills the command (exit 130). Exits with the command's code \
+(128+signal when signalled); --timeout kills it and exits 124. Not running: W113; not a managed worker: W110."
+    )]
+    Exec(exec::ExecArgs),
 }
 
 /// Holds `./.iii-worker.lock` so two `iii worker` edits of one project never interleave.
@@ -97,9 +109,12 @@ impl ProjectLock {
 
 /// Runs `iii worker …`.
 pub fn main(args: WorkerArgs) -> ExitCode {
-    if let WorkerCommand::Sandbox(a) = args.command {
-        return sandbox::main(a);
-    }
+    let command = match args.command {
+        WorkerCommand::Sandbox(a) => return sandbox::main(a),
+        // Blocking, with its own threads and signal mask: no async runtime.
+        WorkerCommand::Exec(a) => return exec::main(a),
+        other => other,
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,12 +133,12 @@ pub fn main(args: WorkerArgs) -> ExitCode {
                 false
             }
         };
-        match args.command {
+        match command {
             WorkerCommand::Add(a) => add::run(a).await,
             WorkerCommand::Remove(a) => manage::remove(a),
             WorkerCommand::List => report(manage::list().await),
             WorkerCommand::Clear(a) => report(manage::clear(a).await),
-            WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
+            WorkerCommand::Sandbox(_) | WorkerCommand::Exec(_) => unreachable!("dispatched above"),
         }
     });
     if ok {
