@@ -1,9 +1,10 @@
 //! `iii worker exec` against a real image worker (the `hello-worker` image of
-//! `image_fixture.rs`, busybox inside): exit codes, stdin, `-e`, `-w`, the worker's own env
-//! and working directory, `--timeout`, Ctrl-C once and twice, a terminal session (echo, window
-//! size and its changes, the host terminal restored), the worker host's `host.json` and
-//! `shell.sock` (modes, removed on stop) and, after an engine SIGKILL, a clean stop with no
-//! panic. The error cases (unknown, not running, usage) need no engine.
+//! `image_fixture.rs`; busybox with only `sh` linked, so applets run as `busybox <applet>`):
+//! exit codes, stdin, `-e`, `-w`, the worker's own env and working directory, `--timeout`,
+//! Ctrl-C once and twice, a terminal session (echo, window size and its changes, the host
+//! terminal restored), the worker host's `host.json` and `shell.sock` (modes, removed on stop)
+//! and, after an engine SIGKILL, a clean stop with no panic. The error cases (unknown, not
+//! running, usage) need no engine.
 //!
 //! Needs root (namespaces), busybox-static and cargo, like `image_workers`.
 
@@ -193,7 +194,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
 
     // stdin streams through (more than one 8 KiB chunk), stdout and stderr stay apart.
     let big: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let out = w.run(&["--", "cat"], &big);
+    let out = w.run(&["--", "busybox", "cat"], &big);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(out.stdout, big);
     let out = w.run(&["--", "sh", "-c", "echo out; echo err >&2"], b"");
@@ -212,6 +213,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
             "-e",
             "NOEQUALS",
             "--",
+            "busybox",
             "env",
         ],
         b"",
@@ -227,9 +229,9 @@ fn exec_runs_commands_in_a_running_image_worker() {
         assert!(env.lines().any(|l| l == line), "{line} missing in:\n{env}");
     }
     assert!(!env.contains("NOEQUALS"), "{env}");
-    let out = w.run(&["--", "pwd"], b"");
+    let out = w.run(&["--", "sh", "-c", "pwd"], b"");
     assert_eq!(text(&out.stdout), "/tmp\n", "{out:?}");
-    let out = w.run(&["-w", "/etc", "--", "pwd"], b"");
+    let out = w.run(&["-w", "/etc", "--", "sh", "-c", "pwd"], b"");
     assert_eq!(text(&out.stdout), "/etc\n", "{out:?}");
 
     // A missing program is the agent's error, exit 1.
@@ -239,7 +241,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
 
     // --timeout kills it and exits 124.
     let t = Instant::now();
-    let out = w.run(&["--timeout", "1s", "--", "sleep", "30"], b"");
+    let out = w.run(&["--timeout", "1s", "--", "busybox", "sleep", "30"], b"");
     assert_eq!(out.status.code(), Some(124), "{out:?}");
     assert!(
         text(&out.stderr).contains("error: timed out after 1s"),
@@ -249,11 +251,11 @@ fn exec_runs_commands_in_a_running_image_worker() {
     until(
         Duration::from_secs(10),
         "sleep 30 outlived its timeout",
-        || guest_procs(&["sleep", "30"]).is_empty(),
+        || guest_procs(&["busybox", "sleep", "30"]).is_empty(),
     );
 
     // One Ctrl-C reaches the command (sleep dies of SIGINT: 130).
-    let mut c = w.cmd(&["--", "sleep", "31"]);
+    let mut c = w.cmd(&["--", "busybox", "sleep", "31"]);
     let child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -261,7 +263,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
         .spawn()
         .unwrap();
     until(Duration::from_secs(20), "sleep 31 never started", || {
-        !guest_procs(&["sleep", "31"]).is_empty()
+        !guest_procs(&["busybox", "sleep", "31"]).is_empty()
     });
     signal(child.id(), libc::SIGINT);
     let out = wait_output(child, Duration::from_secs(20));
@@ -269,7 +271,12 @@ fn exec_runs_commands_in_a_running_image_worker() {
     assert!(out.stderr.is_empty(), "{out:?}");
 
     // A command that ignores SIGINT: the second Ctrl-C within a second kills it, exit 130.
-    let mut c = w.cmd(&["--", "sh", "-c", "trap '' INT; sleep 32; echo survived"]);
+    let mut c = w.cmd(&[
+        "--",
+        "sh",
+        "-c",
+        "trap '' INT; busybox sleep 32; echo survived",
+    ]);
     let child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -277,13 +284,13 @@ fn exec_runs_commands_in_a_running_image_worker() {
         .spawn()
         .unwrap();
     until(Duration::from_secs(20), "sleep 32 never started", || {
-        !guest_procs(&["sleep", "32"]).is_empty()
+        !guest_procs(&["busybox", "sleep", "32"]).is_empty()
     });
     let t = Instant::now();
     signal(child.id(), libc::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        !guest_procs(&["sleep", "32"]).is_empty(),
+        !guest_procs(&["busybox", "sleep", "32"]).is_empty(),
         "one Ctrl-C must not kill it"
     );
     signal(child.id(), libc::SIGINT);
@@ -294,7 +301,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
     until(
         Duration::from_secs(10),
         "sleep 32 outlived the double Ctrl-C",
-        || guest_procs(&["sleep", "32"]).is_empty(),
+        || guest_procs(&["busybox", "sleep", "32"]).is_empty(),
     );
 
     pty_session(&w);
@@ -338,7 +345,7 @@ fn pty_session(w: &Worker) {
         "--",
         "sh",
         "-c",
-        "tty; stty size; read x; stty size; echo got:$x",
+        "busybox tty; busybox stty size; read x; busybox stty size; echo got:$x",
     ]);
     let child = c
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -346,6 +353,8 @@ fn pty_session(w: &Worker) {
         .stderr(Stdio::from(slave.try_clone().unwrap()))
         .spawn()
         .unwrap();
+    // The command keeps its copies of the slave open: only the child may hold it.
+    drop(c);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let seen = seen.clone();
@@ -394,10 +403,9 @@ fn pty_session(w: &Worker) {
         (after.c_lflag, after.c_iflag, after.c_oflag),
         (before.c_lflag, before.c_iflag, before.c_oflag)
     );
-    drop(slave);
-    drop(master);
-    drop(m);
-    let _ = reader.join();
+    // The reader ends with EIO once the slave is closed everywhere; not waited for, so a
+    // stray holder cannot hang the test.
+    drop((slave, master, m, reader));
 }
 
 fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
