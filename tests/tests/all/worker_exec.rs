@@ -305,6 +305,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
     );
 
     pty_session(&w);
+    client_limit(&w);
 
     // The engine stops the worker: host.json and shell.sock go with it.
     drop_engine_gracefully(&w.engine);
@@ -406,6 +407,62 @@ fn pty_session(w: &Worker) {
     // The reader ends with EIO once the slave is closed everywhere; not waited for, so a
     // stray holder cannot hang the test.
     drop((slave, master, m, reader));
+}
+
+/// Sixteen sessions at once; the seventeenth client is told so; a closed client's session
+/// is killed. Raw agent protocol on `shell.sock`.
+fn client_limit(w: &Worker) {
+    use iii_vm_agent_proto::{read_frame, write_frame, ExecRequest, Frame, Kind};
+    let sock = w.managed().join("shell.sock");
+    let exec = |argv: &[&str]| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let req = ExecRequest {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        write_frame(&mut s, &Frame::with_json(Kind::Exec, &req)).unwrap();
+        s
+    };
+    let held: Vec<_> = (0..16).map(|_| exec(&["busybox", "sleep", "41"])).collect();
+    until(Duration::from_secs(20), "16 sessions did not start", || {
+        guest_procs(&["busybox", "sleep", "41"]).len() == 16
+    });
+    let mut extra = exec(&["busybox", "true"]);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let f = read_frame(&mut extra).unwrap();
+    assert_eq!(f.kind, Kind::Error);
+    assert!(
+        String::from_utf8_lossy(&f.payload).contains("too many exec sessions"),
+        "{f:?}"
+    );
+    drop(held);
+    until(
+        Duration::from_secs(10),
+        "closed clients' sessions still run",
+        || guest_procs(&["busybox", "sleep", "41"]).is_empty(),
+    );
+    // The slots are free again (a relay lets its slot go just after its session's end).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'retry: loop {
+        let mut again = exec(&["sh", "-c", "exit 3"]);
+        loop {
+            let f = read_frame(&mut again).unwrap();
+            match f.kind {
+                Kind::Exit => {
+                    assert_eq!(f.exit_payload().unwrap().0, 3);
+                    break 'retry;
+                }
+                Kind::Error if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'retry;
+                }
+                Kind::Error => panic!("{f:?}"),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
