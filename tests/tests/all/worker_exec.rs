@@ -306,6 +306,7 @@ fn exec_runs_commands_in_a_running_image_worker() {
 
     pty_session(&w);
     client_limit(&w);
+    other_users_are_refused(&w);
 
     // The engine stops the worker: host.json and shell.sock go with it.
     drop_engine_gracefully(&w.engine);
@@ -420,7 +421,8 @@ fn client_limit(w: &Worker) {
             argv: argv.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         };
-        write_frame(&mut s, &Frame::with_json(Kind::Exec, &req)).unwrap();
+        // A refused client may find the socket closed already (EPIPE): its answer still waits.
+        let _ = write_frame(&mut s, &Frame::with_json(Kind::Exec, &req));
         s
     };
     let held: Vec<_> = (0..16).map(|_| exec(&["busybox", "sleep", "41"])).collect();
@@ -463,6 +465,71 @@ fn client_limit(w: &Worker) {
             }
         }
     }
+}
+
+/// A client of another uid is closed without a session, even when the file modes would let it
+/// in (the peer-credential check behind the 0700 dir).
+fn other_users_are_refused(w: &Worker) {
+    use iii_vm_agent_proto::{write_frame, ExecRequest, Frame, Kind};
+    let dir = w.managed();
+    let sock = dir.join("shell.sock");
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    // Every directory on the way must let the other user through.
+    let ways = [
+        w.home.path().to_path_buf(),
+        dir.parent().unwrap().to_path_buf(),
+        dir.clone(),
+    ];
+    for d in &ways {
+        chmod(d, 0o755);
+    }
+    chmod(&sock, 0o666);
+    let mut frame = Vec::new();
+    let req = ExecRequest {
+        argv: vec!["busybox".into(), "true".into()],
+        ..Default::default()
+    };
+    write_frame(&mut frame, &Frame::with_json(Kind::Exec, &req)).unwrap();
+    // SAFETY: the address is built before fork; the child makes only async-signal-safe calls
+    // (setgid, setuid, socket, connect, write, read, _exit) on memory it does not allocate.
+    let code = unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(sock.to_str().unwrap().bytes()) {
+            *d = s as libc::c_char;
+        }
+        let mut buf = [0u8; 64];
+        let pid = libc::fork();
+        if pid == 0 {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(4);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                libc::_exit(2);
+            }
+            libc::write(fd, frame.as_ptr().cast(), frame.len());
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            // Closed unread: EOF, or ECONNRESET because our frame was never read.
+            let reset = n < 0 && *libc::__errno_location() == libc::ECONNRESET;
+            libc::_exit(if n == 0 || reset { 0 } else { 1 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        libc::WEXITSTATUS(status)
+    };
+    chmod(&sock, 0o600);
+    for d in &ways {
+        chmod(d, 0o700);
+    }
+    assert_eq!(
+        code, 0,
+        "2: could not connect; 1: got a session; 4: no setuid"
+    );
+    w.engine
+        .wait_for_log(&["refused an exec client of another user"]);
 }
 
 fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
