@@ -1,4 +1,4 @@
-//! The one error type of `iii worker add/remove/list/clear`, printed as `error: [Wxxx] message`
+//! The one error type of `iii worker add/remove/list/clear/start/stop/restart/status/logs`, printed as `error: [Wxxx] message`
 //! with the W-codes of workers-and-sandboxes spec §7.6.
 
 use super::config_file::ConfigFileError;
@@ -19,7 +19,13 @@ pub enum WorkerError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
     Running(String),
+    #[error("{0}")]
+    NotRunning(String),
+    #[error("{0}")]
+    StopTimeout(String),
     #[error("another `iii worker` command holds {0}; wait for it to finish and retry")]
     LockBusy(String),
     #[error("{0}")]
@@ -47,7 +53,10 @@ impl WorkerError {
             WorkerError::Consent(_) => "W104",
             WorkerError::NotFound(_) => "W110",
             WorkerError::AlreadyExists(_) => "W111",
+            WorkerError::BadRequest(_) => "W105",
             WorkerError::Running(_) => "W114",
+            WorkerError::NotRunning(_) => "W113",
+            WorkerError::StopTimeout(_) => "W162",
             WorkerError::LockBusy(_) => "W120",
             WorkerError::LockIo(_) => "W121",
             WorkerError::ConfigIo(_) => "W130",

@@ -1,17 +1,21 @@
 //! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
 //! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
-//! `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
-//! logs, exec, sync, update, verify, init, reinstall) come later with issue #13.
+//! `sandbox` drives the sandbox daemon; `start`, `stop`, `restart`, `status` and `logs` manage
+//! the engine's image and local workers. The remaining upstream subcommands (exec, sync,
+//! update, verify, init, reinstall) come later with issue #13.
 
 pub mod add;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod lifecycle;
 pub mod lock;
+pub mod logs;
 pub mod manage;
 pub mod names;
 pub mod oci;
 pub mod sandbox;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -23,9 +27,11 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
-upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, verify, init) and \
-registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
+by OCI image reference. `iii worker start/stop/restart/status` ask the running engine about its image and local workers \
+(it supervises them; a stop sticks until a start, a changed entry or an engine restart), and `iii worker logs` \
+prints their output from $III_HOME/logs/<name>/ (default ~/.iii). `iii worker sandbox` drives ephemeral \
+sandboxes through the iii-sandbox daemon. The other upstream subcommands (reinstall, exec, sync, update, \
+verify, init) and registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
 #[command(subcommand_required = true, arg_required_else_help = true)]
@@ -65,6 +71,41 @@ the engine's engine::workers::list when it is reachable (builtins run whenever t
 running worker's are kept. Local only, no engine needed. Without a terminal, pass -y."
     )]
     Clear(manage::ClearArgs),
+    /// Start a stopped image or local worker
+    #[command(
+        long_about = "Ask the running engine to start an image or local worker (one stopped with `iii worker stop`, \
+or retry a crashed one now), then wait up to 120s for it to connect (--no-wait skips the wait; a timeout is not \
+an error). Builtin workers run inside the engine and cannot be started on their own."
+    )]
+    Start(lifecycle::StartArgs),
+    /// Stop an image or local worker until it is started again
+    #[command(
+        long_about = "Ask the running engine to stop an image or local worker and wait until its sandbox is gone. \
+It stays stopped (no automatic restart) until `iii worker start`/`restart`, a config change to its entry, or an \
+engine restart. The config file is not edited."
+    )]
+    Stop(lifecycle::StopArgs),
+    /// Stop and start an image or local worker
+    #[command(
+        long_about = "Stop then start an image or local worker (its restart back-off is reset), then wait up to \
+120s for it to connect unless --no-wait."
+    )]
+    Restart(lifecycle::StartArgs),
+    /// Show a worker's phase, process, restarts and recent output
+    #[command(
+        long_about = "Show a worker's phase (starting, booting, ready, restarting, stopped, failed) from the engine's \
+worker::status and engine::workers::list. On a terminal it redraws every 200ms until the worker is ready, stopped, \
+failed or the engine is down; --no-watch (or no terminal) prints one snapshot. Exit 1 when the worker is not in \
+the config file, failed, or the engine is not running."
+    )]
+    Status(status::StatusArgs),
+    /// Print an image or local worker's output
+    #[command(
+        long_about = "Print the last 100 lines of the worker's stderr.log (to stderr) and stdout.log (to stdout) from \
+$III_HOME/logs/<name>/ (default ~/.iii/logs/<name>/), which the engine writes. -f keeps printing new lines until \
+Ctrl-C. No engine needed."
+    )]
+    Logs(logs::LogsArgs),
     Sandbox(sandbox::SandboxArgs),
 }
 
@@ -123,6 +164,17 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             WorkerCommand::Remove(a) => manage::remove(a),
             WorkerCommand::List => report(manage::list().await),
             WorkerCommand::Clear(a) => report(manage::clear(a).await),
+            WorkerCommand::Start(a) => report(lifecycle::start(a).await),
+            WorkerCommand::Stop(a) => report(lifecycle::stop(a).await),
+            WorkerCommand::Restart(a) => report(lifecycle::restart(a).await),
+            WorkerCommand::Status(a) => match status::run(a).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    e.print();
+                    false
+                }
+            },
+            WorkerCommand::Logs(a) => report(logs::run(a).await),
             WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
         }
     });

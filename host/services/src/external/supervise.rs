@@ -1,0 +1,454 @@
+//! Supervision of one out-of-process worker: spawn, restart with back-off when it dies, stop
+//! and start on request ([`Control`]), its output to the engine's log and, for managed
+//! workers, to per-worker log files ([`super::logs`]).
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iii_core::CancellationToken;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::logs::LogFile;
+
+/// How to start one supervised process, again after each exit.
+pub(super) struct Launch {
+    /// Who it is in the engine's log (`daemon = …`).
+    pub(super) label: Arc<str>,
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<OsString>,
+    pub(super) env: Vec<(String, String)>,
+    /// How long it may take to stop after SIGTERM before it is killed.
+    pub(super) grace: Duration,
+    /// Removed once the process is stopped for good.
+    pub(super) config: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> std::io::Result<Child> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("III_ENGINE_PID", std::process::id().to_string())
+            .env("III_LIFELINE", "stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child's
+        // own process attributes; nothing else runs between fork and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+/// Restart back-off: the first wait, its ceiling, and the uptime after which it resets.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How often a live child is checked for having reached "running".
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Lines of each stream kept for `worker::status`.
+const TAIL_LINES: usize = 20;
+
+/// Where a supervised process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Spawned; what it runs is not up yet.
+    Starting,
+    /// Up ([`Control`]'s probe said so).
+    Running,
+    /// It exited after having run; waiting to restart it.
+    Backoff,
+    /// Stopped on request (or not started yet).
+    Stopped,
+    /// It cannot start at all (spawn failed, or it exited before ever running); retried
+    /// with back-off, the reason in [`State::error`].
+    Failed,
+}
+
+impl Phase {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Backoff => "backoff",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What the supervisor last saw.
+#[derive(Debug, Clone)]
+pub(super) struct State {
+    pub(super) phase: Phase,
+    pub(super) pid: Option<u32>,
+    /// Exits followed by a restart.
+    pub(super) restarts: u64,
+    pub(super) last_exit: Option<String>,
+    /// When `phase` last changed, Unix ms.
+    pub(super) since_ms: u64,
+    pub(super) error: Option<String>,
+    pub(super) stdout_tail: VecDeque<String>,
+    pub(super) stderr_tail: VecDeque<String>,
+}
+
+/// What is asked of the supervisor: run or not, and a counter bumped to force a fresh start
+/// (restart now, back-off reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    run: bool,
+    epoch: u64,
+}
+
+/// Is the child with this pid up (its workload running)?
+pub(super) type Probe = Box<dyn Fn(u32) -> bool + Send + Sync>;
+
+/// The handle to one supervisor: its state and the stop/start/restart requests.
+pub(super) struct Control {
+    want: watch::Sender<Want>,
+    state: parking_lot::Mutex<State>,
+    probe: Option<Probe>,
+    /// `(stdout, stderr)` log files, for managed workers.
+    logs: Option<(parking_lot::Mutex<LogFile>, parking_lot::Mutex<LogFile>)>,
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Control {
+    /// A supervisor that runs from the start. Without a probe a live child counts as running.
+    pub(super) fn new(probe: Option<Probe>, logs: Option<(LogFile, LogFile)>) -> Arc<Control> {
+        Arc::new(Control {
+            want: watch::Sender::new(Want {
+                run: true,
+                epoch: 0,
+            }),
+            state: parking_lot::Mutex::new(State {
+                phase: Phase::Stopped,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                since_ms: now_ms(),
+                error: None,
+                stdout_tail: VecDeque::new(),
+                stderr_tail: VecDeque::new(),
+            }),
+            probe,
+            logs: logs.map(|(o, e)| (parking_lot::Mutex::new(o), parking_lot::Mutex::new(e))),
+        })
+    }
+
+    /// The current state (a starting child that is up now is reported running).
+    pub(super) fn state(&self) -> State {
+        if let Some(pid) = self.starting_pid() {
+            self.check_up(pid);
+        }
+        self.state.lock().clone()
+    }
+
+    fn starting_pid(&self) -> Option<u32> {
+        let st = self.state.lock();
+        (st.phase == Phase::Starting).then_some(st.pid).flatten()
+    }
+
+    fn check_up(&self, pid: u32) {
+        let up = self.probe.as_ref().is_none_or(|p| p(pid));
+        let mut st = self.state.lock();
+        if up && st.phase == Phase::Starting && st.pid == Some(pid) {
+            st.phase = Phase::Running;
+            st.since_ms = now_ms();
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut State)) {
+        let mut st = self.state.lock();
+        let before = st.phase;
+        f(&mut st);
+        if st.phase != before {
+            st.since_ms = now_ms();
+        }
+    }
+
+    /// Stops it (no restart until [`Control::start`] or [`Control::restart`]); true when a
+    /// process was running or about to be.
+    pub(super) fn stop(&self) -> bool {
+        let phase = self.state.lock().phase;
+        self.want.send_modify(|w| w.run = false);
+        !matches!(phase, Phase::Stopped)
+    }
+
+    /// Starts a stopped one, or retries a crashed one now; false when it already runs.
+    pub(super) fn start(&self) -> bool {
+        let phase = self.state.lock().phase;
+        let run = self.want.borrow().run;
+        match (run, phase) {
+            (false, _) => {
+                self.want.send_modify(|w| w.run = true);
+                true
+            }
+            (true, Phase::Backoff | Phase::Failed) => {
+                self.want.send_modify(|w| w.epoch += 1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stops and starts it again, with a fresh back-off.
+    pub(super) fn restart(&self) {
+        self.want.send_modify(|w| {
+            w.run = true;
+            w.epoch += 1;
+        });
+    }
+
+    /// Waits (up to `limit`) until no process runs; true if none does.
+    pub(super) async fn wait_stopped(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.state.lock().phase == Phase::Stopped {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn line(&self, stderr: bool, line: &str) {
+        {
+            let mut st = self.state.lock();
+            let tail = if stderr {
+                &mut st.stderr_tail
+            } else {
+                &mut st.stdout_tail
+            };
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_string());
+        }
+        if let Some((o, e)) = &self.logs {
+            let f = if stderr { e } else { o };
+            f.lock().append(line);
+        }
+    }
+
+    /// The reason a host that never ran gave: its last ERROR line, else its last line.
+    fn last_error(&self) -> Option<String> {
+        let st = self.state.lock();
+        st.stderr_tail
+            .iter()
+            .rev()
+            .find(|l| l.trim_start().starts_with("ERROR"))
+            .or_else(|| st.stderr_tail.back())
+            .map(|l| l.trim().to_string())
+    }
+}
+
+/// How a run ended.
+enum Ended {
+    /// The engine (or the service instance) is stopping.
+    Shutdown,
+    /// Stopped or restarted on request.
+    Asked,
+    /// It exited by itself (`long`: after a long enough run to reset the back-off).
+    Exited { long: bool },
+}
+
+/// Runs `launch` until `stop`, as `ctl` asks: restarted with back-off (1 s, doubling to 30 s,
+/// reset after a minute up or by a restart request) whenever it exits; on stop, SIGTERM then
+/// SIGKILL after its grace.
+pub(super) async fn supervise(launch: Launch, ctl: Arc<Control>, stop: CancellationToken) {
+    let label = launch.label.clone();
+    let mut rx = ctl.want.subscribe();
+    let mut backoff = BACKOFF_FIRST;
+    let mut epoch = rx.borrow().epoch;
+    loop {
+        let want = *rx.borrow_and_update();
+        if want.epoch != epoch {
+            epoch = want.epoch;
+            backoff = BACKOFF_FIRST;
+        }
+        if !want.run {
+            ctl.set(|s| {
+                s.phase = Phase::Stopped;
+                s.pid = None;
+            });
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = rx.changed() => continue,
+            }
+        }
+        let ended = match launch.spawn() {
+            Ok(child) => run_once(&launch, &ctl, &mut rx, epoch, child, &stop).await,
+            Err(e) => {
+                let msg = format!("cannot start {}: {e}", launch.program.display());
+                tracing::error!(daemon = %label, "{msg}; retrying in {backoff:?}");
+                ctl.set(|s| {
+                    s.phase = Phase::Failed;
+                    s.pid = None;
+                    s.error = Some(msg);
+                });
+                Ended::Exited { long: false }
+            }
+        };
+        match ended {
+            Ended::Shutdown => break,
+            Ended::Asked => continue,
+            Ended::Exited { long } => {
+                if long {
+                    backoff = BACKOFF_FIRST;
+                }
+            }
+        }
+        let wait = backoff;
+        tracing::warn!(daemon = %label, "{label} restarts in {wait:?}");
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            // A stop, start or restart request: the loop's top decides.
+            _ = rx.changed() => {}
+        }
+    }
+    ctl.set(|s| {
+        s.phase = Phase::Stopped;
+        s.pid = None;
+    });
+    let _ = std::fs::remove_file(&launch.config);
+}
+
+/// One life of the child: until it exits, a request changes what is wanted, or `stop`.
+async fn run_once(
+    launch: &Launch,
+    ctl: &Arc<Control>,
+    rx: &mut watch::Receiver<Want>,
+    epoch: u64,
+    mut child: Child,
+    stop: &CancellationToken,
+) -> Ended {
+    let label = &launch.label;
+    let pid = child.id();
+    tracing::info!(daemon = %label, pid, "{label} started");
+    ctl.set(|s| {
+        s.phase = Phase::Starting;
+        s.pid = pid;
+        s.error = None;
+    });
+    if let Some(o) = child.stdout.take() {
+        forward_lines(label.clone(), ctl.clone(), false, o);
+    }
+    if let Some(e) = child.stderr.take() {
+        forward_lines(label.clone(), ctl.clone(), true, e);
+    }
+    // Held, never written: EOF on the child's stdin means the engine is gone.
+    let lifeline = child.stdin.take();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    let ended = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                terminate(&mut child, launch.grace).await;
+                break Ended::Shutdown;
+            }
+            r = rx.changed() => {
+                let w = *rx.borrow();
+                if r.is_ok() && (!w.run || w.epoch != epoch) {
+                    tracing::info!(daemon = %label, "{label} {} on request", if w.run { "restarting" } else { "stopping" });
+                    terminate(&mut child, launch.grace).await;
+                    break Ended::Asked;
+                }
+            }
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                break exited(ctl, label, &status, started).await;
+            }
+            _ = tick.tick() => {
+                if let Some(pid) = pid {
+                    ctl.check_up(pid);
+                }
+            }
+        }
+    };
+    drop(lifeline);
+    ended
+}
+
+/// Records an exit by itself: back-off when it had run, failed when it never came up.
+async fn exited(ctl: &Control, label: &str, status: &str, started: Instant) -> Ended {
+    let ran = ctl.state.lock().phase == Phase::Running;
+    // Let the forwarders take its last lines (its reason) first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let error = if ran { None } else { ctl.last_error() };
+    ctl.set(|s| {
+        s.restarts += 1;
+        s.last_exit = Some(status.to_string());
+        s.pid = None;
+        s.phase = if ran { Phase::Backoff } else { Phase::Failed };
+        s.error = (!ran)
+            .then(|| error.unwrap_or_else(|| format!("it exited ({status}) before it was up")));
+    });
+    tracing::warn!(daemon = %label, "{label} exited ({status})");
+    Ended::Exited {
+        long: started.elapsed() > BACKOFF_RESET_AFTER,
+    }
+}
+
+/// Sends each line of `r` to the engine's log under the process's name, and to `ctl`.
+fn forward_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    name: Arc<str>,
+    ctl: Arc<Control>,
+    stderr: bool,
+    r: R,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            ctl.line(stderr, &line);
+            // Keep the process's own level when its line starts with one.
+            let trimmed = line.trim_start();
+            let (level, rest) = trimmed.split_once(' ').unwrap_or(("", trimmed));
+            let rest = rest.trim_start();
+            let name = &*name;
+            match level {
+                "ERROR" => tracing::error!(target: "iii::daemon", daemon = name, "{rest}"),
+                "WARN" => tracing::warn!(target: "iii::daemon", daemon = name, "{rest}"),
+                "INFO" => tracing::info!(target: "iii::daemon", daemon = name, "{rest}"),
+                "DEBUG" => tracing::debug!(target: "iii::daemon", daemon = name, "{rest}"),
+                "TRACE" => tracing::trace!(target: "iii::daemon", daemon = name, "{rest}"),
+                _ => tracing::info!(target: "iii::daemon", daemon = name, "{line}"),
+            }
+        }
+    });
+}
+
+/// Stops a child: SIGTERM (it stops its sandboxes), then SIGKILL after `grace`.
+async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet (we hold it).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
