@@ -91,13 +91,15 @@ fn not_managed(name: &str) -> WorkerError {
 }
 
 /// Resolves `name` to a managed worker (a builtin or unknown name is an error).
-pub fn managed(name: &str, port: Option<u16>, verb: &str) -> Result<Target, WorkerError> {
+pub async fn managed(name: &str, port: Option<u16>, verb: &str) -> Result<Target, WorkerError> {
     names::validate(name)?;
     let (text, port) = project(port)?;
     match kind_of(&text, name) {
         Some(Kind::Builtin) => Err(WorkerError::BadRequest(format!(
             "cannot {verb} '{name}': it runs inside the engine, which starts and stops it (stop or restart `iii` instead)"
         ))),
+        // Checked before anything is printed, so the error is the whole output.
+        Some(_) if !engine::reachable(port).await => Err(engine_down(port)),
         Some(kind) => Ok(Target {
             name: name.to_string(),
             kind,
@@ -184,7 +186,7 @@ fn warn_config(config: &Option<PathBuf>, t: &Target) {
 
 /// Runs `iii worker start`.
 pub async fn start(a: StartArgs) -> Result<(), WorkerError> {
-    let t = managed(&a.worker, a.port, "start")?;
+    let t = managed(&a.worker, a.port, "start").await?;
     warn_config(&a.config, &t);
     eprintln!("Starting {}...", t.name);
     let r = call(
@@ -208,7 +210,7 @@ pub async fn start(a: StartArgs) -> Result<(), WorkerError> {
 /// Runs `iii worker stop`.
 pub async fn stop(a: StopArgs) -> Result<(), WorkerError> {
     let _ = a.yes;
-    let t = managed(&a.worker, a.port, "stop")?;
+    let t = managed(&a.worker, a.port, "stop").await?;
     eprintln!("Stopping {}...", t.name);
     let r = call(
         t.port,
@@ -227,7 +229,7 @@ pub async fn stop(a: StopArgs) -> Result<(), WorkerError> {
 
 /// Runs `iii worker restart`.
 pub async fn restart(a: StartArgs) -> Result<(), WorkerError> {
-    let t = managed(&a.worker, a.port, "restart")?;
+    let t = managed(&a.worker, a.port, "restart").await?;
     warn_config(&a.config, &t);
     eprintln!("Restarting {}...", t.name);
     call(

@@ -216,8 +216,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 struct Plan {
     program: PathBuf,
     engine_url: String,
-    /// Entries to start (those not adopted from the previous instance).
-    start: Vec<ManagedEntry>,
+    /// Entries to start (those not adopted from the previous instance), with the control
+    /// their supervisor will take (the functions answer for them before it runs).
+    start: Vec<(ManagedEntry, Arc<Control>)>,
 }
 
 struct ManagedReady {
@@ -250,13 +251,25 @@ impl Configured for ManagedWorkersConfig {
         })?;
         let engine_url = engine_url(cx, IMAGE_WORKERS)?;
         let mut start = Vec::new();
-        let mut running = RUNNING.lock();
-        for e in self.entries {
-            match running.get_mut(&(engine_url.clone(), e.name.clone())) {
-                Some(r) if r.entry == e && !r.stop.is_cancelled() => r.owner = generation,
-                _ => start.push(e),
+        {
+            let mut running = RUNNING.lock();
+            for e in self.entries {
+                match running.get_mut(&(engine_url.clone(), e.name.clone())) {
+                    Some(r) if r.entry == e && !r.stop.is_cancelled() => r.owner = generation,
+                    _ => start.push(e),
+                }
             }
         }
+        let start = start
+            .into_iter()
+            .map(|e| {
+                let ctl = Control::new(
+                    Some(probe(cx.core().clone(), e.name.clone())),
+                    log_files(&e.name),
+                );
+                (e, ctl)
+            })
+            .collect();
         Ok(Box::new(ManagedReady {
             generation,
             names,
@@ -375,11 +388,13 @@ struct NameIn {
     name: String,
 }
 
-/// The functions' view: this instance's entries, looked up among the running supervisors.
+/// The functions' view: this instance's entries, looked up among the ones it starts, then
+/// among the running supervisors (adopted ones).
 #[derive(Clone)]
 struct Lookup {
     engine_url: Option<String>,
     names: Arc<Vec<String>>,
+    starting: Arc<HashMap<String, (ManagedEntry, Arc<Control>)>>,
 }
 
 /// How long `worker::stop`/`restart` wait for the worker host to finish stopping.
@@ -395,6 +410,9 @@ impl Lookup {
         };
         if !self.names.iter().any(|n| n == name) {
             return Err(unknown());
+        }
+        if let Some((e, c)) = self.starting.get(name) {
+            return Ok((e.clone(), c.clone()));
         }
         let url = self.engine_url.clone().ok_or_else(unknown)?;
         RUNNING
@@ -513,20 +531,27 @@ fn register(reg: &mut Registrar<'_>, lookup: Lookup) {
 
 impl Prepared for ManagedReady {
     fn install(&mut self, reg: &mut Registrar<'_>) {
+        let starting = self
+            .plan
+            .iter()
+            .flat_map(|p| &p.start)
+            .map(|(e, c)| (e.name.clone(), (e.clone(), c.clone())))
+            .collect();
         register(
             reg,
             Lookup {
                 engine_url: self.plan.as_ref().map(|p| p.engine_url.clone()),
                 names: self.names.clone(),
+                starting: Arc::new(starting),
             },
         );
     }
 
-    fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
+    fn run(self: Box<Self>, _core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
         let plan = self.plan?;
         let generation = self.generation;
         Some(Box::pin(async move {
-            for e in &plan.start {
+            for (e, ctl) in &plan.start {
                 let k = (plan.engine_url.clone(), e.name.clone());
                 // A changed entry: the previous instance's process goes first.
                 let old = RUNNING.lock().remove(&k);
@@ -542,10 +567,7 @@ impl Prepared for ManagedReady {
                     }
                 };
                 tracing::info!(worker = %e.name, kind = e.source.kind(), source = %e.source.text(), "starting managed worker");
-                let ctl = Control::new(
-                    Some(probe(core.clone(), e.name.clone())),
-                    log_files(&e.name),
-                );
+                let ctl = ctl.clone();
                 let token = CancellationToken::new();
                 let task = tokio::spawn(supervise(launch, ctl.clone(), token.clone()));
                 RUNNING.lock().insert(

@@ -139,8 +139,9 @@ impl Control {
                 run: true,
                 epoch: 0,
             }),
+            // Created to run: "starting" until its supervisor says otherwise.
             state: parking_lot::Mutex::new(State {
-                phase: Phase::Stopped,
+                phase: Phase::Starting,
                 pid: None,
                 restarts: 0,
                 last_exit: None,
@@ -269,8 +270,9 @@ enum Ended {
     Shutdown,
     /// Stopped or restarted on request.
     Asked,
-    /// It exited by itself (`long`: after a long enough run to reset the back-off).
-    Exited { long: bool },
+    /// It exited by itself (`long`: after a long enough run to reset the back-off), or could
+    /// not be spawned; `status` says how.
+    Exited { long: bool, status: String },
 }
 
 /// Runs `launch` until `stop`, as `ctl` asks: restarted with back-off (1 s, doubling to 30 s,
@@ -301,26 +303,28 @@ pub(super) async fn supervise(launch: Launch, ctl: Arc<Control>, stop: Cancellat
             Ok(child) => run_once(&launch, &ctl, &mut rx, epoch, child, &stop).await,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", launch.program.display());
-                tracing::error!(daemon = %label, "{msg}; retrying in {backoff:?}");
                 ctl.set(|s| {
                     s.phase = Phase::Failed;
                     s.pid = None;
-                    s.error = Some(msg);
+                    s.error = Some(msg.clone());
                 });
-                Ended::Exited { long: false }
+                Ended::Exited {
+                    long: false,
+                    status: msg,
+                }
             }
         };
         match ended {
             Ended::Shutdown => break,
             Ended::Asked => continue,
-            Ended::Exited { long } => {
+            Ended::Exited { long, status } => {
                 if long {
                     backoff = BACKOFF_FIRST;
                 }
+                tracing::warn!(daemon = %label, "{label} exited ({status}); restarting in {backoff:?}");
             }
         }
         let wait = backoff;
-        tracing::warn!(daemon = %label, "{label} restarts in {wait:?}");
         backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -379,7 +383,7 @@ async fn run_once(
             }
             status = child.wait() => {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                break exited(ctl, label, &status, started).await;
+                break exited(ctl, &status, started).await;
             }
             _ = tick.tick() => {
                 if let Some(pid) = pid {
@@ -393,7 +397,7 @@ async fn run_once(
 }
 
 /// Records an exit by itself: back-off when it had run, failed when it never came up.
-async fn exited(ctl: &Control, label: &str, status: &str, started: Instant) -> Ended {
+async fn exited(ctl: &Control, status: &str, started: Instant) -> Ended {
     let ran = ctl.state.lock().phase == Phase::Running;
     // Let the forwarders take its last lines (its reason) first.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -406,9 +410,9 @@ async fn exited(ctl: &Control, label: &str, status: &str, started: Instant) -> E
         s.error = (!ran)
             .then(|| error.unwrap_or_else(|| format!("it exited ({status}) before it was up")));
     });
-    tracing::warn!(daemon = %label, "{label} exited ({status})");
     Ended::Exited {
         long: started.elapsed() > BACKOFF_RESET_AFTER,
+        status: status.to_string(),
     }
 }
 
