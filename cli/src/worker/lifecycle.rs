@@ -1,4 +1,4 @@
-//! `iii worker start|stop|restart <W>` (workers-and-sandboxes spec §1.6–§1.8): the engine
+//! `iii worker start|stop|restart <W>` (workers-and-sandboxes spec, section 1.6 to 1.8): the engine
 //! supervises managed workers (`image:` and `worker_path:` entries), so these ask it through
 //! `worker::start|stop|restart`. A stop sticks until a start, a changed entry or an engine
 //! restart. Builtins run inside the engine and cannot be stopped or started on their own.

@@ -1,4 +1,4 @@
-//! `iii worker logs <W> [-f]` (workers-and-sandboxes spec §1.11): local files only. The engine
+//! `iii worker logs <W> [-f]` (workers-and-sandboxes spec, section 1.11): local files only. The engine
 //! appends a managed worker's output to `$III_HOME/logs/<name>/{stdout,stderr}.log`; this prints
 //! the last 100 lines of `stderr.log` to stderr, then of `stdout.log` to stdout, and with `-f`
 //! follows both (every 250 ms, complete lines only, from the start again after a truncation or

@@ -1,4 +1,4 @@
-//! `iii worker status <W> [--no-watch]` (workers-and-sandboxes spec §1.10): the worker's phase
+//! `iii worker status <W> [--no-watch]` (workers-and-sandboxes spec, section 1.10): the worker's phase
 //! from the config file, the engine's `worker::status` and `engine::workers::list` (a worker
 //! connected under its name is ready). On a terminal it redraws in place every 200 ms until a
 //! final phase; otherwise (or with `--no-watch`) it prints one snapshot.
@@ -65,7 +65,7 @@ impl Phase {
         )
     }
 
-    /// The exit code (§1.10): 1 for not in config, failed, engine down; else 0.
+    /// The exit code (spec section 1.10): 1 for not in config, failed, engine down; else 0.
     pub fn exit_ok(self) -> bool {
         !matches!(self, Phase::NotInConfig | Phase::Failed | Phase::EngineDown)
     }

@@ -466,22 +466,43 @@ async fn stop_and_wait(name: &str, ctl: &Control) -> Result<bool, ErrorBody> {
     Ok(was)
 }
 
+fn object(props: Value) -> Value {
+    json!({"type": "object", "properties": props})
+}
+
+/// `worker::status`'s answer.
+fn status_schema() -> Value {
+    let s = json!({"type": "string"});
+    let n = json!({"type": "integer"});
+    let lines = json!({"type": "array", "items": {"type": "string"}});
+    let row = object(json!({
+        "name": s, "kind": {"enum": ["image", "local"]}, "source": s,
+        "state": {"enum": ["starting", "running", "backoff", "stopped", "failed"]},
+        "pid": n, "restarts": n, "last_exit": s, "since_ms": n, "error": s, "logs_dir": s,
+        "stdout_tail": lines, "stderr_tail": lines,
+    }));
+    object(json!({"workers": {"type": "array", "items": row}}))
+}
+
 fn register(reg: &mut Registrar<'_>, lookup: Lookup) {
     let l = lookup.clone();
-    reg.function(FunctionSpec::typed(
-        "worker::status",
-        "State of the managed workers (image: and worker_path: entries), or of one",
-        move |_core: Core, _ctx, i: StatusIn| {
-            let l = l.clone();
-            async move {
-                let rows = match i.name {
-                    Some(n) => vec![l.row(&n)?],
-                    None => l.names.iter().filter_map(|n| l.row(n).ok()).collect(),
-                };
-                Ok(json!({ "workers": rows }))
-            }
-        },
-    ));
+    reg.function(
+        FunctionSpec::typed(
+            "worker::status",
+            "State of the managed workers (image: and worker_path: entries), or of one",
+            move |_core: Core, _ctx, i: StatusIn| {
+                let l = l.clone();
+                async move {
+                    let rows = match i.name {
+                        Some(n) => vec![l.row(&n)?],
+                        None => l.names.iter().filter_map(|n| l.row(n).ok()).collect(),
+                    };
+                    Ok(json!({ "workers": rows }))
+                }
+            },
+        )
+        .returns(status_schema()),
+    );
     let l = lookup.clone();
     reg.function(FunctionSpec::typed(
         "worker::stop",
@@ -495,38 +516,47 @@ fn register(reg: &mut Registrar<'_>, lookup: Lookup) {
                 Ok(json!({"name": i.name, "stopped": true, "was_running": was}))
             }
         },
-    ));
+    )
+    .returns(object(json!({"name": {"type": "string"}, "stopped": {"type": "boolean"}, "was_running": {"type": "boolean"}}))));
     let l = lookup.clone();
-    reg.function(FunctionSpec::typed(
-        "worker::start",
-        "Start a stopped managed worker (or retry a crashed one now)",
-        move |_core: Core, _ctx, i: NameIn| {
-            let l = l.clone();
-            async move {
-                let (_, ctl) = l.control(&i.name)?;
-                let started = ctl.start();
-                if started {
-                    tracing::info!(worker = %i.name, "started on request");
+    reg.function(
+        FunctionSpec::typed(
+            "worker::start",
+            "Start a stopped managed worker (or retry a crashed one now)",
+            move |_core: Core, _ctx, i: NameIn| {
+                let l = l.clone();
+                async move {
+                    let (_, ctl) = l.control(&i.name)?;
+                    let started = ctl.start();
+                    if started {
+                        tracing::info!(worker = %i.name, "started on request");
+                    }
+                    Ok(json!({"name": i.name, "started": started}))
                 }
-                Ok(json!({"name": i.name, "started": started}))
-            }
-        },
-    ));
+            },
+        )
+        .returns(object(
+            json!({"name": {"type": "string"}, "started": {"type": "boolean"}}),
+        )),
+    );
     let l = lookup;
-    reg.function(FunctionSpec::typed(
-        "worker::restart",
-        "Stop and start a managed worker, with a fresh restart back-off",
-        move |_core: Core, _ctx, i: NameIn| {
-            let l = l.clone();
-            async move {
-                let (_, ctl) = l.control(&i.name)?;
-                stop_and_wait(&i.name, &ctl).await?;
-                ctl.restart();
-                tracing::info!(worker = %i.name, "restarted on request");
-                Ok(json!({"name": i.name}))
-            }
-        },
-    ));
+    reg.function(
+        FunctionSpec::typed(
+            "worker::restart",
+            "Stop and start a managed worker, with a fresh restart back-off",
+            move |_core: Core, _ctx, i: NameIn| {
+                let l = l.clone();
+                async move {
+                    let (_, ctl) = l.control(&i.name)?;
+                    stop_and_wait(&i.name, &ctl).await?;
+                    ctl.restart();
+                    tracing::info!(worker = %i.name, "restarted on request");
+                    Ok(json!({"name": i.name}))
+                }
+            },
+        )
+        .returns(object(json!({"name": {"type": "string"}}))),
+    );
 }
 
 impl Prepared for ManagedReady {
