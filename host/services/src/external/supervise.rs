@@ -456,3 +456,135 @@ async fn terminate(child: &mut Child, grace: Duration) {
         let _ = child.kill().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, dir: &std::path::Path) -> Launch {
+        Launch {
+            label: Arc::from("t"),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Vec::new(),
+            grace: Duration::from_secs(2),
+            config: dir.join("unused.yaml"),
+        }
+    }
+
+    async fn until(ctl: &Control, what: &str, f: impl Fn(&State) -> bool) -> State {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = ctl.state();
+            if f(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{what}: {st:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+    }
+
+    #[tokio::test]
+    async fn stop_sticks_start_and_restart_respawn_and_output_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let ctl = Control::new(
+            None,
+            Some((
+                LogFile::open(logs.clone(), "stdout.log"),
+                LogFile::open(logs.clone(), "stderr.log"),
+            )),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            sh("echo to-out; echo to-err >&2; exec sleep 30", dir.path()),
+            ctl.clone(),
+            stop.clone(),
+        ));
+        let st = until(&ctl, "running with output", |s| {
+            s.phase == Phase::Running && !s.stderr_tail.is_empty() && !s.stdout_tail.is_empty()
+        })
+        .await;
+        let first = st.pid.unwrap();
+        assert_eq!(st.stdout_tail, ["to-out"]);
+        assert_eq!(st.stderr_tail, ["to-err"]);
+        assert_eq!(
+            std::fs::read_to_string(logs.join("stderr.log")).unwrap(),
+            "to-err\n"
+        );
+
+        assert!(ctl.stop());
+        assert!(ctl.wait_stopped(Duration::from_secs(5)).await);
+        assert!(!alive(first), "the stopped process lives");
+        // Not restarted: still stopped well past the first back-off.
+        tokio::time::sleep(BACKOFF_FIRST + Duration::from_millis(300)).await;
+        let st = ctl.state();
+        assert_eq!((st.phase, st.pid, st.restarts), (Phase::Stopped, None, 0));
+        assert!(!ctl.stop(), "a second stop finds nothing running");
+
+        assert!(ctl.start());
+        let st = until(&ctl, "started again", |s| s.phase == Phase::Running).await;
+        let second = st.pid.unwrap();
+        assert_ne!(second, first);
+        assert!(!ctl.start(), "start of a running one does nothing");
+
+        ctl.restart();
+        let st = until(&ctl, "restarted", |s| {
+            s.phase == Phase::Running && s.pid.is_some_and(|p| p != second)
+        })
+        .await;
+        assert!(!alive(second));
+        assert_eq!(st.restarts, 0, "requested restarts are not crashes");
+        stop.cancel();
+        task.await.unwrap();
+        assert!(!alive(st.pid.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_crash_backs_off_and_a_process_that_never_came_up_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        // Up (no probe: alive counts), then it exits by itself.
+        let ctl = Control::new(None, None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            sh("sleep 0.7; exit 3", dir.path()),
+            ctl.clone(),
+            stop.clone(),
+        ));
+        let st = until(&ctl, "backoff after the crash", |s| {
+            s.phase == Phase::Backoff
+        })
+        .await;
+        assert_eq!(st.restarts, 1);
+        assert_eq!(st.last_exit.as_deref(), Some("exit status: 3"));
+        until(&ctl, "restarted after the back-off", |s| {
+            s.phase == Phase::Running
+        })
+        .await;
+        stop.cancel();
+        task.await.unwrap();
+
+        // Never up (the probe says no): failed, with its last ERROR line as the reason.
+        let ctl = Control::new(Some(Box::new(|_| false)), None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            sh(
+                "echo 'ERROR cannot open the image' >&2; echo more >&2; exit 2",
+                dir.path(),
+            ),
+            ctl.clone(),
+            stop.clone(),
+        ));
+        let st = until(&ctl, "failed", |s| s.phase == Phase::Failed).await;
+        assert_eq!(st.error.as_deref(), Some("ERROR cannot open the image"));
+        // A start retries at once instead of waiting out the back-off.
+        assert!(ctl.start());
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
