@@ -19,8 +19,9 @@
 
 use super::*;
 
-use iii_oci_rootfs::layout::{layer_tar, write_layout_arch, Entry};
+use iii_oci_rootfs::layout::{busybox_binary_layer, layer_tar, write_layout_arch, Entry};
 use iii_oci_rootfs::registry::{host_arch, push_layout};
+use iii_tests::oci_registry::Registry;
 
 const FILLER_MIB: usize = 50;
 
@@ -33,72 +34,13 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-/// The shared libraries `bin` loads, as `ldd` resolves them.
-fn libraries(bin: &Path) -> Result<Vec<String>> {
-    let out = Command::new("ldd").arg(bin).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| match line.split_once("=>") {
-            Some((_, r)) => r.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        })
-        .filter(|p| p.starts_with('/'))
-        .map(str::to_string)
-        .collect())
-}
-
 /// Writes the image as an OCI layout; returns its compressed size in bytes.
 fn make_image(worker: &Path, dir: &Path) -> Result<u64> {
-    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (busybox-static)")?;
-    let worker_bytes = std::fs::read(worker)?;
-    let libs: Vec<(String, Vec<u8>)> = libraries(worker)?
-        .into_iter()
-        .map(|p| Ok((p.trim_start_matches('/').to_string(), std::fs::read(&p)?)))
-        .collect::<Result<_>>()?;
-    let mut dirs: Vec<String> = ["bin", "etc", "tmp", "proc", "sys", "dev", "run", "data"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for (p, _) in &libs {
-        let mut acc = String::new();
-        for part in Path::new(p).parent().context("library dir")?.iter() {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(&part.to_string_lossy());
-            if !dirs.contains(&acc) {
-                dirs.push(acc.clone());
-            }
-        }
-    }
-    let mut entries: Vec<Entry<'_>> = dirs
-        .iter()
-        .map(|d| Entry::Dir {
-            path: d,
-            mode: 0o755,
-        })
-        .collect();
-    entries.push(Entry::File {
-        path: "bin/busybox",
-        mode: 0o755,
-        data: &busybox,
-    });
-    entries.push(Entry::Symlink {
-        path: "bin/sh",
-        target: "busybox",
-    });
-    entries.push(Entry::File {
-        path: "hello-worker",
-        mode: 0o755,
-        data: &worker_bytes,
-    });
-    for (p, data) in &libs {
-        entries.push(Entry::File {
-            path: p,
-            mode: 0o755,
-            data,
-        });
-    }
+    let base = busybox_binary_layer(
+        worker,
+        "hello-worker",
+        &["tmp", "proc", "sys", "dev", "run", "data"],
+    )?;
     // Incompressible: a xorshift stream, so the figure is not a gzip benchmark.
     let mut filler = vec![0u8; FILLER_MIB << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -108,7 +50,6 @@ fn make_image(worker: &Path, dir: &Path) -> Result<u64> {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let base = layer_tar(&entries)?;
     let data = layer_tar(&[Entry::File {
         path: "data/filler",
         mode: 0o644,
@@ -129,47 +70,6 @@ fn make_image(worker: &Path, dir: &Path) -> Result<u64> {
         size += e?.metadata()?.len();
     }
     Ok(size)
-}
-
-fn registry_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests dir")
-        .join("registry.sh")
-}
-
-struct Registry {
-    state: PathBuf,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Result<Registry> {
-        let state = std::env::temp_dir().join(format!("iii-bench-reg-{}", uuid::Uuid::new_v4()));
-        let out = Command::new("bash")
-            .arg(registry_script())
-            .arg("start")
-            .env("III_REGISTRY_STATE", &state)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "registry.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let addr = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok(Registry { state, addr })
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(registry_script())
-            .arg("stop")
-            .env("III_REGISTRY_STATE", &self.state)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
 }
 
 /// The ids of the connected workers named `name` (`engine::workers::list`).
@@ -253,7 +153,7 @@ pub async fn bench() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let layout = work.join("layout");
     let size = make_image(&hello, &layout)?;
-    let reg = Registry::start()?;
+    let reg = Registry::start();
     let reference = format!("{}/bench/hello:latest", reg.addr);
     {
         // push_layout runs its own runtime: off this one's threads.
