@@ -186,6 +186,11 @@ async fn install_node(
                 }
             }
             let pinned = pin(&reference, &pulled.digest);
+            if pinned != reference {
+                // Records the pinned reference too (the store has the bytes by digest), so
+                // the worker host and `sync` find the entry's exact image offline.
+                oci::pull(&pinned, &mut |_| {})?;
+            }
             config_file::entry_config(text, &node.name)?;
             let entry = NewEntry {
                 name: node.name.clone(),

@@ -385,7 +385,7 @@ fn clear_with_nothing_cached() {
 /// The OCI path against a real registry (tests/registry.sh: Debian's docker-registry on
 /// 127.0.0.1). Runs when III_REGISTRY_TESTS=1 or docker-registry is installed (and busybox and
 /// mkfs.erofs are, which the image store needs); otherwise says why and passes.
-mod oci {
+pub(crate) mod oci {
     use super::*;
     use iii_oci_rootfs::layout::{layer_tar, write_layout_arch, Entry};
     use iii_oci_rootfs::registry::{host_arch, push_layout};
@@ -395,7 +395,7 @@ mod oci {
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
     }
 
-    fn enabled() -> bool {
+    pub(crate) fn enabled() -> bool {
         let forced = std::env::var("III_REGISTRY_TESTS").as_deref() == Ok("1");
         let ok = (forced || on_path("docker-registry"))
             && Path::new("/bin/busybox").is_file()
@@ -411,13 +411,13 @@ mod oci {
     }
 
     /// A registry with its own state dir, stopped on drop.
-    struct Registry {
+    pub(crate) struct Registry {
         state: PathBuf,
-        addr: String,
+        pub(crate) addr: String,
     }
 
     impl Registry {
-        fn start() -> Registry {
+        pub(crate) fn start() -> Registry {
             let state = project();
             let out = Command::new("bash")
                 .arg(script())
@@ -447,6 +447,20 @@ mod oci {
     }
 
     fn push_image(reference: &str, dir: &Path) {
+        push_image_env(
+            reference,
+            dir,
+            &[
+                "PATH=/bin",
+                "HOME=/root",
+                "FOO=bar",
+                "III_URL=ws://localhost:49134",
+            ],
+        );
+    }
+
+    /// Pushes a busybox image with `env` (distinct envs give distinct digests) built in `dir`.
+    pub(crate) fn push_image_env(reference: &str, dir: &Path, env: &[&str]) {
         let busybox = std::fs::read("/bin/busybox").unwrap();
         let layer = layer_tar(&[
             Entry::Dir {
@@ -469,7 +483,7 @@ mod oci {
             &layout,
             &[layer],
             serde_json::json!({
-                "Env": ["PATH=/bin", "HOME=/root", "FOO=bar", "III_URL=ws://localhost:49134"],
+                "Env": env,
                 "Entrypoint": ["/bin/sh", "-c", "sleep 1000"],
             }),
             host_arch(),
@@ -527,9 +541,11 @@ mod oci {
             read(&dir, "config.yaml").unwrap(),
             format!("{before}  - name: hello\n    image: {reference}\n    config:\n      FOO: bar\n      III_URL: ws://localhost:49134\n")
         );
+        // The pull's digest is pinned in iii.lock (issue #13 item 6).
+        let lock = read(&dir, "iii.lock").unwrap();
         assert!(
-            read(&dir, "iii.lock").is_none(),
-            "direct image refs are not lock-tracked"
+            lock.starts_with(&format!("version: 1\nworkers:\n  hello:\n    version: latest\n    type: image\n    dependencies: {{}}\n    source:\n      kind: image\n      image: {reference}@sha256:")),
+            "{lock}"
         );
 
         // A worker named like the entry connects: the wait sees it. The user's edit survives.
