@@ -13,7 +13,7 @@ use super::names;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// The worker's name; also the directory created when -d is not given
+    /// The directory to create when -d is not given; the worker is named after the directory
     #[arg(value_name = "NAME")]
     name: Option<String>,
     /// The directory to scaffold into (default: NAME, else the current directory)
@@ -231,15 +231,12 @@ pub fn run(a: InitArgs) -> Result<(), WorkerError> {
         (None, None) => PathBuf::from("."),
     };
     let abs = std::path::absolute(&dir).map_err(|e| io_err(&dir, e))?;
-    let worker = match &a.name {
-        Some(n) => n.clone(),
-        None => abs
-            .components()
-            .filter(|c| matches!(c, std::path::Component::Normal(_)))
-            .next_back()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_else(|| "iii-worker".into()),
-    };
+    // The worker is named after the directory it lives in (§1.16).
+    let worker = abs
+        .components()
+        .rfind(|c| matches!(c, std::path::Component::Normal(_)))
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_else(|| "iii-worker".into());
     names::validate(&worker)?;
     let reinit = dir.join(".iii/worker.ini").is_file();
     if has_visible_files(&dir) && !a.allow_non_empty && !reinit {

@@ -20,6 +20,8 @@ fn worker_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) 
         .current_dir(dir)
         .env_remove("III_CONFIG_PATH")
         .env_remove("III_WORKER_READY_TIMEOUT_SECS")
+        // Registry names never reach the public registry from a test: nothing listens here.
+        .env("III_API_URL", "http://127.0.0.1:1")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
