@@ -566,5 +566,39 @@ mod image {
         );
         let (code, err) = p.run(&api.url, &["sync", "--frozen"], &env);
         assert_eq!(code, 0, "{err}");
+
+        // A direct OCI add is pinned too; the tag moving upstream changes nothing until
+        // `update` re-pins it on purpose.
+        let other = format!("{}/team/other:latest", reg.addr);
+        push_image_env(&other, &p.home.join("l3"), &["PATH=/bin", "V=1"]);
+        let (code, err) = p.run(&api.url, &["add", "--no-wait", &other], &env);
+        assert_eq!(code, 0, "{err}");
+        let pinned = |lock: &str| {
+            lock.split("  other:\n")
+                .nth(1)
+                .and_then(|t| t.lines().find_map(|l| l.strip_prefix("      image: ")))
+                .unwrap()
+                .to_string()
+        };
+        let o1 = pinned(&p.read("iii.lock").unwrap());
+        assert!(o1.starts_with(&format!("{other}@sha256:")), "{o1}");
+        push_image_env(&other, &p.home.join("l4"), &["PATH=/bin", "V=2"]);
+        let (code, err) = p.run(&api.url, &["sync"], &env);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("already current: 2"), "{err}");
+        assert_eq!(pinned(&p.read("iii.lock").unwrap()), o1);
+        let (code, err) = p.run(&api.url, &["update", "other"], &env);
+        assert_eq!(code, 0, "{err}");
+        let o2 = pinned(&p.read("iii.lock").unwrap());
+        assert!(
+            o2.starts_with(&format!("{other}@sha256:")) && o2 != o1,
+            "{o2}"
+        );
+        assert!(p
+            .read("config.yaml")
+            .unwrap()
+            .contains(&format!("    image: {other}\n")));
+        let (code, err) = p.run(&api.url, &["sync", "--frozen"], &env);
+        assert_eq!(code, 0, "{err}");
     }
 }
