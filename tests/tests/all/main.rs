@@ -5,6 +5,7 @@
 
 mod cli;
 mod configuration;
+mod container_workers;
 mod external_daemon;
 mod hardening_core;
 mod hardening_http;
