@@ -397,7 +397,7 @@ pub(crate) mod oci {
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
     }
 
-    pub(crate) fn enabled() -> bool {
+    fn enabled() -> bool {
         let forced = std::env::var("III_REGISTRY_TESTS").as_deref() == Ok("1");
         let ok = (forced || on_path("docker-registry"))
             && Path::new("/bin/busybox").is_file()
@@ -413,13 +413,13 @@ pub(crate) mod oci {
     }
 
     /// A registry with its own state dir, stopped on drop.
-    pub(crate) struct Registry {
+    struct Registry {
         state: PathBuf,
-        pub(crate) addr: String,
+        addr: String,
     }
 
     impl Registry {
-        pub(crate) fn start() -> Registry {
+        fn start() -> Registry {
             let state = project();
             let out = Command::new("bash")
                 .arg(script())

@@ -473,7 +473,8 @@ fn init_scaffolds_each_language_offline() {
 /// Image workers by registry name, from a real OCI registry (tests/registry.sh).
 mod image {
     use super::*;
-    use crate::worker_cli::oci::{enabled, push_image_env, Registry};
+    use crate::worker_cli::oci::push_image_env;
+    use iii_tests::oci_registry::{enabled, Registry};
 
     #[test]
     fn registry_image_worker_is_pinned_updated_and_reinstalled() {
