@@ -1,17 +1,20 @@
-//! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
-//! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
-//! `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
-//! logs, exec, sync, update, verify, init, reinstall) come later with issue #13.
+//! `iii worker …`: worker management — `add`, `reinstall`, `remove`, `list`, `clear` edit the
+//! project's config.yaml and iii.lock (the engine reloads the file and starts or stops workers),
+//! `sync`/`update` replay and refresh iii.lock, `init` scaffolds a worker project, and `sandbox`
+//! drives the sandbox daemon.
 
 pub mod add;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod init;
 pub mod lock;
 pub mod manage;
 pub mod names;
 pub mod oci;
+pub mod registry_api;
 pub mod sandbox;
+pub mod sync;
 
 use std::process::ExitCode;
 
@@ -23,9 +26,10 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
-upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, verify, init) and \
-registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
+by OCI image reference, registry workers by name through the registry API ($III_API_URL). `iii worker sync` \
+installs exactly what ./iii.lock pins, `update` refreshes the pins, `init` scaffolds a new worker project. \
+`iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. Errors print as \
+`error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
 #[command(subcommand_required = true, arg_required_else_help = true)]
@@ -65,6 +69,35 @@ the engine's engine::workers::list when it is reachable (builtins run whenever t
 running worker's are kept. Local only, no engine needed. Without a terminal, pass -y."
     )]
     Clear(manage::ClearArgs),
+    /// Reinstall workers: `add --force` without the readiness wait
+    #[command(
+        long_about = "Reinstall workers (spec §1.3): stop the worker if the engine runs it, delete its artifacts \
+(binary, cached image, managed/<name>/), then add it again without waiting. --reset-config also drops the \
+hand-written config: of its entry."
+    )]
+    Reinstall(add::ReinstallArgs),
+    /// Install exactly what iii.lock pins (--frozen: verify only, for CI)
+    #[command(
+        long_about = "Install every worker exactly as iii.lock pins it (images by digest, binaries by sha256); \
+never contacts the resolver and never rewrites config.yaml or iii.lock. With --frozen nothing is changed: \
+config.yaml (and iii.worker.yaml when the lock records its manifest_hash) is checked against iii.lock and any \
+drift is printed as stable text with exit code 1."
+    )]
+    Sync(sync::SyncArgs),
+    /// Refresh the pins in iii.lock on purpose
+    #[command(
+        long_about = "Resolve the named worker (default: every root worker in iii.lock) again at its latest \
+version through the registry API ($III_API_URL) and reinstall it, rewriting its config entry and iii.lock pins. \
+An OCI entry with a tag is pulled again and its digest re-pinned."
+    )]
+    Update(sync::UpdateArgs),
+    /// Scaffold a new worker project from the embedded templates
+    #[command(
+        long_about = "Create a standalone worker project (py, ts, js or rust) on the official iii-sdk, offline \
+from templates built into iii: an entry file, the package manifest and an iii.worker.yaml naming the worker. \
+The directory is -d, else NAME, else the current one; a non-empty one is refused unless --allow-non-empty."
+    )]
+    Init(init::InitArgs),
     Sandbox(sandbox::SandboxArgs),
 }
 
@@ -123,6 +156,10 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             WorkerCommand::Remove(a) => manage::remove(a),
             WorkerCommand::List => report(manage::list().await),
             WorkerCommand::Clear(a) => report(manage::clear(a).await),
+            WorkerCommand::Reinstall(a) => add::reinstall(a).await,
+            WorkerCommand::Sync(a) => sync::sync(a).await,
+            WorkerCommand::Update(a) => sync::update(a).await,
+            WorkerCommand::Init(a) => report(init::run(a)),
             WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
         }
     });

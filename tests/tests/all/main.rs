@@ -28,3 +28,4 @@ mod stream_socket;
 mod validation;
 mod wire;
 mod worker_cli;
+mod worker_registry;
