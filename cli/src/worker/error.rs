@@ -4,6 +4,7 @@
 use super::config_file::ConfigFileError;
 use super::lock::LockError;
 use super::names::NameError;
+use super::registry_api::ApiError;
 
 /// Why a worker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,15 @@ impl From<LockError> for WorkerError {
         match e {
             LockError::Read { .. } | LockError::Write { .. } => WorkerError::LockIo(e.to_string()),
             other => WorkerError::Lockfile(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for WorkerError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::NotFound(..) => WorkerError::NotFound(e.to_string()),
+            other => WorkerError::Registry(other.to_string()),
         }
     }
 }

@@ -1,21 +1,24 @@
-//! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
-//! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
-//! `sandbox` drives the sandbox daemon; `start`, `stop`, `restart`, `status` and `logs` manage
-//! the engine's image and local workers. The remaining upstream subcommands (exec, sync,
-//! update, verify, init, reinstall) come later with issue #13.
+//! `iii worker …`: worker management — `add`, `reinstall`, `remove`, `list`, `clear` edit the
+//! project's config.yaml and iii.lock (the engine reloads the file and starts or stops workers),
+//! `sync`/`update` replay and refresh iii.lock, `init` scaffolds a worker project, `start`,
+//! `stop`, `restart`, `status` and `logs` manage the engine's image and local workers, and
+//! `sandbox` drives the sandbox daemon.
 
 pub mod add;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod init;
 pub mod lifecycle;
 pub mod lock;
 pub mod logs;
 pub mod manage;
 pub mod names;
 pub mod oci;
+pub mod registry_api;
 pub mod sandbox;
 pub mod status;
+pub mod sync;
 
 use std::process::ExitCode;
 
@@ -27,11 +30,12 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference. `iii worker start/stop/restart/status` ask the running engine about its image and local workers \
-(it supervises them; a stop sticks until a start, a changed entry or an engine restart), and `iii worker logs` \
-prints their output from $III_HOME/logs/<name>/ (default ~/.iii). `iii worker sandbox` drives ephemeral \
-sandboxes through the iii-sandbox daemon. The other upstream subcommands (reinstall, exec, sync, update, \
-verify, init) and registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
+by OCI image reference, registry workers by name through the registry API ($III_API_URL). `iii worker sync` \
+installs exactly what ./iii.lock pins, `update` refreshes the pins, `init` scaffolds a new worker project. \
+`iii worker start/stop/restart/status` ask the running engine about its image and local workers (it supervises \
+them; a stop sticks until a start, a changed entry or an engine restart), and `iii worker logs` prints their \
+output from $III_HOME/logs/<name>/ (default ~/.iii). `iii worker sandbox` drives ephemeral sandboxes through the \
+iii-sandbox daemon. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
 #[command(subcommand_required = true, arg_required_else_help = true)]
@@ -106,6 +110,35 @@ $III_HOME/logs/<name>/ (default ~/.iii/logs/<name>/), which the engine writes. -
 Ctrl-C. No engine needed."
     )]
     Logs(logs::LogsArgs),
+    /// Reinstall workers: `add --force` without the readiness wait
+    #[command(
+        long_about = "Reinstall workers (spec §1.3): stop the worker if the engine runs it, delete its artifacts \
+(binary, cached image, managed/<name>/), then add it again without waiting. --reset-config also drops the \
+hand-written config: of its entry."
+    )]
+    Reinstall(add::ReinstallArgs),
+    /// Install exactly what iii.lock pins (--frozen: verify only, for CI)
+    #[command(
+        long_about = "Install every worker exactly as iii.lock pins it (images by digest, binaries by sha256); \
+never contacts the resolver and never rewrites config.yaml or iii.lock. With --frozen nothing is changed: \
+config.yaml (and iii.worker.yaml when the lock records its manifest_hash) is checked against iii.lock and any \
+drift is printed as stable text with exit code 1."
+    )]
+    Sync(sync::SyncArgs),
+    /// Refresh the pins in iii.lock on purpose
+    #[command(
+        long_about = "Resolve the named worker (default: every root worker in iii.lock) again at its latest \
+version through the registry API ($III_API_URL) and reinstall it, rewriting its config entry and iii.lock pins. \
+An OCI entry with a tag is pulled again and its digest re-pinned."
+    )]
+    Update(sync::UpdateArgs),
+    /// Scaffold a new worker project from the embedded templates
+    #[command(
+        long_about = "Create a standalone worker project (py, ts, js or rust) on the official iii-sdk, offline \
+from templates built into iii: an entry file, the package manifest and an iii.worker.yaml naming the worker. \
+The directory is -d, else NAME, else the current one; a non-empty one is refused unless --allow-non-empty."
+    )]
+    Init(init::InitArgs),
     Sandbox(sandbox::SandboxArgs),
 }
 
@@ -175,6 +208,10 @@ pub fn main(args: WorkerArgs) -> ExitCode {
                 }
             },
             WorkerCommand::Logs(a) => report(logs::run(a).await),
+            WorkerCommand::Reinstall(a) => add::reinstall(a).await,
+            WorkerCommand::Sync(a) => sync::sync(a).await,
+            WorkerCommand::Update(a) => sync::update(a).await,
+            WorkerCommand::Init(a) => report(init::run(a)),
             WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
         }
     });

@@ -5,6 +5,7 @@
 
 mod cli;
 mod configuration;
+mod container_workers;
 mod external_daemon;
 mod hardening_core;
 mod hardening_http;
@@ -28,3 +29,4 @@ mod validation;
 mod wire;
 mod worker_cli;
 mod worker_lifecycle;
+mod worker_registry;
