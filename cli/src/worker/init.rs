@@ -1,4 +1,4 @@
-//! `iii worker init` (workers-and-sandboxes spec §1.16): scaffolds a standalone worker project
+//! `iii worker init` (workers-and-sandboxes spec section 1.16): scaffolds a standalone worker project
 //! offline, from templates compiled into the binary (or a local `--template-dir`). Each
 //! template is a runnable worker on the official `iii-sdk` of its language with an
 //! `iii.worker.yaml` naming the worker.
@@ -231,7 +231,7 @@ pub fn run(a: InitArgs) -> Result<(), WorkerError> {
         (None, None) => PathBuf::from("."),
     };
     let abs = std::path::absolute(&dir).map_err(|e| io_err(&dir, e))?;
-    // The worker is named after the directory it lives in (§1.16).
+    // The worker is named after the directory it lives in (section 1.16).
     let worker = abs
         .components()
         .rfind(|c| matches!(c, std::path::Component::Normal(_)))

@@ -1,6 +1,6 @@
-//! The iii registry API client (workers-and-sandboxes spec §3.1): `POST /resolve` turns a
+//! The iii registry API client (workers-and-sandboxes spec section 3.1): `POST /resolve` turns a
 //! worker name into its dependency graph, and binary artifacts are downloaded with their
-//! sha256 checked (§3.2). The base URL is `$III_API_URL`, default `https://api.workers.iii.dev`.
+//! sha256 checked (section 3.2). The base URL is `$III_API_URL`, default `https://api.workers.iii.dev`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub fn base_url() -> String {
         .unwrap_or_else(|| DEFAULT_API_URL.into())
 }
 
-/// Is any CI marker variable set (§3.1)? Then requests carry `ci=true`.
+/// Is any CI marker variable set (section 3.1)? Then requests carry `ci=true`.
 fn in_ci() -> bool {
     [
         "CI",

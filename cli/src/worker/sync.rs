@@ -1,5 +1,5 @@
-//! Registry installs and `iii.lock` replay (workers-and-sandboxes spec §1.2 registry source,
-//! §1.3, §1.13, §1.15, §2.2.2): `add <name>` resolves a graph through the registry API and
+//! Registry installs and `iii.lock` replay (workers-and-sandboxes spec section 1.2 registry source,
+//! section 1.3, section 1.13, section 1.15, section 2.2.2): `add <name>` resolves a graph through the registry API and
 //! installs every node; `sync` installs exactly what the lock pins and never asks the
 //! resolver; `sync --frozen` only verifies; `update` refreshes the pins on purpose.
 
@@ -20,7 +20,7 @@ use super::lock::{
 use super::registry_api::{self, Client, Node, Resolved, CONSENT_NODES};
 use super::{engine, names, oci, ProjectLock};
 
-/// The manifest whose dependencies `manifest_hash` covers (§2.3).
+/// The manifest whose dependencies `manifest_hash` covers (section 2.3).
 const MANIFEST: &str = "iii.worker.yaml";
 
 #[derive(Args, Debug)]

@@ -236,7 +236,7 @@ fn registry_add_locks_the_graph_then_sync_frozen_update_force_and_reinstall() {
     assert_eq!(code, 1);
     p.write("config.yaml", &config);
 
-    // iii.worker.yaml: add stamps its dependencies; editing them is the §2.2.3 drift.
+    // iii.worker.yaml: add stamps its dependencies; editing them is the section 2.2.3 drift.
     p.write(
         "iii.worker.yaml",
         "name: app\ndependencies:\n  queue: \"^0.9\"\n",
