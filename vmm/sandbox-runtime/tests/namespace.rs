@@ -120,6 +120,7 @@ fn spec(id: &str, engine_port: u16) -> SandboxSpec {
         network: false,
         env: vec![("SANDBOX_VAR".into(), "set".into())],
         engine_port,
+        mounts: Vec::new(),
     }
 }
 

@@ -83,7 +83,7 @@ fn preset_keys_follow_the_recipe() {
             .key()
     );
     let mut extra = py.clone();
-    extra.include.push("python3-pip".into());
+    extra.include.push("python3-dev".into());
     assert_ne!(key, extra.key(), "the package list is part of the key");
     let mut excl = py.clone();
     excl.dpkg_paths.pop();
