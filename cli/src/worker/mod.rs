@@ -7,11 +7,14 @@ pub mod add;
 pub mod config_file;
 pub mod engine;
 pub mod error;
+pub mod local;
 pub mod lock;
 pub mod manage;
+pub mod manifest;
 pub mod names;
 pub mod oci;
 pub mod sandbox;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -66,6 +69,14 @@ running worker's are kept. Local only, no engine needed. Without a terminal, pas
     )]
     Clear(manage::ClearArgs),
     Sandbox(sandbox::SandboxArgs),
+    /// Check that config.yaml matches iii.lock
+    #[command(
+        long_about = "Check that the config file matches ./iii.lock: every worker that needs a lock entry \
+(registry/binary names; not builtins, images or local paths) has one, and binary workers have an artifact for \
+this host's target. --strict also checks declared dependencies: every locked worker's, and every local worker's \
+iii.worker.yaml `dependencies:`, must be locked at a version inside its range. Exit 0 when they match, else 1."
+    )]
+    Verify(verify::VerifyArgs),
 }
 
 /// Holds `./.iii-worker.lock` so two `iii worker` edits of one project never interleave.
@@ -123,6 +134,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             WorkerCommand::Remove(a) => manage::remove(a),
             WorkerCommand::List => report(manage::list().await),
             WorkerCommand::Clear(a) => report(manage::clear(a).await),
+            WorkerCommand::Verify(a) => report(verify::run(a)),
             WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
         }
     });

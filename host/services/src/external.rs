@@ -369,7 +369,8 @@ pub struct ImageWorkers;
 #[derive(Debug, Clone, PartialEq)]
 struct ImageEntry {
     name: String,
-    image: String,
+    /// `--image <ref>` or `--path <dir>` (a local-path worker's `worker_path:`).
+    source: (&'static str, String),
     /// The `config:` block as YAML (`{}` when absent).
     yaml: String,
 }
@@ -398,7 +399,7 @@ impl Service for ImageWorkers {
                 other => return Err(e.reader.invalid(&e.at, "a worker entry", other)),
             };
             e.reader
-                .check_keys(m, &e.at, &["name", "image", "config"])?;
+                .check_keys(m, &e.at, &["name", "image", "worker_path", "config"])?;
             let name = match m.get("name") {
                 Some(serde_yaml::Value::String(s)) if !s.trim().is_empty() => s.clone(),
                 other => {
@@ -409,9 +410,31 @@ impl Service for ImageWorkers {
                     ))
                 }
             };
-            let image = match m.get("image") {
-                Some(serde_yaml::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-                other => {
+            let path = m.get("worker_path").filter(|v| !v.is_null());
+            let image = m.get("image").filter(|v| !v.is_null());
+            let source = match (image, path) {
+                (Some(_), Some(_)) => {
+                    return Err(e.reader.error(format!(
+                        "`{}`: give `image:` or `worker_path:`, not both",
+                        e.at
+                    )))
+                }
+                (None, Some(serde_yaml::Value::String(s)))
+                    if std::path::Path::new(s.trim()).is_absolute() =>
+                {
+                    ("--path", s.trim().to_string())
+                }
+                (None, Some(other)) => {
+                    return Err(e.reader.invalid(
+                        &e.key("worker_path"),
+                        "the absolute path of the worker's project directory",
+                        other,
+                    ))
+                }
+                (Some(serde_yaml::Value::String(s)), None) if !s.trim().is_empty() => {
+                    ("--image", s.trim().to_string())
+                }
+                (other, _) => {
                     return Err(e.reader.invalid(
                         &e.key("image"),
                         "an image reference or the path of an OCI image",
@@ -434,7 +457,7 @@ impl Service for ImageWorkers {
                     .reader
                     .error(format!("`{name}` is listed twice; keep one entry")));
             }
-            out.push(ImageEntry { name, image, yaml });
+            out.push(ImageEntry { name, source, yaml });
         }
         Ok(Box::new(ImageWorkersConfig { entries: out }))
     }
@@ -533,8 +556,8 @@ impl ImageReady {
             args: vec![
                 "--name".into(),
                 e.name.clone().into(),
-                "--image".into(),
-                e.image.clone().into(),
+                e.source.0.into(),
+                e.source.1.clone().into(),
                 "--engine".into(),
                 self.engine_url.clone().into(),
                 "--config".into(),
@@ -581,7 +604,7 @@ impl Prepared for ImageReady {
                         continue;
                     }
                 };
-                tracing::info!(worker = %e.name, image = %e.image, "starting image worker");
+                tracing::info!(worker = %e.name, source = %e.source.1, "starting image worker");
                 let token = CancellationToken::new();
                 let task = tokio::spawn(supervise(launch, token.clone()));
                 RUNNING.lock().insert(
