@@ -1,6 +1,7 @@
 //! Local-path workers (`iii-worker-host --path DIR`, workers-and-sandboxes spec §6): the project
 //! is copied into a persistent workspace (`managed/<name>/workspace`, bind-mounted at
-//! `/workspace`), setup + install run once (marker `managed/<name>/.iii-prepared`), then the
+//! `/workspace`; `managed/<name>/usr-local` at `/usr/local`, where system-wide `pip install` and
+//! `npm install -g` put things, so they survive restarts too), setup + install run once (marker `managed/<name>/.iii-prepared`), then the
 //! start script runs with the manifest's env, the entry's flattened `config:` and the engine's
 //! address. The host project is never written.
 
@@ -169,6 +170,11 @@ pub struct LocalPlan {
     pub managed: PathBuf,
     /// `managed/<name>/workspace`, mounted at [`WORKSPACE`].
     pub workspace: PathBuf,
+    /// `managed/<name>/usr-local`, mounted at `/usr/local`.
+    pub usr_local: PathBuf,
+    /// `managed/<name>/host-ca` holding a copy of the host's CA bundle, mounted read-only at
+    /// [`HOST_CA_DIR`]; `None` when the host has no bundle.
+    pub host_ca: Option<PathBuf>,
     /// `managed/<name>/.iii-prepared`.
     pub marker: PathBuf,
     /// `setup` then `install` as one shell script, when they have not run yet.
@@ -177,6 +183,24 @@ pub struct LocalPlan {
     pub start: String,
     /// The workload's environment, without the base image's.
     pub env: Vec<(String, String)>,
+}
+
+/// Where the host's CA bundle appears in the sandbox.
+pub const HOST_CA_DIR: &str = "/etc/ssl/host-ca";
+
+/// The host's CA bundle: `$SSL_CERT_FILE`, else Debian's or Fedora's usual file.
+fn host_ca_bundle() -> Option<PathBuf> {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+            ]
+            .map(PathBuf::from),
+        )
+        .find(|p| p.is_file())
 }
 
 /// The shell prelude every session starts with.
@@ -207,6 +231,25 @@ pub fn plan(
     iii_worker_state::create_private_dir(&managed).map_err(|e| LocalError::State(e.to_string()))?;
     let workspace = managed.join("workspace");
     sync_workspace(dir, &workspace)?;
+    let usr_local = managed.join("usr-local");
+    // The usual skeleton, since the mount hides the image's own (empty on Debian) /usr/local.
+    for d in ["bin", "sbin", "lib", "include", "share", "etc", "src"] {
+        let p = usr_local.join(d);
+        std::fs::create_dir_all(&p).map_err(io("creating", &p))?;
+    }
+    // Installs fetch from package registries, which the host may reach only through a
+    // TLS-inspecting proxy whose CA the base image lacks: the sandbox trusts what the host
+    // trusts (a copy, so the mount never exposes the host's directory).
+    let host_ca = match host_ca_bundle() {
+        Some(bundle) => {
+            let d = managed.join("host-ca");
+            std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+            let to = d.join("ca-certificates.crt");
+            std::fs::copy(&bundle, &to).map_err(io("copying", &bundle))?;
+            Some(d)
+        }
+        None => None,
+    };
     let marker = managed.join(MARKER);
     let prepare = (!marker.exists()).then(|| {
         let mut s = String::from(PRELUDE);
@@ -225,6 +268,19 @@ pub fn plan(
     if project.kind == Kind::Python {
         base.push(("PIP_BREAK_SYSTEM_PACKAGES".into(), "1".into()));
     }
+    if host_ca.is_some() {
+        let file = format!("{HOST_CA_DIR}/ca-certificates.crt");
+        for k in [
+            "SSL_CERT_FILE",
+            "PIP_CERT",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+        ] {
+            base.push((k.into(), file.clone()));
+        }
+    }
     let manifest_env: Vec<(String, String)> = project
         .env
         .iter()
@@ -241,6 +297,8 @@ pub fn plan(
         project,
         managed,
         workspace,
+        usr_local,
+        host_ca,
         marker,
         prepare,
         start,

@@ -177,15 +177,30 @@ fn local_workload(
             None
         }
     };
+    let mut mounts = vec![
+        Mount {
+            source: plan.workspace.clone(),
+            target: local::WORKSPACE.into(),
+            readonly: false,
+        },
+        Mount {
+            source: plan.usr_local.clone(),
+            target: "/usr/local".into(),
+            readonly: false,
+        },
+    ];
+    if let Some(ca) = &plan.host_ca {
+        mounts.push(Mount {
+            source: ca.clone(),
+            target: local::HOST_CA_DIR.into(),
+            readonly: true,
+        });
+    }
     Ok(Workload {
         rootfs,
         prepare,
         start: session(plan.start),
-        mounts: vec![Mount {
-            source: plan.workspace.clone(),
-            target: local::WORKSPACE.into(),
-            readonly: false,
-        }],
+        mounts,
         network: true,
         cpus: plan.project.cpus.filter(|c| *c > 0).unwrap_or(2),
         memory_mb: plan.project.memory_mb.filter(|m| *m >= 16).unwrap_or(2048),
