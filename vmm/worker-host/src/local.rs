@@ -31,8 +31,10 @@ pub const WORKSPACE: &str = "/workspace";
 pub const MARKER: &str = ".iii-prepared";
 
 /// Why a local worker cannot be prepared.
-// The messages document the variants and their fields.
-#[allow(missing_docs)]
+#[allow(
+    missing_docs,
+    reason = "the messages document the variants and their fields"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error("worker_path {}: {message}", path.display())]

@@ -36,8 +36,10 @@ const RESOURCE_KEYS: &[&str] = &["cpus", "memory"];
 pub const RESERVED_ENV: &[&str] = &["III_URL", "III_ENGINE_URL", "III_WORKER_NAME"];
 
 /// Why a project cannot be run as a local worker.
-// The messages document the variants and their fields.
-#[allow(missing_docs)]
+#[allow(
+    missing_docs,
+    reason = "the messages document the variants and their fields"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {}: {source}", path.display())]
@@ -84,7 +86,7 @@ pub enum ManifestError {
 }
 
 /// The language a project runs on; picks the base image.
-#[allow(missing_docs)] // the names are the kinds
+#[allow(missing_docs, reason = "the names are the kinds")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Typescript,
@@ -338,10 +340,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
             })
         }
     };
-    let mut m = Manifest::default();
     // Shapes first, so a wrong shape is named before the unknown keys inside it.
-    m.name = r.string(&top, "name", "name")?.filter(|s| !s.is_empty());
-    m.description = r.string(&top, "description", "description")?;
+    let mut m = Manifest {
+        name: r.string(&top, "name", "name")?.filter(|s| !s.is_empty()),
+        description: r.string(&top, "description", "description")?,
+        ..Manifest::default()
+    };
     for k in ["iii", "deploy", "manifest"] {
         r.string(&top, k, k)?;
     }
