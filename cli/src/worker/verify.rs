@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn missing_workers_and_artifacts() {
         let cfg = "workers:\n  - name: http\n  - name: pdfkit\n  - name: img\n    image: ghcr.io/a/img:1\n  - name: loc\n    worker_path: /nowhere\n  - name: db\n";
-        let l = lock("version: 1\nworkers:\n  db:\n    version: 1.0.0\n    type: binary\n    source:\n      kind: binary\n      artifacts:\n        aarch64-apple-darwin:\n          url: https://x/db\n          sha256: ab\n");
+        let l = lock("version: 1\nworkers:\n  db:\n    version: 1.0.0\n    type: binary\n    source:\n      kind: binary\n      artifacts:\n        aarch64-apple-darwin:\n          url: https://x/db\n          sha256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n");
         let p = check(cfg, &l, false, "x86_64-unknown-linux-gnu");
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(p[0], "iii.lock is missing worker(s): pdfkit");
