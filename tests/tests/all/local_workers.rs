@@ -486,3 +486,60 @@ fn verify_checks_the_lock_and_strictly_the_local_dependencies() {
     let _ = std::fs::remove_dir_all(&proj);
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[test]
+fn worker_path_entries_are_validated_and_a_broken_project_is_reported_by_the_host() {
+    let b = built();
+    for (extra, needle) in [
+        (
+            "  - name: w\n    worker_path: relative/dir\n".to_string(),
+            "the absolute path of the worker's project directory",
+        ),
+        (
+            "  - name: w\n    worker_path: /tmp\n    image: x/y:1\n".to_string(),
+            "not both",
+        ),
+    ] {
+        let dir = temp_dir("iii-wp");
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, config(iii_tests::free_port(), &extra)).unwrap();
+        let out = Command::new(iii_bin())
+            .arg("-c")
+            .arg(&file)
+            .env("III_WATCH_CONFIG", "0")
+            .env("III_WORKER_HOST_BIN", b.target.join("iii-worker-host"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{extra}: started anyway: {err}");
+        assert!(err.contains(needle), "{extra}: no {needle:?} in: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // The project breaks after it was added: the worker host names the manifest's problem
+    // (the engine keeps retrying with back-off) and nothing is run.
+    let home = temp_dir("iii-home");
+    let project = temp_dir("broken");
+    write(
+        &project,
+        &[(
+            "iii.worker.yaml",
+            "name: broken\nscripts:\n  start: go\n  oops: 1\n",
+        )],
+    );
+    let (e, _ws) = engine(&home);
+    let text = std::fs::read_to_string(e.dir.join("config.yaml")).unwrap();
+    crate::image_fixture::write_config(
+        &e,
+        &format!(
+            "{text}  - name: broken\n    worker_path: {}\n",
+            project.display()
+        ),
+    );
+    let log = e.wait_for_log(&["unknown key(s) `scripts.oops` (line 4)"]);
+    assert!(!log.contains("sandbox ready"), "{log}");
+    drop(e);
+    let _ = std::fs::remove_dir_all(&project);
+    let _ = std::fs::remove_dir_all(&home);
+}
