@@ -1,7 +1,7 @@
 //! `iii worker …`: worker management — `add`, `remove`, `list`, `clear` edit the project's
 //! config.yaml and iii.lock (the engine reloads the file and starts or stops workers), and
 //! `sandbox` drives the sandbox daemon. The remaining upstream subcommands (start, stop, status,
-//! logs, exec, sync, update, verify, init, reinstall) come later with issue #13.
+//! logs, exec, sync, update, init, reinstall) come later with issue #13; `verify` checks the lock.
 
 pub mod add;
 pub mod config_file;
@@ -26,8 +26,9 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
-upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, verify, init) and \
+by OCI image reference, local-path workers by project directory (./dir). `iii worker verify` checks config.yaml \
+against iii.lock. `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. The other \
+upstream subcommands (reinstall, start, stop, restart, status, logs, exec, sync, update, init) and \
 registry-name installs are not implemented yet. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
@@ -39,14 +40,17 @@ pub struct WorkerArgs {
 
 #[derive(Subcommand, Debug)]
 enum WorkerCommand {
-    /// Add a builtin worker by name or a container worker by OCI image reference
+    /// Add a builtin worker by name, a container worker by OCI image reference, or a local project by path
     #[command(
         long_about = "Add workers to the config file. A builtin name (http, state, stream, queue, pubsub, cron, \
 iii-sandbox, …) writes a bare `- name:` entry (iii-sandbox also gets its default config: block) and an iii.lock \
 entry `{type: engine}`. An OCI image reference (ex. ghcr.io/org/worker:tag) is pulled into the image store and \
 written as `- name: <last path segment>` + `image: <ref>`, with the image's ENV (minus PATH, HOME, HOSTNAME, LANG, \
 TERM) as its config: block; then add waits up to 120s for the engine to start it and the worker to connect \
-(--no-wait skips the wait; a timeout is not an error). Existing entries keep their hand-written config:. \
+(--no-wait skips the wait; a timeout is not an error). A project directory (starting with `.`, `/` or `~`) \
+is checked (iii.worker.yaml, else package.json / Cargo.toml / pyproject.toml / requirements.txt) and written as \
+`- name: <manifest name or dir name>` + `worker_path: <canonical dir>`; the engine copies it into a workspace, runs \
+setup+install once and then its start script in a sandbox. Existing entries keep their hand-written config:. \
 Everything else in the file, comments included, stays as it was."
     )]
     Add(add::AddArgs),

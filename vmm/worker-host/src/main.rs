@@ -22,7 +22,7 @@ use iii_worker_host::{
 #[derive(Parser)]
 #[command(
     name = "iii-worker-host",
-    about = "Runs one image worker of config.yaml in a sandbox"
+    about = "Runs one image worker or local-path worker of config.yaml in a sandbox"
 )]
 struct Args {
     /// The entry's name (the worker registers as it: `III_WORKER_NAME`).
