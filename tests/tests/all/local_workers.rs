@@ -61,8 +61,9 @@ const EXCLUDED_CLUTTER: &[(&str, &str)] = &[
     ("sub/kept.txt", "copied"),
 ];
 
-/// An engine (config watched) whose local workers keep their state under `home`.
-fn engine(home: &Path) -> (EngineProc, u16) {
+/// An engine (config watched) whose local workers keep their state under `home`; returns it,
+/// its worker port and the sandbox state root.
+fn engine(home: &Path) -> (EngineProc, u16, PathBuf) {
     let b = built();
     let ws = iii_tests::free_port();
     let root = std::env::temp_dir().join(format!("iil{}", &uuid::Uuid::new_v4().to_string()[..6]));
@@ -80,7 +81,21 @@ fn engine(home: &Path) -> (EngineProc, u16) {
         ],
     );
     e.wait_for_log(&["watching the configuration file"]);
-    (e, ws)
+    (e, ws, root)
+}
+
+/// Stops the workers the way a user does (entries removed, the reload stops them), so no
+/// sandbox outlives the test, then the engine.
+fn shutdown(e: EngineProc, ws: u16, root: &Path) {
+    crate::image_fixture::write_config(&e, &config(ws, ""));
+    crate::image_fixture::eventually(
+        Duration::from_secs(60),
+        "the local workers' sandboxes were not stopped",
+        &e,
+        || crate::image_fixture::sandboxes(root).is_empty(),
+    );
+    drop(e);
+    let _ = std::fs::remove_dir_all(root);
 }
 
 /// Calls `function` until it answers (the worker may be restarting); returns the result.
@@ -162,7 +177,7 @@ threading.Event().wait()
         ],
     );
     write(&project, EXCLUDED_CLUTTER);
-    let (e, ws) = engine(&home);
+    let (e, ws, root) = engine(&home);
     // The add waits until the worker connects (setup+install included).
     let (rc, err) = worker(&e.dir, &home, &["add", project.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}\n{}", e.log());
@@ -253,7 +268,7 @@ threading.Event().wait()
         text
     );
     let _ = std::fs::remove_dir_all(&project);
-    drop(e);
+    shutdown(e, ws, &root);
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -295,7 +310,7 @@ setInterval(() => {}, 1 << 30)
         ],
     );
     write(&project, EXCLUDED_CLUTTER);
-    let (e, ws) = engine(&home);
+    let (e, ws, root) = engine(&home);
     let (rc, err) = worker(&e.dir, &home, &["add", project.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}\n{}", e.log());
     assert!(
@@ -334,7 +349,7 @@ setInterval(() => {}, 1 << 30)
         "install ran again"
     );
     let _ = std::fs::remove_dir_all(&project);
-    drop(e);
+    shutdown(e, ws, &root);
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -528,7 +543,7 @@ fn worker_path_entries_are_validated_and_a_broken_project_is_reported_by_the_hos
             "name: broken\nscripts:\n  start: go\n  oops: 1\n",
         )],
     );
-    let (e, _ws) = engine(&home);
+    let (e, ws, root) = engine(&home);
     let text = std::fs::read_to_string(e.dir.join("config.yaml")).unwrap();
     crate::image_fixture::write_config(
         &e,
@@ -539,7 +554,7 @@ fn worker_path_entries_are_validated_and_a_broken_project_is_reported_by_the_hos
     );
     let log = e.wait_for_log(&["unknown key(s) `scripts.oops` (line 4)"]);
     assert!(!log.contains("sandbox ready"), "{log}");
-    drop(e);
+    shutdown(e, ws, &root);
     let _ = std::fs::remove_dir_all(&project);
     let _ = std::fs::remove_dir_all(&home);
 }
