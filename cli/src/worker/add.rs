@@ -15,9 +15,10 @@ use super::{engine, names, oci, ProjectLock};
 
 #[derive(Args, Debug)]
 pub struct AddArgs {
-    /// Builtin worker names (ex. http, state, iii-sandbox; optionally name@version) or Docker / OCI image
-    /// references (ex. ghcr.io/org/worker:tag, localhost:5050/my-worker:latest)
-    #[arg(value_name = "WORKER[@VERSION]|IMAGE", required = true)]
+    /// Builtin worker names (ex. http, state, iii-sandbox; optionally name@version), Docker / OCI image
+    /// references (ex. ghcr.io/org/worker:tag, localhost:5050/my-worker:latest) or project directories
+    /// (starting with `.`, `/` or `~`: local-path workers)
+    #[arg(value_name = "WORKER[@VERSION]|IMAGE|PATH", required = true)]
     workers: Vec<String>,
     /// Force re-install: stop the worker if the engine runs it and delete its artifacts (binary, cached image, managed/<name>/) before adding
     #[arg(short, long)]
@@ -163,10 +164,13 @@ pub async fn run(a: AddArgs) -> bool {
 
 async fn add_one(arg: &str, a: &AddArgs) -> Result<(), WorkerError> {
     match classify(arg) {
-        Source::Local(p) => Err(WorkerError::InvalidSource(format!(
-            "'{p}' is a local path: local-path workers are not supported by this engine yet; \
-package the worker as an OCI image and add its reference"
-        ))),
+        Source::Local(p) => {
+            let added = super::local::add(&p, a.force, a.reset_config)?;
+            if !a.no_wait {
+                engine::wait_ready(&added.name, added.port, ready_timeout()).await;
+            }
+            Ok(())
+        }
         Source::Oci(r) => add_image(&r, a).await,
         Source::Registry { name, version } => {
             names::validate(&name)?;

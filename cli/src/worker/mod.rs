@@ -1,8 +1,8 @@
 //! `iii worker …`: worker management — `add`, `reinstall`, `remove`, `list`, `clear` edit the
 //! project's config.yaml and iii.lock (the engine reloads the file and starts or stops workers),
-//! `sync`/`update` replay and refresh iii.lock, `init` scaffolds a worker project, `start`,
-//! `stop`, `restart`, `status` and `logs` manage the engine's image and local workers, and
-//! `sandbox` drives the sandbox daemon.
+//! `sync`/`update` replay and refresh iii.lock, `verify` checks it, `init` scaffolds a worker
+//! project, `start`, `stop`, `restart`, `status`, `logs` and `exec` manage the engine's image and
+//! local workers, and `sandbox` drives the sandbox daemon.
 
 pub mod add;
 pub mod config_file;
@@ -10,15 +10,18 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod lifecycle;
+pub mod local;
 pub mod lock;
 pub mod logs;
 pub mod manage;
+pub mod manifest;
 pub mod names;
 pub mod oci;
 pub mod registry_api;
 pub mod sandbox;
 pub mod status;
 pub mod sync;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -30,12 +33,7 @@ use error::WorkerError;
 pub const LONG_ABOUT: &str = "Manage workers.\n\n`iii worker add/remove/list/clear` edit the project's \
 config file ($III_CONFIG_PATH, else ./config.yaml) and ./iii.lock; a running engine reloads the file and starts \
 or stops the workers. Builtin workers are added by name (http, state, queue, iii-sandbox, …), container workers \
-by OCI image reference, registry workers by name through the registry API ($III_API_URL). `iii worker sync` \
-installs exactly what ./iii.lock pins, `update` refreshes the pins, `init` scaffolds a new worker project. \
-`iii worker start/stop/restart/status` ask the running engine about its image and local workers (it supervises \
-them; a stop sticks until a start, a changed entry or an engine restart), and `iii worker logs` prints their \
-output from $III_HOME/logs/<name>/ (default ~/.iii). `iii worker sandbox` drives ephemeral sandboxes through the \
-iii-sandbox daemon. Errors print as `error: [Wxxx] <message>`.";
+by OCI image reference, local-path workers by project directory (./dir), registry workers by name through the registry API ($III_API_URL). `iii worker sync` installs exactly what ./iii.lock pins, `update` refreshes the pins, `verify` checks config.yaml against iii.lock, `init` scaffolds a new worker project. `iii worker start/stop/restart/status` ask the running engine about its image and local workers (it supervises them; a stop sticks until a start, a changed entry or an engine restart), and `iii worker logs` prints their output from $III_HOME/logs/<name>/ (default ~/.iii). `iii worker sandbox` drives ephemeral sandboxes through the iii-sandbox daemon. Errors print as `error: [Wxxx] <message>`.";
 
 #[derive(Args, Debug)]
 #[command(subcommand_required = true, arg_required_else_help = true)]
@@ -46,14 +44,17 @@ pub struct WorkerArgs {
 
 #[derive(Subcommand, Debug)]
 enum WorkerCommand {
-    /// Add a builtin worker by name or a container worker by OCI image reference
+    /// Add a builtin worker by name, a container worker by OCI image reference, or a local project by path
     #[command(
         long_about = "Add workers to the config file. A builtin name (http, state, stream, queue, pubsub, cron, \
 iii-sandbox, …) writes a bare `- name:` entry (iii-sandbox also gets its default config: block) and an iii.lock \
 entry `{type: engine}`. An OCI image reference (ex. ghcr.io/org/worker:tag) is pulled into the image store and \
 written as `- name: <last path segment>` + `image: <ref>`, with the image's ENV (minus PATH, HOME, HOSTNAME, LANG, \
 TERM) as its config: block; then add waits up to 120s for the engine to start it and the worker to connect \
-(--no-wait skips the wait; a timeout is not an error). Existing entries keep their hand-written config:. \
+(--no-wait skips the wait; a timeout is not an error). A project directory (starting with `.`, `/` or `~`) \
+is checked (iii.worker.yaml, else package.json / Cargo.toml / pyproject.toml / requirements.txt) and written as \
+`- name: <manifest name or dir name>` + `worker_path: <canonical dir>`; the engine copies it into a workspace, runs \
+setup+install once and then its start script in a sandbox. Existing entries keep their hand-written config:. \
 Everything else in the file, comments included, stays as it was."
     )]
     Add(add::AddArgs),
@@ -140,6 +141,14 @@ The directory is -d, else NAME, else the current one; a non-empty one is refused
     )]
     Init(init::InitArgs),
     Sandbox(sandbox::SandboxArgs),
+    /// Check that config.yaml matches iii.lock
+    #[command(
+        long_about = "Check that the config file matches ./iii.lock: every worker that needs a lock entry \
+(registry/binary names; not builtins, images or local paths) has one, and binary workers have an artifact for \
+this host's target. --strict also checks declared dependencies: every locked worker's, and every local worker's \
+iii.worker.yaml `dependencies:`, must be locked at a version inside its range. Exit 0 when they match, else 1."
+    )]
+    Verify(verify::VerifyArgs),
 }
 
 /// Holds `./.iii-worker.lock` so two `iii worker` edits of one project never interleave.
@@ -212,6 +221,7 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             WorkerCommand::Sync(a) => sync::sync(a).await,
             WorkerCommand::Update(a) => sync::update(a).await,
             WorkerCommand::Init(a) => report(init::run(a)),
+            WorkerCommand::Verify(a) => report(verify::run(a)),
             WorkerCommand::Sandbox(_) => unreachable!("dispatched above"),
         }
     });

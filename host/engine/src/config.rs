@@ -286,8 +286,9 @@ impl EngineConfig {
                     )));
                 }
             }
-            // A worker of the user's own from an image or a project directory: the engine runs
-            // it in a sandbox through `iii-worker-host`. Its service gets the whole entry.
+            // A worker of the user's own from an image: the engine runs it in a sandbox
+            // through `iii-worker-host`. Its service gets the whole entry (name, image, config).
+            // A local-path worker (`worker_path:`) runs the same way, from a project directory.
             if external {
                 if let Some(i) = infos
                     .iter()

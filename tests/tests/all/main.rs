@@ -17,6 +17,7 @@ mod image_fixture;
 mod image_workers;
 mod kv_durability;
 mod lang_policies;
+mod local_workers;
 mod policies;
 mod pubsub_cron;
 mod queue;

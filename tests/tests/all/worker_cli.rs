@@ -179,7 +179,11 @@ fn bad_input_leaves_config_and_lock_untouched() {
         ),
         (&["add", "ghcr.io/a/b:"], "[W101]", "tag"),
         (&["add", "ghcr.io/a/b@sha256:nothex"], "[W101]", "digest"),
-        (&["add", "./my-worker"], "[W101]", "local path"),
+        (
+            &["add", "./my-worker"],
+            "[W101]",
+            "Cannot resolve path './my-worker'",
+        ),
         (&["add", "pdfkit"], "[W140]", "III_API_URL"),
         (&["add", "pdfkit@1.0.0"], "[W140]", "III_API_URL"),
         (&["add", "ghcr.io/a/http:1"], "[W111]", "builtin"),
