@@ -71,7 +71,7 @@ enum Command {
     /// Invoke a function on a running iii engine
     #[command(visible_alias = "t", disable_help_flag = true)]
     Trigger(trigger::TriggerArgs),
-    /// Manage workers: add, remove, list, clear, sandbox
+    /// Manage workers: add, reinstall, remove, list, clear, sync, update, init, sandbox
     #[command(long_about = worker::LONG_ABOUT)]
     Worker(worker::WorkerArgs),
 }

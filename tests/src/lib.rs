@@ -1,6 +1,9 @@
 //! Support for the black-box tests: start the real `iii` binary on free ports, speak the worker
 //! protocol with a raw WebSocket client, and make plain HTTP/1.1 requests.
 
+pub mod oci_registry;
+pub mod registry_api;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `iii worker add` (workers-and-sandboxes spec §1.2): builtin names edit config.yaml and
 //! iii.lock; OCI references are pulled into the image store and written as `image:` entries the
-//! engine starts; registry names need the registry API, which this build does not talk to.
+//! engine starts (their digest pinned in iii.lock); registry names resolve through the
+//! registry API (sync.rs).
 
 use std::path::Path;
 
@@ -14,11 +15,12 @@ use super::{engine, names, oci, ProjectLock};
 
 #[derive(Args, Debug)]
 pub struct AddArgs {
-    /// Builtin worker names (ex. http, state, iii-sandbox; optionally name@version) or Docker / OCI image
-    /// references (ex. ghcr.io/org/worker:tag, localhost:5050/my-worker:latest)
-    #[arg(value_name = "WORKER[@VERSION]|IMAGE", required = true)]
+    /// Builtin worker names (ex. http, state, iii-sandbox; optionally name@version), Docker / OCI image
+    /// references (ex. ghcr.io/org/worker:tag, localhost:5050/my-worker:latest) or project directories
+    /// (starting with `.`, `/` or `~`: local-path workers)
+    #[arg(value_name = "WORKER[@VERSION]|IMAGE|PATH", required = true)]
     workers: Vec<String>,
-    /// Force re-download: delete the worker's cached image before adding
+    /// Force re-install: stop the worker if the engine runs it and delete its artifacts (binary, cached image, managed/<name>/) before adding
     #[arg(short, long)]
     force: bool,
     /// With --force: discard the worker's config.yaml entry (and its hand-written config:) before re-adding
@@ -27,9 +29,34 @@ pub struct AddArgs {
     /// Don't block waiting for the engine to start the worker (otherwise up to 120s, or $III_WORKER_READY_TIMEOUT_SECS)
     #[arg(long)]
     no_wait: bool,
-    /// Accepted for compatibility (consent for large dependency graphs, which builtin and image adds never have)
+    /// Consent for registry workers whose dependency graph has more than 32 workers
     #[arg(short, long)]
     yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReinstallArgs {
+    /// Worker names (name[@version]) or OCI image references to reinstall
+    #[arg(value_name = "WORKER[@VERSION]|IMAGE", required = true)]
+    workers: Vec<String>,
+    /// Also discard the worker's config.yaml entry (and its hand-written config:) before re-adding
+    #[arg(long)]
+    reset_config: bool,
+    /// Consent for registry workers whose dependency graph has more than 32 workers
+    #[arg(short, long)]
+    yes: bool,
+}
+
+/// `iii worker reinstall` = `add --force --no-wait` (§1.3).
+pub async fn reinstall(a: ReinstallArgs) -> bool {
+    run(AddArgs {
+        workers: a.workers,
+        force: true,
+        reset_config: a.reset_config,
+        no_wait: true,
+        yes: a.yes,
+    })
+    .await
 }
 
 /// How an argument is read (§1.2 "Source classification").
@@ -100,7 +127,7 @@ pub fn builtin(name: &str) -> Option<Builtin> {
 }
 
 /// `iii worker add iii-sandbox` writes the daemon's defaults (§4.2) so they are visible and editable.
-fn sandbox_defaults() -> Mapping {
+pub(super) fn sandbox_defaults() -> Mapping {
     serde_yaml::from_str(
         "auto_install: true\nimage_allowlist:\n  - python\n  - node\ndefault_idle_timeout_secs: 300\n\
 max_concurrent_sandboxes: 32\ndefault_cpus: 1\ndefault_memory_mb: 512\n",
@@ -108,7 +135,7 @@ max_concurrent_sandboxes: 32\ndefault_cpus: 1\ndefault_memory_mb: 512\n",
     .expect("static YAML")
 }
 
-fn ready_timeout() -> std::time::Duration {
+pub(super) fn ready_timeout() -> std::time::Duration {
     std::env::var("III_WORKER_READY_TIMEOUT_SECS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -137,10 +164,13 @@ pub async fn run(a: AddArgs) -> bool {
 
 async fn add_one(arg: &str, a: &AddArgs) -> Result<(), WorkerError> {
     match classify(arg) {
-        Source::Local(p) => Err(WorkerError::InvalidSource(format!(
-            "'{p}' is a local path: local-path workers are not supported by this engine yet; \
-package the worker as an OCI image and add its reference"
-        ))),
+        Source::Local(p) => {
+            let added = super::local::add(&p, a.force, a.reset_config)?;
+            if !a.no_wait {
+                engine::wait_ready(&added.name, added.port, ready_timeout()).await;
+            }
+            Ok(())
+        }
         Source::Oci(r) => add_image(&r, a).await,
         Source::Registry { name, version } => {
             names::validate(&name)?;
@@ -156,11 +186,17 @@ package the worker as an OCI image and add its reference"
                     names,
                     current,
                 }) => add_builtin(&name, version.as_deref(), service, &names, current, a),
-                None => Err(WorkerError::Registry(format!(
-                    "'{name}' is not a builtin worker, and installing workers by registry name needs the iii \
-registry API (III_API_URL, default https://api.workers.iii.dev), which this build does not support yet. \
-Add an OCI image reference instead (e.g. `iii worker add ghcr.io/<org>/{name}:<tag>`)"
-                ))),
+                None => {
+                    super::sync::add_registry(super::sync::RegistryAdd {
+                        name: &name,
+                        version: version.as_deref(),
+                        force: a.force,
+                        reset_config: a.reset_config,
+                        yes: a.yes,
+                        wait: !a.no_wait,
+                    })
+                    .await
+                }
             }
         }
     }
@@ -172,7 +208,7 @@ fn read_config(path: &Path) -> Result<Option<String>, WorkerError> {
 }
 
 /// Writes config then lock; a failed lock write puts the config file back as it was.
-fn write_both(
+pub(super) fn write_both(
     path: &Path,
     before: Option<&str>,
     after: &str,
@@ -257,14 +293,11 @@ an image worker needs a name of its own (retag the image)"
         let _guard = ProjectLock::acquire()?;
         let path = config_file::config_path();
         let before = read_config(&path)?;
-        let mut text = before.unwrap_or_default();
+        let mut text = before.clone().unwrap_or_default();
         // Refuse an unparsable existing block before the (slow) pull.
         config_file::entry_config(&text, &name)?;
         if a.force {
-            match oci::remove_cached(reference)? {
-                Some(bytes) => eprintln!("✓ Cleared {:.1} MB", bytes as f64 / 1e6),
-                None => eprintln!("nothing cached for {reference}"),
-            }
+            super::sync::force_cleanup(&name, &text).await?;
         }
         eprintln!("Pulling {reference}...");
         let pulled = oci::pull(reference, &mut |line| eprintln!("  {line}"))?;
@@ -278,9 +311,15 @@ an image worker needs a name of its own (retag the image)"
             config: oci::env_config(&pulled.env),
         };
         let after = config_file::upsert_entry(&text, &entry)?;
-        config_file::write(&path, &after)?;
+        // The pull's digest is pinned in iii.lock, so `sync` reinstalls exactly this image.
+        let mut lock = Lockfile::read(Path::new(LOCK_PATH))?.unwrap_or_default();
+        lock.workers.insert(
+            name.clone(),
+            super::sync::oci_locked(reference, &pulled.digest),
+        );
+        write_both(&path, before.as_deref(), &after, &lock)?;
         eprintln!(
-            "✓ {name} added to {} (image {reference}, {})",
+            "✓ {name} added to {} (image {reference}, {}, pinned in {LOCK_PATH})",
             path.display(),
             pulled.digest
         );

@@ -1,9 +1,10 @@
-//! The one error type of `iii worker add/remove/list/clear/exec`, printed as `error: [Wxxx] message`
+//! The one error type of `iii worker add/remove/list/clear/start/stop/restart/status/logs/exec`, printed as `error: [Wxxx] message`
 //! with the W-codes of workers-and-sandboxes spec §7.6.
 
 use super::config_file::ConfigFileError;
 use super::lock::LockError;
 use super::names::NameError;
+use super::registry_api::ApiError;
 
 /// Why a worker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +20,13 @@ pub enum WorkerError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
-    NotRunning(String),
+    BadRequest(String),
     #[error("{0}")]
     Running(String),
+    #[error("{0}")]
+    NotRunning(String),
+    #[error("{0}")]
+    StopTimeout(String),
     #[error("another `iii worker` command holds {0}; wait for it to finish and retry")]
     LockBusy(String),
     #[error("{0}")]
@@ -49,8 +54,10 @@ impl WorkerError {
             WorkerError::Consent(_) => "W104",
             WorkerError::NotFound(_) => "W110",
             WorkerError::AlreadyExists(_) => "W111",
-            WorkerError::NotRunning(_) => "W113",
+            WorkerError::BadRequest(_) => "W105",
             WorkerError::Running(_) => "W114",
+            WorkerError::NotRunning(_) => "W113",
+            WorkerError::StopTimeout(_) => "W162",
             WorkerError::LockBusy(_) => "W120",
             WorkerError::LockIo(_) => "W121",
             WorkerError::ConfigIo(_) => "W130",
@@ -84,6 +91,15 @@ impl From<LockError> for WorkerError {
         match e {
             LockError::Read { .. } | LockError::Write { .. } => WorkerError::LockIo(e.to_string()),
             other => WorkerError::Lockfile(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for WorkerError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::NotFound(..) => WorkerError::NotFound(e.to_string()),
+            other => WorkerError::Registry(other.to_string()),
         }
     }
 }

@@ -409,10 +409,6 @@ impl Lockfile {
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "rendered by `iii worker sync --frozen`, which comes later"
-)]
 /// One dependency difference between `iii.worker.yaml` and `iii.lock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriftLine {
@@ -431,10 +427,6 @@ pub enum DriftLine {
     },
 }
 
-#[allow(
-    dead_code,
-    reason = "rendered by `iii worker sync --frozen`, which comes later"
-)]
 /// The frozen-sync failures, each rendered as the byte-stable block of section 2.2.3 (no colors).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
@@ -446,12 +438,47 @@ pub enum SyncError {
     CorruptManifest(String),
     #[error("error: iii.lock is internally inconsistent: manifest_hash does not match declared_dependencies\nfix: restore iii.lock from git, or regenerate with `iii worker add`\ndocs: https://iii.dev/docs/sync#corrupt-lock")]
     LockInconsistent,
+    #[error("{}", render_config_drift(.0, .1))]
+    ConfigDrift(String, Vec<ConfigDrift>),
 }
 
-#[allow(
-    dead_code,
-    reason = "rendered by `iii worker sync --frozen`, which comes later"
-)]
+/// One difference between the config file's workers and `iii.lock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigDrift {
+    /// A worker in the config file that the lock does not pin.
+    NotLocked { name: String },
+    /// A locked worker that is gone from the config file.
+    NotConfigured { name: String },
+    /// The config file's `image:` is not the one the lock pins.
+    Image {
+        name: String,
+        locked: String,
+        config: String,
+    },
+}
+
+fn render_config_drift(config: &str, lines: &[ConfigDrift]) -> String {
+    let mut s = format!("error: {config} drift vs iii.lock\n");
+    for l in lines {
+        let _ = match l {
+            ConfigDrift::NotLocked { name } => {
+                writeln!(s, "  + {name} (in {config}, not in iii.lock)")
+            }
+            ConfigDrift::NotConfigured { name } => {
+                writeln!(s, "  - {name} (in iii.lock, not in {config})")
+            }
+            ConfigDrift::Image {
+                name,
+                locked,
+                config,
+            } => writeln!(s, "  ~ {name} image \"{locked}\" → \"{config}\""),
+        };
+    }
+    s.push_str("fix: run `iii worker add <worker>` or `iii worker update <worker>` to re-pin iii.lock, or restore the config file from git\n");
+    s.push_str("docs: https://iii.dev/docs/sync#drift");
+    s
+}
+
 /// The differences between the manifest's dependencies and the lock's declared ones, sorted
 /// by name.
 pub fn drift(

@@ -225,7 +225,7 @@ impl EngineConfig {
             let at = format!("{at}({name})");
             if name == iii_services::external::IMAGE_WORKERS {
                 return Err(v.error(format!(
-                    "`{at}`: `{name}` is reserved (image workers are listed by their own name with `image:`)"
+                    "`{at}`: `{name}` is reserved (managed workers are listed by their own name with `image:` or `worker_path:`)"
                 )));
             }
             if let Some(i) = infos
@@ -288,8 +288,8 @@ impl EngineConfig {
             }
             // A worker of the user's own from an image: the engine runs it in a sandbox
             // through `iii-worker-host`. Its service gets the whole entry (name, image, config).
-            let image = m.get("image").is_some_and(|x| !x.is_null());
-            if image {
+            // A local-path worker (`worker_path:`) runs the same way, from a project directory.
+            if external {
                 if let Some(i) = infos
                     .iter()
                     .position(|s| s.name == iii_services::external::IMAGE_WORKERS)

@@ -47,7 +47,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
             program: "iii-sandbox",
             program_env: "III_SANDBOX_BIN",
         }),
-        Box::new(external::ImageWorkers),
+        Box::new(external::ManagedWorkers),
     ]
 }
 

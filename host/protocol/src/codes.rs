@@ -32,6 +32,7 @@
 //! | HTTP-invoked functions | [`http_functions`] |
 //! | the bridge to a remote engine | [`bridge`] |
 //! | WebAssembly policies exposed as functions | [`policy`] |
+//! | `worker::*` (managed workers' lifecycle) | [`managed_worker`] |
 //! | codes only workers send | [`worker`] |
 
 /// Where a code's exact spelling comes from.
@@ -87,6 +88,7 @@ pub fn catalogue() -> impl Iterator<Item = &'static Code> {
         http_functions::TABLE_HTTP_FUNCTIONS,
         bridge::TABLE_BRIDGE,
         policy::TABLE_POLICY,
+        managed_worker::TABLE_MANAGED_WORKER,
         worker::TABLE_WORKER,
     ]
     .into_iter()
@@ -145,6 +147,7 @@ pub use handshake::*;
 pub use http::*;
 pub use http_functions::*;
 pub use invocation::*;
+pub use managed_worker::*;
 pub use policy::*;
 pub use queue::*;
 pub use registration::*;
@@ -564,6 +567,20 @@ pub mod policy {
         /// returned an invalid decision, or does not implement the hook the input asks for.
         /// The caller must deny (fail closed).
         POLICY_FAILED = "policy_failed", Ours, Engine;
+    }
+}
+
+pub mod managed_worker {
+    //! `worker::status`, `worker::stop`, `worker::start`, `worker::restart` (the managed
+    //! workers service). Spelled like the W-codes `iii worker` prints (`error: [W110] …`), so
+    //! the CLI shows the engine's code as is.
+    use super::{Code, Origin, Sender};
+
+    codes! { TABLE_MANAGED_WORKER, "managed_worker";
+        /// The name is not an `image:` or `worker_path:` entry of the running config file.
+        NOT_MANAGED_W110 = "W110", Ours, Engine;
+        /// A stop did not finish within its budget (the worker host is still stopping).
+        STOP_TIMEOUT_W162 = "W162", Ours, Engine;
     }
 }
 

@@ -10,6 +10,7 @@
 //! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
 //! `iii-bench sandbox` measures sandboxes on the namespace runtime ([`sandbox`]).
 //! `iii-bench reload` measures how long a `config.yaml` edit takes to apply ([`reload`]).
+//! `iii-bench worker` measures `iii worker add`, start → ready and crash restarts ([`worker`]).
 //! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
 mod policy;
@@ -17,6 +18,7 @@ mod pubcron;
 mod reload;
 mod sandbox;
 mod validate;
+mod worker;
 
 mod queue;
 
@@ -648,6 +650,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("sandbox") {
         return rt.block_on(sandbox::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("worker") {
+        return rt.block_on(worker::bench());
     }
     if args.get(1).map(String::as_str) == Some("validate") {
         return rt.block_on(validate::bench());

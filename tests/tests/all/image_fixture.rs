@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use iii_oci_rootfs::layout::{layer_tar, write_layout, Entry};
+use iii_oci_rootfs::layout::{busybox_binary_layer, write_layout};
 use iii_tests::{free_port, EngineProc, RawWorker};
 use serde_json::{json, Value};
 
@@ -57,100 +57,15 @@ pub(crate) fn built() -> &'static Built {
     })
 }
 
-/// The shared libraries `bin` loads (absolute paths, as `ldd` resolves them).
-pub(crate) fn libraries(bin: &Path) -> Vec<String> {
-    let out = Command::new("ldd").arg(bin).output().expect("run ldd");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-        let path = match line.split_once("=>") {
-            Some((_, r)) => r.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(p.to_string());
-        }
-    }
-    libs
-}
-
 /// An OCI layout: busybox-static in /bin, the worker at /hello-worker with its libraries at
 /// the paths it loads them from; entrypoint the worker, workdir /tmp.
 pub(crate) fn make_layout(worker: &Path, dir: &Path) {
-    let bb = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox-static is not installed (apt-get install busybox-static)");
-    let busybox = std::fs::read(bb).unwrap();
-    let worker_bytes = std::fs::read(worker).unwrap();
-    let libs: Vec<(String, Vec<u8>)> = libraries(worker)
-        .into_iter()
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap();
-            (p.trim_start_matches('/').to_string(), data)
-        })
-        .collect();
-    let mut dirs: Vec<String> = [
-        "bin",
-        "etc",
-        "root",
-        "tmp",
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "workspace",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for (p, _) in &libs {
-        let mut acc = String::new();
-        for part in Path::new(p).parent().unwrap().iter() {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(&part.to_string_lossy());
-            if !dirs.contains(&acc) {
-                dirs.push(acc.clone());
-            }
-        }
-    }
-    let mut entries: Vec<Entry<'_>> = dirs
-        .iter()
-        .map(|d| Entry::Dir {
-            path: d,
-            mode: 0o755,
-        })
-        .collect();
-    entries.push(Entry::File {
-        path: "bin/busybox",
-        mode: 0o755,
-        data: &busybox,
-    });
-    entries.push(Entry::Symlink {
-        path: "bin/sh",
-        target: "busybox",
-    });
-    entries.push(Entry::File {
-        path: "etc/passwd",
-        mode: 0o644,
-        data: b"root:x:0:0:root:/root:/bin/sh\n",
-    });
-    entries.push(Entry::File {
-        path: "hello-worker",
-        mode: 0o755,
-        data: &worker_bytes,
-    });
-    for (p, data) in &libs {
-        entries.push(Entry::File {
-            path: p,
-            mode: 0o755,
-            data,
-        });
-    }
-    let layer = layer_tar(&entries).unwrap();
+    let layer = busybox_binary_layer(
+        worker,
+        "hello-worker",
+        &["root", "tmp", "proc", "sys", "dev", "run", "workspace"],
+    )
+    .unwrap();
     write_layout(
         dir,
         &[layer],

@@ -5,6 +5,7 @@
 
 mod cli;
 mod configuration;
+mod container_workers;
 mod external_daemon;
 mod hardening_core;
 mod hardening_http;
@@ -16,6 +17,7 @@ mod image_fixture;
 mod image_workers;
 mod kv_durability;
 mod lang_policies;
+mod local_workers;
 mod policies;
 mod pubsub_cron;
 mod queue;
@@ -28,3 +30,5 @@ mod validation;
 mod wire;
 mod worker_cli;
 mod worker_exec;
+mod worker_lifecycle;
+mod worker_registry;

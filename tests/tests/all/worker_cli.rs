@@ -20,6 +20,8 @@ fn worker_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) 
         .current_dir(dir)
         .env_remove("III_CONFIG_PATH")
         .env_remove("III_WORKER_READY_TIMEOUT_SECS")
+        // Registry names never reach the public registry from a test: nothing listens here.
+        .env("III_API_URL", "http://127.0.0.1:1")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -177,7 +179,11 @@ fn bad_input_leaves_config_and_lock_untouched() {
         ),
         (&["add", "ghcr.io/a/b:"], "[W101]", "tag"),
         (&["add", "ghcr.io/a/b@sha256:nothex"], "[W101]", "digest"),
-        (&["add", "./my-worker"], "[W101]", "local path"),
+        (
+            &["add", "./my-worker"],
+            "[W101]",
+            "Cannot resolve path './my-worker'",
+        ),
         (&["add", "pdfkit"], "[W140]", "III_API_URL"),
         (&["add", "pdfkit@1.0.0"], "[W140]", "III_API_URL"),
         (&["add", "ghcr.io/a/http:1"], "[W111]", "builtin"),
@@ -385,7 +391,7 @@ fn clear_with_nothing_cached() {
 /// The OCI path against a real registry (tests/registry.sh: Debian's docker-registry on
 /// 127.0.0.1). Runs when III_REGISTRY_TESTS=1 or docker-registry is installed (and busybox and
 /// mkfs.erofs are, which the image store needs); otherwise says why and passes.
-mod oci {
+pub(crate) mod oci {
     use super::*;
     use iii_oci_rootfs::layout::{layer_tar, write_layout_arch, Entry};
     use iii_oci_rootfs::registry::{host_arch, push_layout};
@@ -447,6 +453,20 @@ mod oci {
     }
 
     fn push_image(reference: &str, dir: &Path) {
+        push_image_env(
+            reference,
+            dir,
+            &[
+                "PATH=/bin",
+                "HOME=/root",
+                "FOO=bar",
+                "III_URL=ws://localhost:49134",
+            ],
+        );
+    }
+
+    /// Pushes a busybox image with `env` (distinct envs give distinct digests) built in `dir`.
+    pub(crate) fn push_image_env(reference: &str, dir: &Path, env: &[&str]) {
         let busybox = std::fs::read("/bin/busybox").unwrap();
         let layer = layer_tar(&[
             Entry::Dir {
@@ -469,7 +489,7 @@ mod oci {
             &layout,
             &[layer],
             serde_json::json!({
-                "Env": ["PATH=/bin", "HOME=/root", "FOO=bar", "III_URL=ws://localhost:49134"],
+                "Env": env,
                 "Entrypoint": ["/bin/sh", "-c", "sleep 1000"],
             }),
             host_arch(),
@@ -527,9 +547,11 @@ mod oci {
             read(&dir, "config.yaml").unwrap(),
             format!("{before}  - name: hello\n    image: {reference}\n    config:\n      FOO: bar\n      III_URL: ws://localhost:49134\n")
         );
+        // The pull's digest is pinned in iii.lock (issue #13 item 6).
+        let lock = read(&dir, "iii.lock").unwrap();
         assert!(
-            read(&dir, "iii.lock").is_none(),
-            "direct image refs are not lock-tracked"
+            lock.starts_with(&format!("version: 1\nworkers:\n  hello:\n    version: latest\n    type: image\n    dependencies: {{}}\n    source:\n      kind: image\n      image: {reference}@sha256:")),
+            "{lock}"
         );
 
         // A worker named like the entry connects: the wait sees it. The user's edit survives.

@@ -91,6 +91,20 @@ pub struct Spec {
     pub pid_file: Option<String>,
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Host directories bind-mounted into the root before the pivot.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host directory seen at `target` inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path of an existing directory.
+    pub source: String,
+    /// Absolute path inside the sandbox (created when missing).
+    pub target: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 fn default_hostname() -> String {
@@ -154,6 +168,23 @@ impl Spec {
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return bad(format!("bad env entry {k:?}"));
+            }
+        }
+        for m in &self.mounts {
+            for (what, p) in [("mount source", &m.source), ("mount target", &m.target)] {
+                if !p.starts_with('/') || p.contains('\0') {
+                    return bad(format!("{what} must be an absolute path, got {p:?}"));
+                }
+                // The target is joined under the new root: `..` would climb out of it.
+                if Path::new(p)
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return bad(format!("{what} must not contain `..`: {p:?}"));
+                }
+            }
+            if m.target == "/" {
+                return bad("a mount cannot replace the root".into());
             }
         }
         for p in self.cgroup_procs.iter().chain(&self.pid_file) {
@@ -420,6 +451,20 @@ fn setup(spec: &Spec) -> Result<(UnixListener, OwnedFd), NsError> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("mode=0755"),
     )?;
+    for b in &spec.mounts {
+        let target = format!("{m}/{}", b.target.trim_start_matches('/'));
+        fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+        sys::mount(&b.source, &target, "", libc::MS_BIND | libc::MS_REC, None)?;
+        if b.readonly {
+            sys::mount(
+                "none",
+                &target,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                None,
+            )?;
+        }
+    }
     let workdir = format!("{m}/{}", spec.workdir.trim_start_matches('/'));
     fs::create_dir_all(&workdir).map_err(io_err("creating", &workdir))?;
     sys::sethostname(&spec.hostname)?;
@@ -805,5 +850,28 @@ mod tests {
         assert!(matches!(with("\"sandbox\"", "\"\""), Err(NsError::Spec(_))));
         assert!(matches!(with("\"HOME\"", "\"A=B\""), Err(NsError::Spec(_))));
         assert!(matches!(Spec::parse(b"{}"), Err(NsError::Spec(_))));
+        let mount = |src: &str, dst: &str| {
+            SPEC.replace(
+                "\"resolv_conf\": null",
+                &format!("\"resolv_conf\": null, \"mounts\": [{{\"source\": \"{src}\", \"target\": \"{dst}\"}}]"),
+            )
+        };
+        let ok = Spec::parse(mount("/home/p", "/workspace").as_bytes()).unwrap();
+        assert_eq!(ok.mounts[0].target, "/workspace");
+        assert!(!ok.mounts[0].readonly);
+        for (src, dst) in [
+            ("rel", "/w"),
+            ("/h", "w"),
+            ("/h", "/w/../../etc"),
+            ("/h", "/"),
+        ] {
+            assert!(
+                matches!(
+                    Spec::parse(mount(src, dst).as_bytes()),
+                    Err(NsError::Spec(_))
+                ),
+                "{src} -> {dst}"
+            );
+        }
     }
 }

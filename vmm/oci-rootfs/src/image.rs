@@ -36,7 +36,7 @@ pub enum ImageError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// Compressed erofs (`mkfs.erofs -zlz4hc`): smaller and faster to boot.
+    /// Compressed erofs (`mkfs.erofs -zlz4`): smaller and faster to boot.
     Erofs,
     /// ext4 built with `mke2fs -d`, for kernels without erofs.
     Ext4,
@@ -96,7 +96,10 @@ pub fn build_lower(dir: &Path, out: &Path, format: Format) -> Result<(), ImageEr
     match format {
         Format::Erofs => {
             let mut cmd = Command::new("mkfs.erofs");
-            cmd.arg("-zlz4hc");
+            // lz4, not lz4hc: the same decompression speed, a few % larger, and 20x
+            // faster to build (50 MiB of incompressible data: 2.7 s against 53 s here), which
+            // is most of an `iii worker add`.
+            cmd.arg("-zlz4");
             // Run as root, the unpacker kept the image's owners (a `USER app`
             // image needs its home owned by app); otherwise every file is the
             // builder's and is mapped to root.

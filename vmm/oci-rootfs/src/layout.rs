@@ -239,3 +239,96 @@ fn finish_layout(
     });
     fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
 }
+
+/// The shared libraries `binary` loads, as `ldd` resolves them (absolute host paths).
+pub fn shared_libraries(binary: &Path) -> io::Result<Vec<String>> {
+    let out = std::process::Command::new("ldd").arg(binary).output()?;
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| match line.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        })
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// A small runnable root for tests and benchmarks: busybox-static (`/bin/busybox`, `/bin/sh`),
+/// the host program `binary` at `at` with the shared libraries it loads at their host paths,
+/// `/etc/passwd` with root, and the directories `dirs`.
+pub fn busybox_binary_layer(binary: &Path, at: &str, dirs: &[&str]) -> io::Result<Vec<u8>> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "busybox-static is not installed (apt-get install busybox-static)",
+            )
+        })?;
+    let busybox = fs::read(bb)?;
+    let program = fs::read(binary)?;
+    let libs: Vec<(String, Vec<u8>)> = shared_libraries(binary)?
+        .into_iter()
+        .map(|p| Ok((p.trim_start_matches('/').to_string(), fs::read(&p)?)))
+        .collect::<io::Result<_>>()?;
+    let at = at.trim_start_matches('/');
+    // Every directory named, and every parent of a file, each once, parents first.
+    let mut all_dirs: Vec<String> = Vec::new();
+    let mut add = |dir: &Path| {
+        let mut acc = String::new();
+        for part in dir.iter() {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(&part.to_string_lossy());
+            if !all_dirs.contains(&acc) {
+                all_dirs.push(acc.clone());
+            }
+        }
+    };
+    for d in ["bin", "etc"].iter().chain(dirs) {
+        add(Path::new(d.trim_matches('/')));
+    }
+    for f in libs.iter().map(|(p, _)| p.as_str()).chain([at]) {
+        if let Some(parent) = Path::new(f).parent() {
+            add(parent);
+        }
+    }
+    let mut entries: Vec<Entry<'_>> = all_dirs
+        .iter()
+        .map(|d| Entry::Dir {
+            path: d,
+            mode: 0o755,
+        })
+        .collect();
+    entries.push(Entry::File {
+        path: "bin/busybox",
+        mode: 0o755,
+        data: &busybox,
+    });
+    entries.push(Entry::Symlink {
+        path: "bin/sh",
+        target: "busybox",
+    });
+    entries.push(Entry::File {
+        path: "etc/passwd",
+        mode: 0o644,
+        data: b"root:x:0:0:root:/root:/bin/sh\n",
+    });
+    entries.push(Entry::File {
+        path: at,
+        mode: 0o755,
+        data: &program,
+    });
+    for (p, data) in &libs {
+        entries.push(Entry::File {
+            path: p,
+            mode: 0o755,
+            data,
+        });
+    }
+    layer_tar(&entries)
+}

@@ -357,8 +357,9 @@ impl PresetRecipe {
     /// The recipe for preset `name` on a host with these sources.
     pub fn new(name: &str, suite: &str, sources: &[AptSource]) -> Result<PresetRecipe, ImageError> {
         let include: &[&str] = match name {
-            "python" => &["python3", "ca-certificates"],
-            "node" => &["nodejs", "ca-certificates"],
+            // pip/venv and npm: local-path workers install their dependencies in the sandbox.
+            "python" => &["python3", "python3-pip", "python3-venv", "ca-certificates"],
+            "node" => &["nodejs", "npm", "ca-certificates"],
             _ => return Err(ImageError::UnknownPreset(name.into())),
         };
         let arch = match std::env::consts::ARCH {

@@ -109,6 +109,44 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// The engine port: the sandbox's `127.0.0.1:<port>` reaches the host's.
     pub engine_port: u16,
+    /// Host directories bind-mounted into the sandbox (namespace only; the microVM runtime
+    /// refuses them).
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory seen inside a sandbox: writes through it reach the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// An existing host directory (absolute).
+    pub source: PathBuf,
+    /// Where it appears inside the sandbox (absolute, no `..`).
+    pub target: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+impl Mount {
+    /// Checks the paths the way the sandbox's init will, before anything is created.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        let bad = |m: String| Err(RuntimeError::InvalidSpec(m));
+        if !self.source.is_absolute() || !self.source.is_dir() {
+            return bad(format!(
+                "mount source {} must be an existing directory given by an absolute path",
+                self.source.display()
+            ));
+        }
+        let t = Path::new(&self.target);
+        if !t.is_absolute()
+            || t.components().any(|c| c == std::path::Component::ParentDir)
+            || self.target == "/"
+        {
+            return bad(format!(
+                "mount target {:?} must be an absolute path below / without `..`",
+                self.target
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An isolation runtime.

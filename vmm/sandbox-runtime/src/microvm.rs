@@ -143,6 +143,13 @@ impl crate::Runtime for MicroVmRuntime {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn SandboxHandle>, RuntimeError> {
         check_id(&spec.id)?;
+        if !spec.mounts.is_empty() {
+            return Err(RuntimeError::InvalidSpec(
+                "the microVM runtime cannot bind-mount host directories yet (no virtio-fs); \
+                 use the namespace runtime for sandboxes with mounts"
+                    .into(),
+            ));
+        }
         if spec.network {
             return Err(RuntimeError::Network(
                 "the microVM runtime has no network device yet (iii-vmm has no virtio-net); \

@@ -54,6 +54,14 @@ struct InitSpec<'a> {
     workdir: &'static str,
     pid_file: PathBuf,
     resolv_conf: Option<&'static str>,
+    mounts: Vec<InitMount>,
+}
+
+#[derive(Serialize)]
+struct InitMount {
+    source: PathBuf,
+    target: String,
+    readonly: bool,
 }
 
 #[derive(Serialize)]
@@ -284,6 +292,9 @@ impl crate::Runtime for NamespaceRuntime {
                 spec.cpus, spec.memory_mb
             )));
         }
+        for m in &spec.mounts {
+            m.check()?;
+        }
         if !spec.rootfs.lower.is_file() {
             return Err(RuntimeError::InvalidSpec(format!(
                 "lower image {} does not exist",
@@ -482,6 +493,15 @@ impl NamespaceRuntime {
             workdir: "/workspace",
             pid_file: pid_file.clone(),
             resolv_conf: spec.network.then_some(net::RESOLV_CONF),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| InitMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    readonly: m.readonly,
+                })
+                .collect(),
         };
         let spec_path = dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&init_spec)

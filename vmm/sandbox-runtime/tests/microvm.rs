@@ -25,6 +25,7 @@ fn spec(id: &str, lower: &Path) -> SandboxSpec {
         network: false,
         env: vec![],
         engine_port: 49134,
+        mounts: Vec::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use iii_sandbox_runtime::cgroup::Cgroups;
 use iii_sandbox_runtime::namespace::NamespaceRuntime;
 use iii_sandbox_runtime::{
-    LowerFormat, Rootfs, Runtime, RuntimeError, RuntimeOptions, SandboxHandle, SandboxSpec,
+    LowerFormat, Mount, Rootfs, Runtime, RuntimeError, RuntimeOptions, SandboxHandle, SandboxSpec,
 };
 use iii_vm_agent_proto::client::{self, ExecOutput};
 use iii_vm_agent_proto::ExecRequest;
@@ -120,6 +120,7 @@ fn spec(id: &str, engine_port: u16) -> SandboxSpec {
         network: false,
         env: vec![("SANDBOX_VAR".into(), "set".into())],
         engine_port,
+        mounts: Vec::new(),
     }
 }
 
@@ -637,4 +638,74 @@ async fn the_python_preset_runs_in_a_namespace_sandbox() {
     let (pid1, id) = (pid1_of(&rt, sb.id()), sb.id().to_string());
     sb.stop().await.unwrap();
     assert_gone(&rt, &id, pid1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_mounts_show_host_directories_read_write_or_read_only() {
+    if !root() {
+        return;
+    }
+    let rt = runtime_clean().await;
+    let host = tempfile::tempdir().unwrap();
+    let (rw, ro) = (host.path().join("rw"), host.path().join("ro"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("given"), "from the host").unwrap();
+    let mut s = spec("mounts", 1);
+    s.mounts = vec![
+        Mount {
+            source: rw.clone(),
+            target: "/workspace".into(),
+            readonly: false,
+        },
+        Mount {
+            source: ro.clone(),
+            target: "/opt/given".into(),
+            readonly: true,
+        },
+    ];
+    let id = s.id.clone();
+    let sb = rt.create(s).await.expect("create");
+    let o = sh(
+        sb.as_ref(),
+        "echo made > /workspace/out && cat /opt/given/given && (echo x > /opt/given/nope 2>/dev/null && echo WROTE || echo refused)",
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", out(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "from the hostrefused\n",
+        "{}",
+        out(&o)
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("out")).unwrap(), "made\n");
+    assert!(!ro.join("nope").exists());
+    let pid1 = pid1_of(&rt, &id);
+    sb.stop().await.expect("stop");
+    assert_gone(&rt, &id, pid1);
+    // The host directories are untouched by the teardown.
+    assert!(rw.join("out").is_file() && ro.join("given").is_file());
+
+    // Bad mounts are refused before anything is made.
+    for (source, target) in [
+        (host.path().join("missing"), "/w"),
+        (rw.clone(), "relative"),
+        (rw.clone(), "/a/../../etc"),
+        (rw.clone(), "/"),
+    ] {
+        let mut s = spec("badmount", 1);
+        s.mounts = vec![Mount {
+            source,
+            target: target.into(),
+            readonly: false,
+        }];
+        let id = s.id.clone();
+        match rt.create(s).await {
+            Err(RuntimeError::InvalidSpec(m)) => assert!(m.contains("mount"), "{m}"),
+            Err(e) => panic!("{target}: {e}"),
+            Ok(_) => panic!("{target}: created"),
+        }
+        assert!(!rt.root().join(&id).exists());
+    }
 }

@@ -152,6 +152,7 @@ impl Daemon {
             network,
             env,
             engine_port: self.engine_port,
+            mounts: Vec::new(),
         };
         let handle = self
             .runtime

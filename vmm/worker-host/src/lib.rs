@@ -1,4 +1,5 @@
-//! `iii-worker-host`: runs one image worker from `config.yaml` (issue #13). The engine starts
+//! `iii-worker-host`: runs one image worker from `config.yaml` (issue #13), or a local-path
+//! worker (`--path`, see [`local`]). The engine starts
 //! one per `- name: <n>` entry with `image:`; this process finds the image, creates a sandbox
 //! from it, runs the image's `entrypoint + cmd` as one long exec session, streams the
 //! session's output to its own stdout/stderr and stops the sandbox when it is told to stop,
@@ -8,6 +9,9 @@
 //! never-failing output ([`output`]); `main.rs` wires them to the runtime.
 
 #![deny(clippy::cast_possible_truncation)]
+
+pub mod local;
+pub mod manifest;
 
 use serde_yaml::Value;
 

@@ -1,6 +1,6 @@
-//! `iii-worker-host --name <n> --image <ref> --engine ws://127.0.0.1:<port> [--config <yaml>]`
+//! `iii-worker-host --name <n> (--image <ref> | --path <dir>) --engine ws://127.0.0.1:<port> [--config <yaml>]`
 //!
-//! Runs one image worker (see the library docs). The engine starts it and restarts it when it
+//! Runs one image worker or one local-path worker (see the library docs). The engine starts it and restarts it when it
 //! exits; it exits with the workload's exit code, or 0 after a requested stop.
 
 use std::os::unix::net::UnixStream;
@@ -10,17 +10,20 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use iii_oci_rootfs::{ImageStore, Rootfs};
-use iii_sandbox_runtime::{Runtime, RuntimeChoice, RuntimeOptions, SandboxHandle, SandboxSpec};
+use iii_sandbox_runtime::{
+    Mount, Runtime, RuntimeChoice, RuntimeOptions, SandboxHandle, SandboxSpec,
+};
 use iii_vm_agent_proto::{read_frame, write_frame, ExecRequest, Frame, Kind, ProtoError};
 use iii_worker_host::shell::{self, SessionBase};
 use iii_worker_host::{
-    command_line, flatten_config, merge_env, output, sandbox_id, url_port, HostError,
+    command_line, flatten_config, local, manifest, merge_env, output, sandbox_id, url_port,
+    HostError,
 };
 
 #[derive(Parser)]
 #[command(
     name = "iii-worker-host",
-    about = "Runs one image worker of config.yaml in a sandbox"
+    about = "Runs one image worker or local-path worker of config.yaml in a sandbox"
 )]
 struct Args {
     /// The entry's name (the worker registers as it: `III_WORKER_NAME`).
@@ -28,20 +31,23 @@ struct Args {
     name: String,
     /// The image: a registry reference (pulled once, then taken from the cache), or the path of
     /// an OCI layout directory or tarball.
+    #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+    image: Option<String>,
+    /// A local-path worker: the project directory (absolute), run from a persistent copy.
     #[arg(long)]
-    image: String,
+    path: Option<PathBuf>,
     /// The engine's worker socket, reachable from the sandbox at the same port on 127.0.0.1.
     #[arg(long)]
     engine: String,
     /// The entry's `config:` block as YAML; flattened into the workload's environment.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Sandbox CPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
-    /// Sandbox memory, MiB.
-    #[arg(long, default_value_t = 1024)]
-    memory_mb: u32,
+    /// Sandbox CPUs (a local worker's manifest `resources.cpus` wins; default 1, local 2).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Sandbox memory, MiB (a local worker's `resources.memory` wins; default 1024, local 2048).
+    #[arg(long)]
+    memory_mb: Option<u32>,
 }
 
 /// An image ready to run: its lower and how it says to run.
@@ -113,6 +119,95 @@ fn resolve_image(store: &ImageStore, reference: &str) -> Result<Resolved, HostEr
     })
 }
 
+/// What runs in the sandbox.
+struct Workload {
+    rootfs: Rootfs,
+    /// A local worker's setup+install, and the marker written once it succeeds.
+    prepare: Option<(ExecRequest, PathBuf)>,
+    start: ExecRequest,
+    mounts: Vec<Mount>,
+    network: bool,
+    cpus: u32,
+    memory_mb: u32,
+}
+
+/// A local-path worker: the workspace synced, its base image ready, setup+install unless the
+/// marker says they ran.
+fn local_workload(
+    store: &ImageStore,
+    name: &str,
+    dir: &Path,
+    config_env: &[(String, String)],
+    own: &[(String, String)],
+) -> Result<Workload> {
+    let plan = local::plan(name, dir, config_env, own)?;
+    tracing::info!(
+        dir = %dir.display(),
+        kind = plan.project.kind.as_str(),
+        from = plan.project.detected_from,
+        workspace = %plan.workspace.display(),
+        "local worker"
+    );
+    if let Some(m) = &plan.project.manifest {
+        for w in &m.warnings {
+            tracing::warn!("{}: {w}", manifest::MANIFEST_FILE);
+        }
+    }
+    let rootfs = local::base_image(store, &plan.project, &mut |line| {
+        tracing::info!("base image: {line}")
+    })?;
+    let env = merge_env(&[&rootfs.env, &plan.env]);
+    let session = |script: String| ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), script],
+        env: env.clone(),
+        cwd: Some(local::WORKSPACE.into()),
+        user: None,
+        tty: false,
+        timeout_ms: None,
+    };
+    let prepare = match plan.prepare {
+        Some(script) => {
+            tracing::info!("setup+install: running");
+            Some((session(script), plan.marker.clone()))
+        }
+        None => {
+            tracing::info!(
+                "setup+install: cached (marker {} exists; `iii worker add --force` reinstalls)",
+                plan.marker.display()
+            );
+            None
+        }
+    };
+    let mut mounts = vec![
+        Mount {
+            source: plan.workspace.clone(),
+            target: local::WORKSPACE.into(),
+            readonly: false,
+        },
+        Mount {
+            source: plan.usr_local.clone(),
+            target: "/usr/local".into(),
+            readonly: false,
+        },
+    ];
+    if let Some(ca) = &plan.host_ca {
+        mounts.push(Mount {
+            source: ca.clone(),
+            target: local::HOST_CA_DIR.into(),
+            readonly: true,
+        });
+    }
+    Ok(Workload {
+        rootfs,
+        prepare,
+        start: session(plan.start),
+        mounts,
+        network: true,
+        cpus: plan.project.cpus.filter(|c| *c > 0).unwrap_or(2),
+        memory_mb: plan.project.memory_mb.filter(|m| *m >= 16).unwrap_or(2048),
+    })
+}
+
 fn read_config(path: &Path) -> Result<Vec<(String, String)>, HostError> {
     let fail = |message: String| HostError::Config {
         path: path.display().to_string(),
@@ -125,10 +220,16 @@ fn read_config(path: &Path) -> Result<Vec<(String, String)>, HostError> {
 
 /// `III_WORKER_RUNTIME` (auto | microvm | namespace); auto takes microVMs where this host
 /// really runs them and namespaces elsewhere (the sandbox daemon's auto rule).
-fn runtime() -> Result<Arc<dyn Runtime>> {
+fn runtime(local: bool) -> Result<Arc<dyn Runtime>> {
     let choice = match std::env::var("III_WORKER_RUNTIME") {
         Ok(v) if !v.is_empty() => v.parse::<RuntimeChoice>()?,
         _ => RuntimeChoice::Auto,
+    };
+    // A local worker needs the workspace mount and outbound network (installs), which only
+    // namespaces have.
+    let choice = match choice {
+        RuntimeChoice::Auto if local => RuntimeChoice::Namespace,
+        c => c,
     };
     match choice {
         RuntimeChoice::Auto => {
@@ -246,8 +347,16 @@ fn publish(
     let state = iii_worker_state::HostState {
         name: args.name.clone(),
         pid: std::process::id(),
-        kind: "image".into(),
-        source: args.image.clone(),
+        kind: if args.path.is_some() {
+            "local"
+        } else {
+            "image"
+        }
+        .into(),
+        source: match (&args.path, &args.image) {
+            (Some(p), _) => p.display().to_string(),
+            (None, i) => i.clone().unwrap_or_default(),
+        },
         sandbox_id: id.to_string(),
         runtime: runtime.to_string(),
         workdir: workdir.clone(),
@@ -273,33 +382,61 @@ async fn run(args: Args) -> Result<i32> {
         Some(p) => read_config(p)?,
         None => Vec::new(),
     };
-    let runtime = runtime()?;
+    let runtime = runtime(args.path.is_some())?;
     let cleaned = runtime.cleanup_orphans().await;
     if !cleaned.is_empty() {
         tracing::warn!(ids = ?cleaned, "cleaned up sandboxes whose host process died");
     }
     let store = ImageStore::open(None).context("image cache unusable")?;
-    let image = {
-        let reference = args.image.clone();
-        tokio::task::spawn_blocking(move || resolve_image(&store, &reference)).await??
-    };
     let engine_url = format!("ws://127.0.0.1:{port}");
     let own = vec![
         ("III_URL".to_string(), engine_url.clone()),
         ("III_ENGINE_URL".to_string(), engine_url),
         ("III_WORKER_NAME".to_string(), args.name.clone()),
     ];
-    let env = merge_env(&[&image.rootfs.env, &config_env, &own]);
+    let work = match (&args.path, &args.image) {
+        (Some(dir), _) => {
+            let (name, dir) = (args.name.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || {
+                local_workload(&store, &name, &dir, &config_env, &own)
+            })
+            .await??
+        }
+        (None, Some(reference)) => {
+            let reference = reference.clone();
+            let image =
+                tokio::task::spawn_blocking(move || resolve_image(&store, &reference)).await??;
+            let env = merge_env(&[&image.rootfs.env, &config_env, &own]);
+            Workload {
+                rootfs: image.rootfs,
+                prepare: None,
+                start: ExecRequest {
+                    argv: image.argv,
+                    env,
+                    cwd: image.working_dir,
+                    user: image.user,
+                    tty: false,
+                    timeout_ms: None,
+                },
+                mounts: Vec::new(),
+                network: false,
+                cpus: 1,
+                memory_mb: 1024,
+            }
+        }
+        (None, None) => unreachable!("clap requires --image or --path"),
+    };
     let id = sandbox_id(&args.name, std::process::id());
     let spec = SandboxSpec {
         id: id.clone(),
-        rootfs: image.rootfs,
-        cpus: args.cpus,
-        memory_mb: args.memory_mb,
+        rootfs: work.rootfs,
+        cpus: args.cpus.unwrap_or(work.cpus),
+        memory_mb: args.memory_mb.unwrap_or(work.memory_mb),
         pids_max: 0,
-        network: false,
+        network: work.network,
         env: Vec::new(),
         engine_port: port,
+        mounts: work.mounts,
     };
     // A stop that came while the image was prepared: no sandbox to make.
     tokio::select! {
@@ -324,25 +461,35 @@ async fn run(args: Args) -> Result<i32> {
         sandbox_id = %id,
         runtime = runtime.name(),
         ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        argv = ?image.argv,
+        argv = ?work.start.argv,
         "sandbox ready; starting the workload"
     );
-    let workdir = image.working_dir.clone().unwrap_or_else(|| "/".into());
-    let published = publish(&args, &id, runtime.name(), &env, workdir, &handle);
-    let req = ExecRequest {
-        argv: image.argv,
-        env,
-        cwd: image.working_dir,
-        user: image.user,
-        tty: false,
-        timeout_ms: None,
-    };
+    let workdir = work.start.cwd.clone().unwrap_or_else(|| "/".into());
+    let published = publish(
+        &args,
+        &id,
+        runtime.name(),
+        &work.start.env,
+        workdir,
+        &handle,
+    );
+    let (prepare, req) = (work.prepare, work.start);
     let h = handle.clone();
     let session = tokio::task::spawn_blocking(move || {
-        let stream = h
-            .connect_agent()
-            .map_err(|e| ProtoError::Agent(e.to_string()))?;
-        run_session(stream, &req)
+        let connect = || {
+            h.connect_agent()
+                .map_err(|e| ProtoError::Agent(e.to_string()))
+        };
+        if let Some((prep, marker)) = prepare {
+            let code = run_session(connect()?, &prep)?;
+            if code != 0 {
+                tracing::error!(code, "setup+install failed; the start script does not run (fix the project and restart; nothing is marked done)");
+                return Ok(code);
+            }
+            std::fs::write(&marker, b"")?;
+            tracing::info!(marker = %marker.display(), "setup+install: done");
+        }
+        run_session(connect()?, &req)
     });
     let code = tokio::select! {
         (reason, gone) = stop.requested() => {

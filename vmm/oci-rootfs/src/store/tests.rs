@@ -83,7 +83,7 @@ fn preset_keys_follow_the_recipe() {
             .key()
     );
     let mut extra = py.clone();
-    extra.include.push("python3-pip".into());
+    extra.include.push("python3-dev".into());
     assert_ne!(key, extra.key(), "the package list is part of the key");
     let mut excl = py.clone();
     excl.dpkg_paths.pop();
@@ -104,7 +104,7 @@ fn mmdebstrap_arguments_carry_the_recipe() {
     .unwrap();
     let a = r.mmdebstrap_args(Path::new("/x/it's.txt"));
     assert!(a.contains(&"--variant=essential".to_string()));
-    assert!(a.contains(&"--include=nodejs,ca-certificates".to_string()));
+    assert!(a.contains(&"--include=nodejs,npm,ca-certificates".to_string()));
     assert!(a.contains(&"--dpkgopt=path-exclude=/usr/share/man/*".to_string()));
     assert!(a.iter().any(|x| x.contains("etc/resolv.conf")));
     // The package list path is shell-quoted inside the hook.

@@ -90,6 +90,7 @@ async fn cycle(rt: &dyn Runtime, a: &Args, n: usize) -> Result<Cycle, (&'static 
         network: false,
         env: vec![("PROBE".into(), "yes".into())],
         engine_port: 49134,
+        mounts: Vec::new(),
     };
     let t0 = Instant::now();
     let sb = rt
