@@ -508,7 +508,7 @@ fn worker_path_entries_are_validated_and_a_broken_project_is_reported_by_the_hos
     for (extra, needle) in [
         (
             "  - name: w\n    worker_path: relative/dir\n".to_string(),
-            "the absolute path of the worker's project directory",
+            "is not an absolute path; write the project directory's full path",
         ),
         (
             "  - name: w\n    worker_path: /tmp\n    image: x/y:1\n".to_string(),
