@@ -6,8 +6,8 @@
 //!    with the image's ENV under `config:` (every other byte of the file kept) and waits for the
 //!    worker, which the running engine starts from its file watcher;
 //!    the function answers through `iii trigger`;
-//! 4. `iii worker list` shows it; the worker comes back after a crash; it is stopped, started,
-//!    its logs read and followed;
+//! 4. `iii worker list` shows it; the worker comes back after a crash; it is stopped (and stays
+//!    stopped), started again, and its logs hold its output;
 //! 5. `iii worker exec` runs a command in it;
 //! 3. `iii worker remove` takes it away and the engine stops it; the cached image stays.
 //!
@@ -322,6 +322,71 @@ fn seed_003_container_workers_walkthrough() {
         std::thread::sleep(Duration::from_millis(200));
     }
     until_hello(&dir, &env, ws, Duration::from_secs(60));
+
+    // Step 4: stop keeps it stopped (no restart), start brings it back.
+    let (code, _, err) = iii(&dir, &env, &["worker", "stop", "my-worker"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("✓ my-worker stopped"), "{err}");
+    assert!(
+        workloads(ws, "my-worker").is_empty(),
+        "stopped, yet running"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        workloads(ws, "my-worker").is_empty(),
+        "restarted after a stop"
+    );
+    let port = ws.to_string();
+    let (code, out, _) = iii(
+        &dir,
+        &env,
+        &[
+            "trigger",
+            "my-worker::hello",
+            "--port",
+            &port,
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_ne!(code, 0, "a stopped worker answered: {out}");
+    let (code, _, err) = iii(&dir, &env, &["worker", "start", "my-worker"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("✓ ready in"), "{err}");
+    until_hello(&dir, &env, ws, Duration::from_secs(60));
+
+    // Its logs hold the worker's own output.
+    let (code, out, err) = iii(&dir, &env, &["worker", "logs", "my-worker"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("my-worker: registered my-worker::hello"),
+        "stdout: {out}\nstderr: {err}"
+    );
+
+    // Step 5: exec runs a command inside it, in its working directory, exit code passed through.
+    let (code, out, err) = iii(
+        &dir,
+        &env,
+        &["worker", "exec", "my-worker", "-e", "LOG_LEVEL=debug", "--", "sh", "-c",
+          "pwd; echo $LOG_LEVEL $FOO; python3 -c 'import iii; print(iii.register_worker.__name__)'; exit 3"],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(out, "/app\ndebug bar\nregister_worker\n", "{err}");
+    let (code, _, err) = iii(
+        &dir,
+        &env,
+        &[
+            "worker",
+            "exec",
+            "my-worker",
+            "--timeout",
+            "1s",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    assert_eq!(code, 124, "{err}");
 
     // Step 3: remove takes the entry away; the engine stops the worker; the image stays.
     let (code, _, err) = iii(&dir, &env, &["worker", "remove", "-y", "my-worker"]);
