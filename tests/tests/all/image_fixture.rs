@@ -82,6 +82,8 @@ pub(crate) struct Setup {
     pub(crate) engine: EngineProc,
     pub(crate) root: tempfile::TempDir,
     pub(crate) _cache: tempfile::TempDir,
+    /// `III_HOME`: the workers' logs and state.
+    pub(crate) home: tempfile::TempDir,
     pub(crate) ws: u16,
 }
 
@@ -104,6 +106,7 @@ pub(crate) fn start(name: &str, watch: bool) -> Setup {
         .tempdir_in("/tmp")
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
     let ws = free_port();
     let host = b.target.join("iii-worker-host");
     let init = b.target.join("iii-init");
@@ -117,6 +120,7 @@ pub(crate) fn start(name: &str, watch: bool) -> Setup {
             ("III_WORKER_HOST_BIN", host.to_str().unwrap()),
             ("III_INIT", init.to_str().unwrap()),
             ("III_WATCH_CONFIG", if watch { "1" } else { "0" }),
+            ("III_HOME", home.path().to_str().unwrap()),
         ],
     );
     if watch {
@@ -126,6 +130,7 @@ pub(crate) fn start(name: &str, watch: bool) -> Setup {
         engine,
         root,
         _cache: cache,
+        home,
         ws,
     }
 }

@@ -395,62 +395,7 @@ pub(crate) mod oci {
     use super::*;
     use iii_oci_rootfs::layout::{layer_tar, write_layout_arch, Entry};
     use iii_oci_rootfs::registry::{host_arch, push_layout};
-
-    fn on_path(tool: &str) -> bool {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-    }
-
-    fn enabled() -> bool {
-        let forced = std::env::var("III_REGISTRY_TESTS").as_deref() == Ok("1");
-        let ok = (forced || on_path("docker-registry"))
-            && Path::new("/bin/busybox").is_file()
-            && on_path("mkfs.erofs");
-        if !ok {
-            eprintln!("skipped: needs docker-registry (or III_REGISTRY_TESTS=1), /bin/busybox and mkfs.erofs");
-        }
-        ok
-    }
-
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("registry.sh")
-    }
-
-    /// A registry with its own state dir, stopped on drop.
-    struct Registry {
-        state: PathBuf,
-        addr: String,
-    }
-
-    impl Registry {
-        fn start() -> Registry {
-            let state = project();
-            let out = Command::new("bash")
-                .arg(script())
-                .arg("start")
-                .env("III_REGISTRY_STATE", &state)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "registry.sh start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let addr = String::from_utf8(out.stdout).unwrap().trim().to_string();
-            Registry { state, addr }
-        }
-    }
-
-    impl Drop for Registry {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(script())
-                .arg("stop")
-                .env("III_REGISTRY_STATE", &self.state)
-                .status();
-            let _ = std::fs::remove_dir_all(&self.state);
-        }
-    }
+    use iii_tests::oci_registry::{enabled, Registry};
 
     fn push_image(reference: &str, dir: &Path) {
         push_image_env(

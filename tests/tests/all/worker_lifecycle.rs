@@ -16,45 +16,11 @@ use serde_json::{json, Value};
 
 use super::image_fixture::*;
 
-struct Life {
-    engine: EngineProc,
-    root: tempfile::TempDir,
-    _cache: tempfile::TempDir,
-    home: tempfile::TempDir,
-    ws: u16,
-}
+type Life = Setup;
 
-/// As `image_fixture::start`, with `III_HOME` in a temp dir (the logs go there).
+/// An engine running image worker `name` (the fixture sets `III_HOME` to a temp dir).
 fn start_life(name: &str) -> Life {
-    let b = built();
-    let root = tempfile::Builder::new()
-        .prefix("iwl")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let ws = free_port();
-    let host = b.target.join("iii-worker-host");
-    let init = b.target.join("iii-init");
-    let extra = entry(name);
-    let engine = EngineProc::start_with_env(
-        move |_, _| config(ws, &extra),
-        &[
-            ("III_SANDBOX_ROOT", root.path().to_str().unwrap()),
-            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
-            ("III_WORKER_RUNTIME", "namespace"),
-            ("III_WORKER_HOST_BIN", host.to_str().unwrap()),
-            ("III_INIT", init.to_str().unwrap()),
-            ("III_HOME", home.path().to_str().unwrap()),
-        ],
-    );
-    Life {
-        engine,
-        root,
-        _cache: cache,
-        home,
-        ws,
-    }
+    start(name, false)
 }
 
 fn cli(dir: &Path, home: &Path) -> Command {
