@@ -57,6 +57,18 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where the registry keeps blob `digest` (`sha256:…`): tests tamper with it.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.state
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = Command::new("bash")

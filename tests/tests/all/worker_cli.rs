@@ -412,6 +412,11 @@ pub(crate) mod oci {
 
     /// Pushes a busybox image with `env` (distinct envs give distinct digests) built in `dir`.
     pub(crate) fn push_image_env(reference: &str, dir: &Path, env: &[&str]) {
+        push_image_arch(reference, dir, env, host_arch());
+    }
+
+    /// [`push_image_env`] for an image of `arch`; returns the layout directory.
+    fn push_image_arch(reference: &str, dir: &Path, env: &[&str], arch: &str) -> PathBuf {
         let busybox = std::fs::read("/bin/busybox").unwrap();
         let layer = layer_tar(&[
             Entry::Dir {
@@ -437,10 +442,79 @@ pub(crate) mod oci {
                 "Env": env,
                 "Entrypoint": ["/bin/sh", "-c", "sleep 1000"],
             }),
-            host_arch(),
+            arch,
         )
         .unwrap();
         push_layout(&layout, reference, &mut |_| {}).unwrap();
+        layout
+    }
+
+    /// Images that must not be added: a blob changed in the registry (same length, other bytes),
+    /// an image for another architecture, a tag that is not there. Each is a clear W141 error
+    /// naming what is wrong, and config.yaml (with its comments) and iii.lock stay untouched.
+    #[test]
+    fn bad_images_are_refused_and_leave_config_and_lock_untouched() {
+        if !enabled() {
+            return;
+        }
+        let reg = Registry::start();
+        let d = project();
+        std::fs::write(d.join("config.yaml"), COMMENTED).unwrap();
+        let cache = d.join("cache");
+        let cache_s = cache.to_str().unwrap().to_string();
+
+        let tampered = format!("{}/team/tampered:1", reg.addr);
+        let layout = push_image_arch(&tampered, &d.join("t"), &["A=1"], host_arch());
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(manifest_digest.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let layer = manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let blob = reg.blob_file(&layer);
+        let mut data = std::fs::read(&blob).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        std::fs::write(&blob, &data).unwrap();
+
+        let foreign = format!("{}/team/foreign:1", reg.addr);
+        let other = if host_arch() == "amd64" {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        push_image_arch(&foreign, &d.join("f"), &["A=2"], other);
+        let missing = format!("{}/team/foreign:nope", reg.addr);
+
+        for (reference, needle) in [
+            (&tampered, layer.as_str()),
+            (&foreign, "image architecture mismatch"),
+            (&missing, "not found"),
+        ] {
+            let (code, err) = worker_env(
+                &d,
+                &["add", "--no-wait", reference],
+                &[("XDG_CACHE_HOME", &cache_s)],
+            );
+            assert_eq!(code, 1, "{reference}: {err}");
+            assert!(
+                err.contains("error: [W141]") && err.contains(needle),
+                "{reference}: no {needle:?} in {err}"
+            );
+            assert_eq!(read(&d, "config.yaml").unwrap(), COMMENTED, "{reference}");
+            assert!(read(&d, "iii.lock").is_none(), "{reference}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[tokio::test]
