@@ -1,4 +1,4 @@
-//! `iii worker add` (workers-and-sandboxes spec §1.2): builtin names edit config.yaml and
+//! `iii worker add` (workers-and-sandboxes spec section 1.2): builtin names edit config.yaml and
 //! iii.lock; OCI references are pulled into the image store and written as `image:` entries the
 //! engine starts (their digest pinned in iii.lock); registry names resolve through the
 //! registry API (sync.rs).
@@ -47,7 +47,7 @@ pub struct ReinstallArgs {
     yes: bool,
 }
 
-/// `iii worker reinstall` = `add --force --no-wait` (§1.3).
+/// `iii worker reinstall` = `add --force --no-wait` (section 1.3).
 pub async fn reinstall(a: ReinstallArgs) -> bool {
     run(AddArgs {
         workers: a.workers,
@@ -59,7 +59,7 @@ pub async fn reinstall(a: ReinstallArgs) -> bool {
     .await
 }
 
-/// How an argument is read (§1.2 "Source classification").
+/// How an argument is read (section 1.2 "Source classification").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Local(String),
@@ -126,7 +126,7 @@ pub fn builtin(name: &str) -> Option<Builtin> {
         })
 }
 
-/// `iii worker add iii-sandbox` writes the daemon's defaults (§4.2) so they are visible and editable.
+/// `iii worker add iii-sandbox` writes the daemon's defaults (section 4.2) so they are visible and editable.
 pub(super) fn sandbox_defaults() -> Mapping {
     serde_yaml::from_str(
         "auto_install: true\nimage_allowlist:\n  - python\n  - node\ndefault_idle_timeout_secs: 300\n\
@@ -166,8 +166,19 @@ async fn add_one(arg: &str, a: &AddArgs) -> Result<(), WorkerError> {
     match classify(arg) {
         Source::Local(p) => {
             let added = super::local::add(&p, a.force, a.reset_config)?;
-            if !a.no_wait {
-                engine::wait_ready(&added.name, added.port, ready_timeout()).await;
+            // Upstream fails a local add whose worker is not up in time (an install that
+            // breaks shows here, not later); an image add's timeout is only a hint.
+            if !a.no_wait
+                && engine::wait_ready(&added.name, added.port, ready_timeout()).await
+                    == engine::Readiness::NotYet
+            {
+                return Err(WorkerError::StartTimeout(format!(
+                    "{} was added but did not connect within {}s (the engine keeps starting it; \
+`iii worker status {}` follows it)",
+                    added.name,
+                    ready_timeout().as_secs(),
+                    added.name
+                )));
             }
             Ok(())
         }

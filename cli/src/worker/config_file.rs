@@ -1,4 +1,4 @@
-//! `config.yaml` edits by `iii worker add/remove` (workers-and-sandboxes spec §2.1).
+//! `config.yaml` edits by `iii worker add/remove` (workers-and-sandboxes spec section 2.1).
 //!
 //! Edits are line-based text surgery, not a YAML round trip: the user's comments, blank lines,
 //! quoting and key order outside the edited entry stay byte-for-byte as they were. Only the

@@ -1,5 +1,5 @@
 //! What `iii worker` asks a running engine: is its port open, which workers are connected, and
-//! the readiness wait after an add (workers-and-sandboxes spec §7.1).
+//! the readiness wait after an add (workers-and-sandboxes spec section 7.1).
 
 use std::time::{Duration, Instant};
 
@@ -75,12 +75,24 @@ pub async fn workers(port: u16) -> Option<Vec<LiveWorker>> {
     tokio::time::timeout(OUTER, work).await.ok().flatten()
 }
 
+/// How a readiness wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The worker connected.
+    Ready,
+    /// The budget passed first (the engine keeps starting it).
+    NotYet,
+    /// No engine listens: nothing to observe.
+    EngineDown,
+}
+
 /// After an add: waits until a worker named `name` is connected (polling about once a second
-/// over one connection), up to `budget`. Never fails: a timeout prints a hint and returns.
-pub async fn wait_ready(name: &str, port: u16, budget: Duration) {
+/// over one connection), up to `budget`. A timeout prints a hint; the caller decides whether
+/// it is a failure (only for local-path adds, as upstream).
+pub async fn wait_ready(name: &str, port: u16, budget: Duration) -> Readiness {
     if !reachable(port).await {
         eprintln!("⚠ engine not running; start it to observe boot.");
-        return;
+        return Readiness::EngineDown;
     }
     eprintln!(
         "waiting up to {}s for {name} to connect to the engine on port {port}...",
@@ -101,7 +113,7 @@ pub async fn wait_ready(name: &str, port: u16, budget: Duration) {
                     if let Some(c) = client.take() {
                         c.close().await;
                     }
-                    return;
+                    return Readiness::Ready;
                 }
                 Some(_) => {}
                 // The connection broke (engine restarting): reconnect on the next tick.
@@ -115,7 +127,8 @@ pub async fn wait_ready(name: &str, port: u16, budget: Duration) {
     }
     eprintln!(
         "⚠ {name} is not ready after {}s; the engine keeps starting it in the background. \
-Run `iii worker list` to see when it connects, and check the engine's log for its output.",
+Run `iii worker status {name}` to follow it and `iii worker logs -f {name}` for its output.",
         budget.as_secs()
     );
+    Readiness::NotYet
 }

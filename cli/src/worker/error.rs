@@ -1,5 +1,5 @@
 //! The one error type of `iii worker add/remove/list/clear/start/stop/restart/status/logs/exec`, printed as `error: [Wxxx] message`
-//! with the W-codes of workers-and-sandboxes spec §7.6.
+//! with the W-codes of workers-and-sandboxes spec section 7.6.
 
 use super::config_file::ConfigFileError;
 use super::lock::LockError;
@@ -25,6 +25,9 @@ pub enum WorkerError {
     Running(String),
     #[error("{0}")]
     NotRunning(String),
+    /// A worker was installed but did not come up within the wait.
+    #[error("{0}")]
+    StartTimeout(String),
     #[error("{0}")]
     StopTimeout(String),
     #[error("another `iii worker` command holds {0}; wait for it to finish and retry")]
@@ -57,6 +60,7 @@ impl WorkerError {
             WorkerError::BadRequest(_) => "W105",
             WorkerError::Running(_) => "W114",
             WorkerError::NotRunning(_) => "W113",
+            WorkerError::StartTimeout(_) => "W161",
             WorkerError::StopTimeout(_) => "W162",
             WorkerError::LockBusy(_) => "W120",
             WorkerError::LockIo(_) => "W121",

@@ -1,5 +1,5 @@
 //! `iii worker exec <W> [-e K=V]... [-w DIR] [-t|--no-tty] [--timeout DUR] -- CMD [ARGS]`:
-//! runs a command inside a running managed worker's sandbox (workers-and-sandboxes spec §1.12).
+//! runs a command inside a running managed worker's sandbox (workers-and-sandboxes spec section 1.12).
 //!
 //! The worker host serves `managed/<name>/shell.sock` and relays each connection to the
 //! sandbox's agent, so this is an agent-protocol client: `Exec`, then `Stdin` / `Signal` /
@@ -29,7 +29,7 @@ use iii_worker_state::HostState;
 use super::config_file;
 use super::error::WorkerError;
 
-/// Stdin chunk size (spec §1.12).
+/// Stdin chunk size (spec section 1.12).
 const STDIN_CHUNK: usize = 8 * 1024;
 /// A second Ctrl-C within this long kills the command.
 const DOUBLE_INTERRUPT: Duration = Duration::from_secs(1);

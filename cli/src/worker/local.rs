@@ -1,4 +1,4 @@
-//! `iii worker add ./dir` (workers-and-sandboxes spec §6.1): a local-path worker is written as
+//! `iii worker add ./dir` (workers-and-sandboxes spec section 6.1): a local-path worker is written as
 //! `- name: <n>` + `worker_path: <canonical dir>`; the engine runs it through
 //! `iii-worker-host --path`, which copies the project into a persistent workspace and runs its
 //! scripts in a sandbox.

@@ -1,6 +1,6 @@
-//! `iii.worker.yaml` on the CLI side (workers-and-sandboxes spec §2.3, §6.1): the parser and
+//! `iii.worker.yaml` on the CLI side (workers-and-sandboxes spec section 2.3, section 6.1): the parser and
 //! detection are the worker host's (`iii_worker_host::manifest`, which re-validates on every
-//! start); this adds the naming rule of §3.0 and the user-facing warnings.
+//! start); this adds the naming rule of section 3.0 and the user-facing warnings.
 
 use std::path::Path;
 

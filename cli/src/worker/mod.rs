@@ -114,7 +114,7 @@ Ctrl-C. No engine needed."
     Logs(logs::LogsArgs),
     /// Reinstall workers: `add --force` without the readiness wait
     #[command(
-        long_about = "Reinstall workers (spec §1.3): stop the worker if the engine runs it, delete its artifacts \
+        long_about = "Reinstall workers (spec section 1.3): stop the worker if the engine runs it, delete its artifacts \
 (binary, cached image, managed/<name>/), then add it again without waiting. --reset-config also drops the \
 hand-written config: of its entry."
     )]

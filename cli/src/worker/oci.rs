@@ -1,5 +1,5 @@
 //! OCI references as `iii worker add` takes them, and the one call into the image store that
-//! pulls them (workers-and-sandboxes spec §1.2, §2.5, §3.3).
+//! pulls them (workers-and-sandboxes spec section 1.2, section 2.5, section 3.3).
 
 use serde_yaml::{Mapping, Value};
 

@@ -1,4 +1,4 @@
-//! `iii worker verify [--strict]` (workers-and-sandboxes spec §1.14): does config.yaml match
+//! `iii worker verify [--strict]` (workers-and-sandboxes spec section 1.14): does config.yaml match
 //! iii.lock? Every worker that needs a lock entry has one, binary workers have an artifact for
 //! this host, and with `--strict` every declared dependency (of locked workers and of local
 //! workers' iii.worker.yaml) is locked at a version its range accepts.

@@ -1,4 +1,4 @@
-//! Local-path workers (`iii worker add ./dir`, workers-and-sandboxes spec §6): a real Python
+//! Local-path workers (`iii worker add ./dir`, workers-and-sandboxes spec section 6): a real Python
 //! project (requirements.txt with `iii-sdk`) and a real Node project (package.json with npm
 //! `iii-sdk`) added by path, run by the engine through `iii-worker-host --path` on the
 //! namespace runtime with the `python`/`node` presets, installing from PyPI/npm through the

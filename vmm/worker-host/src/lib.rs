@@ -45,7 +45,7 @@ pub enum HostError {
     EngineUrl(String),
 }
 
-/// Flattens an entry's `config:` block into environment variables (spec §2.1, "Per-worker
+/// Flattens an entry's `config:` block into environment variables (spec section 2.1, "Per-worker
 /// env"): keys uppercased, nested mappings joined with `_`, strings verbatim, every other
 /// value as its JSON text (`8080`, `true`, `["a"]`). `null` gives an empty string.
 pub fn flatten_config(config: &Value) -> Result<Vec<(String, String)>, String> {

@@ -1,4 +1,4 @@
-//! Local-path workers (`iii-worker-host --path DIR`, workers-and-sandboxes spec §6): the project
+//! Local-path workers (`iii-worker-host --path DIR`, workers-and-sandboxes spec section 6): the project
 //! is copied into a persistent workspace (`managed/<name>/workspace`, bind-mounted at
 //! `/workspace`; `managed/<name>/usr-local` at `/usr/local`, where system-wide `pip install` and
 //! `npm install -g` put things, so they survive restarts too), setup + install run once (marker `managed/<name>/.iii-prepared`), then the

@@ -1,4 +1,4 @@
-//! `iii.worker.yaml` (workers-and-sandboxes spec §2.3) and project detection: what a local-path
+//! `iii.worker.yaml` (workers-and-sandboxes spec section 2.3) and project detection: what a local-path
 //! worker is, how it is set up, installed and started. Read by `iii worker add ./dir` (strict,
 //! with deprecation warnings) and by the worker host on every start (the same key and shape
 //! checks). Names (the worker's and its dependencies') are checked by the caller, which owns

@@ -3,7 +3,7 @@
 //! writer used for its own errors) panics on that, ending the host before it stops its
 //! sandbox. So: every write here swallows errors, and the first EPIPE (or an explicit
 //! [`engine_gone`]) re-points fds 1 and 2 at `logs_dir(name)/host-after-engine.log`, so what
-//! the host says while it cleans up is still on record (workers-and-sandboxes spec §7.4).
+//! the host says while it cleans up is still on record (workers-and-sandboxes spec section 7.4).
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
