@@ -11,7 +11,11 @@ const PROGRAM: &str = "iii-cloud";
 #[derive(clap::Args)]
 pub struct CloudArgs {
     /// Arguments passed to iii-cloud unchanged (including --help)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     args: Vec<OsString>,
 }
 

@@ -30,7 +30,10 @@ pub const RELEASES_URL_VAR: &str = "III_RELEASES_URL";
 /// (the engine looks for them there first).
 const MANAGED: &[(&str, &str)] = &[
     ("iii-sandbox", "the sandbox daemon"),
-    ("iii-worker-host", "the microVM host of image and local workers"),
+    (
+        "iii-worker-host",
+        "the microVM host of image and local workers",
+    ),
     ("iii-vmm", "the microVM monitor"),
     ("iii-init", "the guest init of sandboxes and worker VMs"),
 ];
@@ -57,7 +60,10 @@ pub enum UpdateError {
     NoSource,
     #[error("{}={url} is not a valid URL: {reason}", RELEASES_URL_VAR)]
     BadUrl { url: String, reason: String },
-    #[error("cannot reach the release source {url} (set by {}): {reason}", RELEASES_URL_VAR)]
+    #[error(
+        "cannot reach the release source {url} (set by {}): {reason}",
+        RELEASES_URL_VAR
+    )]
     Unreachable { url: String, reason: String },
     #[error("the release manifest at {url} is invalid: {reason}")]
     BadManifest { url: String, reason: String },
