@@ -1,7 +1,10 @@
 //! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one;
-//! `iii worker sandbox …` drives the sandbox daemon.
+//! `iii worker sandbox …` drives the sandbox daemon; `iii update` replaces the binaries from a
+//! release manifest; `iii cloud …` runs the external `iii-cloud`.
 
+mod cloud;
 mod trigger;
+mod update;
 mod worker;
 
 use std::path::PathBuf;
@@ -74,26 +77,55 @@ enum Command {
     /// Manage workers: add, reinstall, remove, list, clear, sync, update, init, sandbox
     #[command(long_about = worker::LONG_ABOUT)]
     Worker(worker::WorkerArgs),
+    /// Update iii and managed binaries to their latest versions (from the manifest at $III_RELEASES_URL)
+    Update(update::UpdateArgs),
+    /// Manage iii Cloud deployments. Dispatches to the external iii-cloud binary; run iii cloud --help for its surface
+    #[command(disable_help_flag = true)]
+    Cloud(cloud::CloudArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
-        println!("iii {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "iii {} (compatible with the upstream iii {} protocol)",
+            env!("CARGO_PKG_VERSION"),
+            iii_protocol::UPSTREAM_PROTOCOL_VERSION
+        );
         return ExitCode::SUCCESS;
     }
     let result = match cli.command {
         Some(Command::Trigger(args)) => return trigger::main(args),
         Some(Command::Worker(args)) => return worker::main(args),
+        Some(Command::Update(args)) => return update::main(args),
+        Some(Command::Cloud(args)) => return cloud::main(args),
         None => run_engine(cli.config, cli.use_default_config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, "a: b: c", skipping a cause whose text the message already holds:
+/// many errors print their source themselves ("… in use (os error 98)"), and anyhow's `{:#}`
+/// would repeat it.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if s.contains(&t) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s
 }
 
 fn load_config(

@@ -21,7 +21,7 @@ pub struct StartArgs {
     /// Do not wait for the worker to connect
     #[arg(long)]
     pub no_wait: bool,
-    /// The engine's worker socket port (default: the config file's iii-worker-manager port, else 49134)
+    /// The engine's worker socket port [default: 49134, or the config file's iii-worker-manager port]
     #[arg(long)]
     pub port: Option<u16>,
     /// Accepted for compatibility; image and local workers take their settings from the config file

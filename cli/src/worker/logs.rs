@@ -22,6 +22,13 @@ pub struct LogsArgs {
     /// Keep printing new lines as they are written (Ctrl-C ends)
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Engine host address. Accepted for compatibility with upstream scripts: the logs are read
+    /// from $III_HOME/logs on this machine, so no engine is asked
+    #[arg(long, default_value = "localhost")]
+    pub address: String,
+    /// Engine WebSocket port. Accepted for compatibility, as --address
+    #[arg(long, default_value_t = 49134)]
+    pub port: u16,
 }
 
 /// Lines printed from each file before following.

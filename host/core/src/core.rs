@@ -1176,7 +1176,13 @@ impl Core {
         self.inner.names.lock().retain(|_, id| *id != conn.id);
         self.inner.conns.write().remove(&conn.id);
         conn.finish_cleanup();
-        tracing::info!(worker_id = %conn.id_str, "worker disconnected");
+        // A client that never declared itself nor registered anything (a one-shot `iii trigger`)
+        // leaves at debug, like its connect.
+        if conn.namespace().is_some() {
+            tracing::info!(worker_id = %conn.id_str, "worker disconnected");
+        } else {
+            tracing::debug!(worker_id = %conn.id_str, "worker disconnected");
+        }
         // 7.
         self.fire_workers_available("worker_disconnected", &conn.id_str);
     }

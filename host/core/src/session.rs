@@ -112,7 +112,9 @@ pub async fn run_worker<S>(
         ))
         .await;
     engine.add_conn(conn.clone());
-    tracing::info!(worker_id = %conn.id_str, ip = %conn.ip, "worker connected");
+    // Debug, not info: most connections are one-shot anonymous clients (`iii trigger`); a real
+    // worker announces itself with "worker registered" at info.
+    tracing::debug!(worker_id = %conn.id_str, ip = %conn.ip, "worker connected");
     engine.fire_workers_available("worker_connected", &conn.id_str);
 
     let grace = engine.settings().namespace_grace;

@@ -25,6 +25,10 @@ pub mod codes;
 pub mod ids;
 pub mod out;
 
+/// The upstream iii release whose wire protocol this engine speaks (`iii --version` names it):
+/// its SDKs connect unchanged.
+pub const UPSTREAM_PROTOCOL_VERSION: &str = "0.23";
+
 /// The error object of `invocationresult` and `triggerregistrationresult` (§2.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
