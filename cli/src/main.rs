@@ -1,6 +1,7 @@
 //! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one;
 //! `iii worker sandbox …` drives the sandbox daemon.
 
+mod project;
 mod trigger;
 mod worker;
 
@@ -74,6 +75,8 @@ enum Command {
     /// Manage workers: add, reinstall, remove, list, clear, sync, update, init, sandbox
     #[command(long_about = worker::LONG_ABOUT)]
     Worker(worker::WorkerArgs),
+    /// Manage iii projects (init, generate-docker)
+    Project(project::ProjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Trigger(args)) => return trigger::main(args),
         Some(Command::Worker(args)) => return worker::main(args),
+        Some(Command::Project(args)) => return project::main(args),
         None => run_engine(cli.config, cli.use_default_config),
     };
     match result {
