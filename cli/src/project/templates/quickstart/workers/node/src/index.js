@@ -2,7 +2,12 @@
 // math::add (the Python worker) through the engine. Official Node SDK (npm iii-sdk).
 // `iii worker add ./workers/node` runs it with III_URL pointing at the engine; by hand:
 // III_URL=ws://localhost:49134 node src/index.js
+import { webcrypto } from 'node:crypto'
 import { registerWorker } from 'iii-sdk'
+
+// The SDK uses the global Web Crypto API (trigger ids), which Node 18 (the `node` sandbox
+// preset) only exposes as node:crypto's webcrypto.
+globalThis.crypto ??= webcrypto
 
 const url = process.env.III_URL ?? 'ws://localhost:49134'
 const iii = registerWorker(url, { workerName: 'math-node' })
