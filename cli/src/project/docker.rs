@@ -112,7 +112,9 @@ fn source_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("III_SOURCE_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d));
     }
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
     d.join("cli/Cargo.toml").is_file().then_some(d)
 }
 
@@ -202,7 +204,13 @@ fn compose_name(project: &str) -> String {
     let n: String = project
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let n = n.trim_start_matches(['-', '_']).to_string();
     if n.is_empty() {
@@ -252,7 +260,10 @@ pub fn generate(project: &Path, template_dir: Option<&Path>) -> Result<(), Proje
             let p = root.join(source);
             if p.is_file() {
                 let raw = std::fs::read(&p).map_err(io(&p))?;
-                let slot = files.iter_mut().find(|(t, _)| *t == target).expect("listed");
+                let slot = files
+                    .iter_mut()
+                    .find(|(t, _)| *t == target)
+                    .expect("listed");
                 slot.1 = templates::render(&raw, &name);
             }
         }
@@ -266,7 +277,9 @@ pub fn generate(project: &Path, template_dir: Option<&Path>) -> Result<(), Proje
         }
     }
     if source_dir().is_none() {
-        eprintln!("note: set III_SOURCE_DIR in .env to an iii checkout before `docker compose build`");
+        eprintln!(
+            "note: set III_SOURCE_DIR in .env to an iii checkout before `docker compose build`"
+        );
     }
     eprintln!("Next: docker compose up --build");
     Ok(())

@@ -117,7 +117,12 @@ fn first_visible_entry(dir: &Path) -> Result<Option<String>, ProjectError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ProjectError::Io { path: dir.into(), source: e }),
+        Err(e) => {
+            return Err(ProjectError::Io {
+                path: dir.into(),
+                source: e,
+            })
+        }
     };
     let mut names: Vec<String> = rd
         .filter_map(|e| e.ok())
@@ -146,7 +151,11 @@ fn read_ini(path: &Path) -> Result<std::collections::BTreeMap<String, String>, P
     let mut out = std::collections::BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[') {
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with('[')
+        {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {

@@ -9,10 +9,22 @@ use super::ProjectError;
 /// Embedded template files: `<template>/<path inside the project>`. `gitignore` becomes
 /// `.gitignore` on write (a file named `.gitignore` in the source tree would be taken by git).
 const EMBEDDED: &[(&str, &str)] = &[
-    ("quickstart/template.yaml", include_str!("templates/quickstart/template.yaml")),
-    ("quickstart/config.yaml", include_str!("templates/quickstart/config.yaml")),
-    ("quickstart/README.md", include_str!("templates/quickstart/README.md")),
-    ("quickstart/gitignore", include_str!("templates/quickstart/gitignore")),
+    (
+        "quickstart/template.yaml",
+        include_str!("templates/quickstart/template.yaml"),
+    ),
+    (
+        "quickstart/config.yaml",
+        include_str!("templates/quickstart/config.yaml"),
+    ),
+    (
+        "quickstart/README.md",
+        include_str!("templates/quickstart/README.md"),
+    ),
+    (
+        "quickstart/gitignore",
+        include_str!("templates/quickstart/gitignore"),
+    ),
     (
         "quickstart/workers/python/iii.worker.yaml",
         include_str!("templates/quickstart/workers/python/iii.worker.yaml"),
@@ -37,8 +49,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "quickstart/workers/node/src/index.js",
         include_str!("templates/quickstart/workers/node/src/index.js"),
     ),
-    ("bare/template.yaml", include_str!("templates/bare/template.yaml")),
-    ("bare/config.yaml", include_str!("templates/bare/config.yaml")),
+    (
+        "bare/template.yaml",
+        include_str!("templates/bare/template.yaml"),
+    ),
+    (
+        "bare/config.yaml",
+        include_str!("templates/bare/config.yaml"),
+    ),
     ("bare/README.md", include_str!("templates/bare/README.md")),
     ("bare/gitignore", include_str!("templates/bare/gitignore")),
 ];
@@ -150,7 +168,10 @@ fn read_tree(
     for p in entries {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Build output and installs in a template under development never belong in a project.
-        if matches!(name, "node_modules" | ".venv" | "__pycache__" | ".git" | ".iii") {
+        if matches!(
+            name,
+            "node_modules" | ".venv" | "__pycache__" | ".git" | ".iii"
+        ) {
             continue;
         }
         if p.is_dir() {
@@ -217,7 +238,10 @@ mod tests {
     #[test]
     fn dotfile_names_are_restored() {
         assert_eq!(target_path("gitignore"), ".gitignore");
-        assert_eq!(target_path("workers/node/gitignore"), "workers/node/.gitignore");
+        assert_eq!(
+            target_path("workers/node/gitignore"),
+            "workers/node/.gitignore"
+        );
         assert_eq!(target_path("src/main.py"), "src/main.py");
     }
 }
