@@ -1,8 +1,9 @@
 //! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one;
-//! `iii worker sandbox …` drives the sandbox daemon; `iii update` replaces the binaries from a
+//! `iii worker …` manages workers; `iii project` scaffolds projects; `iii update` replaces the binaries from a
 //! release manifest; `iii cloud …` runs the external `iii-cloud`.
 
 mod cloud;
+mod project;
 mod trigger;
 mod update;
 mod worker;
@@ -82,6 +83,8 @@ enum Command {
     /// Manage iii Cloud deployments. Dispatches to the external iii-cloud binary; run iii cloud --help for its surface
     #[command(disable_help_flag = true)]
     Cloud(cloud::CloudArgs),
+    /// Manage iii projects (init, generate-docker)
+    Project(project::ProjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Some(Command::Worker(args)) => return worker::main(args),
         Some(Command::Update(args)) => return update::main(args),
         Some(Command::Cloud(args)) => return cloud::main(args),
+        Some(Command::Project(args)) => return project::main(args),
         None => run_engine(cli.config, cli.use_default_config),
     };
     match result {

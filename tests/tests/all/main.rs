@@ -20,6 +20,7 @@ mod kv_durability;
 mod lang_policies;
 mod local_workers;
 mod policies;
+mod project;
 mod pubsub_cron;
 mod queue;
 mod rbac;
