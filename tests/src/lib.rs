@@ -566,3 +566,10 @@ pub fn run_iii(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Held by the tests that run an engine on the real default ports (49134, 3111), so that two of
+/// them in one test binary never overlap.
+pub fn default_ports_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -215,7 +215,8 @@ fn upstream_config_runs_with_clear_warnings_and_env_interpolation() {
 
 #[test]
 fn embedded_defaults_run_without_a_config_file() {
-    // Uses the real default ports; skip only the run, never the assertion, if they are taken.
+    // Uses the real default ports, as the README quickstart test does: one at a time.
+    let _ports = iii_tests::default_ports_lock();
     let d = temp_dir();
     if std::net::TcpListener::bind("127.0.0.1:49134").is_err()
         || std::net::TcpListener::bind("127.0.0.1:3111").is_err()

@@ -414,7 +414,9 @@ fn the_readme_quickstart_works_as_written() {
     let ws = crate::image_fixture::workspace();
     let base = scratch("iii-quickstart");
     let bin = base.join("bin");
-    // The quickstart uses the default ports: wait out another run of it.
+    // The quickstart uses the default ports: one such test at a time in this binary, and wait
+    // out another process holding them.
+    let _ports = iii_tests::default_ports_lock();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !(port_free(49134) && port_free(3111)) {
         assert!(
