@@ -1043,20 +1043,23 @@ impl Prepared for ConfigurationService {
                 }
             });
         }
+        // The watch is armed before `run` returns (not when its task is first polled), so an
+        // edit made as soon as the engine is up is never missed.
+        let watch = shared
+            .store
+            .watch_dir()
+            .map(|d| d.to_path_buf())
+            .map(|d| (watch(&d), d));
+        let (mut rx, watcher) = match watch {
+            Some((Ok((rx, w)), _)) => (Some(rx), Some(w)),
+            Some((Err(e), d)) => {
+                tracing::error!(directory = %d.display(), "external edits of configuration files are not watched: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
         Some(Box::pin(async move {
-            let watch = shared
-                .store
-                .watch_dir()
-                .map(|d| d.to_path_buf())
-                .map(|d| (watch(&d), d));
-            let (mut rx, _watcher) = match watch {
-                Some((Ok((rx, w)), _)) => (Some(rx), Some(w)),
-                Some((Err(e), d)) => {
-                    tracing::error!(directory = %d.display(), "external edits of configuration files are not watched: {e}");
-                    (None, None)
-                }
-                None => (None, None),
-            };
+            let _watcher = watcher;
             let mut tick = tokio::time::interval(
                 shared
                     .ttl
