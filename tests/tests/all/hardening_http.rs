@@ -369,7 +369,8 @@ fn ids_of(r: &Value) -> Vec<String> {
         .expect("functions")
         .iter()
         .map(|f| f["function_id"].as_str().expect("id").to_string())
-        .filter(|id| !id.starts_with("configuration::"))
+        // Always-on services register their own (configuration::*, worker::*).
+        .filter(|id| !id.starts_with("configuration::") && !id.starts_with("worker::"))
         .collect()
 }
 

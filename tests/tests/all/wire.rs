@@ -637,15 +637,21 @@ async fn introspection_lists_workers_functions_and_triggers() {
     a.send(json!({"type": "registertrigger", "id": "r1", "trigger_type": "http", "function_id": "math::add", "config": {"api_path": "/math/add", "http_method": "POST"}})).await;
     a.sync().await;
     let listed = a.call("engine::functions::list", json!({})).await["result"]["functions"].clone();
-    // The always-on configuration service's functions are listed, as upstream's are.
-    let (config_fns, fl): (Vec<Value>, Vec<Value>) =
+    // The always-on services' functions are listed, as upstream's are: configuration::* and
+    // the managed workers' worker::*.
+    let (always_on, fl): (Vec<Value>, Vec<Value>) =
         listed.as_array().unwrap().iter().cloned().partition(|f| {
-            f["function_id"]
-                .as_str()
-                .unwrap()
-                .starts_with("configuration::")
+            let id = f["function_id"].as_str().unwrap();
+            id.starts_with("configuration::") || id.starts_with("worker::")
         });
-    assert_eq!(config_fns.len(), 5, "{listed}");
+    let count = |p: &str| {
+        always_on
+            .iter()
+            .filter(|f| f["function_id"].as_str().unwrap().starts_with(p))
+            .count()
+    };
+    assert_eq!(count("configuration::"), 5, "{listed}");
+    assert_eq!(count("worker::"), 4, "{listed}");
     let ids: Vec<&str> = fl
         .iter()
         .map(|f| f["function_id"].as_str().unwrap())
