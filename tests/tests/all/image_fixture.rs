@@ -232,3 +232,35 @@ pub(crate) fn eventually(limit: Duration, what: &str, e: &EngineProc, mut f: imp
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Starts the engine on a config whose `workers:` end with `extra` and expects it to refuse to
+/// start: returns its output (stderr, then stdout). A config that wrongly validates would serve
+/// forever, so the run is bounded (30 s, then killed and reported as started).
+pub(crate) fn refused_at_start(extra: &str) -> String {
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config(free_port(), extra)).unwrap();
+    let mut child = Command::new(iii_tests::iii_bin())
+        .arg("-c")
+        .arg(&file)
+        .env("III_WATCH_CONFIG", "0")
+        .env("III_HOME", dir.path())
+        .env("III_WORKER_HOST_BIN", b.target.join("iii-worker-host"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{extra}: started anyway: {err}");
+    err
+}

@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use iii_tests::{free_port, RawWorker};
+use iii_tests::RawWorker;
 
 use super::image_fixture::*;
 
@@ -203,30 +203,7 @@ fn image_entries_are_validated_before_anything_starts() {
         ),
         ("  - name: iii-image-workers\n".to_string(), "reserved"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.yaml");
-        std::fs::write(&file, config(free_port(), &extra)).unwrap();
-        let mut child = Command::new(iii_tests::iii_bin())
-            .arg("-c")
-            .arg(&file)
-            .env("III_WATCH_CONFIG", "0")
-            .env("III_WORKER_HOST_BIN", b.target.join("iii-worker-host"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A file that wrongly validates would serve forever: give it a bound.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success(), "{extra}: started anyway: {err}");
+        let err = refused_at_start(&extra);
         assert!(err.contains(needle), "{extra}: no {needle:?} in: {err}");
     }
 }

@@ -326,30 +326,7 @@ fn worker_path_entries_are_validated_at_start_up() {
             "not allowed for the builtin",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.yaml");
-        std::fs::write(&file, config(free_port(), &extra)).unwrap();
-        let mut child = Command::new(iii_bin())
-            .arg("-c")
-            .arg(&file)
-            .env("III_WATCH_CONFIG", "0")
-            .env("III_HOME", dir.path())
-            .env("III_WORKER_HOST_BIN", b.target.join("iii-worker-host"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success(), "{extra}: started anyway: {err}");
+        let err = refused_at_start(&extra);
         assert!(err.contains(needle), "{extra}: no {needle:?} in: {err}");
     }
 }
