@@ -6,6 +6,8 @@
 //! `iii-bench queue` measures the durable queue instead (see `queue.rs`).
 //!
 //! `iii-bench relay <port>` is the relay itself (started as a child process, like the engine).
+//! `iii-bench kernel-relay <port>` is the second floor, the kernel's own cost: one thread on
+//! epoll with the same framing ([`kernel_relay`]). Every engine row is a ratio over both.
 //! `iii-bench pubcron` measures pub/sub fan-out and cron jitter instead ([`pubcron`]).
 //! `iii-bench policy` measures one middleware hop and per-connection auth ([`policy`]).
 //! `iii-bench sandbox` measures sandboxes on the namespace runtime ([`sandbox`]).
@@ -13,6 +15,7 @@
 //! `iii-bench worker` measures `iii worker add`, start → ready and crash restarts ([`worker`]).
 //! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
+mod kernel_relay;
 mod policy;
 mod pubcron;
 mod reload;
@@ -169,9 +172,26 @@ fn start_engine_with(port: u16, extra: &str) -> Result<Proc> {
     })
 }
 
+/// Which floor a relay process is.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// Built like the engine: tokio, a reader and a writer task per socket.
+    Tokio,
+    /// One thread on epoll, no tasks ([`kernel_relay`]).
+    Kernel,
+}
+
 fn start_relay(port: u16) -> Result<Proc> {
+    start_floor(Floor::Tokio, port)
+}
+
+fn start_floor(floor: Floor, port: u16) -> Result<Proc> {
+    let cmd = match floor {
+        Floor::Tokio => "relay",
+        Floor::Kernel => "kernel-relay",
+    };
     let child = Command::new(std::env::current_exe()?)
-        .args(["relay", &port.to_string()])
+        .args([cmd, &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
     Ok(Proc { child, dir: None })
@@ -398,11 +418,14 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+#[derive(Default)]
 struct Row {
     what: String,
     engine: String,
     relay: String,
     ratio: String,
+    kernel: String,
+    kernel_ratio: String,
 }
 
 fn ratio(e: f64, r: f64, higher_is_better: bool) -> String {
@@ -452,6 +475,7 @@ async fn bench() -> Result<()> {
         engine: format!("{:.1} ms", starts[starts.len() / 2].as_secs_f64() * 1e3),
         relay: format!("{:.1} ms", relay_start.as_secs_f64() * 1e3),
         ratio: "".into(),
+        ..Default::default()
     });
 
     let eport = free_port();
@@ -461,95 +485,98 @@ async fn bench() -> Result<()> {
     let idle_rss = rss_kib(engine.child.id());
     let relay_rss = rss_kib(relay.child.id());
     start_callee(Target::Engine, eport).await?;
-    start_callee(Target::Relay, rport).await?;
 
     let tiny = r#"{"n":1}"#;
     // Warm-up.
     load(Target::Engine, eport, 16, scale(5000), tiny).await?;
-    // The relay takes exactly one caller connection, so every relay run reuses one pattern:
-    // we reconnect a fresh caller per run by restarting the relay.
-    let mut relay = relay;
-    let mut rport = rport;
-    let mut relay_run = |c: usize, n: usize, payload: String| {
-        let res = (|| -> Result<LoadResult> {
-            drop(std::mem::replace(
-                &mut relay,
-                start_relay({
-                    rport = free_port();
-                    rport
-                })?,
-            ));
-            wait_port(rport)?;
+    // A floor relay takes exactly one caller connection, so every floor run starts a fresh
+    // relay process (and its CPU time is then the run's alone).
+    let floor_run =
+        |floor: Floor, c: usize, n: usize, payload: &str| -> Result<(LoadResult, f64)> {
+            let port = free_port();
+            let p = start_floor(floor, port)?;
+            wait_port(port)?;
             let rt = tokio::runtime::Handle::current();
-            tokio::task::block_in_place(|| {
+            let res = tokio::task::block_in_place(|| {
                 rt.block_on(async {
-                    start_callee(Target::Relay, rport).await?;
-                    load(Target::Relay, rport, c, n, &payload).await
+                    start_callee(Target::Relay, port).await?;
+                    let t0 = cpu_ticks(p.child.id());
+                    let r = load(Target::Relay, port, c, n, payload).await?;
+                    let t1 = cpu_ticks(p.child.id());
+                    anyhow::Ok((r, t1 - t0))
                 })
-            })
-        })();
-        res
-    };
+            })?;
+            let cpu_us = res.1 as f64 * 1e6 / tck as f64 / res.0.calls as f64;
+            Ok((res.0, cpu_us))
+        };
+    drop(relay);
 
     let e = load(Target::Engine, eport, 1, scale(20000), tiny).await?;
-    let r = relay_run(1, scale(20000), tiny.to_string())?;
-    rows.push(Row {
-        what: "round trip p50, tiny payload (c=1)".into(),
-        engine: us(e.pct(0.5)),
-        relay: us(r.pct(0.5)),
-        ratio: ratio(e.pct(0.5).as_secs_f64(), r.pct(0.5).as_secs_f64(), false),
-    });
-    rows.push(Row {
-        what: "round trip p99, tiny payload (c=1)".into(),
-        engine: us(e.pct(0.99)),
-        relay: us(r.pct(0.99)),
-        ratio: ratio(e.pct(0.99).as_secs_f64(), r.pct(0.99).as_secs_f64(), false),
-    });
+    let (r, _) = floor_run(Floor::Tokio, 1, scale(20000), tiny)?;
+    let (k, _) = floor_run(Floor::Kernel, 1, scale(20000), tiny)?;
+    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let d = |l: &LoadResult| l.pct(p).as_secs_f64();
+        rows.push(Row {
+            what: format!("round trip {label}, tiny payload (c=1)"),
+            engine: us(e.pct(p)),
+            relay: us(r.pct(p)),
+            ratio: ratio(d(&e), d(&r), false),
+            kernel: us(k.pct(p)),
+            kernel_ratio: ratio(d(&e), d(&k), false),
+        });
+    }
+    let mut cpu_rows = Vec::new();
     for (c, n) in [(1usize, 20000usize), (16, 100000), (256, 200000)] {
         let t0 = cpu_ticks(engine.child.id());
         let e = load(Target::Engine, eport, c, scale(n), tiny).await?;
         let t1 = cpu_ticks(engine.child.id());
-        let r = relay_run(c, scale(n), tiny.to_string())?;
+        let (r, rcpu) = floor_run(Floor::Tokio, c, scale(n), tiny)?;
+        let (k, kcpu) = floor_run(Floor::Kernel, c, scale(n), tiny)?;
         rows.push(Row {
             what: format!("throughput c={c}"),
             engine: format!("{:.0} calls/s", e.per_sec()),
             relay: format!("{:.0} calls/s", r.per_sec()),
             ratio: ratio(e.per_sec(), r.per_sec(), true),
+            kernel: format!("{:.0} calls/s", k.per_sec()),
+            kernel_ratio: ratio(e.per_sec(), k.per_sec(), true),
         });
-        if c == 256 {
-            let cpu_us = (t1 - t0) as f64 * 1e6 / tck as f64 / e.calls as f64;
-            rows.push(Row {
-                what: "engine CPU per call (c=256)".into(),
-                engine: format!("{cpu_us:.1} µs"),
-                relay: "".into(),
-                ratio: "".into(),
-            });
-        }
+        let cpu_us = (t1 - t0) as f64 * 1e6 / tck as f64 / e.calls as f64;
+        cpu_rows.push(Row {
+            what: format!("CPU per call, process under test (c={c})"),
+            engine: format!("{cpu_us:.1} µs"),
+            relay: format!("{rcpu:.1} µs"),
+            ratio: ratio(cpu_us, rcpu, false),
+            kernel: format!("{kcpu:.1} µs"),
+            kernel_ratio: ratio(cpu_us, kcpu, false),
+        });
     }
+    rows.append(&mut cpu_rows);
     for (label, size, c, n) in [
         ("1 KiB", 1024usize, 16usize, 20000usize),
+        ("1 KiB", 1024, 1, 10000),
         ("64 KiB", 64 << 10, 16, 4000),
         ("1 MiB", 1 << 20, 4, 300),
     ] {
         let payload = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
         let e = load(Target::Engine, eport, c, scale(n), &payload).await?;
-        let r = relay_run(c, scale(n), payload.clone())?;
+        let (r, _) = floor_run(Floor::Tokio, c, scale(n), &payload)?;
+        let (k, _) = floor_run(Floor::Kernel, c, scale(n), &payload)?;
         let mb = |l: &LoadResult| l.per_sec() * size as f64 * 2.0 / (1 << 20) as f64;
+        let cell = |l: &LoadResult| {
+            format!(
+                "{:.0} calls/s, {:.0} MiB/s, p50 {}",
+                l.per_sec(),
+                mb(l),
+                us(l.pct(0.5))
+            )
+        };
         rows.push(Row {
             what: format!("payload {label} each way (c={c})"),
-            engine: format!(
-                "{:.0} calls/s, {:.0} MiB/s, p50 {}",
-                e.per_sec(),
-                mb(&e),
-                us(e.pct(0.5))
-            ),
-            relay: format!(
-                "{:.0} calls/s, {:.0} MiB/s, p50 {}",
-                r.per_sec(),
-                mb(&r),
-                us(r.pct(0.5))
-            ),
+            engine: cell(&e),
+            relay: cell(&r),
             ratio: ratio(e.per_sec(), r.per_sec(), true),
+            kernel: cell(&k),
+            kernel_ratio: ratio(e.per_sec(), k.per_sec(), true),
         });
     }
 
@@ -590,12 +617,14 @@ async fn bench() -> Result<()> {
         engine: format!("{:.0} calls/s, p50 {}", set.per_sec(), us(set.pct(0.5))),
         relay: "".into(),
         ratio: "".into(),
+        ..Default::default()
     });
     rows.push(Row {
         what: "state::get through the engine, kv component (c=16)".into(),
         engine: format!("{:.0} calls/s, p50 {}", get.per_sec(), us(get.pct(0.5))),
         relay: "".into(),
         ratio: "".into(),
+        ..Default::default()
     });
     drop(sengine);
     rows.push(Row {
@@ -603,12 +632,14 @@ async fn bench() -> Result<()> {
         engine: format!("{:.1} MiB", idle_rss as f64 / 1024.0),
         relay: format!("{:.1} MiB", relay_rss as f64 / 1024.0),
         ratio: "".into(),
+        ..Default::default()
     });
     rows.push(Row {
         what: "RSS with 1000 registered functions (after load)".into(),
         engine: format!("{:.1} MiB", many_rss as f64 / 1024.0),
         relay: "".into(),
         ratio: "".into(),
+        ..Default::default()
     });
 
     println!(
@@ -617,12 +648,16 @@ async fn bench() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    println!("| measurement | iii engine | floor: two-hop WebSocket relay | engine vs floor |");
-    println!("|---|---|---|---|");
+    println!("| measurement | iii engine | floor: tokio relay (built like the engine) | engine vs tokio floor | floor: kernel (one thread, epoll) | engine vs kernel floor |");
+    println!("|---|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} |", r.what, r.engine, r.relay, r.ratio);
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.what, r.engine, r.relay, r.ratio, r.kernel, r.kernel_ratio
+        );
     }
     println!("\nTargets (issue #2): p50 ≤ 75 µs, ≥ 100k calls/s at c=256, idle RSS ≤ 20 MiB, cold start ≤ 10 ms.");
+    println!("Targets (issue #17): engine CPU per call at c=1 ≤ 20 µs; p50 at c=1 within 1.3× the kernel floor.");
     drop(engine);
     Ok(())
 }
@@ -635,6 +670,10 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("relay") {
         let port: u16 = args.get(2).context("relay <port>")?.parse()?;
         return rt.block_on(relay(port));
+    }
+    if args.get(1).map(String::as_str) == Some("kernel-relay") {
+        let port: u16 = args.get(2).context("kernel-relay <port>")?.parse()?;
+        return kernel_relay::run(port);
     }
     if args.get(1).map(String::as_str) == Some("queue") {
         return rt.block_on(queue::bench_queue());

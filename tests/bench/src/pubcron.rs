@@ -127,6 +127,7 @@ async fn fan_out(port: u16, n: usize, publishes: usize) -> Result<Row> {
         ),
         relay: format!("{deliveries:.0} deliveries/s ({publishes} publishes, one at a time)"),
         ratio: String::new(),
+        ..Default::default()
     })
 }
 
@@ -177,6 +178,7 @@ async fn cron_jitter(port: u16, seconds: u64) -> Result<Vec<Row>> {
         ),
         relay: format!("{fires} fires (expected {seconds} ± 1)"),
         ratio: String::new(),
+        ..Default::default()
     };
     Ok(vec![
         row("actual_time − scheduled_time (engine)", &mut engine_side),
