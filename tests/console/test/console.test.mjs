@@ -140,9 +140,11 @@ engineTest(
       await shot(page, 'traces')
       await visit(page, c.url, '#logs')
       if (obs) {
-        await page.fill('input[placeholder="function id"]', 'demo::greet')
-        await page.press('input[placeholder="function id"]', 'Enter')
+        // The level filter goes to engine::logs::list; the worker's info line is there.
+        await page.selectOption('[data-page=logs] select >> nth=0', 'info')
         await page.waitForSelector('[data-testid=logs] >> text=greeting Ada')
+        await page.selectOption('[data-page=logs] select >> nth=0', 'error')
+        await page.waitForSelector('[data-testid=logs] >> text=greeting Ada', { state: 'detached' })
       } else {
         await page.waitForSelector('[data-testid=unavailable] >> text=engine::logs::list')
       }
