@@ -28,7 +28,7 @@ const rows = []
 try {
   for (const [label, hash, selector] of [
     ['functions list', '#functions', '[data-testid=functions] tbody tr'],
-    ['function detail + form', '#functions/bench%3A%3Afn_0500', '[data-testid=invoke-form]'],
+    ['function detail + form', `#functions/bench%3A%3Afn_${String(Math.floor(FUNCTIONS / 2)).padStart(4, '0')}`, '[data-testid=invoke-form]'],
     ['workers', '#workers', '[data-testid=workers]'],
   ]) {
     const ms = []

@@ -731,7 +731,13 @@ async function route() {
   const fresh = h('div', { 'data-page': page })
   view.replaceChildren(fresh)
   const decoded = page === 'streams' ? arg : decodeURIComponent(arg)
-  await pages[page](fresh, decoded, new URLSearchParams(query))
+  try {
+    await pages[page](fresh, decoded, new URLSearchParams(query))
+  } catch (e) {
+    // A bug in a page, not an engine answer: shown, and logged so the browser tests fail on it.
+    console.error(e)
+    fresh.append(h('div', { class: 'error' }, `This page failed: ${e.message}`))
+  }
   fresh.setAttribute('data-ready', '1')
 }
 
