@@ -68,6 +68,9 @@ export III_WORKSPACE_TESTED=1
 step "official SDK suites (Python iii-sdk 0.25, Node iii-sdk 0.22)"
 bounded 20 bash tests/sdk/run.sh || failed+=("sdk suites")
 
+step "the web console in headless Chromium (tests/console.sh: chromium + playwright-core)"
+bounded 10 bash tests/console.sh || failed+=("console")
+
 for suite in tests/plugins.sh tests/vmm.sh; do
   step "$suite"
   bounded 45 bash "$suite" || failed+=("$suite")

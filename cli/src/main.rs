@@ -1,8 +1,9 @@
 //! `iii`: with no subcommand it runs the engine; `iii trigger` calls a function on a running one;
-//! `iii worker …` manages workers; `iii project` scaffolds projects; `iii update` replaces the binaries from a
+//! `iii worker …` manages workers; `iii project` scaffolds projects; `iii console` serves the web console; `iii update` replaces the binaries from a
 //! release manifest; `iii cloud …` runs the external `iii-cloud`.
 
 mod cloud;
+mod console;
 mod project;
 mod trigger;
 mod update;
@@ -85,6 +86,8 @@ enum Command {
     Cloud(cloud::CloudArgs),
     /// Manage iii projects (init, generate-docker)
     Project(project::ProjectArgs),
+    /// Launch the iii web console
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Some(Command::Update(args)) => return update::main(args),
         Some(Command::Cloud(args)) => return cloud::main(args),
         Some(Command::Project(args)) => return project::main(args),
+        Some(Command::Console(args)) => return console::main(args),
         None => run_engine(cli.config, cli.use_default_config),
     };
     match result {

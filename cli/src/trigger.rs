@@ -1,6 +1,8 @@
 //! `iii trigger`: one request/response call against a running engine (PROTOCOL.md §10).
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory};
@@ -170,6 +172,106 @@ impl Client {
     /// Closes the socket politely.
     pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// Turns this connection into one that many tasks can call through at once: a reader task
+    /// routes each `invocationresult` to its caller by invocation id. A long-lived tool (the
+    /// console) needs this because it is one named worker, so it cannot open a socket per call.
+    pub(crate) fn into_shared(self) -> SharedClient {
+        let (sink, mut stream) = self.ws.split();
+        let pending: Pending = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(t) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["type"] != "invocationresult" {
+                    continue;
+                }
+                let Some(id) = v["invocation_id"].as_str() else {
+                    continue;
+                };
+                let waiter = lock(&reader_pending).as_mut().and_then(|m| m.remove(id));
+                if let Some(tx) = waiter {
+                    let r = match v.get("error").filter(|e| !e.is_null()) {
+                        Some(err) => Err(CallError::Remote(err.clone())),
+                        None => Ok(v.get("result").cloned().filter(|r| !r.is_null())),
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+            // The socket is gone: every waiting caller learns it now, later calls at once.
+            if let Some(waiters) = lock(&reader_pending).take() {
+                for (_, tx) in waiters {
+                    let _ = tx.send(Err(CallError::Closed));
+                }
+            }
+        });
+        SharedClient {
+            sink: tokio::sync::Mutex::new(sink),
+            pending,
+        }
+    }
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<Option<Value>, CallError>>;
+/// Callers waiting for a result, by invocation id; `None` once the socket has closed.
+type Pending = Arc<std::sync::Mutex<Option<HashMap<String, Waiter>>>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Option<HashMap<String, Waiter>>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`Client`] shared by concurrent callers (see [`Client::into_shared`]).
+pub(crate) struct SharedClient {
+    sink: tokio::sync::Mutex<futures_util::stream::SplitSink<Socket, Message>>,
+    pending: Pending,
+}
+
+impl SharedClient {
+    /// True once the engine closed the socket; the owner reconnects.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.pending).is_none()
+    }
+
+    /// One call, bounded by `timeout`; other callers' calls proceed meanwhile.
+    pub(crate) async fn call(
+        &self,
+        function_id: &str,
+        data: &Value,
+        namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<Value>, CallError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match lock(&self.pending).as_mut() {
+            Some(m) => m.insert(id.clone(), tx),
+            None => return Err(CallError::Closed),
+        };
+        let mut frame = serde_json::json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data});
+        if let Some(ns) = namespace {
+            frame["namespace"] = Value::String(ns.to_string());
+        }
+        let sent = self
+            .sink
+            .lock()
+            .await
+            .send(Message::text(frame.to_string()))
+            .await;
+        let r = match sent {
+            Err(e) => Err(CallError::WebSocket(e.to_string())),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(CallError::Closed),
+                Err(_) => Err(CallError::Timeout),
+            },
+        };
+        if let Some(m) = lock(&self.pending).as_mut() {
+            m.remove(&id);
+        }
+        r
     }
 }
 
