@@ -23,7 +23,10 @@ pub struct Broker {
 /// The server script itself: Debian's `/usr/sbin/rabbitmq-server` wrapper switches to the
 /// `rabbitmq` user, who cannot write the test's scratch directory.
 fn server_bin() -> PathBuf {
-    for p in ["/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server"] {
+    for p in [
+        "/usr/lib/rabbitmq/bin/rabbitmq-server",
+        "/usr/sbin/rabbitmq-server",
+    ] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -41,7 +44,10 @@ impl Broker {
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         let mut b = Broker {
             child: None,
-            node: format!("iii-test-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            node: format!(
+                "iii-test-{}@localhost",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
             amqp_port: free_port(),
             dist_port: free_port(),
             epmd_port: free_port(),
@@ -89,10 +95,16 @@ impl Broker {
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
             .env("RABBITMQ_PID_FILE", self.dir.join("rabbit.pid"))
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", self.dir.join("advanced.config"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                self.dir.join("advanced.config"),
+            )
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
             // Its own process group, so stop() reaches the Erlang VM the script starts.
@@ -110,11 +122,17 @@ impl Broker {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("rabbitmq-server exited early with {status}:\n{}", self.output());
+                panic!(
+                    "rabbitmq-server exited early with {status}:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("rabbitmq-server did not listen within 120 s:\n{}", self.output());
+        panic!(
+            "rabbitmq-server did not listen within 120 s:\n{}",
+            self.output()
+        );
     }
 
     fn output(&self) -> String {
@@ -141,7 +159,8 @@ impl Broker {
             let _ = c.wait();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() && Instant::now() < deadline {
+        while TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }

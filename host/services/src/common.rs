@@ -39,9 +39,14 @@ pub(crate) fn network_adapter_spec(
     let raw = match spec.config.get(url_key) {
         None | Some(Value::Null) => default_url,
         Some(Value::String(s)) => s.as_str(),
-        Some(other) => return Err(format!("`config.{url_key}` must be a URL string, not {other}")),
+        Some(other) => {
+            return Err(format!(
+                "`config.{url_key}` must be a URL string, not {other}"
+            ))
+        }
     };
-    let url = url::Url::parse(raw).map_err(|e| format!("`config.{url_key}` {raw:?} is not a URL: {e}"))?;
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("`config.{url_key}` {raw:?} is not a URL: {e}"))?;
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
@@ -55,7 +60,12 @@ pub(crate) fn network_adapter_spec(
     let mut out = spec.clone();
     if out.grants.network.is_empty() {
         out.grants.network = vec![addr];
-    } else if !out.grants.network.iter().any(|g| g.eq_ignore_ascii_case(&addr)) {
+    } else if !out
+        .grants
+        .network
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(&addr))
+    {
         return Err(format!(
             "`grants.network` {:?} does not cover {addr}, the server of `config.{url_key}` {raw:?}: add \"{addr}\" to it or leave it out",
             out.grants.network

@@ -85,7 +85,11 @@ impl Conn {
         c.send(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))?;
         match c.read_method(0)? {
             AMQPClass::Connection(connection::AMQPMethod::Start(_)) => {}
-            other => return Err(AmqpError::Protocol(format!("expected connection.start, got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected connection.start, got {other:?}"
+                )))
+            }
         }
         let user = &uri.authority.userinfo;
         let mut response = Vec::new();
@@ -94,7 +98,10 @@ impl Conn {
         response.push(0);
         response.extend_from_slice(user.password.as_bytes());
         let mut props = FieldTable::default();
-        props.insert(ss("product"), AMQPValue::LongString(LongString::from("iii-rabbitmq".as_bytes())));
+        props.insert(
+            ss("product"),
+            AMQPValue::LongString(LongString::from("iii-rabbitmq".as_bytes())),
+        );
         c.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
@@ -106,9 +113,17 @@ impl Conn {
         )?;
         let tune = match c.read_method(0)? {
             AMQPClass::Connection(connection::AMQPMethod::Tune(t)) => t,
-            other => return Err(AmqpError::Protocol(format!("expected connection.tune (wrong credentials?), got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected connection.tune (wrong credentials?), got {other:?}"
+                )))
+            }
         };
-        c.frame_max = if tune.frame_max == 0 { 131_072 } else { tune.frame_max.min(131_072) };
+        c.frame_max = if tune.frame_max == 0 {
+            131_072
+        } else {
+            tune.frame_max.min(131_072)
+        };
         c.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
@@ -125,25 +140,42 @@ impl Conn {
         )?;
         match c.read_method(0)? {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
-            other => return Err(AmqpError::Protocol(format!("expected connection.open-ok, got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected connection.open-ok, got {other:?}"
+                )))
+            }
         }
         c.open_channel()?;
         Ok(c)
     }
 
     fn open_channel(&mut self) -> Result<(), AmqpError> {
-        self.send_method(CH, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))?;
+        self.send_method(
+            CH,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )?;
         match self.read_method(CH)? {
             AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
-            other => return Err(AmqpError::Protocol(format!("expected channel.open-ok, got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected channel.open-ok, got {other:?}"
+                )))
+            }
         }
         self.send_method(
             CH,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
         )?;
         match self.read_method(CH)? {
             AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {}
-            other => return Err(AmqpError::Protocol(format!("expected confirm.select-ok, got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected confirm.select-ok, got {other:?}"
+                )))
+            }
         }
         self.seq = 0;
         Ok(())
@@ -171,7 +203,9 @@ impl Conn {
                         return Ok(frame);
                     }
                     Err(e) if e.is_incomplete() => {}
-                    Err(e) => return Err(AmqpError::Protocol(format!("cannot decode a frame: {e:?}"))),
+                    Err(e) => {
+                        return Err(AmqpError::Protocol(format!("cannot decode a frame: {e:?}")))
+                    }
                 }
             }
             let mut chunk = [0u8; 16_384];
@@ -195,14 +229,18 @@ impl Conn {
                 AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
                     let _ = self.send_method(
                         0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
                     );
                     return Err(AmqpError::ConnectionClosed {
                         code: c.reply_code,
                         text: c.reply_text.to_string(),
                     });
                 }
-                AMQPFrame::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(close))) if c == ch => {
+                AMQPFrame::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(close)))
+                    if c == ch =>
+                {
                     self.send_method(
                         ch,
                         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
@@ -225,40 +263,58 @@ impl Conn {
     }
 
     /// Declares a durable queue (or checks it exists with `passive`); its ready count.
-    pub fn declare_queue(&mut self, name: &str, passive: bool, arguments: FieldTable) -> Result<u32, AmqpError> {
-        match self.call(AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: ss(name),
-            passive,
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments,
-        })))? {
+    pub fn declare_queue(
+        &mut self,
+        name: &str,
+        passive: bool,
+        arguments: FieldTable,
+    ) -> Result<u32, AmqpError> {
+        match self.call(AMQPClass::Queue(queue::AMQPMethod::Declare(
+            queue::Declare {
+                queue: ss(name),
+                passive,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments,
+            },
+        )))? {
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
-            other => Err(AmqpError::Protocol(format!("expected queue.declare-ok, got {other:?}"))),
+            other => Err(AmqpError::Protocol(format!(
+                "expected queue.declare-ok, got {other:?}"
+            ))),
         }
     }
 
     /// Declares a durable fanout exchange.
     pub fn declare_fanout(&mut self, name: &str) -> Result<(), AmqpError> {
-        match self.call(AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
-            exchange: ss(name),
-            kind: ss("fanout"),
-            passive: false,
-            durable: true,
-            auto_delete: false,
-            internal: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        })))? {
+        match self.call(AMQPClass::Exchange(exchange::AMQPMethod::Declare(
+            exchange::Declare {
+                exchange: ss(name),
+                kind: ss("fanout"),
+                passive: false,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            },
+        )))? {
             AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => Ok(()),
-            other => Err(AmqpError::Protocol(format!("expected exchange.declare-ok, got {other:?}"))),
+            other => Err(AmqpError::Protocol(format!(
+                "expected exchange.declare-ok, got {other:?}"
+            ))),
         }
     }
 
     /// Binds (or unbinds) `queue` to `exchange`.
-    pub fn bind(&mut self, queue_name: &str, exchange_name: &str, bind: bool) -> Result<(), AmqpError> {
+    pub fn bind(
+        &mut self,
+        queue_name: &str,
+        exchange_name: &str,
+        bind: bool,
+    ) -> Result<(), AmqpError> {
         let m = if bind {
             queue::AMQPMethod::Bind(queue::Bind {
                 queue: ss(queue_name),
@@ -276,8 +332,12 @@ impl Conn {
             })
         };
         match self.call(AMQPClass::Queue(m))? {
-            AMQPClass::Queue(queue::AMQPMethod::BindOk(_) | queue::AMQPMethod::UnbindOk(_)) => Ok(()),
-            other => Err(AmqpError::Protocol(format!("expected queue.bind-ok, got {other:?}"))),
+            AMQPClass::Queue(queue::AMQPMethod::BindOk(_) | queue::AMQPMethod::UnbindOk(_)) => {
+                Ok(())
+            }
+            other => Err(AmqpError::Protocol(format!(
+                "expected queue.bind-ok, got {other:?}"
+            ))),
         }
     }
 
@@ -321,12 +381,18 @@ impl Conn {
                     routed = false;
                     self.read_content()?;
                 }
-                AMQPClass::Basic(basic::AMQPMethod::Ack(a)) if a.delivery_tag >= self.seq || (a.multiple && a.delivery_tag >= self.seq) => {
+                AMQPClass::Basic(basic::AMQPMethod::Ack(a))
+                    if a.delivery_tag >= self.seq || (a.multiple && a.delivery_tag >= self.seq) =>
+                {
                     return Ok(routed)
                 }
                 AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => {}
                 AMQPClass::Basic(basic::AMQPMethod::Nack(_)) => return Err(AmqpError::Nacked),
-                other => return Err(AmqpError::Protocol(format!("expected basic.ack, got {other:?}"))),
+                other => {
+                    return Err(AmqpError::Protocol(format!(
+                        "expected basic.ack, got {other:?}"
+                    )))
+                }
             }
         }
     }
@@ -335,14 +401,22 @@ impl Conn {
     fn read_content(&mut self) -> Result<(BasicProperties, Vec<u8>), AmqpError> {
         let header = match self.read_frame()? {
             AMQPFrame::Header(_, _, h) => h,
-            other => return Err(AmqpError::Protocol(format!("expected a content header, got {other:?}"))),
+            other => {
+                return Err(AmqpError::Protocol(format!(
+                    "expected a content header, got {other:?}"
+                )))
+            }
         };
         let mut body = Vec::with_capacity(header.body_size as usize);
         while (body.len() as u64) < header.body_size {
             match self.read_frame()? {
                 AMQPFrame::Body(_, b) => body.extend_from_slice(&b),
                 AMQPFrame::Heartbeat(_) => {}
-                other => return Err(AmqpError::Protocol(format!("expected a content body, got {other:?}"))),
+                other => {
+                    return Err(AmqpError::Protocol(format!(
+                        "expected a content body, got {other:?}"
+                    )))
+                }
             }
         }
         Ok((header.properties, body))
@@ -364,7 +438,9 @@ impl Conn {
                     body,
                 }))
             }
-            other => Err(AmqpError::Protocol(format!("expected basic.get-ok, got {other:?}"))),
+            other => Err(AmqpError::Protocol(format!(
+                "expected basic.get-ok, got {other:?}"
+            ))),
         }
     }
 

@@ -81,7 +81,9 @@ fn now_ms() -> u64 {
 
 fn config_value(key: &str) -> Result<Option<Value>, Error> {
     match config::get(key) {
-        Ok(Some(text)) => Ok(Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))),
+        Ok(Some(text)) => Ok(Some(
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )),
         Ok(None) => Ok(None),
         Err(config::Error::Io(m)) => Err(Error::Other(format!("reading config: {m}"))),
     }
@@ -93,7 +95,11 @@ fn config_uint(key: &str, default: u64, min: u64, max: u64) -> Result<u64, Error
         Some(v) => v
             .as_u64()
             .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| Error::InvalidInput(format!("config `{key}` must be an integer from {min} to {max}, not {v}"))),
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "config `{key}` must be an integer from {min} to {max}, not {v}"
+                ))
+            }),
     }
 }
 
@@ -101,16 +107,24 @@ fn settings() -> Result<Settings, Error> {
     let url = match config_value("amqp_url")? {
         None | Some(Value::Null) => "amqp://localhost:5672".to_string(),
         Some(Value::String(s)) => s,
-        Some(v) => return Err(Error::InvalidInput(format!("config `amqp_url` must be a string, not {v}"))),
+        Some(v) => {
+            return Err(Error::InvalidInput(format!(
+                "config `amqp_url` must be a string, not {v}"
+            )))
+        }
     };
-    let uri: AMQPUri = url
-        .parse()
-        .map_err(|e| Error::InvalidInput(format!("config `amqp_url` {url:?} is not an AMQP URL: {e}")))?;
+    let uri: AMQPUri = url.parse().map_err(|e| {
+        Error::InvalidInput(format!("config `amqp_url` {url:?} is not an AMQP URL: {e}"))
+    })?;
     let fifo = match config_value("queue_mode")? {
         None | Some(Value::Null) => false,
         Some(Value::String(m)) if m == "fifo" => true,
         Some(Value::String(m)) if m == "standard" => false,
-        Some(v) => return Err(Error::InvalidInput(format!("config `queue_mode` must be \"standard\" or \"fifo\", not {v}"))),
+        Some(v) => {
+            return Err(Error::InvalidInput(format!(
+                "config `queue_mode` must be \"standard\" or \"fifo\", not {v}"
+            )))
+        }
     };
     let max_priority = match config_value("max_priority")? {
         None | Some(Value::Null) => None,
@@ -119,10 +133,16 @@ fn settings() -> Result<Settings, Error> {
     let priority_field = match config_value("priority_field")? {
         None | Some(Value::Null) => None,
         Some(Value::String(f)) if !f.is_empty() => Some(f),
-        Some(v) => return Err(Error::InvalidInput(format!("config `priority_field` must be a payload field name, not {v}"))),
+        Some(v) => {
+            return Err(Error::InvalidInput(format!(
+                "config `priority_field` must be a payload field name, not {v}"
+            )))
+        }
     };
     if priority_field.is_some() && max_priority.is_none() {
-        return Err(Error::InvalidInput("config `priority_field` needs `max_priority` (the queues' x-max-priority)".into()));
+        return Err(Error::InvalidInput(
+            "config `priority_field` needs `max_priority` (the queues' x-max-priority)".into(),
+        ));
     }
     Ok(Settings {
         prefetch: config_uint("prefetch_count", 64, 1, 65_535)? as u32,
@@ -201,7 +221,10 @@ fn properties(e: &Envelope<'_>, expiration: Option<u64>) -> BasicProperties {
     h.insert(ss(H_ATTEMPTS), AMQPValue::LongUInt(e.attempts));
     if let Some((err, at)) = e.dead {
         h.insert(ss(H_ERROR), ls(err));
-        h.insert(ss(H_FAILED_AT), AMQPValue::LongLongInt(i64::try_from(at).unwrap_or(i64::MAX)));
+        h.insert(
+            ss(H_FAILED_AT),
+            AMQPValue::LongLongInt(i64::try_from(at).unwrap_or(i64::MAX)),
+        );
     }
     let mut p = BasicProperties::default()
         .with_message_id(ss(e.id))
@@ -232,7 +255,11 @@ impl State {
             // Deliveries of the old channel are gone with it: the broker redelivers them.
             self.leases.clear();
             if self.generation > 1 {
-                log(Level::Info, "connection", &format!("reconnected to rabbitmq at {}", self.s.url));
+                log(
+                    Level::Info,
+                    "connection",
+                    &format!("reconnected to rabbitmq at {}", self.s.url),
+                );
             }
             self.conn = Some(c);
         }
@@ -248,7 +275,11 @@ impl State {
                 if e.is_fatal() {
                     self.conn = None;
                     self.leases.clear();
-                    log(Level::Warn, "connection", &format!("lost the rabbitmq connection: {e}"));
+                    log(
+                        Level::Warn,
+                        "connection",
+                        &format!("lost the rabbitmq connection: {e}"),
+                    );
                 }
                 Err(backend(&self.s, &e))
             }
@@ -274,14 +305,22 @@ impl State {
         }
         let args = self.main_args();
         self.c().declare_queue(&main_q(q), false, args)?;
-        self.c().declare_queue(&dlq(q), false, FieldTable::default())?;
+        self.c()
+            .declare_queue(&dlq(q), false, FieldTable::default())?;
         if !self.registered.contains(q) {
             if self.registered.is_empty() {
                 self.registered = self.browse_registry()?;
             }
             if !self.registered.contains(q) {
-                self.c().declare_queue(REGISTRY, false, FieldTable::default())?;
-                self.c().publish("", REGISTRY, false, BasicProperties::default().with_delivery_mode(2), q.as_bytes())?;
+                self.c()
+                    .declare_queue(REGISTRY, false, FieldTable::default())?;
+                self.c().publish(
+                    "",
+                    REGISTRY,
+                    false,
+                    BasicProperties::default().with_delivery_mode(2),
+                    q.as_bytes(),
+                )?;
                 self.registered.insert(q.to_string());
             }
         }
@@ -290,7 +329,8 @@ impl State {
     }
 
     fn browse_registry(&mut self) -> Result<HashSet<String>, AmqpError> {
-        self.c().declare_queue(REGISTRY, false, FieldTable::default())?;
+        self.c()
+            .declare_queue(REGISTRY, false, FieldTable::default())?;
         let got = self.browse(REGISTRY, usize::MAX)?;
         let mut out = HashSet::new();
         for g in got {
@@ -305,7 +345,9 @@ impl State {
     fn browse(&mut self, queue: &str, n: usize) -> Result<Vec<Got>, AmqpError> {
         let count = match self.c().declare_queue(queue, true, FieldTable::default()) {
             Ok(c) => c as usize,
-            Err(AmqpError::ChannelClosed { code: NOT_FOUND, .. }) => return Ok(Vec::new()),
+            Err(AmqpError::ChannelClosed {
+                code: NOT_FOUND, ..
+            }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
@@ -327,10 +369,22 @@ impl State {
     }
 
     /// Stores a message in `q`, after `delay_ms` through a retry queue.
-    fn store(&mut self, q: &str, e: &Envelope<'_>, payload: &str, delay_ms: u64) -> Result<(), AmqpError> {
+    fn store(
+        &mut self,
+        q: &str,
+        e: &Envelope<'_>,
+        payload: &str,
+        delay_ms: u64,
+    ) -> Result<(), AmqpError> {
         self.ensure(q)?;
         if delay_ms == 0 {
-            self.c().publish("", &main_q(q), false, properties(e, None), payload.as_bytes())?;
+            self.c().publish(
+                "",
+                &main_q(q),
+                false,
+                properties(e, None),
+                payload.as_bytes(),
+            )?;
             return Ok(());
         }
         let rq = retry_q(q, delay_ms);
@@ -340,17 +394,25 @@ impl State {
         args.insert(ss("x-dead-letter-routing-key"), ls(&main_q(q)));
         // Unused retry queues go away; declared again before every use, so a message in it
         // (shorter-lived than the expiry) is never dropped with the queue.
-        args.insert(ss("x-expires"), AMQPValue::LongLongInt(delay_ms.saturating_add(60_000) as i64));
+        args.insert(
+            ss("x-expires"),
+            AMQPValue::LongLongInt(delay_ms.saturating_add(60_000) as i64),
+        );
         self.c().declare_queue(&rq, false, args)?;
-        self.c().publish("", &rq, false, properties(e, None), payload.as_bytes())?;
-        self.retry_delays.entry(q.to_string()).or_default().insert(delay_ms);
+        self.c()
+            .publish("", &rq, false, properties(e, None), payload.as_bytes())?;
+        self.retry_delays
+            .entry(q.to_string())
+            .or_default()
+            .insert(delay_ms);
         Ok(())
     }
 
     fn lease_of(&self, token: &str) -> Option<u64> {
         let (g, tag) = token.split_once('.')?;
         let (g, tag) = (g.parse::<u64>().ok()?, tag.parse::<u64>().ok()?);
-        (g == self.generation && self.conn.is_some() && self.leases.contains_key(&tag)).then_some(tag)
+        (g == self.generation && self.conn.is_some() && self.leases.contains_key(&tag))
+            .then_some(tag)
     }
 
     fn in_flight(&self, q: &str) -> u64 {
@@ -367,7 +429,10 @@ fn with<R>(f: impl FnOnce(&mut State) -> Result<R, Error>) -> Result<R, Error> {
 
 fn check_queue(q: &str) -> Result<(), Error> {
     if q.is_empty() || q.len() > 200 {
-        return Err(Error::InvalidInput(format!("queue name must be 1 to 200 bytes, got {}", q.len())));
+        return Err(Error::InvalidInput(format!(
+            "queue name must be 1 to 200 bytes, got {}",
+            q.len()
+        )));
     }
     Ok(())
 }
@@ -388,7 +453,14 @@ impl Lifecycle for Component {
         };
         // Fail the load with a clear error when the broker is unreachable or refuses us.
         st.conn()?;
-        log(Level::Info, "init", &format!("connected to rabbitmq at {} (heartbeats off, publisher confirms on)", st.s.url));
+        log(
+            Level::Info,
+            "init",
+            &format!(
+                "connected to rabbitmq at {} (heartbeats off, publisher confirms on)",
+                st.s.url
+            ),
+        );
         STATE.with(|c| *c.borrow_mut() = Some(st));
         Ok(())
     }
@@ -420,18 +492,31 @@ impl QueueStore for Component {
     fn lease(queue: String, req: LeaseRequest) -> Result<Leased, Error> {
         check_queue(&queue)?;
         with(|st| {
-            let cap = if req.fifo || st.s.fifo { 1 } else { u64::from(st.s.prefetch) };
-            let room = cap.saturating_sub(st.in_flight(&queue)).min(u64::from(req.max));
+            let cap = if req.fifo || st.s.fifo {
+                1
+            } else {
+                u64::from(st.s.prefetch)
+            };
+            let room = cap
+                .saturating_sub(st.in_flight(&queue))
+                .min(u64::from(req.max));
             st.run(|st| {
                 st.ensure(&queue)?;
                 let mut out = Vec::new();
                 for _ in 0..room {
-                    let Some(g) = st.c().get(&main_q(&queue))? else { break };
+                    let Some(g) = st.c().get(&main_q(&queue))? else {
+                        break;
+                    };
                     let h = g.properties.headers().clone().unwrap_or_default();
                     let lease = Lease {
                         queue: queue.clone(),
                         tag: g.delivery_tag,
-                        id: g.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                        id: g
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map(|s| s.to_string())
+                            .unwrap_or_default(),
                         payload: String::from_utf8_lossy(&g.body).into_owned(),
                         meta: header_str(&h, H_META).unwrap_or_else(|| "{}".into()),
                         group: header_str(&h, H_GROUP),
@@ -450,23 +535,35 @@ impl QueueStore for Component {
                     });
                     st.leases.insert(lease.tag, lease);
                 }
-                Ok(Leased { deliveries: out, next_due_ms: None })
+                Ok(Leased {
+                    deliveries: out,
+                    next_due_ms: None,
+                })
             })
         })
     }
 
     fn ack(_queue: String, token: String) -> Result<bool, Error> {
         with(|st| {
-            let Some(tag) = st.lease_of(&token) else { return Ok(false) };
+            let Some(tag) = st.lease_of(&token) else {
+                return Ok(false);
+            };
             st.run(|st| st.c().ack(tag))?;
             st.leases.remove(&tag);
             Ok(true)
         })
     }
 
-    fn nack(_queue: String, token: String, retry_after_ms: u64, error: String) -> Result<NackOutcome, Error> {
+    fn nack(
+        _queue: String,
+        token: String,
+        retry_after_ms: u64,
+        error: String,
+    ) -> Result<NackOutcome, Error> {
         with(|st| {
-            let Some(tag) = st.lease_of(&token) else { return Ok(NackOutcome::Stale) };
+            let Some(tag) = st.lease_of(&token) else {
+                return Ok(NackOutcome::Stale);
+            };
             let l = st.leases.remove(&tag).expect("lease_of checked it");
             let attempts = l.attempts + 1;
             let dead = attempts >= l.max_attempts;
@@ -484,14 +581,24 @@ impl QueueStore for Component {
                 // Copy first, then ack: a failure in between duplicates, never loses.
                 if dead {
                     st.ensure(&l.queue)?;
-                    st.c().publish("", &dlq(&l.queue), false, properties(&e, None), l.payload.as_bytes())?;
+                    st.c().publish(
+                        "",
+                        &dlq(&l.queue),
+                        false,
+                        properties(&e, None),
+                        l.payload.as_bytes(),
+                    )?;
                 } else {
                     st.store(&l.queue, &e, &l.payload, retry_after_ms)?;
                 }
                 st.c().ack(tag)
             });
             match r {
-                Ok(()) => Ok(if dead { NackOutcome::DeadLettered } else { NackOutcome::Retrying }),
+                Ok(()) => Ok(if dead {
+                    NackOutcome::DeadLettered
+                } else {
+                    NackOutcome::Retrying
+                }),
                 Err(e) => {
                     if st.conn.is_some() {
                         st.leases.insert(tag, l);
@@ -504,7 +611,9 @@ impl QueueStore for Component {
 
     fn release(_queue: String, token: String, retry_after_ms: u64) -> Result<bool, Error> {
         with(|st| {
-            let Some(tag) = st.lease_of(&token) else { return Ok(false) };
+            let Some(tag) = st.lease_of(&token) else {
+                return Ok(false);
+            };
             let l = st.leases.remove(&tag).expect("lease_of checked it");
             let r = st.run(|st| {
                 if retry_after_ms == 0 {
@@ -576,7 +685,8 @@ impl QueueStore for Component {
                         priority: *g.properties.priority(),
                         dead: None,
                     };
-                    st.c().publish("", &main_q(&queue), false, properties(&e, None), &g.body)?;
+                    st.c()
+                        .publish("", &main_q(&queue), false, properties(&e, None), &g.body)?;
                     st.c().ack(g.delivery_tag)?;
                     moved += 1;
                 }
@@ -608,12 +718,18 @@ impl QueueStore for Component {
         check_queue(&queue)?;
         with(|st| {
             let in_flight = st.in_flight(&queue);
-            let delays: Vec<u64> = st.retry_delays.get(&queue).map(|d| d.iter().copied().collect()).unwrap_or_default();
+            let delays: Vec<u64> = st
+                .retry_delays
+                .get(&queue)
+                .map(|d| d.iter().copied().collect())
+                .unwrap_or_default();
             st.run(|st| {
                 let count = |st: &mut State, name: &str| -> Result<u64, AmqpError> {
                     match st.c().declare_queue(name, true, FieldTable::default()) {
                         Ok(n) => Ok(u64::from(n)),
-                        Err(AmqpError::ChannelClosed { code: NOT_FOUND, .. }) => Ok(0),
+                        Err(AmqpError::ChannelClosed {
+                            code: NOT_FOUND, ..
+                        }) => Ok(0),
                         Err(e) => Err(e),
                     }
                 };
@@ -622,7 +738,11 @@ impl QueueStore for Component {
                     waiting += count(st, &retry_q(&queue, d))?;
                 }
                 let dead = count(st, &dlq(&queue))?;
-                Ok(QueueStats { waiting, in_flight, dead })
+                Ok(QueueStats {
+                    waiting,
+                    in_flight,
+                    dead,
+                })
             })
         })
     }
@@ -643,7 +763,12 @@ impl QueueStore for Component {
 fn dead_letter(g: &Got) -> DeadLetter {
     let h = g.properties.headers().clone().unwrap_or_default();
     DeadLetter {
-        message_id: g.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        message_id: g
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         payload: String::from_utf8_lossy(&g.body).into_owned(),
         meta: header_str(&h, H_META).unwrap_or_else(|| "{}".into()),
         error: header_str(&h, H_ERROR).unwrap_or_default(),
@@ -671,7 +796,9 @@ impl TopicRouter for Component {
             st.run(|st| {
                 st.c().declare_fanout(&topic_x(&topic))?;
                 match st.c().bind(&main_q(&queue), &topic_x(&topic), false) {
-                    Err(AmqpError::ChannelClosed { code: NOT_FOUND, .. }) => Ok(()),
+                    Err(AmqpError::ChannelClosed {
+                        code: NOT_FOUND, ..
+                    }) => Ok(()),
                     r => r,
                 }
             })
@@ -702,7 +829,9 @@ impl TopicRouter for Component {
                 }
                 // Mandatory: with no queue bound the broker returns it, and it waits in
                 // `unrouted` for the first subscriber.
-                let routed = st.c().publish(&x, "", true, properties(&e, None), msg.payload.as_bytes())?;
+                let routed =
+                    st.c()
+                        .publish(&x, "", true, properties(&e, None), msg.payload.as_bytes())?;
                 if !routed {
                     st.store(&unrouted, &e, &msg.payload, 0)?;
                 }

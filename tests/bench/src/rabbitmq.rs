@@ -43,7 +43,11 @@ pub async fn bench() -> Result<()> {
                 label.to_string(),
                 format!("c={c}, n={}", scale(n)),
                 format!("{:.0} msg/s", q.delivered as f64 / q.elapsed.as_secs_f64()),
-                format!("p50 {}, p99 {}", us(pct(&q.lat, 0.5)), us(pct(&q.lat, 0.99))),
+                format!(
+                    "p50 {}, p99 {}",
+                    us(pct(&q.lat, 0.5)),
+                    us(pct(&q.lat, 0.99))
+                ),
                 q.duplicates.to_string(),
             ]);
         }

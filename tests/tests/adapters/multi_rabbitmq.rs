@@ -19,7 +19,10 @@ fn engine(broker: &Broker) -> EngineProc {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,7 +38,12 @@ async fn competing_consumers_on_two_engines_get_each_message_once() {
     let mut p = RawWorker::connect(&a.url()).await;
     const N: u64 = 300;
     for i in 0..N {
-        let r = p.call("iii::durable::publish", json!({"topic": topic, "data": {"i": i}})).await;
+        let r = p
+            .call(
+                "iii::durable::publish",
+                json!({"topic": topic, "data": {"i": i}}),
+            )
+            .await;
         assert!(r.get("error").is_none_or(Value::is_null), "{r}");
     }
     let mut count: HashMap<u64, usize> = HashMap::new();
@@ -56,7 +64,12 @@ async fn competing_consumers_on_two_engines_get_each_message_once() {
     while let Ok(v) = on_b.try_recv() {
         *count.entry(v["i"].as_u64().unwrap()).or_default() += 1;
     }
-    assert_eq!(count.len(), N as usize, "delivered {} of {N} (engine A {from_a}, engine B {from_b})", count.len());
+    assert_eq!(
+        count.len(),
+        N as usize,
+        "delivered {} of {N} (engine A {from_a}, engine B {from_b})",
+        count.len()
+    );
     let dup: Vec<_> = count.iter().filter(|(_, &n)| n > 1).collect();
     assert!(dup.is_empty(), "delivered more than once: {dup:?}");
     eprintln!("competing consumers: engine A handled {from_a}, engine B {from_b}");
@@ -72,15 +85,22 @@ async fn a_dead_engines_unacknowledged_messages_reach_the_other() {
     // Engine A's worker takes deliveries and never answers.
     let mut held = RawWorker::connect_named(&a.url(), "holder", None).await;
     held.register_function(&fid, json!({})).await;
-    held.send(json!({"type": "registertrigger", "id": "t-hold", "trigger_type": "durable:subscriber",
-        "function_id": fid, "config": {"topic": topic, "queue_config": {"concurrency": 4}}}))
-        .await;
+    held.send(
+        json!({"type": "registertrigger", "id": "t-hold", "trigger_type": "durable:subscriber",
+        "function_id": fid, "config": {"topic": topic, "queue_config": {"concurrency": 4}}}),
+    )
+    .await;
     held.sync().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut p = RawWorker::connect(&a.url()).await;
     const N: u64 = 10;
     for i in 0..N {
-        let r = p.call("iii::durable::publish", json!({"topic": topic, "data": {"i": i}})).await;
+        let r = p
+            .call(
+                "iii::durable::publish",
+                json!({"topic": topic, "data": {"i": i}}),
+            )
+            .await;
         assert!(r.get("error").is_none_or(Value::is_null), "{r}");
     }
     let first = held.recv_where(|v| v["type"] == "invokefunction").await;
@@ -98,5 +118,10 @@ async fn a_dead_engines_unacknowledged_messages_reach_the_other() {
             _ => break,
         }
     }
-    assert_eq!(got.len(), N as usize, "engine B got {:?} of {N}", got.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        N as usize,
+        "engine B got {:?} of {N}",
+        got.keys().collect::<Vec<_>>()
+    );
 }

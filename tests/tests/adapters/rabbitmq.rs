@@ -22,7 +22,14 @@ async fn broker_restart_under_load_loses_no_acknowledged_publish() {
     let e = EngineProc::start(&entry(&broker.url(), ""));
     let url = e.url();
     let topic = "restart-load";
-    let mut rx = serve(&url, "restart-sub", topic, json!({"concurrency": 8}), |_| false).await;
+    let mut rx = serve(
+        &url,
+        "restart-sub",
+        topic,
+        json!({"concurrency": 8}),
+        |_| false,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut p = RawWorker::connect(&url).await;
@@ -45,10 +52,18 @@ async fn broker_restart_under_load_loses_no_acknowledged_publish() {
                 }));
             }
         }
-        if rebooting.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+        if rebooting
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
             broker = rebooting.take().map(|h| h.join().unwrap());
         }
-        let r = p.call("iii::durable::publish", json!({"topic": topic, "data": {"i": i}})).await;
+        let r = p
+            .call(
+                "iii::durable::publish",
+                json!({"topic": topic, "data": {"i": i}}),
+            )
+            .await;
         if r.get("error").is_none_or(Value::is_null) {
             acked.push(i);
         } else {
@@ -60,10 +75,20 @@ async fn broker_restart_under_load_loses_no_acknowledged_publish() {
     if let Some(h) = rebooting.take() {
         broker = Some(h.join().unwrap());
     }
-    assert!(!errors.is_empty(), "publishes while the broker was down must fail");
+    assert!(
+        !errors.is_empty(),
+        "publishes while the broker was down must fail"
+    );
     let text = errors[0].to_string();
-    assert!(text.contains("rabbitmq"), "the error names the broker: {text}");
-    assert!(acked.len() >= 600, "publishing recovered by itself after the restart ({} acked)", acked.len());
+    assert!(
+        text.contains("rabbitmq"),
+        "the error names the broker: {text}"
+    );
+    assert!(
+        acked.len() >= 600,
+        "publishing recovered by itself after the restart ({} acked)",
+        acked.len()
+    );
 
     let want: HashSet<u64> = acked.iter().copied().collect();
     let mut got: HashSet<u64> = HashSet::new();
@@ -77,7 +102,13 @@ async fn broker_restart_under_load_loses_no_acknowledged_publish() {
         }
     }
     let lost: Vec<_> = want.difference(&got).copied().collect();
-    assert!(lost.is_empty(), "acknowledged publishes lost: {} of {} (e.g. {:?})", lost.len(), want.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "acknowledged publishes lost: {} of {} (e.g. {:?})",
+        lost.len(),
+        want.len(),
+        &lost[..lost.len().min(10)]
+    );
     drop(broker);
 }
 
@@ -106,7 +137,11 @@ fn a_grant_not_covering_amqp_url_is_refused_at_load() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!status.success(), "{text}");
     assert!(
         text.contains("grants.network") && text.contains("127.0.0.1:5999"),

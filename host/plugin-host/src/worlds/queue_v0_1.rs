@@ -90,12 +90,14 @@ impl WorldBinding for QueueWorld {
             // Optional, but when exported by name its signatures must match.
             router: match pre.component().get_export_index(None, TOPIC_ROUTER) {
                 None => None,
-                Some(_) => Some(router::GuestIndices::new(pre).map_err(|error| {
-                    ExportMismatch {
-                        export: TOPIC_ROUTER,
-                        error,
-                    }
-                })?),
+                Some(_) => {
+                    Some(
+                        router::GuestIndices::new(pre).map_err(|error| ExportMismatch {
+                            export: TOPIC_ROUTER,
+                            error,
+                        })?,
+                    )
+                }
             },
         })
     }
@@ -338,7 +340,10 @@ impl QueueStore for Adapter<QueueWorld> {
     }
 
     fn router(&self) -> Option<&dyn TopicRouter> {
-        self.indices.router.as_ref().map(|_| self as &dyn TopicRouter)
+        self.indices
+            .router
+            .as_ref()
+            .map(|_| self as &dyn TopicRouter)
     }
 }
 

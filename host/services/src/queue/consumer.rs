@@ -181,7 +181,13 @@ impl Shared {
             router
                 .publish(topic, &QueueName::Unrouted(topic.into()).encode(), &msg)
                 .await?;
-            for queue in self.topics.lock().get(topic).into_iter().flat_map(|d| d.keys()) {
+            for queue in self
+                .topics
+                .lock()
+                .get(topic)
+                .into_iter()
+                .flat_map(|d| d.keys())
+            {
                 self.wake(queue);
             }
             return Ok(());
@@ -450,7 +456,7 @@ async fn deliver(shared: &Shared, queue: &str, s: &Settings, condition: Option<&
         Some(QueueName::Subscriber {
             function_id,
             namespace,
-        ..
+            ..
         }) => Some((function_id, namespace)),
         _ => None,
     };

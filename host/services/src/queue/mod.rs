@@ -110,12 +110,12 @@ impl Configured for QueueConfig {
     ) -> Result<Box<dyn Prepared>, StartError> {
         let spec = if matches!(&self.adapter.source, AdapterSource::Name(n) if n == RABBITMQ_COMPONENT)
         {
-            network_adapter_spec(&self.adapter, "amqp_url", DEFAULT_AMQP_URL).map_err(|message| {
-                StartError::Service {
+            network_adapter_spec(&self.adapter, "amqp_url", DEFAULT_AMQP_URL).map_err(
+                |message| StartError::Service {
                     service: "queue",
                     message,
-                }
-            })?
+                },
+            )?
         } else {
             self.adapter.clone()
         };

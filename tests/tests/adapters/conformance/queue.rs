@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use super::{QueueBackend, QUEUE_BACKENDS};
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Serves `function_id` on `w` for `topic` with `queue_config`, answering with `f(data)`
@@ -30,8 +33,11 @@ pub async fn serve(
     w.sync().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let inv = w.recv_where(|v| v["type"] == "invokefunction").await;
+        // Idle stretches (a broker restart) are normal: wait long, end when the socket closes.
+        while let Some(inv) = w.recv_raw(Duration::from_secs(600)).await {
+            if inv["type"] != "invokefunction" {
+                continue;
+            }
             let data = inv["data"].clone();
             let reply = if fail(&data) {
                 json!({"type": "invocationresult", "invocation_id": inv["invocation_id"], "function_id": inv["function_id"],
@@ -64,16 +70,38 @@ pub async fn collect(
 }
 
 async fn publish(w: &mut RawWorker, topic: &str, data: Value) {
-    let r = w.call("iii::durable::publish", json!({"topic": topic, "data": data})).await;
-    assert!(r.get("error").is_none_or(Value::is_null), "publish failed: {r}");
+    let r = w
+        .call(
+            "iii::durable::publish",
+            json!({"topic": topic, "data": data}),
+        )
+        .await;
+    assert!(
+        r.get("error").is_none_or(Value::is_null),
+        "publish failed: {r}"
+    );
 }
 
 async fn fan_out_reaches_every_subscriber_once(b: QueueBackend) {
     let e = EngineProc::start(&b.entry(""));
     let url = e.url();
     let topic = unique("fan");
-    let mut a = serve(&url, &unique("a"), &topic, json!({"concurrency": 8}), |_| false).await;
-    let mut c = serve(&url, &unique("c"), &topic, json!({"concurrency": 8}), |_| false).await;
+    let mut a = serve(
+        &url,
+        &unique("a"),
+        &topic,
+        json!({"concurrency": 8}),
+        |_| false,
+    )
+    .await;
+    let mut c = serve(
+        &url,
+        &unique("c"),
+        &topic,
+        json!({"concurrency": 8}),
+        |_| false,
+    )
+    .await;
     // Bindings reach the backend asynchronously; give them a moment before publishing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut p = RawWorker::connect(&url).await;
@@ -83,8 +111,16 @@ async fn fan_out_reaches_every_subscriber_once(b: QueueBackend) {
     }
     for (name, rx) in [("a", &mut a), ("c", &mut c)] {
         let seen = collect(rx, N as usize, Duration::from_secs(60)).await;
-        assert_eq!(seen.len(), N as usize, "{b:?}: subscriber {name} got {} of {N}", seen.len());
-        assert!(seen.values().all(|&k| k == 1), "{b:?}: subscriber {name} got duplicates");
+        assert_eq!(
+            seen.len(),
+            N as usize,
+            "{b:?}: subscriber {name} got {} of {N}",
+            seen.len()
+        );
+        assert!(
+            seen.values().all(|&k| k == 1),
+            "{b:?}: subscriber {name} got duplicates"
+        );
     }
 }
 
@@ -93,7 +129,10 @@ async fn failures_retry_then_dead_letter_redrive_and_discard(b: QueueBackend) {
     let url = e.url();
     let topic = unique("dlq");
     let fid = unique("fails");
-    let mut rx = serve(&url, &fid, &topic, json!({"backoffDelayMs": 50}), |d| d["fail"] == true).await;
+    let mut rx = serve(&url, &fid, &topic, json!({"backoffDelayMs": 50}), |d| {
+        d["fail"] == true
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut p = RawWorker::connect(&url).await;
     publish(&mut p, &topic, json!({"i": 1, "fail": true})).await;
@@ -102,14 +141,19 @@ async fn failures_retry_then_dead_letter_redrive_and_discard(b: QueueBackend) {
     let mut attempts: HashMap<u64, usize> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while attempts.values().sum::<usize>() < 6 {
-        let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
+        let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
         *attempts.entry(v["i"].as_u64().unwrap()).or_default() += 1;
     }
     assert_eq!(attempts.get(&1), Some(&3), "{b:?}: attempts {attempts:?}");
     assert_eq!(attempts.get(&2), Some(&3), "{b:?}: attempts {attempts:?}");
     let mut dead = Value::Null;
     for _ in 0..100 {
-        dead = p.call("engine::queue::dlq_messages", json!({"topic": topic})).await["result"].clone();
+        dead = p
+            .call("engine::queue::dlq_messages", json!({"topic": topic}))
+            .await["result"]
+            .clone();
         if dead.as_array().map_or(0, Vec::len) == 2 {
             break;
         }
@@ -118,22 +162,42 @@ async fn failures_retry_then_dead_letter_redrive_and_discard(b: QueueBackend) {
     let dead = dead.as_array().cloned().unwrap_or_default();
     assert_eq!(dead.len(), 2, "{b:?}: dead letters {dead:?}");
     let text = serde_json::to_string(&dead).unwrap();
-    assert!(text.contains("told to fail"), "{b:?}: the last error is kept: {text}");
+    assert!(
+        text.contains("told to fail"),
+        "{b:?}: the last error is kept: {text}"
+    );
     // Listing does not consume them.
-    let stats = p.call("engine::queue::topic_stats", json!({"topic": topic})).await;
+    let stats = p
+        .call("engine::queue::topic_stats", json!({"topic": topic}))
+        .await;
     assert_eq!(stats["result"]["dlq_depth"], 2, "{b:?}: {stats}");
     // Discard one by id, redrive the other: it is delivered again (and fails 3 more times).
     let id = |d: &Value| -> String {
-        d.get("id").or(d.get("message_id")).and_then(Value::as_str).unwrap_or_default().to_string()
+        d.get("id")
+            .or(d.get("message_id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
     };
     let first = id(&dead[0]);
-    assert!(!first.is_empty(), "{b:?}: dead letters name their id: {text}");
-    let r = p.call("iii::queue::discard_message", json!({"queue": topic, "message_id": first})).await;
+    assert!(
+        !first.is_empty(),
+        "{b:?}: dead letters name their id: {text}"
+    );
+    let r = p
+        .call(
+            "iii::queue::discard_message",
+            json!({"queue": topic, "message_id": first}),
+        )
+        .await;
     assert_eq!(r["result"]["redriven"], 1, "{b:?}: discard {r}");
     let r = p.call("iii::queue::redrive", json!({"queue": topic})).await;
     assert_eq!(r["result"]["redriven"], 1, "{b:?}: redrive {r}");
     let again = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
-    assert!(matches!(again, Ok(Some(_))), "{b:?}: the redriven message is delivered again");
+    assert!(
+        matches!(again, Ok(Some(_))),
+        "{b:?}: the redriven message is delivered again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
