@@ -381,9 +381,7 @@ impl Conn {
                     routed = false;
                     self.read_content()?;
                 }
-                AMQPClass::Basic(basic::AMQPMethod::Ack(a))
-                    if a.delivery_tag >= self.seq || (a.multiple && a.delivery_tag >= self.seq) =>
-                {
+                AMQPClass::Basic(basic::AMQPMethod::Ack(a)) if a.delivery_tag >= self.seq => {
                     return Ok(routed)
                 }
                 AMQPClass::Basic(basic::AMQPMethod::Ack(_)) => {}
