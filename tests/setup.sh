@@ -22,3 +22,16 @@ for target in wasm32-wasip2 wasm32-unknown-unknown; do
     has_target "$target" || { echo "setup: $target still missing after rustup target add" >&2; exit 1; }
   fi
 done
+
+# Real servers for the adapter tests (tests/tests/adapters): the fixtures start their own
+# instances on scratch ports and directories; the system service is never used, so stop it.
+need_pkg() {
+  local bin="$1" pkg="$2"
+  [ -x "$bin" ] && return 0
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+  # Debian starts the packaged service on install; the tests never use it.
+  if command -v systemctl >/dev/null; then systemctl disable --now "$pkg" >/dev/null 2>&1 || true; fi
+  [ -x "$bin" ] || { echo "setup: $pkg did not install $bin" >&2; exit 1; }
+}
+need_pkg /usr/sbin/rabbitmq-server rabbitmq-server

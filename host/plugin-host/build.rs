@@ -15,6 +15,7 @@ fn main() {
     const BUILTINS: &[(&str, &str, &str)] = &[
         ("iii-kv", "III_KV_WASM", "iii_kv.wasm"),
         ("iii-queue", "III_QUEUE_WASM", "iii_queue.wasm"),
+        ("iii-rabbitmq", "III_RABBITMQ_WASM", "iii_rabbitmq.wasm"),
     ];
     for (_, var, _) in BUILTINS {
         println!("cargo:rerun-if-env-changed={var}");
@@ -45,6 +46,7 @@ fn main() {
         "wal",
         "kv",
         "queue",
+        "rabbitmq",
         "update-ops",
     ] {
         rerun_tree(&plugins.join(p));

@@ -18,7 +18,7 @@ mod spec;
 pub use lock::{LocalLocks, LockStore, LockWorld};
 pub use policy::{Policy, PolicyWorld};
 pub use pubsub::{BusMessage, LocalBus, PubSubBus, PubSubWorld};
-pub use queue::{QueueStore, QueueWorld};
+pub use queue::{QueueStore, QueueWorld, TopicRouter};
 pub use spec::{
     AdapterSource, AdapterSpec, Grants, SpecError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB,
 };

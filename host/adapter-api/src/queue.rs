@@ -169,6 +169,30 @@ pub trait QueueStore: Send + Sync {
     async fn stats(&self, queue: &str) -> Result<QueueStats, AdapterError>;
     /// Every queue that holds a message, live or dead, sorted.
     async fn queues(&self) -> Result<Vec<String>, AdapterError>;
+    /// Topic routing inside the backend (`iii:queue/topic-router`), when the adapter has it:
+    /// the backend is shared by several engines and routes topics itself. `None` (the
+    /// default): the queue service fans a topic out into the queues it knows.
+    fn router(&self) -> Option<&dyn TopicRouter> {
+        None
+    }
+}
+
+/// Topic fan-out done by the backend (`iii:queue/topic-router@0.1.0`): bindings are durable
+/// in the backend and shared by every engine on it.
+#[async_trait]
+pub trait TopicRouter: Send + Sync {
+    /// From now on a message published to `topic` is also stored in `queue` (idempotent).
+    async fn bind(&self, topic: &str, queue: &str) -> Result<(), AdapterError>;
+    /// Stops routing `topic` into `queue`; the queue and its messages stay.
+    async fn unbind(&self, topic: &str, queue: &str) -> Result<(), AdapterError>;
+    /// One copy of `msg` in every queue bound to `topic`, or in `unrouted` when none is; returns
+    /// once every copy is durable.
+    async fn publish(
+        &self,
+        topic: &str,
+        unrouted: &str,
+        msg: &NewMessage,
+    ) -> Result<(), AdapterError>;
 }
 
 /// The `queue-adapter` world of `iii:queue@0.1.0`.

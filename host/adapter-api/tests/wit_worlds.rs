@@ -78,6 +78,22 @@ fn the_queue_world_shares_the_adapter_package_through_deps() {
 }
 
 #[test]
+fn the_queue_router_world_adds_the_topic_router_to_the_queue_world() {
+    let (full, exports, _) = world_of("queue-0.1.0", "queue-router-adapter");
+    assert_eq!(full, "iii:queue/queue-router-adapter@0.1.0");
+    for want in [
+        "iii:adapter/lifecycle@0.1.0",
+        "iii:queue/queue-store@0.1.0",
+        "iii:queue/topic-router@0.1.0",
+    ] {
+        assert!(
+            exports.iter().any(|e| e == want),
+            "{full} exports {exports:?}, not {want}"
+        );
+    }
+}
+
+#[test]
 fn the_lock_world_shares_the_adapter_package_through_deps() {
     check::<LockWorld>("lock-0.1.0", "lock-adapter", "iii:lock/lock-store@0.1.0");
 }

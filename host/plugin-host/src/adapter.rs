@@ -58,7 +58,7 @@ pub struct Adapter<W: WorldBinding> {
     pub(crate) label: String,
     host: Arc<HostInner>,
     pre: InstancePre<AdapterCtx>,
-    indices: W::Indices,
+    pub(crate) indices: W::Indices,
     caps: Capabilities,
     pub(crate) limits: Limits,
     cache: CacheOutcome,

@@ -28,6 +28,52 @@ pub(crate) fn adapter_spec(
     AdapterSpec::from_value(&json).map_err(|x| e.reader.error(format!("`{at}`: {x}")))
 }
 
+/// The spec of an adapter that talks to one network server named by a URL in its config
+/// (`redis_url`, `amqp_url`): without `grants.network` it gets exactly the URL's `host:port`;
+/// with one that does not cover it, the start-up is refused naming both.
+pub(crate) fn network_adapter_spec(
+    spec: &AdapterSpec,
+    url_key: &str,
+    default_url: &str,
+) -> Result<AdapterSpec, String> {
+    let raw = match spec.config.get(url_key) {
+        None | Some(Value::Null) => default_url,
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(format!(
+                "`config.{url_key}` must be a URL string, not {other}"
+            ))
+        }
+    };
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("`config.{url_key}` {raw:?} is not a URL: {e}"))?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`config.{url_key}` {raw:?} names no host"))?;
+    let port = url
+        .port_or_known_default()
+        .or_else(|| url::Url::parse(default_url).ok()?.port_or_known_default())
+        .ok_or_else(|| format!("`config.{url_key}` {raw:?} names no port"))?;
+    // `Url` keeps IPv6 hosts bracketed, as a `host:port` grant writes them.
+    let addr = format!("{host}:{port}");
+    let mut out = spec.clone();
+    if out.grants.network.is_empty() {
+        out.grants.network = vec![addr];
+    } else if !out
+        .grants
+        .network
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(&addr))
+    {
+        return Err(format!(
+            "`grants.network` {:?} does not cover {addr}, the server of `config.{url_key}` {raw:?}: add \"{addr}\" to it or leave it out",
+            out.grants.network
+        ));
+    }
+    Ok(out)
+}
+
 /// Loads the service's adapter through the loader the composition root provided. The builtin
 /// kv adapter is durable by default: without a `data_dir` grant it gets
 /// `<project>/.iii/data/<service>` (unless its config asks for `store_method: in_memory`).

@@ -24,6 +24,7 @@ mod validate;
 mod worker;
 
 mod queue;
+mod rabbitmq;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -677,6 +678,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("queue") {
         return rt.block_on(queue::bench_queue());
+    }
+    if args.get(1).map(String::as_str) == Some("rabbitmq") {
+        return rt.block_on(rabbitmq::bench());
     }
     if args.get(1).map(String::as_str) == Some("pubcron") {
         return rt.block_on(pubcron::bench());

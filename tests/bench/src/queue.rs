@@ -15,7 +15,7 @@ use super::{connect, free_port, load, start_callee, start_engine_with, us, wait_
 
 /// A worker serving `bench::sink`, bound to the durable topic `bench`; every delivery's `i`
 /// goes to `tx` with the time it arrived.
-async fn start_sink(
+pub(crate) async fn start_sink(
     port: u16,
     concurrency: usize,
     tx: mpsc::UnboundedSender<(usize, Instant)>,
@@ -56,15 +56,15 @@ async fn start_sink(
     Ok(())
 }
 
-struct QueueRun {
-    delivered: usize,
-    duplicates: usize,
-    elapsed: Duration,
-    lat: Vec<Duration>,
+pub(crate) struct QueueRun {
+    pub(crate) delivered: usize,
+    pub(crate) duplicates: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) lat: Vec<Duration>,
 }
 
 /// Publishes `n` messages with `c` publishes outstanding; waits for every delivery.
-async fn publish_load(
+pub(crate) async fn publish_load(
     port: u16,
     c: usize,
     n: usize,
@@ -130,7 +130,7 @@ async fn publish_load(
     })
 }
 
-fn pct(v: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[((v.len() as f64 - 1.0) * p) as usize]

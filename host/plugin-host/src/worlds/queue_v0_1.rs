@@ -3,7 +3,9 @@
 //! The package shares `iii:adapter@0.1.0`'s types, host imports and lifecycle (its `deps/`
 //! links that package), so the bindings reuse [`super::adapter_v0_1`]'s generated imports
 //! and the imports are linked once, by that package. `Adapter<QueueWorld>` has typed methods
-//! returning [`PluginError`] and implements [`QueueStore`] over them.
+//! returning [`PluginError`] and implements [`QueueStore`] over them. A component that also
+//! exports `topic-router` (world `queue-router-adapter`) is loaded through the same world;
+//! [`QueueStore::router`] then hands the service its [`TopicRouter`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use iii_adapter_api::queue::{
     DeadLetter, Delivery, LeaseRequest, Leased, NackOutcome, NewMessage, QueueStats,
 };
-use iii_adapter_api::{AdapterError, QueueStore, QueueWorld};
+use iii_adapter_api::{AdapterError, QueueStore, QueueWorld, TopicRouter};
 use wasmtime::component::{Instance, InstancePre, Linker};
 use wasmtime::Store;
 
@@ -25,7 +27,7 @@ use crate::error::PluginError;
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit/queue-0.1.0",
-        world: "queue-adapter",
+        world: "queue-router-adapter",
         exports: { default: async },
         with: {
             "iii:adapter/types": crate::worlds::adapter_v0_1::bindings::iii::adapter::types,
@@ -37,9 +39,11 @@ mod bindings {
 
 use bindings::exports::iii::adapter::lifecycle;
 use bindings::exports::iii::queue::queue_store as wit;
+use bindings::exports::iii::queue::topic_router as router;
 
 const LIFECYCLE: &str = "iii:adapter/lifecycle@0.1.0";
 const QUEUE_STORE: &str = "iii:queue/queue-store@0.1.0";
+const TOPIC_ROUTER: &str = "iii:queue/topic-router@0.1.0";
 
 /// The package's registration in [`super::PACKAGES`].
 pub(crate) const PACKAGE: Package = Package {
@@ -57,12 +61,15 @@ fn add_imports(_linker: &mut Linker<AdapterCtx>) -> wasmtime::Result<()> {
 pub struct Indices {
     lifecycle: lifecycle::GuestIndices,
     store: wit::GuestIndices,
+    /// Present when the component exports `topic-router` (optional).
+    router: Option<router::GuestIndices>,
 }
 
 /// Export handles of a live `queue-adapter` instance.
 pub struct Exports {
     lifecycle: lifecycle::Guest,
     store: wit::Guest,
+    router: Option<router::Guest>,
 }
 
 impl WorldBinding for QueueWorld {
@@ -80,6 +87,18 @@ impl WorldBinding for QueueWorld {
                 export: QUEUE_STORE,
                 error,
             })?,
+            // Optional, but when exported by name its signatures must match.
+            router: match pre.component().get_export_index(None, TOPIC_ROUTER) {
+                None => None,
+                Some(_) => {
+                    Some(
+                        router::GuestIndices::new(pre).map_err(|error| ExportMismatch {
+                            export: TOPIC_ROUTER,
+                            error,
+                        })?,
+                    )
+                }
+            },
         })
     }
 
@@ -91,6 +110,10 @@ impl WorldBinding for QueueWorld {
         Ok(Exports {
             lifecycle: i.lifecycle.load(&mut *store, instance)?,
             store: i.store.load(&mut *store, instance)?,
+            router: match &i.router {
+                Some(r) => Some(r.load(&mut *store, instance)?),
+                None => None,
+            },
         })
     }
 
@@ -314,5 +337,58 @@ impl QueueStore for Adapter<QueueWorld> {
 
     async fn queues(&self) -> Result<Vec<String>, AdapterError> {
         Ok(Self::queues(self).await?)
+    }
+
+    fn router(&self) -> Option<&dyn TopicRouter> {
+        self.indices
+            .router
+            .as_ref()
+            .map(|_| self as &dyn TopicRouter)
+    }
+}
+
+/// The exports of a component whose indices have a router have one too.
+fn router_of(e: &Exports) -> &router::Guest {
+    e.router
+        .as_ref()
+        .expect("router() is Some only for components exporting topic-router")
+}
+
+fn wit_message(msg: &NewMessage) -> wit::NewMessage {
+    wit::NewMessage {
+        id: msg.id.clone(),
+        payload: msg.payload.to_string(),
+        meta: msg.meta.to_string(),
+        group: msg.group.clone(),
+        max_attempts: msg.max_attempts,
+        delay_ms: msg.delay_ms,
+    }
+}
+
+/// The topic router calls (only reached through [`QueueStore::router`]).
+#[async_trait]
+impl TopicRouter for Adapter<QueueWorld> {
+    async fn bind(&self, topic: &str, queue: &str) -> Result<(), AdapterError> {
+        let r: Result<(), PluginError> =
+            invoke!(self, |s, e| router_of(e).call_bind(s, topic, queue));
+        Ok(r?)
+    }
+
+    async fn unbind(&self, topic: &str, queue: &str) -> Result<(), AdapterError> {
+        let r: Result<(), PluginError> =
+            invoke!(self, |s, e| router_of(e).call_unbind(s, topic, queue));
+        Ok(r?)
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        unrouted: &str,
+        msg: &NewMessage,
+    ) -> Result<(), AdapterError> {
+        let msg = wit_message(msg);
+        let r: Result<(), PluginError> = invoke!(self, |s, e| router_of(e)
+            .call_publish(s, topic, unrouted, &msg));
+        Ok(r?)
     }
 }

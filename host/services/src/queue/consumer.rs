@@ -166,8 +166,33 @@ impl Shared {
         traceparent: Option<&str>,
         baggage: Option<&str>,
     ) -> Result<(), AdapterError> {
-        let dests = self.topics.lock().get(topic).cloned().unwrap_or_default();
         let id = uuid::Uuid::new_v4().to_string();
+        if let Some(router) = self.store.router() {
+            // The backend routes (it knows the subscribers of every engine on it): one message,
+            // naming no function; each subscriber queue's consumer names its own.
+            let msg = NewMessage {
+                id,
+                payload: data,
+                meta: json!({"topic": topic, "traceparent": traceparent, "baggage": baggage}),
+                group: None,
+                max_attempts: self.cfg.defaults.max_attempts,
+                delay_ms: 0,
+            };
+            router
+                .publish(topic, &QueueName::Unrouted(topic.into()).encode(), &msg)
+                .await?;
+            for queue in self
+                .topics
+                .lock()
+                .get(topic)
+                .into_iter()
+                .flat_map(|d| d.keys())
+            {
+                self.wake(queue);
+            }
+            return Ok(());
+        }
+        let dests = self.topics.lock().get(topic).cloned().unwrap_or_default();
         if dests.is_empty() {
             let msg = NewMessage {
                 id,
@@ -252,7 +277,22 @@ impl Shared {
                 },
             );
             let me = self.clone();
-            tokio::spawn(async move { me.adopt_unrouted(&topic, &queue).await });
+            tokio::spawn(async move {
+                if let Some(router) = me.store.router() {
+                    // Durable in the backend: stays bound when this engine goes, so publishes
+                    // from other engines keep reaching the queue. Retried until it holds.
+                    let mut wait = Duration::from_millis(200);
+                    while let Err(e) = router.bind(&topic, &queue).await {
+                        tracing::warn!(topic, queue, error = %e, "could not bind the subscriber queue to its topic in the backend; retrying");
+                        if me.stop.is_cancelled() {
+                            return;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+                me.adopt_unrouted(&topic, &queue).await
+            });
         }
         Ok(())
     }
@@ -411,7 +451,21 @@ async fn deliver(shared: &Shared, queue: &str, s: &Settings, condition: Option<&
     let Some(core) = shared.core() else {
         return;
     };
-    let Some(fid) = d.meta.get("function_id").and_then(Value::as_str) else {
+    // A message routed by the backend names no function: the subscriber queue does.
+    let from_queue = match QueueName::decode(queue) {
+        Some(QueueName::Subscriber {
+            function_id,
+            namespace,
+            ..
+        }) => Some((function_id, namespace)),
+        _ => None,
+    };
+    let fid = d
+        .meta
+        .get("function_id")
+        .and_then(Value::as_str)
+        .or(from_queue.as_ref().map(|(f, _)| f.as_str()));
+    let Some(fid) = fid else {
         // Not something this service enqueued: dead-letter it at once rather than loop.
         let _ = shared
             .store
@@ -423,6 +477,7 @@ async fn deliver(shared: &Shared, queue: &str, s: &Settings, condition: Option<&
         .meta
         .get("namespace")
         .and_then(Value::as_str)
+        .or(from_queue.as_ref().map(|(_, n)| n.as_str()))
         .unwrap_or(iii_core::DEFAULT_NS);
     // A function that is not registered (yet: its worker is reconnecting after an engine
     // restart) is not a failed attempt; the message waits for it instead of burning retries.

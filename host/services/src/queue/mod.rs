@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use iii_adapter_api::queue::NewMessage;
-use iii_adapter_api::{QueueStore, QueueWorld};
+use iii_adapter_api::{AdapterSource, QueueStore, QueueWorld};
 use iii_core::config::ConfigError;
 use iii_core::CancellationToken;
 use iii_core::{
@@ -32,10 +32,16 @@ pub use config::QueueConfig;
 use consumer::{Shared, SubscriberType};
 use names::QueueName;
 
-use crate::common::{err, function, load_adapter};
+use crate::common::{err, function, load_adapter, network_adapter_spec};
 
 /// The embedded component `adapter: {name: builtin}` loads.
 const BUILTIN_COMPONENT: &str = "queue";
+
+/// The embedded RabbitMQ adapter (`plugins/rabbitmq`), `adapter: {name: rabbitmq}`.
+const RABBITMQ_COMPONENT: &str = "rabbitmq";
+
+/// The broker `name: rabbitmq` connects to without `config.amqp_url`.
+const DEFAULT_AMQP_URL: &str = "amqp://localhost:5672";
 
 /// The queue service.
 pub struct Queue;
@@ -73,7 +79,7 @@ impl Service for Queue {
             vec![
                 (
                     "adapter",
-                    field(RESTART, "queue adapter (builtin)", adapter()),
+                    field(RESTART, "queue adapter (builtin, rabbitmq)", adapter()),
                 ),
                 (
                     "queue_configs",
@@ -102,7 +108,18 @@ impl Configured for QueueConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        let (store, _) = load_adapter::<QueueWorld>(cx, "queue", &self.adapter).await?;
+        let spec = if matches!(&self.adapter.source, AdapterSource::Name(n) if n == RABBITMQ_COMPONENT)
+        {
+            network_adapter_spec(&self.adapter, "amqp_url", DEFAULT_AMQP_URL).map_err(
+                |message| StartError::Service {
+                    service: "queue",
+                    message,
+                },
+            )?
+        } else {
+            self.adapter.clone()
+        };
+        let (store, _) = load_adapter::<QueueWorld>(cx, "queue", &spec).await?;
         Ok(Box::new(QueueService::new(store, *self)))
     }
     fn as_any(&self) -> &dyn std::any::Any {
