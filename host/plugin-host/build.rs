@@ -15,6 +15,7 @@ fn main() {
     const BUILTINS: &[(&str, &str, &str)] = &[
         ("iii-kv", "III_KV_WASM", "iii_kv.wasm"),
         ("iii-queue", "III_QUEUE_WASM", "iii_queue.wasm"),
+        ("iii-redis", "III_REDIS_WASM", "iii_redis.wasm"),
     ];
     for (_, var, _) in BUILTINS {
         println!("cargo:rerun-if-env-changed={var}");
