@@ -15,6 +15,7 @@
 
 mod policy;
 mod pubcron;
+mod redis;
 mod reload;
 mod sandbox;
 mod validate;
@@ -638,6 +639,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("queue") {
         return rt.block_on(queue::bench_queue());
+    }
+    if args.get(1).map(String::as_str) == Some("redis") {
+        return rt.block_on(redis::bench());
     }
     if args.get(1).map(String::as_str) == Some("pubcron") {
         return rt.block_on(pubcron::bench());

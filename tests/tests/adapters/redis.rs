@@ -41,10 +41,13 @@ async fn a_grant_that_does_not_cover_the_url_is_refused_at_load() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "started anyway: {text}");
     assert!(
-        text.contains("grants.network") && text.contains("127.0.0.1:6391") && text.contains("127.0.0.1:6390"),
+        text.contains("grants.network")
+            && text.contains("127.0.0.1:6391")
+            && text.contains("127.0.0.1:6390"),
         "{text}"
     );
 }
@@ -61,27 +64,51 @@ async fn a_redis_restart_under_load_loses_no_acknowledged_write_and_recovers_by_
     let start = Instant::now();
     // Write until well after the restart; each acknowledged write must be readable after.
     while acked.len() < 200 || !restarted || acked.last().is_some_and(|l| *l + 50 > i) {
-        assert!(start.elapsed() < Duration::from_secs(60), "no recovery: {errors:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no recovery: {errors:?}"
+        );
         if i == 100 && !restarted {
             s.stop();
             // Calls while the server is down fail with a clear, quick error.
             let t = Instant::now();
             let r = w
-                .call("state::set", json!({"scope": "load", "key": "down", "value": 1}))
+                .call(
+                    "state::set",
+                    json!({"scope": "load", "key": "down", "value": 1}),
+                )
                 .await;
-            assert!(t.elapsed() < Duration::from_secs(3), "a call on a dead server took {:?}", t.elapsed());
-            let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
-            assert!(msg.contains("unavailable") && msg.contains(&s.addr()), "{r}");
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "a call on a dead server took {:?}",
+                t.elapsed()
+            );
+            let msg = r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                msg.contains("unavailable") && msg.contains(&s.addr()),
+                "{r}"
+            );
             s.restart();
             restarted = true;
         }
         let r = w
-            .call("state::set", json!({"scope": "load", "key": format!("k{i}"), "value": i}))
+            .call(
+                "state::set",
+                json!({"scope": "load", "key": format!("k{i}"), "value": i}),
+            )
             .await;
         if r.get("error").is_none() {
             acked.push(i);
         } else {
-            errors.push(r["error"]["message"].as_str().unwrap_or_default().to_string());
+            errors.push(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         i += 1;
@@ -97,7 +124,10 @@ async fn a_redis_restart_under_load_loses_no_acknowledged_write_and_recovers_by_
         if r.get("error").is_none() {
             break r["result"].clone();
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no recovery after the second restart: {r}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no recovery after the second restart: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let have: std::collections::BTreeSet<u64> = list
@@ -107,6 +137,9 @@ async fn a_redis_restart_under_load_loses_no_acknowledged_write_and_recovers_by_
         .filter_map(Value::as_u64)
         .collect();
     for a in &acked {
-        assert!(have.contains(&u64::from(*a)), "acknowledged write k{a} lost");
+        assert!(
+            have.contains(&u64::from(*a)),
+            "acknowledged write k{a} lost"
+        );
     }
 }

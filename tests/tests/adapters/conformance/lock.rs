@@ -9,7 +9,10 @@ use crate::engine_config;
 #[tokio::test]
 async fn cron_fires_behind_every_lock_backend() {
     for b in lock_backends() {
-        let extra = format!("  - name: iii-cron\n    config: {{adapter: {}}}\n", b.adapter);
+        let extra = format!(
+            "  - name: iii-cron\n    config: {{adapter: {}}}\n",
+            b.adapter
+        );
         let e = EngineProc::start_with(|ws, _| engine_config(ws, &extra));
         let mut w = RawWorker::connect_named(&e.url(), "cron-worker", None).await;
         w.register_function("jobs::tick", json!({})).await;
