@@ -69,7 +69,7 @@ impl Settings {
             None => (None, rest),
         };
         let (hostport, db) = match rest.split_once('/') {
-            Some((h, d)) if d.is_empty() => (h, 0),
+            Some((h, "")) => (h, 0),
             Some((h, d)) => (
                 h,
                 d.parse::<u32>()
