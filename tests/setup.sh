@@ -35,3 +35,11 @@ need_pkg() {
   [ -x "$bin" ] || { echo "setup: $pkg did not install $bin" >&2; exit 1; }
 }
 need_pkg /usr/sbin/rabbitmq-server rabbitmq-server
+# The adapter tests (tests/tests/adapters) run a real redis-server on a free loopback port;
+# the fixture spawns it itself, so the system service is never started here.
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  command -v apt-get >/dev/null || { echo "setup: redis-server is missing and apt-get is not available" >&2; exit 1; }
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools
+  # Debian's package starts the system service; the tests use their own servers.
+  (command -v systemctl >/dev/null && systemctl disable --now redis-server >/dev/null 2>&1) || true
+fi

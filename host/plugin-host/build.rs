@@ -16,6 +16,7 @@ fn main() {
         ("iii-kv", "III_KV_WASM", "iii_kv.wasm"),
         ("iii-queue", "III_QUEUE_WASM", "iii_queue.wasm"),
         ("iii-rabbitmq", "III_RABBITMQ_WASM", "iii_rabbitmq.wasm"),
+        ("iii-redis", "III_REDIS_WASM", "iii_redis.wasm"),
     ];
     for (_, var, _) in BUILTINS {
         println!("cargo:rerun-if-env-changed={var}");

@@ -3,6 +3,7 @@
 
 pub mod oci_registry;
 pub mod rabbitmq;
+pub mod redis;
 pub mod registry_api;
 
 use std::io::{Read, Write};

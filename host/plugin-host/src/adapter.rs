@@ -329,6 +329,10 @@ impl<W: WorldBinding> Adapter<W> {
     }
 }
 
+/// Slack past the deadline before the wall-clock guard cancels a call, so a call that is
+/// computing (interrupted by the epoch at the deadline) reports as a trap, not a cancel.
+pub(crate) const IO_GRACE_MS: u64 = 250;
+
 /// One call into the live instance of an [`Adapter`]: lock, arm the deadline, call, settle.
 /// `$store` is the instance's store and `$exports` its [`WorldBinding::Exports`].
 macro_rules! invoke {
@@ -339,13 +343,34 @@ macro_rules! invoke {
         slot.in_call = true;
         let live = slot.live.as_mut().expect("ensure_live leaves an instance");
         adapter.arm(&mut live.store, adapter.limits.deadline_ms)?;
+        let deadline_ms = adapter.limits.deadline_ms;
+        // Epoch interruption stops wasm code, not a guest blocked in a host I/O call (a
+        // socket read from a hung server), so the wall clock bounds the whole call too. On
+        // expiry `in_call` stays set: the next call replaces the half-run instance.
         let outcome = {
             let $exports = &live.exports;
             let $store = &mut live.store;
-            $call.await
+            tokio::time::timeout(
+                std::time::Duration::from_millis(deadline_ms).saturating_add(
+                    std::time::Duration::from_millis($crate::adapter::IO_GRACE_MS),
+                ),
+                $call,
+            )
+            .await
         };
-        slot.in_call = false;
-        adapter.settle(&mut slot, outcome).await
+        match outcome {
+            Ok(outcome) => {
+                slot.in_call = false;
+                adapter.settle(&mut slot, outcome).await
+            }
+            Err(_) => Err($crate::error::PluginError::Contained {
+                adapter: adapter.label.clone(),
+                cause: $crate::containment::Contained::DeadlineExceeded {
+                    deadline_ms,
+                    knob: adapter.limits.deadline_knob,
+                },
+            }),
+        }
     }};
 }
 pub(crate) use invoke;

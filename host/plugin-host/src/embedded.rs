@@ -9,8 +9,11 @@ pub static QUEUE_WASM: &[u8] = include_bytes!(env!("III_QUEUE_WASM"));
 /// The RabbitMQ queue adapter (`plugins/rabbitmq`), a `wasm32-wasip2` component.
 pub static RABBITMQ_WASM: &[u8] = include_bytes!(env!("III_RABBITMQ_WASM"));
 
+/// The Redis adapter (`plugins/redis`): state, stream, pub/sub and lock in one component.
+pub static REDIS_WASM: &[u8] = include_bytes!(env!("III_REDIS_WASM"));
+
 /// Names accepted by `adapter: {name: …}`.
-pub const NAMES: &[&str] = &["kv", "queue", "rabbitmq"];
+pub const NAMES: &[&str] = &["kv", "queue", "rabbitmq", "redis"];
 
 /// The embedded component registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static [u8]> {
@@ -18,6 +21,7 @@ pub fn lookup(name: &str) -> Option<&'static [u8]> {
         "kv" => Some(KV_WASM),
         "queue" => Some(QUEUE_WASM),
         "rabbitmq" => Some(RABBITMQ_WASM),
+        "redis" => Some(REDIS_WASM),
         _ => None,
     }
 }

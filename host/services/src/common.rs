@@ -203,3 +203,292 @@ impl WorkerEndpoints {
         Some(a)
     }
 }
+
+/// The adapter spec of a network backend (`name: redis`, `name: rabbitmq`) with its
+/// `grants.network` derived from the URL under `config.<url_key>` (`default_url` when absent):
+/// without a `grants.network` the grant is the URL's `host:port`; with one that does not cover
+/// it, the error names both, so a typo in either is found at start-up, not at the first call.
+pub(crate) fn network_adapter_spec(
+    spec: &AdapterSpec,
+    url_key: &str,
+    default_url: &str,
+) -> Result<AdapterSpec, String> {
+    let text = match spec.config.get(url_key) {
+        None | Some(Value::Null) => default_url.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => {
+            return Err(format!(
+                "`config.{url_key}` must be a URL string, found {v}"
+            ))
+        }
+    };
+    let url = url::Url::parse(&text).map_err(|e| format!("`config.{url_key}` {text:?}: {e}"))?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`config.{url_key}` {text:?} has no host"))?;
+    let port = url
+        .port_or_known_default()
+        .or_else(|| url::Url::parse(default_url).ok()?.port_or_known_default())
+        .ok_or_else(|| format!("`config.{url_key}` {text:?} has no port"))?;
+    let want = format!("{host}:{port}");
+    let mut spec = spec.clone();
+    if spec.grants.network.is_empty() {
+        spec.grants.network = vec![want];
+    } else if !spec
+        .grants
+        .network
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(&want))
+    {
+        return Err(format!(
+            "`grants.network` {:?} does not cover `config.{url_key}` {text:?} ({want}); add \"{want}\" to the grant or drop `grants.network` to derive it from the URL",
+            spec.grants.network
+        ));
+    }
+    Ok(spec)
+}
+
+/// The default `config.redis_url`.
+pub(crate) const DEFAULT_REDIS_URL: &str = "redis://localhost:6379";
+
+/// A bus over two instances of one pub/sub component: `poll` blocks inside its instance for
+/// up to its wait, so publishing goes through a second instance and never queues behind a
+/// poll. Subscriptions live on the polling instance (its subscriber connection).
+pub(crate) struct SplitBus {
+    pub(crate) publisher: Arc<dyn iii_adapter_api::PubSubBus>,
+    pub(crate) receiver: Arc<dyn iii_adapter_api::PubSubBus>,
+}
+
+#[async_trait::async_trait]
+impl iii_adapter_api::PubSubBus for SplitBus {
+    async fn publish(&self, topic: &str, data: &Value) -> Result<(), AdapterError> {
+        self.publisher.publish(topic, data).await
+    }
+    async fn subscribe(&self, topic: &str) -> Result<(), AdapterError> {
+        self.receiver.subscribe(topic).await
+    }
+    async fn unsubscribe(&self, topic: &str) -> Result<(), AdapterError> {
+        self.receiver.unsubscribe(topic).await
+    }
+    async fn poll(
+        &self,
+        max: u32,
+        wait_ms: u32,
+    ) -> Result<Vec<iii_adapter_api::BusMessage>, AdapterError> {
+        self.receiver.poll(max, wait_ms).await
+    }
+}
+
+/// Loads a pub/sub component twice as a [`SplitBus`].
+pub(crate) async fn load_split_bus(
+    cx: &mut PrepareCx<'_>,
+    service: &'static str,
+    spec: &AdapterSpec,
+) -> Result<Arc<dyn iii_adapter_api::PubSubBus>, StartError> {
+    let publisher = load_adapter::<iii_adapter_api::PubSubWorld>(cx, service, spec)
+        .await?
+        .0;
+    let receiver = load_adapter::<iii_adapter_api::PubSubWorld>(cx, service, spec)
+        .await?
+        .0;
+    Ok(Arc::new(SplitBus {
+        publisher,
+        receiver,
+    }))
+}
+
+#[cfg(test)]
+mod network_spec_tests {
+    use super::*;
+
+    fn spec(config: Value) -> AdapterSpec {
+        AdapterSpec::from_value(&config).unwrap()
+    }
+
+    #[test]
+    fn grant_is_derived_from_the_url_or_checked_against_it() {
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis"})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["localhost:6379"]);
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://10.1.2.3:7000/2"}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["10.1.2.3:7000"]);
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h"}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["h:6379"], "the default URL's port");
+        let e = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h:1"}, "grants": {"network": ["h:2"]}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap_err();
+        assert!(e.contains("grants.network") && e.contains("h:1"), "{e}");
+        assert!(network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": 5}})),
+            "redis_url",
+            DEFAULT_REDIS_URL
+        )
+        .is_err());
+    }
+}
+
+/// Carries a service's change events to the other engines sharing its backend (state and
+/// stream over Redis): every event is published on `channel` tagged with this engine's
+/// instance id, and the events of other instances are handed to the service's delivery
+/// function, so each engine fires its own triggers and feeds its own sockets once.
+pub(crate) struct EventRelay {
+    tx: tokio::sync::mpsc::UnboundedSender<Value>,
+    instance: String,
+}
+
+/// The parts [`EventRelay::new`] returns for the service's `run`.
+pub(crate) struct RelayTask {
+    bus: Arc<dyn iii_adapter_api::PubSubBus>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    channel: &'static str,
+    instance: String,
+}
+
+impl EventRelay {
+    pub(crate) fn new(
+        bus: Arc<dyn iii_adapter_api::PubSubBus>,
+        channel: &'static str,
+    ) -> (Arc<EventRelay>, RelayTask) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let instance = format!("{}-{nanos:x}", std::process::id());
+        (
+            Arc::new(EventRelay {
+                tx,
+                instance: instance.clone(),
+            }),
+            RelayTask {
+                bus,
+                rx,
+                channel,
+                instance,
+            },
+        )
+    }
+
+    /// Queues `event` for the other engines (in order, never waiting on the backend).
+    pub(crate) fn send(&self, event: &Value) {
+        let _ = self
+            .tx
+            .send(serde_json::json!({"origin": self.instance, "event": event}));
+    }
+}
+
+impl RelayTask {
+    /// Publishes queued events and delivers other engines' events until `stop`.
+    pub(crate) async fn run(
+        self,
+        stop: iii_core::CancellationToken,
+        deliver: impl Fn(Value) + Send + Sync + 'static,
+    ) {
+        let RelayTask {
+            bus,
+            mut rx,
+            channel,
+            instance,
+        } = self;
+        let publisher = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if let Err(e) = bus.publish(channel, &m).await {
+                        tracing::warn!(channel, error = %e, "could not relay an event to the other engines");
+                    }
+                }
+            })
+        };
+        loop {
+            match bus.subscribe(channel).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "event relay cannot subscribe; retrying in 1 s");
+                    tokio::select! {
+                        _ = stop.cancelled() => { publisher.abort(); return }
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        loop {
+            let got = tokio::select! {
+                _ = stop.cancelled() => break,
+                got = bus.poll(256, 250) => got,
+            };
+            match got {
+                Ok(ms) => {
+                    for m in ms {
+                        if m.data.get("origin").and_then(Value::as_str) == Some(instance.as_str()) {
+                            continue;
+                        }
+                        if let Some(ev) = m.data.get("event") {
+                            deliver(ev.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "event relay poll failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        publisher.abort();
+    }
+}
+
+/// For `name: redis`: the spec with its network grant, and the event relay over the same
+/// server (a split bus: two more instances of the component).
+pub(crate) async fn redis_relay(
+    cx: &mut PrepareCx<'_>,
+    service: &'static str,
+    spec: &AdapterSpec,
+    channel: &'static str,
+) -> Result<Option<(Arc<EventRelay>, RelayTask)>, StartError> {
+    if !matches!(&spec.source, AdapterSource::Name(n) if n == "redis") {
+        return Ok(None);
+    }
+    let mut bus_spec = spec.clone();
+    bus_spec.config.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "redis_url" | "connect_timeout_ms" | "timeout_ms"
+        )
+    });
+    let bus = load_split_bus(cx, service, &bus_spec).await?;
+    Ok(Some(EventRelay::new(bus, channel)))
+}
+
+/// Applies [`network_adapter_spec`] to a `name: redis` spec, as a start-up error.
+pub(crate) fn redis_spec(
+    service: &'static str,
+    spec: &AdapterSpec,
+) -> Result<AdapterSpec, StartError> {
+    if !matches!(&spec.source, AdapterSource::Name(n) if n == "redis") {
+        return Ok(spec.clone());
+    }
+    network_adapter_spec(spec, "redis_url", DEFAULT_REDIS_URL)
+        .map_err(|message| StartError::Service { service, message })
+}

@@ -38,6 +38,8 @@ pub enum LockChoice {
     Local,
     /// A component of the `iii:lock/lock-adapter@0.1.0` world.
     Component(AdapterSpec),
+    /// The embedded Redis component (`name: redis`): one fire per tick across engines.
+    Redis(AdapterSpec),
 }
 
 /// What the `cron` entry configured.
@@ -117,11 +119,7 @@ impl Service for Cron {
                 }
                 LockChoice::Local
             }
-            AdapterSource::Name(n) if n == "redis" => {
-                return Err(e.reader.error(format!(
-                    "`{aat}`: the `redis` cron lock adapter is not available in this engine yet; use `name: kv` (one engine) until it is"
-                )))
-            }
+            AdapterSource::Name(n) if n == "redis" => LockChoice::Redis(spec.clone()),
             AdapterSource::Name(n) => {
                 return Err(e.reader.error(format!(
                     "`{aat}`: unknown cron lock adapter `{n}`; use `name: kv`, or `path:` to a component of the {} world",
@@ -156,6 +154,10 @@ impl Configured for CronConfig {
                 Arc::new(LocalLocks::new())
             }
             LockChoice::Component(spec) => load_adapter::<LockWorld>(cx, "cron", spec).await?.0,
+            LockChoice::Redis(spec) => {
+                let spec = crate::common::redis_spec("cron", spec)?;
+                load_adapter::<LockWorld>(cx, "cron", &spec).await?.0
+            }
         };
         Ok(Box::new(CronService::new(lock, self.lock_ttl_ms)))
     }
@@ -299,10 +301,26 @@ impl Jobs {
                 }
             }
         }
-        if let Err(e) = core
-            .call(&job.namespace, &job.function_id, &payload, meta, None)
-            .await
-        {
+        // Renew the lease while the job runs, so a job longer than `lock_ttl_ms` is not
+        // fired again by another engine whose tick comes while it is still running.
+        let call = core.call(&job.namespace, &job.function_id, &payload, meta, None);
+        tokio::pin!(call);
+        let every = std::time::Duration::from_millis((self.lock_ttl_ms / 3).max(1));
+        let result = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = self
+                        .lock
+                        .try_acquire(&lock_key(&job.id), &self.owner, self.lock_ttl_ms)
+                        .await
+                    {
+                        tracing::warn!(trigger_id = %job.id, error = %e, "could not renew the cron lease while the job runs");
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::warn!(trigger_id = %job.id, function_id = %job.function_id, error = %e, "cron job failed");
         }
     }
@@ -556,10 +574,10 @@ mod tests {
         start(&mut t, "{adapter: {name: local}}").unwrap();
         let e = start(
             &mut t,
-            "{adapter: {name: redis, config: {redis_url: 'redis://x'}}}",
+            "{adapter: {name: redis, config: {redis_url: 'redis://x:1'}, grants: {network: ['y:1']}}}",
         )
         .unwrap_err();
-        assert!(e.contains("not available in this engine yet"), "{e}");
+        assert!(e.contains("grants.network") && e.contains("x:1"), "{e}");
         let e = start(&mut t, "{adapter: {name: kv, config: {lock_ttl: 5}}}").unwrap_err();
         assert!(e.contains("lock_ttl"), "{e}");
         let e = start(&mut t, "{adapter: {name: kv, config: {lock_ttl_ms: 0}}}").unwrap_err();

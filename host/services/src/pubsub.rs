@@ -36,6 +36,8 @@ pub enum BusChoice {
     Local,
     /// A component of the `iii:pubsub/pubsub-adapter@0.1.0` world.
     Component(AdapterSpec),
+    /// The embedded Redis component (`name: redis`), loaded twice (publisher, receiver).
+    Redis(AdapterSpec),
 }
 
 /// What the `pubsub` entry configured.
@@ -85,11 +87,7 @@ impl Service for PubSub {
             let spec = adapter_spec(e, m)?;
             pc.bus = match &spec.source {
                 AdapterSource::Name(n) if n == "local" => BusChoice::Local,
-                AdapterSource::Name(n) if n == "redis" => {
-                    return Err(e.reader.error(format!(
-                        "`{at}.adapter`: the `redis` pub/sub adapter is not available in this engine yet; use `name: local` (one engine) until it is"
-                    )))
-                }
+                AdapterSource::Name(n) if n == "redis" => BusChoice::Redis(spec),
                 AdapterSource::Name(n) => {
                     return Err(e.reader.error(format!(
                         "`{at}.adapter`: unknown pub/sub adapter `{n}`; use `name: local`, or `path:` to a component of the {} world",
@@ -115,6 +113,10 @@ impl Configured for PubSubConfig {
                 Arc::new(LocalBus::default())
             }
             BusChoice::Component(spec) => load_adapter::<PubSubWorld>(cx, "pubsub", spec).await?.0,
+            BusChoice::Redis(spec) => {
+                let spec = crate::common::redis_spec("pubsub", spec)?;
+                crate::common::load_split_bus(cx, "pubsub", &spec).await?
+            }
         };
         Ok(Box::new(PubSubService::new(bus)))
     }
@@ -494,9 +496,15 @@ mod tests {
             .build()
             .unwrap();
         let e = rt
-            .block_on(t.start(&PubSub, "{adapter: {name: redis}}"))
+            .block_on(t.start(
+                &PubSub,
+                "{adapter: {name: redis, config: {redis_url: 'redis://127.0.0.1:1'}, grants: {network: ['127.0.0.1:2']}}}",
+            ))
             .unwrap_err();
-        assert!(e.contains("not available in this engine yet"), "{e}");
+        assert!(
+            e.contains("grants.network") && e.contains("127.0.0.1:1"),
+            "{e}"
+        );
         let e = rt
             .block_on(t.start(&PubSub, "{adapter: {name: rabbit}}"))
             .unwrap_err();

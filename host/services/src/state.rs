@@ -15,7 +15,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::common::{adapter_spec, err, filter_eq, function, load_adapter, ServiceTriggerType};
+use crate::common::{
+    adapter_spec, err, filter_eq, function, load_adapter, redis_relay, redis_spec, EventRelay,
+    RelayTask, ServiceTriggerType,
+};
 
 /// The state service.
 pub struct State;
@@ -140,8 +143,15 @@ impl Configured for StateConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        let (store, _) = load_adapter::<StateWorld>(cx, "state", &self.adapter).await?;
-        Ok(Box::new(StateService::new(store, *self)))
+        let spec = redis_spec("state", &self.adapter)?;
+        let (store, _) = load_adapter::<StateWorld>(cx, "state", &spec).await?;
+        let relay = redis_relay(cx, "state", &spec, "state::events").await?;
+        let mut svc = StateService::new(store, *self);
+        if let Some((relay, task)) = relay {
+            svc.relay = Some(relay);
+            svc.relay_task = Arc::new(parking_lot::Mutex::new(Some(task)));
+        }
+        Ok(Box::new(svc))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -155,6 +165,9 @@ pub struct StateService {
     /// The live-tier options (`triggers_enabled`, `max_value_bytes`), changed in place by a
     /// run-time configuration change.
     opts: Arc<parking_lot::RwLock<StateConfig>>,
+    /// With a shared backend (redis): carries change events to the other engines.
+    relay: Option<Arc<EventRelay>>,
+    relay_task: Arc<parking_lot::Mutex<Option<RelayTask>>>,
 }
 
 impl StateService {
@@ -163,6 +176,8 @@ impl StateService {
         StateService {
             store,
             opts: Arc::new(parking_lot::RwLock::new(opts)),
+            relay: None,
+            relay_task: Arc::default(),
         }
     }
 
@@ -243,13 +258,36 @@ fn emit(
     };
     let payload = json!({"type": "state", "event_type": event, "scope": scope, "key": key,
         "old_value": old.unwrap_or(Value::Null), "new_value": new.unwrap_or(Value::Null)});
-    let (scope, key) = (scope.to_string(), key.to_string());
+    if let Some(r) = &svc.relay {
+        r.send(&payload);
+    }
+    fire(core, payload);
+}
+
+/// Fires the `state` triggers of this engine matching the event's scope and key.
+fn fire(core: &Core, payload: Value) {
+    let scope = payload["scope"].as_str().unwrap_or_default().to_string();
+    let key = payload["key"].as_str().unwrap_or_default().to_string();
     core.fire("state", payload, move |cfg| {
         filter_eq(cfg, "scope", &scope) && filter_eq(cfg, "key", &key)
     });
 }
 
 impl Prepared for StateService {
+    fn run(
+        self: Box<Self>,
+        core: Core,
+        stop: iii_core::CancellationToken,
+    ) -> Option<iii_core::BoxFut<()>> {
+        let task = self.relay_task.lock().take()?;
+        let enabled = self.opts.clone();
+        Some(Box::pin(task.run(stop, move |ev| {
+            if enabled.read().triggers_enabled {
+                fire(&core, ev);
+            }
+        })))
+    }
+
     fn live(&self) -> Option<Arc<dyn LiveConfig>> {
         Some(Arc::new(LiveState(self.opts.clone())))
     }

@@ -18,6 +18,7 @@
 mod kernel_relay;
 mod policy;
 mod pubcron;
+mod redis;
 mod reload;
 mod sandbox;
 mod validate;
@@ -681,6 +682,9 @@ fn main() -> Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("rabbitmq") {
         return rt.block_on(rabbitmq::bench());
+    }
+    if args.get(1).map(String::as_str) == Some("redis") {
+        return rt.block_on(redis::bench());
     }
     if args.get(1).map(String::as_str) == Some("pubcron") {
         return rt.block_on(pubcron::bench());

@@ -6,7 +6,9 @@
 //! line in [`PACKAGES`]. The supervisor ([`Adapter`]) and the loader do not change.
 
 pub mod adapter_v0_1;
+pub mod lock_v0_1;
 pub mod policy_v0_1;
+pub mod pubsub_v0_1;
 pub mod queue_v0_1;
 
 use std::any::Any;
@@ -28,6 +30,8 @@ pub(crate) const PACKAGES: &[&Package] = &[
     &adapter_v0_1::PACKAGE,
     &queue_v0_1::PACKAGE,
     &policy_v0_1::PACKAGE,
+    &pubsub_v0_1::PACKAGE,
+    &lock_v0_1::PACKAGE,
 ];
 
 /// How the plugin host runs components of one world `Self` (an `iii-adapter-api` marker).

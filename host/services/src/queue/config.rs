@@ -165,6 +165,14 @@ pub(crate) fn configure(e: &Entry<'_>) -> Result<QueueConfig, ConfigError> {
         if matches!(&spec.source, AdapterSource::Name(n) if n == "builtin") {
             spec.source = AdapterSource::Name(super::BUILTIN_COMPONENT.into());
         }
+        // The redis component has no queue store: upstream's Redis queue adapter only
+        // publishes (no leases, retries or dead letters), which would lose this service's
+        // delivery guarantees, so it is refused rather than half-supported.
+        if matches!(&spec.source, AdapterSource::Name(n) if n == "redis") {
+            return Err(r.error(format!(
+                "`{at}.adapter`: `name: redis` is not a queue adapter here (upstream's Redis queue only publishes, without leases, retries or dead letters); use `name: builtin` for one engine, or a broker adapter for several"
+            )));
+        }
         let cat = format!("{at}.adapter.config");
         for k in DEFAULT_KEYS {
             let Some(v) = spec.config.remove(*k) else {

@@ -159,6 +159,8 @@ type Groups = HashMap<String, HashMap<String, Vec<Arc<Subscription>>>>;
 #[derive(Default)]
 pub(crate) struct Hub {
     streams: Mutex<Groups>,
+    /// With a shared backend (redis): where events go for the other engines.
+    pub(crate) relay: std::sync::OnceLock<Arc<crate::common::EventRelay>>,
 }
 
 impl Hub {

@@ -185,15 +185,20 @@ impl Configured for StreamConfig {
                     })?,
             ),
         };
-        let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &self.adapter).await?;
+        let spec = crate::common::redis_spec("stream", &self.adapter)?;
+        let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &spec).await?;
+        let relay = crate::common::redis_relay(cx, "stream", &spec, "stream::events").await?;
         let store: Arc<dyn StreamStore> =
             Arc::new(custom::DelegatingStreams::new(cx.core(), store));
+        let hub: Arc<hub::Hub> = Arc::default();
+        let relay_task = relay.map(|(r, task)| {
+            let _ = hub.relay.set(r);
+            task
+        });
         Ok(Box::new(Running {
-            svc: StreamService {
-                store,
-                hub: Arc::default(),
-            },
+            svc: StreamService { store, hub },
             socket,
+            relay_task,
         }))
     }
     fn as_any(&self) -> &dyn std::any::Any {
@@ -223,6 +228,8 @@ impl StreamService {
 struct Running {
     svc: StreamService,
     socket: Option<socket::BoundSocket>,
+    /// With a shared backend (redis): delivers the other engines' events here.
+    relay_task: Option<crate::common::RelayTask>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -276,12 +283,21 @@ struct SendIn {
 /// wrapper (camelCase, §4.6.4). Never waits on a subscriber.
 fn emit(core: &Core, hub: &hub::Hub, stream: &str, group: &str, id: Option<&str>, event: Value) {
     let payload = json!({"type": "stream", "timestamp": iii_core::conn::now_ms(), "streamName": stream, "groupId": group, "id": id, "event": event});
-    hub.publish(stream, group, id, &payload);
-    let (stream, group, id) = (
-        stream.to_string(),
-        group.to_string(),
-        id.map(str::to_string),
-    );
+    if let Some(r) = hub.relay.get() {
+        r.send(&payload);
+    }
+    deliver(core, hub, payload);
+}
+
+/// Hands an event (this engine's or another's) to this engine's sockets and triggers.
+fn deliver(core: &Core, hub: &hub::Hub, payload: Value) {
+    let stream = payload["streamName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let group = payload["groupId"].as_str().unwrap_or_default().to_string();
+    let id = payload["id"].as_str().map(str::to_string);
+    hub.publish(&stream, &group, id.as_deref(), &payload);
     core.fire("stream", payload, move |cfg| {
         filter_eq(cfg, "stream_name", &stream)
             && filter_eq(cfg, "group_id", &group)
@@ -348,9 +364,23 @@ impl Prepared for Running {
     }
 
     fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
-        let Running { svc, socket } = *self;
-        let socket = socket?;
-        Some(Box::pin(socket.serve(core, svc.hub, svc.store, stop)))
+        let Running {
+            svc,
+            socket,
+            relay_task,
+        } = *self;
+        let relay = relay_task.map(|task| {
+            let (core, hub) = (core.clone(), svc.hub.clone());
+            task.run(stop.clone(), move |ev| deliver(&core, &hub, ev))
+        });
+        match (socket, relay) {
+            (None, None) => None,
+            (Some(s), None) => Some(Box::pin(s.serve(core, svc.hub, svc.store, stop))),
+            (None, Some(r)) => Some(Box::pin(r)),
+            (Some(s), Some(r)) => Some(Box::pin(async move {
+                tokio::join!(s.serve(core, svc.hub, svc.store, stop), r);
+            })),
+        }
     }
 }
 
