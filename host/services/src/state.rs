@@ -140,7 +140,10 @@ impl Configured for StateConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        let (store, _) = load_adapter::<StateWorld>(cx, "state", &self.adapter).await?;
+        let store = match crate::bridge::state_store("state", &self.adapter)? {
+            Some(remote) => remote,
+            None => load_adapter::<StateWorld>(cx, "state", &self.adapter).await?.0,
+        };
         Ok(Box::new(StateService::new(store, *self)))
     }
     fn as_any(&self) -> &dyn std::any::Any {

@@ -185,7 +185,10 @@ impl Configured for StreamConfig {
                     })?,
             ),
         };
-        let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &self.adapter).await?;
+        let store = match crate::bridge::stream_store("stream", &self.adapter)? {
+            Some(remote) => remote,
+            None => load_adapter::<StreamWorld>(cx, "stream", &self.adapter).await?.0,
+        };
         let store: Arc<dyn StreamStore> =
             Arc::new(custom::DelegatingStreams::new(cx.core(), store));
         Ok(Box::new(Running {
