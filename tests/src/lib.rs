@@ -2,6 +2,7 @@
 //! protocol with a raw WebSocket client, and make plain HTTP/1.1 requests.
 
 pub mod oci_registry;
+pub mod redis;
 pub mod registry_api;
 
 use std::io::{Read, Write};

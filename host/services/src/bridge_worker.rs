@@ -264,7 +264,11 @@ impl Prepared for Running {
         for e in &self.config.expose {
             let local = e.local_function.clone();
             let weak = core.downgrade();
-            let handler: Handler = Arc::new(move |data: Value| {
+            let handler: Handler = Arc::new(move |mut data: Value| {
+                // The remote engine names its caller by a worker id that means nothing here.
+                if let Some(m) = data.as_object_mut() {
+                    m.remove(iii_protocol::ids::CALLER_WORKER_ID_KEY);
+                }
                 let (local, weak) = (local.clone(), weak.clone());
                 Box::pin(async move {
                     let Some(core) = weak.upgrade() else {
