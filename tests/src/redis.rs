@@ -31,7 +31,14 @@ impl Server {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -42,7 +49,10 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
     /// No live connection to the remote engine right now (it is reconnecting).
-    #[error("the remote engine at {url} is not connected ({reason}); the bridge reconnects by itself")]
+    #[error(
+        "the remote engine at {url} is not connected ({reason}); the bridge reconnects by itself"
+    )]
     Disconnected {
         /// The remote engine's URL.
         url: String,
@@ -43,7 +45,9 @@ pub enum ClientError {
         timeout_ms: u64,
     },
     /// The connection dropped while the call was outstanding.
-    #[error("the connection to the remote engine at {url} dropped while `{function_id}` was running")]
+    #[error(
+        "the connection to the remote engine at {url} dropped while `{function_id}` was running"
+    )]
     Dropped {
         /// The remote engine's URL.
         url: String,
@@ -286,7 +290,12 @@ async fn session(inner: &Arc<Inner>, ws: Socket) -> String {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     // Registrations first, in a fixed order: functions before the triggers that target them.
-    let mut replay: Vec<Value> = inner.functions.lock().values().map(|(f, _)| f.clone()).collect();
+    let mut replay: Vec<Value> = inner
+        .functions
+        .lock()
+        .values()
+        .map(|(f, _)| f.clone())
+        .collect();
     replay.extend(inner.triggers.lock().values().cloned());
     replay.push(json!({"type": "invokefunction", "function_id": iii_protocol::ids::functions::WORKERS_REGISTER, "data": {"name": inner.opts.worker_name}}));
     for f in replay {

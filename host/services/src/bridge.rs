@@ -37,7 +37,9 @@ pub(crate) fn bridge_config(spec: &AdapterSpec) -> Result<(String, Duration), St
         .config
         .get("bridge_url")
         .and_then(Value::as_str)
-        .ok_or("the bridge adapter needs `adapter.config.bridge_url` (e.g. ws://other-engine:49134)")?;
+        .ok_or(
+            "the bridge adapter needs `adapter.config.bridge_url` (e.g. ws://other-engine:49134)",
+        )?;
     check_ws_url(url).map_err(|e| format!("`adapter.config.bridge_url`: {e}"))?;
     let timeout = match spec.config.get("timeout_ms") {
         None => DEFAULT_TIMEOUT_MS,
@@ -71,10 +73,8 @@ impl Remote {
     /// Starts connecting for `service`; start-up does not wait for the remote engine (calls
     /// fail with a clear error until it is reachable).
     pub(crate) fn start(service: &'static str, spec: &AdapterSpec) -> Result<Remote, StartError> {
-        let (url, timeout) = bridge_config(spec).map_err(|message| StartError::Service {
-            service,
-            message,
-        })?;
+        let (url, timeout) =
+            bridge_config(spec).map_err(|message| StartError::Service { service, message })?;
         let client = Client::start(
             &url,
             Options {
@@ -104,7 +104,9 @@ impl Remote {
         serde_json::from_value(v).map_err(|e| {
             AdapterError::new(
                 AdapterErrorKind::Backend,
-                format!("bridge: the remote engine's `{function_id}` answered an unexpected shape: {e}"),
+                format!(
+                    "bridge: the remote engine's `{function_id}` answered an unexpected shape: {e}"
+                ),
             )
         })
     }
@@ -192,7 +194,10 @@ impl StreamStore for BridgeStream {
         group: &str,
         id: &str,
     ) -> Result<Option<Value>, AdapterError> {
-        Ok(opt(self.0.call("stream::get", item(stream, group, id)).await?))
+        Ok(opt(self
+            .0
+            .call("stream::get", item(stream, group, id))
+            .await?))
     }
     async fn set(
         &self,
@@ -211,7 +216,10 @@ impl StreamStore for BridgeStream {
         group: &str,
         id: &str,
     ) -> Result<Option<Value>, AdapterError> {
-        let v = self.0.call("stream::delete", item(stream, group, id)).await?;
+        let v = self
+            .0
+            .call("stream::delete", item(stream, group, id))
+            .await?;
         Ok(opt(v.get("old_value").cloned().unwrap_or(Value::Null)))
     }
     async fn update(
@@ -288,8 +296,8 @@ mod tests {
         assert!(e.contains("ws://"), "{e}");
         let e = bridge_config(&spec(json!({"bridge_url": "ws://h:1", "x": 1}))).unwrap_err();
         assert!(e.contains("adapter.config.x"), "{e}");
-        let e = bridge_config(&spec(json!({"bridge_url": "ws://h:1", "timeout_ms": 0})))
-            .unwrap_err();
+        let e =
+            bridge_config(&spec(json!({"bridge_url": "ws://h:1", "timeout_ms": 0}))).unwrap_err();
         assert!(e.contains("timeout_ms"), "{e}");
     }
 }

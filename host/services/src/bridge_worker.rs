@@ -211,22 +211,21 @@ fn raw_result(v: Option<Value>) -> Value {
 impl Prepared for Running {
     fn install(&mut self, reg: &mut Registrar<'_>) {
         let c = self.client.clone();
-        reg.function(
-            FunctionSpec::typed(
-                "bridge.invoke",
-                "Call a function on the remote engine and wait for its result",
-                move |_core, _ctx, i: InvokeIn| {
-                    let c = c.clone();
-                    async move {
-                        let t = Duration::from_millis(i.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(1));
-                        c.invoke(&i.function_id, i.data, t)
-                            .await
-                            .map(raw_result)
-                            .map_err(bridge_error)
-                    }
-                },
-            ),
-        );
+        reg.function(FunctionSpec::typed(
+            "bridge.invoke",
+            "Call a function on the remote engine and wait for its result",
+            move |_core, _ctx, i: InvokeIn| {
+                let c = c.clone();
+                async move {
+                    let t =
+                        Duration::from_millis(i.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(1));
+                    c.invoke(&i.function_id, i.data, t)
+                        .await
+                        .map(raw_result)
+                        .map_err(bridge_error)
+                }
+            },
+        ));
         let c = self.client.clone();
         reg.function(FunctionSpec::typed(
             "bridge.invoke_async",

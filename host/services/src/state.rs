@@ -142,7 +142,11 @@ impl Configured for StateConfig {
     ) -> Result<Box<dyn Prepared>, StartError> {
         let store = match crate::bridge::state_store("state", &self.adapter)? {
             Some(remote) => remote,
-            None => load_adapter::<StateWorld>(cx, "state", &self.adapter).await?.0,
+            None => {
+                load_adapter::<StateWorld>(cx, "state", &self.adapter)
+                    .await?
+                    .0
+            }
         };
         Ok(Box::new(StateService::new(store, *self)))
     }

@@ -38,18 +38,32 @@ async fn state_and_stream_live_on_the_remote_engine() {
     let mut wa = RawWorker::connect(&a.url()).await;
     let mut wb = RawWorker::connect(&b.url()).await;
 
-    let r = call_ok(&mut wa, "state::set", json!({"scope": "s", "key": "k", "value": {"n": 1}})).await;
+    let r = call_ok(
+        &mut wa,
+        "state::set",
+        json!({"scope": "s", "key": "k", "value": {"n": 1}}),
+    )
+    .await;
     assert_eq!(r, json!({"old_value": null, "new_value": {"n": 1}}));
     // The write is on B, not on A.
-    let r = wb.call("state::get", json!({"scope": "s", "key": "k"})).await;
+    let r = wb
+        .call("state::get", json!({"scope": "s", "key": "k"}))
+        .await;
     assert_eq!(r["result"], json!({"n": 1}), "{r}");
-    let r = call_ok(&mut wa, "state::update", json!({"scope": "s", "key": "k", "ops": [{"type": "increment", "path": "n", "by": 2}]})).await;
+    let r = call_ok(
+        &mut wa,
+        "state::update",
+        json!({"scope": "s", "key": "k", "ops": [{"type": "increment", "path": "n", "by": 2}]}),
+    )
+    .await;
     assert_eq!(r["new_value"], json!({"n": 3}), "{r}");
     let r = call_ok(&mut wa, "state::list_groups", json!({})).await;
     assert_eq!(r, json!({"groups": ["s"]}));
     let r = call_ok(&mut wa, "state::delete", json!({"scope": "s", "key": "k"})).await;
     assert_eq!(r, json!({"n": 3}));
-    let r = wb.call("state::get", json!({"scope": "s", "key": "k"})).await;
+    let r = wb
+        .call("state::get", json!({"scope": "s", "key": "k"}))
+        .await;
     assert_eq!(r["result"], Value::Null, "{r}");
 
     let item = json!({"stream_name": "chat", "group_id": "room", "item_id": "m1"});
@@ -58,7 +72,12 @@ async fn state_and_stream_live_on_the_remote_engine() {
     call_ok(&mut wa, "stream::set", set).await;
     let r = wb.call("stream::get", item.clone()).await;
     assert_eq!(r["result"], json!({"text": "hi"}), "{r}");
-    let r = call_ok(&mut wa, "stream::list_groups", json!({"stream_name": "chat"})).await;
+    let r = call_ok(
+        &mut wa,
+        "stream::list_groups",
+        json!({"stream_name": "chat"}),
+    )
+    .await;
     assert_eq!(r, json!(["room"]));
     let r = call_ok(&mut wa, "stream::delete", item.clone()).await;
     assert_eq!(r, json!({"old_value": {"text": "hi"}}));
@@ -69,7 +88,12 @@ async fn a_dead_remote_engine_is_a_clear_error_and_recovery_needs_no_restart() {
     let mut b = backend();
     let a = bridged_engine(&b);
     let mut wa = RawWorker::connect(&a.url()).await;
-    call_ok(&mut wa, "state::set", json!({"scope": "s", "key": "k", "value": 1})).await;
+    call_ok(
+        &mut wa,
+        "state::set",
+        json!({"scope": "s", "key": "k", "value": 1}),
+    )
+    .await;
 
     let _ = b.child.kill();
     let _ = b.child.wait();
@@ -77,26 +101,46 @@ async fn a_dead_remote_engine_is_a_clear_error_and_recovery_needs_no_restart() {
     let url = b.url();
     let deadline = Instant::now() + Duration::from_secs(10);
     let err = loop {
-        let r = wa.call("state::get", json!({"scope": "s", "key": "k"})).await;
+        let r = wa
+            .call("state::get", json!({"scope": "s", "key": "k"}))
+            .await;
         if let Some(e) = r.get("error").filter(|e| !e.is_null()) {
             break e.clone();
         }
-        assert!(Instant::now() < deadline, "state::get still answers with B dead: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "state::get still answers with B dead: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(err["code"], "GET_ERROR", "{err}");
     let msg = err["message"].as_str().unwrap();
     assert!(msg.contains("bridge") && msg.contains(&url), "{msg}");
     let t = Instant::now();
-    let r = wa.call("stream::get", json!({"stream_name": "x", "group_id": "g", "item_id": "i"})).await;
+    let r = wa
+        .call(
+            "stream::get",
+            json!({"stream_name": "x", "group_id": "g", "item_id": "i"}),
+        )
+        .await;
     assert_eq!(r["error"]["code"], "STREAM_GET_ERROR", "{r}");
-    assert!(t.elapsed() < Duration::from_secs(2), "a down remote must not stall callers");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a down remote must not stall callers"
+    );
 
     // Same ports: the bridge reconnects by itself.
     b.kill9_and_restart();
-    call_ok(&mut wa, "state::set", json!({"scope": "s", "key": "k", "value": 2})).await;
+    call_ok(
+        &mut wa,
+        "state::set",
+        json!({"scope": "s", "key": "k", "value": 2}),
+    )
+    .await;
     let mut wb = RawWorker::connect(&b.url()).await;
-    let r = wb.call("state::get", json!({"scope": "s", "key": "k"})).await;
+    let r = wb
+        .call("state::get", json!({"scope": "s", "key": "k"}))
+        .await;
     assert_eq!(r["result"], json!(2), "{r}");
 }
 
@@ -125,7 +169,8 @@ pub(crate) fn refused(workers: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "started anyway: {text}");
     text
 }
@@ -152,7 +197,9 @@ async fn the_bridge_worker_forwards_exposes_and_invokes() {
     let serve = tokio::spawn(async move {
         loop {
             server
-                .serve_one(|d| json!({"c": d["a"].as_i64().unwrap_or(0) + d["b"].as_i64().unwrap_or(0)}))
+                .serve_one(
+                    |d| json!({"c": d["a"].as_i64().unwrap_or(0) + d["b"].as_i64().unwrap_or(0)}),
+                )
                 .await;
         }
     });
@@ -160,12 +207,24 @@ async fn the_bridge_worker_forwards_exposes_and_invokes() {
     let mut wa = RawWorker::connect(&a.url()).await;
     let r = call_ok(&mut wa, "remote.add", json!({"a": 2, "b": 3})).await;
     assert_eq!(r, json!({"c": 5}));
-    let r = call_ok(&mut wa, "bridge.invoke", json!({"function_id": "math::add", "data": {"a": 1, "b": 1}})).await;
+    let r = call_ok(
+        &mut wa,
+        "bridge.invoke",
+        json!({"function_id": "math::add", "data": {"a": 1, "b": 1}}),
+    )
+    .await;
     assert_eq!(r, json!({"c": 2}));
-    let r = wa.call("bridge.invoke", json!({"function_id": "nope::missing"})).await;
+    let r = wa
+        .call("bridge.invoke", json!({"function_id": "nope::missing"}))
+        .await;
     assert_eq!(r["error"]["code"], "bridge_error", "{r}");
     assert_eq!(r["error"]["details"]["code"], "function_not_found", "{r}");
-    let r = wa.call("bridge.invoke_async", json!({"function_id": "math::add", "data": {"a": 1, "b": 2}})).await;
+    let r = wa
+        .call(
+            "bridge.invoke_async",
+            json!({"function_id": "math::add", "data": {"a": 1, "b": 2}}),
+        )
+        .await;
     assert!(r.get("error").is_none_or(Value::is_null), "{r}");
 
     // Expose: a worker on B calls `a::echo`, which runs A's `local::echo`.
@@ -187,7 +246,8 @@ async fn the_bridge_worker_forwards_exposes_and_invokes() {
 #[test]
 fn bridge_worker_config_is_checked() {
     // Upstream's sample keys `service_id`/`service_name` are not bridge keys (spec section 7.4).
-    let err = refused("  - name: iii-bridge\n    config: {url: 'ws://127.0.0.1:1', service_id: x}\n");
+    let err =
+        refused("  - name: iii-bridge\n    config: {url: 'ws://127.0.0.1:1', service_id: x}\n");
     assert!(err.contains("service_id"), "{err}");
     let err = refused("  - name: iii-bridge\n    config: {url: 'ws://127.0.0.1:1', forward: [{local_function: a}]}\n");
     assert!(err.contains("remote_function"), "{err}");

@@ -70,7 +70,10 @@ async fn the_bridge_fixture_pair_starts_and_bridges_streams() {
     }
     let mut wb = RawWorker::connect(&backend.url()).await;
     let r = wb
-        .call("stream::get", json!({"stream_name": "s", "group_id": "g", "item_id": "i"}))
+        .call(
+            "stream::get",
+            json!({"stream_name": "s", "group_id": "g", "item_id": "i"}),
+        )
         .await;
     assert_eq!(r["result"], json!({"v": 1}), "{r}");
 }
@@ -82,14 +85,21 @@ fn the_sdk_test_fixture_starts() {
         moved(
             "config-test.yaml",
             &[
-                ("port: 49199", format!("port: {}\n      host: 127.0.0.1", free_port())),
+                (
+                    "port: 49199",
+                    format!("port: {}\n      host: 127.0.0.1", free_port()),
+                ),
                 ("port: 49135", format!("port: {}", free_port())),
                 ("host: 0.0.0.0", "host: 127.0.0.1".into()),
             ],
         ),
         &[("STREAMS_PORT", &streams)],
     );
-    assert!(e.log().contains(&format!("127.0.0.1:{streams}")), "{}", e.log());
+    assert!(
+        e.log().contains(&format!("127.0.0.1:{streams}")),
+        "{}",
+        e.log()
+    );
 }
 
 /// Upstream's older `config-remote-kv.yaml` has a top-level `port:` (the worker socket before
@@ -110,7 +120,10 @@ fn the_remote_kv_config_starts() {
 /// run against a real redis-server on a free port.
 fn redis_configs() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     vec![
-        ("engine-config.yaml", vec![("port: 3111", format!("port: {}", free_port()))]),
+        (
+            "engine-config.yaml",
+            vec![("port: 3111", format!("port: {}", free_port()))],
+        ),
         (
             "python-iii-example-config.yaml",
             vec![("port: 3111", format!("port: {}", free_port()))],
@@ -126,6 +139,9 @@ fn the_redis_configs_start() {
     for (name, mut edits) in redis_configs() {
         edits.push(("redis://localhost:6379", redis.url()));
         let stream = free_port().to_string();
-        let _e = start(moved(name, &edits), &[("STREAM_PORT", &stream), ("STREAMS_PORT", &stream)]);
+        let _e = start(
+            moved(name, &edits),
+            &[("STREAM_PORT", &stream), ("STREAMS_PORT", &stream)],
+        );
     }
 }

@@ -187,7 +187,11 @@ impl Configured for StreamConfig {
         };
         let store = match crate::bridge::stream_store("stream", &self.adapter)? {
             Some(remote) => remote,
-            None => load_adapter::<StreamWorld>(cx, "stream", &self.adapter).await?.0,
+            None => {
+                load_adapter::<StreamWorld>(cx, "stream", &self.adapter)
+                    .await?
+                    .0
+            }
         };
         let store: Arc<dyn StreamStore> =
             Arc::new(custom::DelegatingStreams::new(cx.core(), store));
