@@ -37,8 +37,7 @@ pub const EMBEDDED: &str = "workers:
 
 /// Upstream entry names that start nothing in this engine yet, each with its other name
 /// (upstream 0.22 renamed `iii-<x>` to `<x>`): listing one is a warning, not an error.
-const UPSTREAM_UNAVAILABLE: &[(&str, &str)] =
-    &[("iii-exec", "iii-exec"), ("iii-bridge", "iii-bridge")];
+const UPSTREAM_UNAVAILABLE: &[(&str, &str)] = &[("iii-exec", "iii-exec")];
 
 /// One service as the file configured it.
 pub struct ConfiguredService {

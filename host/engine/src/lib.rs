@@ -41,6 +41,7 @@ pub fn services() -> Vec<Box<dyn Service>> {
         Box::new(pubsub::PubSub),
         Box::new(cron::Cron),
         Box::new(http_functions::HttpFunctions),
+        Box::new(bridge_worker::Bridge),
         Box::new(policies::Policies),
         Box::new(external::ExternalWorker {
             name: "iii-sandbox",

@@ -546,12 +546,13 @@ pub mod http_functions {
 }
 
 pub mod bridge {
-    //! The bridge to a remote engine, `bridge.invoke` (PROTOCOL.md §5.5). Not built yet.
+    //! The bridge to a remote engine, `bridge.invoke` (PROTOCOL.md §5.5).
     use super::{Code, Origin, Sender};
 
     codes! { TABLE_BRIDGE, "bridge";
-        /// The remote call failed or timed out.
-        BRIDGE_ERROR = "bridge_error", Upstream, NotYetSent;
+        /// The remote call failed, timed out, or the remote engine is not connected; a remote
+        /// error's own body is in `details`.
+        BRIDGE_ERROR = "bridge_error", Upstream, Engine;
     }
 }
 

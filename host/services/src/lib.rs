@@ -13,6 +13,8 @@
 //! - [`stream`]: `stream::*` and the `stream` trigger type on a stream adapter.
 //! - [`queue`]: durable topics, named queues and dead letters on a queue adapter.
 //! - [`pubsub`]: `publish` and the `subscribe` trigger type on a pub/sub bus.
+//! - [`bridge_worker`]: `iii-bridge`, this engine as a worker of another (expose, forward,
+//!   `bridge.invoke`); the `bridge` adapters of state and stream share its client.
 //! - [`cron`]: the `cron` trigger type, each fire behind a lock adapter.
 //! - [`http_functions`]: functions a worker registers with a URL, which the engine calls.
 //! - [`rbac`]: worker RBAC and invocation middleware of a worker-socket listener (not a
@@ -22,6 +24,8 @@
 //! - [`validation`]: opt-in JSON Schema checks of a worker-socket listener's payloads
 //!   (`validate:`; not a service: the listener's service builds it from its own entry).
 
+mod bridge;
+pub mod bridge_worker;
 mod common;
 mod config_schema;
 pub mod configuration;

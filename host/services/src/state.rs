@@ -143,6 +143,9 @@ impl Configured for StateConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
+        if let Some(remote) = crate::bridge::state_store("state", &self.adapter)? {
+            return Ok(Box::new(StateService::new(remote, *self)));
+        }
         let spec = redis_spec("state", &self.adapter)?;
         let (store, _) = load_adapter::<StateWorld>(cx, "state", &spec).await?;
         let relay = redis_relay(cx, "state", &spec, "state::events").await?;

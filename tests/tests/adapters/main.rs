@@ -3,11 +3,13 @@
 //! Redis or one RabbitMQ (`multi_*.rs`). Real servers only: `iii_tests::redis::Server`,
 //! `iii_tests::rabbitmq::Broker`.
 
+mod bridge;
 mod conformance;
 mod multi_rabbitmq;
 mod multi_redis;
 mod rabbitmq;
 mod redis;
+mod upstream_configs;
 
 use iii_tests::RawWorker;
 use serde_json::Value;

@@ -185,9 +185,16 @@ impl Configured for StreamConfig {
                     })?,
             ),
         };
-        let spec = crate::common::redis_spec("stream", &self.adapter)?;
-        let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &spec).await?;
-        let relay = crate::common::redis_relay(cx, "stream", &spec, "stream::events").await?;
+        let (store, relay) = match crate::bridge::stream_store("stream", &self.adapter)? {
+            Some(remote) => (remote, None),
+            None => {
+                let spec = crate::common::redis_spec("stream", &self.adapter)?;
+                let (store, _) = load_adapter::<StreamWorld>(cx, "stream", &spec).await?;
+                let relay =
+                    crate::common::redis_relay(cx, "stream", &spec, "stream::events").await?;
+                (store, relay)
+            }
+        };
         let store: Arc<dyn StreamStore> =
             Arc::new(custom::DelegatingStreams::new(cx.core(), store));
         let hub: Arc<hub::Hub> = Arc::default();
