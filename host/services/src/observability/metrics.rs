@@ -231,7 +231,19 @@ impl prometheus_client::collector::Collector for Collector {
                 MetricType::Histogram,
             )?;
             for (fid, s) in &fns {
-                let (sum, count, buckets) = s.histogram();
+                let (sum, count, _) = s.histogram();
+                // The encoder sums the buckets itself and writes `+Inf` for `f64::MAX`.
+                let buckets: Vec<(f64, u64)> = s
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (
+                            BUCKETS.get(i).copied().unwrap_or(f64::MAX),
+                            b.load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect();
                 let labels = [("function_id", fid.as_str())];
                 m.encode_family(&labels)?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -319,6 +331,15 @@ mod tests {
             text.contains("iii_invocation_duration_seconds_bucket"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "iii_invocation_duration_seconds_bucket{le=\"+Inf\",function_id=\"a::b\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "iii_invocation_duration_seconds_bucket{le=\"0.0005\",function_id=\"a::b\"} 1"
+        ));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -408,12 +408,14 @@ impl State {
                 self.spans.push(s);
             }
             if let (true, Some(core)) = (ends_trace, &core) {
-                let spans: Vec<Value> = self
-                    .spans
-                    .trace(&trace_id)
-                    .iter()
-                    .map(SpanRecord::to_json)
-                    .collect();
+                let stored = self.spans.trace(&trace_id);
+                // The trace's status: an error anywhere in it, else its root's.
+                let status = if stored.iter().any(|s| s.status == "error") {
+                    "error"
+                } else {
+                    status
+                };
+                let spans: Vec<Value> = stored.iter().map(SpanRecord::to_json).collect();
                 let payload =
                     json!({"trace_id": trace_id, "trace_ids": [trace_id], "spans": spans});
                 core.fire("trace", payload, move |config| {
