@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from iii import Logger
+from iii_helpers.observability import Logger
 
 from conftest import call, free_port, wait_function, wait_until
 
