@@ -60,7 +60,12 @@ impl FnStats {
 }
 
 /// Gauges computed at read time (worker counts, queue depths) by the service.
-pub type GaugeSource = Box<dyn Fn() -> Vec<(String, Vec<(String, String)>, f64)> + Send + Sync>;
+pub type GaugeSource = Box<dyn Fn() -> Vec<Gauge> + Send + Sync>;
+
+/// A gauge reading: name, labels, value.
+pub type Gauge = (String, Vec<(String, String)>, f64);
+
+type Labelled = (Vec<(String, String)>, f64);
 
 /// All engine metrics.
 #[derive(Default)]
@@ -118,7 +123,7 @@ impl Metrics {
         v
     }
 
-    fn gauges(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn gauges(&self) -> Vec<Gauge> {
         let mut g = self.gauges.read().as_ref().map(|f| f()).unwrap_or_default();
         let mut reported: Vec<_> = self
             .reported
@@ -280,7 +285,7 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             ConstCounter::new(self.0.telemetry_frames.load(Ordering::Relaxed)).encode(m)?;
         }
-        let mut by_name: Vec<(String, Vec<(Vec<(String, String)>, f64)>)> = Vec::new();
+        let mut by_name: Vec<(String, Vec<Labelled>)> = Vec::new();
         for (name, labels, v) in self.0.gauges() {
             match by_name.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, vs)) => vs.push((labels, v)),

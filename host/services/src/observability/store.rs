@@ -340,7 +340,7 @@ impl SpanStore {
             .into_iter()
             .filter_map(|(id, spans)| summarize(&id, &spans, q))
             .collect();
-        summaries.sort_by(|a, b| b.0.cmp(&a.0));
+        summaries.sort_by_key(|s| std::cmp::Reverse(s.0));
         let total = summaries.len();
         let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(50));
         let page = summaries
@@ -409,7 +409,7 @@ mod tests {
             level,
             severity_text: level.to_uppercase(),
             message: format!("m{i}"),
-            trace_id: (i % 2 == 0).then(|| "ab".repeat(16)),
+            trace_id: i.is_multiple_of(2).then(|| "ab".repeat(16)),
             span_id: None,
             service_name: None,
             worker: None,
