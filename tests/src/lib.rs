@@ -205,6 +205,11 @@ impl EngineProc {
         self.wait_ready(skip);
     }
 
+    /// The engine process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The worker socket's URL.
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.ws_port)

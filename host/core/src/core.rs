@@ -193,6 +193,8 @@ pub(crate) struct Inner {
     pub started_ms: u64,
     /// Builds handlers for `registerfunction.invocation` (§3.10), when a service installed one.
     pub invocation_provider: RwLock<Option<InstalledProvider>>,
+    /// The observability tap ([`crate::tap`]), once a service installs it.
+    pub observer: crate::tap::Slot,
 }
 
 /// An HTTP-invoked function's handler as the core registers it.
@@ -258,6 +260,7 @@ impl Core {
                 in_process_workers: RwLock::new(Vec::new()),
                 started_ms: crate::conn::now_ms(),
                 invocation_provider: RwLock::new(None),
+                observer: crate::tap::Slot::new(),
             }),
         }
     }
@@ -270,6 +273,45 @@ impl Core {
     /// The core's own settings.
     pub fn settings(&self) -> &CoreSettings {
         &self.inner.cfg
+    }
+
+    /// Installs the observability tap; false when one is already installed (the first stays).
+    pub fn set_observer(&self, observer: Arc<dyn crate::tap::Observer>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    /// The installed observability tap.
+    pub fn observer(&self) -> Option<&Arc<dyn crate::tap::Observer>> {
+        self.inner.observer.get()
+    }
+
+    fn observe(
+        &self,
+        function_id: &str,
+        started: Option<std::time::Instant>,
+        err: Option<&ErrorBody>,
+        trace: (Option<&str>, Option<&str>),
+        caller: Option<u128>,
+        builtin: bool,
+    ) {
+        let (Some(obs), Some(started)) = (self.observer(), started) else {
+            return;
+        };
+        let caller = caller.map(iii_protocol::format_uuid);
+        obs.invocation(&crate::tap::InvocationEvent {
+            function_id,
+            error_code: err.map(|e| e.code.as_str()),
+            error_message: err.map(|e| e.message.as_str()),
+            duration: started.elapsed(),
+            traceparent: trace.0,
+            baggage: trace.1,
+            caller: caller.as_deref(),
+            builtin,
+        });
+    }
+
+    fn observe_start(&self) -> Option<std::time::Instant> {
+        self.observer().map(|_| std::time::Instant::now())
     }
 
     // ---- functions -------------------------------------------------------------------------
@@ -667,6 +709,7 @@ impl Core {
                         waiter,
                         caller: Some(conn.id),
                         target: target.id,
+                        started: self.observe_start(),
                     },
                 ) {
                     let e = ErrorBody::new(
@@ -737,8 +780,17 @@ impl Core {
                 let bg = f.baggage.as_deref().map(str::to_string);
                 let conn = conn.clone();
                 let engine = self.clone();
+                let started = self.observe_start();
                 tokio::spawn(async move {
-                    let res = func(engine, ctx.clone(), data).await;
+                    let res = func(engine.clone(), ctx.clone(), data).await;
+                    engine.observe(
+                        &ctx.function_id,
+                        started,
+                        res.as_ref().err(),
+                        (tp.as_deref(), bg.as_deref()),
+                        Some(conn.id),
+                        true,
+                    );
                     match (&res, reply_id) {
                         (_, Some(id)) => {
                             let text = res.as_ref().ok().and_then(Reply::json_text);
@@ -914,8 +966,24 @@ impl Core {
         metadata: Option<&str>,
         caller: Option<&Arc<Conn>>,
     ) -> Outcome {
-        self.call_inner(ns, function_id, data, metadata, caller, true)
-            .await
+        let started = self.observe_start();
+        let out = self
+            .call_inner(ns, function_id, data, metadata, caller, true)
+            .await;
+        if started.is_some() {
+            let builtin = self
+                .lookup(ns, function_id)
+                .is_some_and(|e| matches!(e.handler, Handler::Builtin(_)));
+            self.observe(
+                function_id,
+                started,
+                out.as_ref().err(),
+                (None, None),
+                caller.map(|c| c.id),
+                builtin,
+            );
+        }
+        out
     }
 
     /// [`Core::call`]; `name_caller` false keeps the data as given (the middleware input of
@@ -952,6 +1020,7 @@ impl Core {
                         waiter: Waiter::Oneshot(tx),
                         caller: caller.map(|c| c.id),
                         target: target.id,
+                        started: None,
                     },
                 ) {
                     return Err(ErrorBody::new(
@@ -1043,6 +1112,7 @@ impl Core {
                     Some(e) => Err(e),
                     None => Ok(f.result),
                 };
+                self.observe_pending(&call, outcome.as_ref().err());
                 match call.waiter {
                     Waiter::Conn {
                         conn: caller,
@@ -1087,11 +1157,30 @@ impl Core {
         }
     }
 
+    /// Reports a worker-routed call leaving the table (in-process callers report in [`Core::call`]).
+    fn observe_pending(&self, call: &PendingCall, err: Option<&ErrorBody>) {
+        if call.started.is_none() {
+            return;
+        }
+        let (fid, trace) = match &call.waiter {
+            Waiter::Conn {
+                function_id,
+                traceparent,
+                baggage,
+                ..
+            } => (function_id, (traceparent.as_deref(), baggage.as_deref())),
+            Waiter::Discard { function_id } => (function_id, (None, None)),
+            Waiter::Oneshot(_) => return,
+        };
+        self.observe(fid, call.started, err, trace, call.caller, false);
+    }
+
     async fn resolve(&self, id: u128, call: PendingCall, outcome: Result<(), ErrorBody>) {
         let err = match outcome {
             Ok(()) => return,
             Err(e) => e,
         };
+        self.observe_pending(&call, Some(&err));
         match call.waiter {
             Waiter::Conn {
                 conn,

@@ -24,6 +24,7 @@ pub mod pending;
 mod reply;
 pub mod service;
 pub mod session;
+pub mod tap;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod triggers;

@@ -288,9 +288,20 @@ async fn handle(
             .await
         }
         Some(Route::Otel) => {
-            // Telemetry is accepted so SDK exporters do not error; it is not stored yet.
+            // Telemetry goes to the observability tap when one is installed; otherwise it is
+            // accepted and dropped, so SDK exporters do not keep reconnecting.
             let (_sink, mut stream) = ws.split();
-            while let Some(Ok(_)) = stream.next().await {}
+            let peer = addr.to_string();
+            while let Some(Ok(m)) = stream.next().await {
+                let Some(obs) = engine.observer() else {
+                    continue;
+                };
+                match m {
+                    Message::Binary(b) => obs.telemetry_frame(&b, &peer),
+                    Message::Text(t) => obs.telemetry_frame(t.as_bytes(), &peer),
+                    _ => {}
+                }
+            }
         }
         Some(Route::Channel { id, dir }) => {
             crate::channels::run_socket(engine, ws, id, dir, limits.max_channel_buffer_bytes).await

@@ -94,6 +94,8 @@ pub struct PendingCall {
     pub caller: Option<u128>,
     /// Connection serving the call.
     pub target: u128,
+    /// When the router took the call; set only while an observer is installed.
+    pub started: Option<std::time::Instant>,
 }
 
 /// UUIDv4 ids are already uniformly random: fold them instead of hashing.
@@ -218,6 +220,7 @@ mod tests {
             },
             caller,
             target,
+            started: None,
         }
     }
 

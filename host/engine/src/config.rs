@@ -137,6 +137,12 @@ impl EngineConfig {
             .and_then(|o| o.level.clone())
     }
 
+    /// The engine log format the observability entry set (`default` or `json`), if any.
+    pub fn log_format(&self) -> Option<String> {
+        self.service::<iii_services::observability::ObservabilityConfig>()
+            .and_then(|o| o.format.clone())
+    }
+
     /// Is a service with config name `name` configured to run?
     pub fn runs(&self, name: &str) -> bool {
         self.services.iter().any(|s| s.info.name == name)

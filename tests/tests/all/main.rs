@@ -19,6 +19,7 @@ mod image_workers;
 mod kv_durability;
 mod lang_policies;
 mod local_workers;
+mod observability;
 mod policies;
 mod project;
 mod pubsub_cron;
