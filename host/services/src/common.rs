@@ -204,51 +204,6 @@ impl WorkerEndpoints {
     }
 }
 
-/// The adapter spec of a network backend (`name: redis`, `name: rabbitmq`) with its
-/// `grants.network` derived from the URL under `config.<url_key>` (`default_url` when absent):
-/// without a `grants.network` the grant is the URL's `host:port`; with one that does not cover
-/// it, the error names both, so a typo in either is found at start-up, not at the first call.
-pub(crate) fn network_adapter_spec(
-    spec: &AdapterSpec,
-    url_key: &str,
-    default_url: &str,
-) -> Result<AdapterSpec, String> {
-    let text = match spec.config.get(url_key) {
-        None | Some(Value::Null) => default_url.to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => {
-            return Err(format!(
-                "`config.{url_key}` must be a URL string, found {v}"
-            ))
-        }
-    };
-    let url = url::Url::parse(&text).map_err(|e| format!("`config.{url_key}` {text:?}: {e}"))?;
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`config.{url_key}` {text:?} has no host"))?;
-    let port = url
-        .port_or_known_default()
-        .or_else(|| url::Url::parse(default_url).ok()?.port_or_known_default())
-        .ok_or_else(|| format!("`config.{url_key}` {text:?} has no port"))?;
-    let want = format!("{host}:{port}");
-    let mut spec = spec.clone();
-    if spec.grants.network.is_empty() {
-        spec.grants.network = vec![want];
-    } else if !spec
-        .grants
-        .network
-        .iter()
-        .any(|g| g.eq_ignore_ascii_case(&want))
-    {
-        return Err(format!(
-            "`grants.network` {:?} does not cover `config.{url_key}` {text:?} ({want}); add \"{want}\" to the grant or drop `grants.network` to derive it from the URL",
-            spec.grants.network
-        ));
-    }
-    Ok(spec)
-}
-
 /// The default `config.redis_url`.
 pub(crate) const DEFAULT_REDIS_URL: &str = "redis://localhost:6379";
 

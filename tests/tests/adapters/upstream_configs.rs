@@ -102,46 +102,25 @@ fn the_sdk_test_fixture_starts() {
     );
 }
 
-/// Upstream's older `config-remote-kv.yaml` has a top-level `port:` (the worker socket before
-/// upstream 0.22); see the report: refused until the engine accepts that legacy key.
+/// `engine/config.yaml` puts its stream service on Redis; it runs against a real redis-server on
+/// a free port. (Upstream's Python and Node example configs use the pre-0.13 `class:` entry form
+/// and a Redis queue, and `config-remote-kv.yaml` a top-level `port:`: not accepted yet, see
+/// tests/fixtures/upstream/README.md.)
 #[test]
-#[ignore = "top-level `port:` (pre-0.22 upstream) is not accepted yet"]
-fn the_remote_kv_config_starts() {
-    let env = [
-        ("III_PORT", free_port().to_string()),
-        ("STREAM_PORT", free_port().to_string()),
-        ("API_PORT", free_port().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _e = start(fixture("config-remote-kv.yaml"), &env);
-}
-
-/// The configs whose stream (and queue) adapter is `redis` need the redis component; they
-/// run against a real redis-server on a free port.
-fn redis_configs() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
-    vec![
-        (
-            "engine-config.yaml",
-            vec![("port: 3111", format!("port: {}", free_port()))],
-        ),
-        (
-            "python-iii-example-config.yaml",
-            vec![("port: 3111", format!("port: {}", free_port()))],
-        ),
-    ]
-}
-
-#[test]
-#[ignore = "needs the redis adapter (helper A); the lead wires it at merge"]
-fn the_redis_configs_start() {
+fn the_engine_config_starts_on_redis() {
     let _ports = iii_tests::default_ports_lock();
     let redis = iii_tests::redis::Server::start();
-    for (name, mut edits) in redis_configs() {
-        edits.push(("redis://localhost:6379", redis.url()));
-        let stream = free_port().to_string();
-        let _e = start(
-            moved(name, &edits),
-            &[("STREAM_PORT", &stream), ("STREAMS_PORT", &stream)],
-        );
-    }
+    let stream = free_port().to_string();
+    let e = start(
+        moved(
+            "engine-config.yaml",
+            &[
+                ("port: 3111", format!("port: {}", free_port())),
+                ("redis://localhost:6379", redis.url()),
+            ],
+        ),
+        &[("STREAM_PORT", &stream)],
+    );
+    let log = e.wait_for_log(&["stream service ready"]);
+    assert!(log.contains("redis"), "{log}");
 }

@@ -15,7 +15,8 @@ use iii_tests::redis::Server;
 pub struct Backend {
     pub name: &'static str,
     pub adapter: String,
-    _server: Option<Server>,
+    /// What serves the backend (a Redis server, the remote engine of a bridge).
+    _server: Option<Box<dyn std::any::Any>>,
 }
 
 impl Backend {
@@ -32,7 +33,25 @@ impl Backend {
         Backend {
             name: "redis",
             adapter: format!("{{name: redis, config: {{redis_url: '{}'}}}}", s.url()),
-            _server: Some(s),
+            _server: Some(Box::new(s)),
+        }
+    }
+
+    /// `name: bridge` to a second engine whose state and stream are on in-memory kv.
+    fn bridge() -> Backend {
+        let remote = iii_tests::EngineProc::start_with(|ws, sp| {
+            crate::engine_config(
+                ws,
+                &format!("  - name: iii-state\n    config: {{adapter: {{name: kv, config: {{store_method: in_memory}}}}}}\n  - name: iii-stream\n    config: {{port: {sp}, host: 127.0.0.1, adapter: {{name: kv, config: {{store_method: in_memory}}}}}}\n"),
+            )
+        });
+        Backend {
+            name: "bridge",
+            adapter: format!(
+                "{{name: bridge, config: {{bridge_url: '{}'}}}}",
+                remote.url()
+            ),
+            _server: Some(Box::new(remote)),
         }
     }
 }
@@ -42,6 +61,7 @@ pub fn store_backends() -> Vec<Backend> {
     vec![
         Backend::plain("kv", "{name: kv, config: {store_method: in_memory}}"),
         Backend::redis(),
+        Backend::bridge(),
     ]
 }
 

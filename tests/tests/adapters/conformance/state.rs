@@ -6,7 +6,6 @@ use crate::{engine_config, ok};
 
 #[tokio::test]
 async fn state_semantics_are_the_same_on_every_backend() {
-    let mut updates: Vec<(&str, serde_json::Value)> = Vec::new();
     for b in store_backends() {
         let extra = format!(
             "  - name: iii-state\n    config: {{adapter: {}}}\n",
