@@ -431,20 +431,21 @@ async fn services_see_the_failure_kind_and_the_knob_through_the_loader() {
 }
 
 /// A world this host has no module for.
-struct LockWorld;
-impl AdapterWorld for LockWorld {
-    const WORLD: &'static str = "iii:lock/lock-adapter@0.1.0";
+struct CacheWorld;
+impl AdapterWorld for CacheWorld {
+    const WORLD: &'static str = "iii:cache/cache-adapter@0.1.0";
     type Store = dyn StateStore;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_world_without_a_module_is_named_with_the_ones_there_are() {
-    let err = iii_plugin_host::load::<LockWorld>(&host(), &AdapterSpec::named("kv"))
+    let err = iii_plugin_host::load::<CacheWorld>(&host(), &AdapterSpec::named("kv"))
         .await
         .err()
-        .expect("no lock world yet");
+        .expect("no cache world");
     assert!(
-        err.message.contains("`iii:lock/lock-adapter@0.1.0`")
+        err.message.contains("`iii:cache/cache-adapter@0.1.0`")
+            && err.message.contains("`iii:lock/lock-adapter@0.1.0`")
             && err.message.contains("`iii:adapter/state-adapter@0.1.0`")
             && err.message.contains("`iii:adapter/stream-adapter@0.1.0`")
             && err.message.contains("`iii:queue/queue-adapter@0.1.0`"),

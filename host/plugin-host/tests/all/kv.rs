@@ -373,13 +373,15 @@ async fn in_memory_without_a_data_dir_and_bad_config_is_an_init_error() {
 async fn unknown_names_and_missing_files_are_reported() {
     let host = host();
     let err = host
-        .load_adapter::<StateWorld>(&AdapterSpec::named("redis"))
+        .load_adapter::<StateWorld>(&AdapterSpec::named("memcached"))
         .await
         .err()
         .unwrap();
     assert!(matches!(err, PluginError::UnknownAdapter { .. }), "{err}");
     assert!(
-        err.to_string().contains("`redis`") && err.to_string().contains("kv"),
+        err.to_string().contains("`memcached`")
+            && err.to_string().contains("kv")
+            && err.to_string().contains("redis"),
         "{err}"
     );
     let err = host
