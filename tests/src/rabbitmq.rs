@@ -86,6 +86,10 @@ impl Broker {
         let bin = server_bin();
         let log = std::fs::File::create(self.dir.join("server.out")).expect("server.out");
         let child = Command::new(bin)
+            // Mnesia and the Erlang VM drop crash dumps in the working directory: keep them
+            // in the scratch directory, not in the checkout.
+            .current_dir(&self.dir)
+            .env("ERL_CRASH_DUMP", self.dir.join("erl_crash.dump"))
             .env("HOME", &self.dir)
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

@@ -253,52 +253,6 @@ pub(crate) async fn load_split_bus(
     }))
 }
 
-#[cfg(test)]
-mod network_spec_tests {
-    use super::*;
-
-    fn spec(config: Value) -> AdapterSpec {
-        AdapterSpec::from_value(&config).unwrap()
-    }
-
-    #[test]
-    fn grant_is_derived_from_the_url_or_checked_against_it() {
-        let s = network_adapter_spec(
-            &spec(serde_json::json!({"name": "redis"})),
-            "redis_url",
-            DEFAULT_REDIS_URL,
-        )
-        .unwrap();
-        assert_eq!(s.grants.network, vec!["localhost:6379"]);
-        let s = network_adapter_spec(
-            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://10.1.2.3:7000/2"}})),
-            "redis_url",
-            DEFAULT_REDIS_URL,
-        )
-        .unwrap();
-        assert_eq!(s.grants.network, vec!["10.1.2.3:7000"]);
-        let s = network_adapter_spec(
-            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h"}})),
-            "redis_url",
-            DEFAULT_REDIS_URL,
-        )
-        .unwrap();
-        assert_eq!(s.grants.network, vec!["h:6379"], "the default URL's port");
-        let e = network_adapter_spec(
-            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h:1"}, "grants": {"network": ["h:2"]}})),
-            "redis_url",
-            DEFAULT_REDIS_URL,
-        )
-        .unwrap_err();
-        assert!(e.contains("grants.network") && e.contains("h:1"), "{e}");
-        assert!(network_adapter_spec(
-            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": 5}})),
-            "redis_url",
-            DEFAULT_REDIS_URL
-        )
-        .is_err());
-    }
-}
 
 /// Carries a service's change events to the other engines sharing its backend (state and
 /// stream over Redis): every event is published on `channel` tagged with this engine's
@@ -446,4 +400,51 @@ pub(crate) fn redis_spec(
     }
     network_adapter_spec(spec, "redis_url", DEFAULT_REDIS_URL)
         .map_err(|message| StartError::Service { service, message })
+}
+
+#[cfg(test)]
+mod network_spec_tests {
+    use super::*;
+
+    fn spec(config: Value) -> AdapterSpec {
+        AdapterSpec::from_value(&config).unwrap()
+    }
+
+    #[test]
+    fn grant_is_derived_from_the_url_or_checked_against_it() {
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis"})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["localhost:6379"]);
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://10.1.2.3:7000/2"}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["10.1.2.3:7000"]);
+        let s = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h"}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap();
+        assert_eq!(s.grants.network, vec!["h:6379"], "the default URL's port");
+        let e = network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": "redis://h:1"}, "grants": {"network": ["h:2"]}})),
+            "redis_url",
+            DEFAULT_REDIS_URL,
+        )
+        .unwrap_err();
+        assert!(e.contains("grants.network") && e.contains("h:1"), "{e}");
+        assert!(network_adapter_spec(
+            &spec(serde_json::json!({"name": "redis", "config": {"redis_url": 5}})),
+            "redis_url",
+            DEFAULT_REDIS_URL
+        )
+        .is_err());
+    }
 }

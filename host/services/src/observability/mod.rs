@@ -322,10 +322,13 @@ impl Configured for ObservabilityConfig {
                         source,
                     });
                 }
-                // The default port may be taken by another engine on this machine: this one
-                // then serves metrics through `engine::metrics::list` only.
+                // The default port is normally taken when several engines share a machine (the
+                // first one serves it): not a fault, so info, not a warning; this engine then
+                // serves metrics through `engine::metrics::list` only.
                 Err(e) => {
-                    tracing::warn!(address = %addr, error = %e, "Prometheus endpoint not started")
+                    // The OS error is left out on purpose: start-up failures print theirs once.
+                    let _ = e;
+                    tracing::info!(address = %addr, "Prometheus endpoint not started: the default address is taken (another engine on this machine serves it); set `prometheus_address` to give this engine its own")
                 }
             }
         }
