@@ -300,3 +300,46 @@ async fn state_triggers_fire_on_the_bridged_engine_for_writes_on_either_engine()
         })
         .await;
 }
+
+/// `iii::durable::publish` on an engine with the queue's bridge adapter reaches the
+/// subscribers of the remote engine; a down remote engine is a clear error, not a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_publishes_go_to_the_remote_engine() {
+    let b = EngineProc::start("  - name: queue\n    config: {}\n");
+    let a = EngineProc::start(&format!(
+        "  - name: queue\n    config: {{adapter: {{name: bridge, config: {{bridge_url: '{}', timeout_ms: 3000}}}}}}\n",
+        b.url()
+    ));
+    let mut sub = RawWorker::connect_named(&b.url(), "subscriber", None).await;
+    sub.register_function("orders::on_created", json!({})).await;
+    sub.send(json!({"type": "registertrigger", "id": "d1", "trigger_type": "durable:subscriber", "function_id": "orders::on_created", "config": {"topic": "orders.created"}}))
+        .await;
+    sub.sync().await;
+
+    let mut wa = RawWorker::connect(&a.url()).await;
+    call_ok(
+        &mut wa,
+        "iii::durable::publish",
+        json!({"topic": "orders.created", "data": {"id": 7}}),
+    )
+    .await;
+    let inv = sub.serve_one(|_| Value::Null).await;
+    assert_eq!(inv["function_id"], "orders::on_created", "{inv}");
+    assert_eq!(inv["data"], json!({"id": 7}), "{inv}");
+
+    // Nothing listens here: the publish fails at once with the bridge's reason.
+    let down = EngineProc::start(&format!(
+        "  - name: queue\n    config: {{adapter: {{name: bridge, config: {{bridge_url: 'ws://127.0.0.1:{}'}}}}}}\n",
+        iii_tests::free_port()
+    ));
+    let mut wd = RawWorker::connect(&down.url()).await;
+    let r = wd
+        .call("iii::durable::publish", json!({"topic": "t", "data": 1}))
+        .await;
+    let e = &r["error"];
+    assert_eq!(e["code"], "enqueue_error", "{r}");
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("bridge"),
+        "{r}"
+    );
+}
