@@ -256,11 +256,14 @@ impl StreamStore for BridgeStream {
     }
 }
 
+/// A bridge state store and the client its events are relayed over.
+pub(crate) type BridgedState = (Arc<dyn StateStore>, Client);
+
 /// The bridge state store when the entry names it, with its client (for the event relay).
 pub(crate) fn state_store(
     service: &'static str,
     spec: &AdapterSpec,
-) -> Result<Option<(Arc<dyn StateStore>, Client)>, StartError> {
+) -> Result<Option<BridgedState>, StartError> {
     if !is_bridge(spec) {
         return Ok(None);
     }
