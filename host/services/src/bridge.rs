@@ -256,15 +256,48 @@ impl StreamStore for BridgeStream {
     }
 }
 
-/// Loads a state or stream store: the bridge when the entry names it, else the component.
+/// A bridge state store and the client its events are relayed over.
+pub(crate) type BridgedState = (Arc<dyn StateStore>, Client);
+
+/// The bridge state store when the entry names it, with its client (for the event relay).
 pub(crate) fn state_store(
     service: &'static str,
     spec: &AdapterSpec,
-) -> Result<Option<Arc<dyn StateStore>>, StartError> {
+) -> Result<Option<BridgedState>, StartError> {
     if !is_bridge(spec) {
         return Ok(None);
     }
-    Ok(Some(Arc::new(BridgeState(Remote::start(service, spec)?))))
+    let remote = Remote::start(service, spec)?;
+    let client = remote.client.clone();
+    Ok(Some((Arc::new(BridgeState(remote)), client)))
+}
+
+/// Relays the remote engine's `trigger_type` events to `on_event`: serves a relay function
+/// on the remote engine and binds it to the trigger type there (the client replays both after
+/// every reconnect), so triggers on this engine fire for writes made on either engine. The
+/// event arrives without the remote's caller tag.
+pub(crate) fn relay_events(
+    client: &Client,
+    trigger_type: &str,
+    on_event: impl Fn(Value) + Send + Sync + 'static,
+) {
+    let id = format!(
+        "iii-bridge::relay::{trigger_type}::{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let on_event = Arc::new(on_event);
+    client.register_function(
+        &id,
+        json!({"description": format!("Relays {trigger_type} events to a bridged engine"), "metadata": {"internal": true}}),
+        Arc::new(move |mut event: Value| {
+            if let Some(m) = event.as_object_mut() {
+                m.remove(iii_protocol::ids::CALLER_WORKER_ID_KEY);
+            }
+            on_event(event);
+            Box::pin(async { Ok(Value::Null) })
+        }),
+    );
+    client.register_trigger(trigger_type, &id, json!({}));
 }
 
 /// [`state_store`] for streams.

@@ -143,8 +143,10 @@ impl Configured for StateConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        if let Some(remote) = crate::bridge::state_store("state", &self.adapter)? {
-            return Ok(Box::new(StateService::new(remote, *self)));
+        if let Some((remote, client)) = crate::bridge::state_store("state", &self.adapter)? {
+            let mut svc = StateService::new(remote, *self);
+            svc.bridged = Some(client);
+            return Ok(Box::new(svc));
         }
         let spec = redis_spec("state", &self.adapter)?;
         let (store, _) = load_adapter::<StateWorld>(cx, "state", &spec).await?;
@@ -171,6 +173,9 @@ pub struct StateService {
     /// With a shared backend (redis): carries change events to the other engines.
     relay: Option<Arc<EventRelay>>,
     relay_task: Arc<parking_lot::Mutex<Option<RelayTask>>>,
+    /// With the bridge adapter: the remote engine fires the change events of every write
+    /// (made here or there) and relays them over this client, so this service fires none.
+    bridged: Option<iii_engine_client::Client>,
 }
 
 impl StateService {
@@ -181,6 +186,7 @@ impl StateService {
             opts: Arc::new(parking_lot::RwLock::new(opts)),
             relay: None,
             relay_task: Arc::default(),
+            bridged: None,
         }
     }
 
@@ -251,7 +257,7 @@ fn emit(
     old: Option<Value>,
     new: Option<Value>,
 ) {
-    if !svc.triggers_enabled() {
+    if !svc.triggers_enabled() || svc.bridged.is_some() {
         return;
     }
     let event = match (&old, &new) {
@@ -282,6 +288,15 @@ impl Prepared for StateService {
         core: Core,
         stop: iii_core::CancellationToken,
     ) -> Option<iii_core::BoxFut<()>> {
+        if let Some(client) = &self.bridged {
+            let enabled = self.opts.clone();
+            let core = core.clone();
+            crate::bridge::relay_events(client, "state", move |ev| {
+                if enabled.read().triggers_enabled {
+                    fire(&core, ev);
+                }
+            });
+        }
         let task = self.relay_task.lock().take()?;
         let enabled = self.opts.clone();
         Some(Box::pin(task.run(stop, move |ev| {

@@ -252,3 +252,94 @@ fn bridge_worker_config_is_checked() {
     let err = refused("  - name: iii-bridge\n    config: {url: 'ws://127.0.0.1:1', forward: [{local_function: a}]}\n");
     assert!(err.contains("remote_function"), "{err}");
 }
+
+/// A `state` trigger on the bridged engine fires for writes made on either engine, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_triggers_fire_on_the_bridged_engine_for_writes_on_either_engine() {
+    let b = backend();
+    let a = bridged_engine(&b);
+    // Named: the registrations apply at once, not after the namespace grace period.
+    let mut watcher = RawWorker::connect_named(&a.url(), "watcher", None).await;
+    watcher.register_function("watch::state", json!({})).await;
+    watcher
+        .send(json!({"type": "registertrigger", "id": "t1", "trigger_type": "state", "function_id": "watch::state", "config": {"scope": "orders"}}))
+        .await;
+    watcher.sync().await;
+    let mut wa = RawWorker::connect(&a.url()).await;
+    // call_ok waits until the bridge is connected; its relay is bound on B by then.
+    call_ok(
+        &mut wa,
+        "state::set",
+        json!({"scope": "orders", "key": "o1", "value": 1}),
+    )
+    .await;
+    let inv = watcher.serve_one(|_| Value::Null).await;
+    assert_eq!(inv["data"]["key"], "o1", "{inv}");
+    assert_eq!(inv["data"]["event_type"], "state:created", "{inv}");
+
+    let mut wb = RawWorker::connect(&b.url()).await;
+    let r = wb
+        .call(
+            "state::set",
+            json!({"scope": "orders", "key": "o2", "value": 2}),
+        )
+        .await;
+    assert!(r.get("error").is_none_or(Value::is_null), "{r}");
+    let inv = watcher.serve_one(|_| Value::Null).await;
+    assert_eq!(inv["data"]["key"], "o2", "{inv}");
+    assert_eq!(inv["data"]["new_value"], 2, "{inv}");
+    // Other scopes do not match, and nothing fired twice.
+    wb.call(
+        "state::set",
+        json!({"scope": "other", "key": "x", "value": 0}),
+    )
+    .await;
+    watcher
+        .expect_none(Duration::from_millis(500), |v| {
+            v["type"] == "invokefunction"
+        })
+        .await;
+}
+
+/// `iii::durable::publish` on an engine with the queue's bridge adapter reaches the
+/// subscribers of the remote engine; a down remote engine is a clear error, not a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_publishes_go_to_the_remote_engine() {
+    let b = EngineProc::start("  - name: queue\n    config: {}\n");
+    let a = EngineProc::start(&format!(
+        "  - name: queue\n    config: {{adapter: {{name: bridge, config: {{bridge_url: '{}', timeout_ms: 3000}}}}}}\n",
+        b.url()
+    ));
+    let mut sub = RawWorker::connect_named(&b.url(), "subscriber", None).await;
+    sub.register_function("orders::on_created", json!({})).await;
+    sub.send(json!({"type": "registertrigger", "id": "d1", "trigger_type": "durable:subscriber", "function_id": "orders::on_created", "config": {"topic": "orders.created"}}))
+        .await;
+    sub.sync().await;
+
+    let mut wa = RawWorker::connect(&a.url()).await;
+    call_ok(
+        &mut wa,
+        "iii::durable::publish",
+        json!({"topic": "orders.created", "data": {"id": 7}}),
+    )
+    .await;
+    let inv = sub.serve_one(|_| Value::Null).await;
+    assert_eq!(inv["function_id"], "orders::on_created", "{inv}");
+    assert_eq!(inv["data"], json!({"id": 7}), "{inv}");
+
+    // Nothing listens here: the publish fails at once with the bridge's reason.
+    let down = EngineProc::start(&format!(
+        "  - name: queue\n    config: {{adapter: {{name: bridge, config: {{bridge_url: 'ws://127.0.0.1:{}'}}}}}}\n",
+        iii_tests::free_port()
+    ));
+    let mut wd = RawWorker::connect(&down.url()).await;
+    let r = wd
+        .call("iii::durable::publish", json!({"topic": "t", "data": 1}))
+        .await;
+    let e = &r["error"];
+    assert_eq!(e["code"], "enqueue_error", "{r}");
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("bridge"),
+        "{r}"
+    );
+}

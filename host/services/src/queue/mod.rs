@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use iii_adapter_api::queue::NewMessage;
-use iii_adapter_api::{AdapterSource, QueueStore, QueueWorld};
+use iii_adapter_api::{AdapterSource, AdapterSpec, QueueStore, QueueWorld};
 use iii_core::config::ConfigError;
 use iii_core::CancellationToken;
 use iii_core::{
@@ -79,7 +79,11 @@ impl Service for Queue {
             vec![
                 (
                     "adapter",
-                    field(RESTART, "queue adapter (builtin, rabbitmq)", adapter()),
+                    field(
+                        RESTART,
+                        "queue adapter (builtin, rabbitmq, bridge)",
+                        adapter(),
+                    ),
                 ),
                 (
                     "queue_configs",
@@ -108,7 +112,13 @@ impl Configured for QueueConfig {
         self: Box<Self>,
         cx: &mut PrepareCx<'_>,
     ) -> Result<Box<dyn Prepared>, StartError> {
-        let spec = if matches!(&self.adapter.source, AdapterSource::Name(n) if n == RABBITMQ_COMPONENT)
+        let mut remote = None;
+        let spec = if crate::bridge::is_bridge(&self.adapter) {
+            // Publishes go to the remote engine (spec section 8.4); named queues and this
+            // engine's own subscriptions keep a local builtin store.
+            remote = Some(crate::bridge::Remote::start("queue", &self.adapter)?);
+            AdapterSpec::named(BUILTIN_COMPONENT)
+        } else if matches!(&self.adapter.source, AdapterSource::Name(n) if n == RABBITMQ_COMPONENT)
         {
             network_adapter_spec(&self.adapter, "amqp_url", DEFAULT_AMQP_URL).map_err(
                 |message| StartError::Service {
@@ -120,7 +130,9 @@ impl Configured for QueueConfig {
             self.adapter.clone()
         };
         let (store, _) = load_adapter::<QueueWorld>(cx, "queue", &spec).await?;
-        Ok(Box::new(QueueService::new(store, *self)))
+        let mut svc = QueueService::new(store, *self);
+        svc.remote = remote;
+        Ok(Box::new(svc))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -130,6 +142,8 @@ impl Configured for QueueConfig {
 /// The prepared service.
 pub struct QueueService {
     shared: Arc<Shared>,
+    /// With the bridge adapter: the engine `iii::durable::publish` is forwarded to.
+    remote: Option<crate::bridge::Remote>,
 }
 
 impl QueueService {
@@ -137,6 +151,7 @@ impl QueueService {
     pub fn new(store: Arc<dyn QueueStore>, cfg: QueueConfig) -> Self {
         QueueService {
             shared: Shared::new(store, cfg),
+            remote: None,
         }
     }
 }
@@ -249,6 +264,7 @@ impl Shared {
 impl Prepared for QueueService {
     fn install(&mut self, reg: &mut Registrar<'_>) {
         let sh = self.shared.clone();
+        let remote = self.remote.clone();
         sh.set_core(reg.core());
         reg.trigger_type(TriggerTypeSpec {
             id: iii_protocol::ids::trigger_types::DURABLE_SUBSCRIBER.into(),
@@ -271,12 +287,24 @@ impl Prepared for QueueService {
                 &sh,
                 "iii::durable::publish",
                 "Publish to a durable topic: each subscribed function gets its own copy",
-                |_core, i: PublishIn, sh| async move {
-                    let topic = required(i.topic, codes::TOPIC_NOT_SET, "topic")?;
-                    sh.publish(&topic, i.data, None, None)
-                        .await
-                        .map_err(|e| err(codes::ENQUEUE_ERROR, e))?;
-                    Ok(Value::Null)
+                move |_core, i: PublishIn, sh| {
+                    let remote = remote.clone();
+                    async move {
+                        let topic = required(i.topic, codes::TOPIC_NOT_SET, "topic")?;
+                        if let Some(r) = remote {
+                            r.call(
+                                "iii::durable::publish",
+                                json!({"topic": topic, "data": i.data}),
+                            )
+                            .await
+                            .map_err(|e| err(codes::ENQUEUE_ERROR, e))?;
+                            return Ok(Value::Null);
+                        }
+                        sh.publish(&topic, i.data, None, None)
+                            .await
+                            .map_err(|e| err(codes::ENQUEUE_ERROR, e))?;
+                        Ok(Value::Null)
+                    }
                 },
             )
             .returns(json!({"type": "null"})),
