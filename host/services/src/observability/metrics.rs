@@ -97,7 +97,9 @@ fn labels_json(labels: &[(String, String)]) -> serde_json::Map<String, Value> {
 }
 
 /// Groups readings by name, keeping first-seen order.
-fn group_by_name<T: Copy>(items: &[(String, Vec<(String, String)>, T)]) -> Vec<(&str, Vec<(&[(String, String)], T)>)> {
+fn group_by_name<T: Copy>(
+    items: &[(String, Vec<(String, String)>, T)],
+) -> Vec<(&str, Vec<(&[(String, String)], T)>)> {
     let mut out: Vec<(&str, Vec<(&[(String, String)], T)>)> = Vec::new();
     for (name, labels, v) in items {
         match out.iter_mut().find(|(n, _)| n == name) {
@@ -222,10 +224,14 @@ impl Metrics {
             "value": self.telemetry_frames.load(Ordering::Relaxed)}),
         );
         for (name, labels, v) in &ext.counters {
-            out.push(json!({"name": name, "kind": "counter", "labels": labels_json(labels), "value": v}));
+            out.push(
+                json!({"name": name, "kind": "counter", "labels": labels_json(labels), "value": v}),
+            );
         }
         for (name, labels, v) in self.gauges().iter().chain(&ext.gauges) {
-            out.push(json!({"name": name, "kind": "gauge", "labels": labels_json(labels), "value": v}));
+            out.push(
+                json!({"name": name, "kind": "gauge", "labels": labels_json(labels), "value": v}),
+            );
         }
         json!({ "metrics": out })
     }
@@ -339,7 +345,12 @@ impl prometheus_client::collector::Collector for Collector {
             }
         }
         let mut by_name: Vec<(String, Vec<Labelled>)> = Vec::new();
-        for (name, labels, v) in self.0.gauges().into_iter().chain(self.1.gauges.iter().cloned()) {
+        for (name, labels, v) in self
+            .0
+            .gauges()
+            .into_iter()
+            .chain(self.1.gauges.iter().cloned())
+        {
             match by_name.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, vs)) => vs.push((labels, v)),
                 None => by_name.push((name, vec![(labels, v)])),
@@ -401,7 +412,10 @@ mod tests {
             && i["labels"]["queue"] == "q1"
             && i["value"] == 5.0));
         let text = m.prometheus_text(ext).expect("encodes");
-        assert!(text.contains("iii_http_responses_total{status=\"404\"} 3"), "{text}");
+        assert!(
+            text.contains("iii_http_responses_total{status=\"404\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("iii_queue_depth{queue=\"q1\"} 5"), "{text}");
         assert!(
             text.contains("iii_invocations_total{function_id=\"a::b\",status=\"error\"} 1"),

@@ -789,8 +789,13 @@ impl Prepared for Ready {
         Some(Box::pin(async move {
             let serve = async {
                 if let Some(l) = prometheus {
-                    export::serve_prometheus(l, state.metrics.clone(), core.downgrade(), stop.clone())
-                        .await;
+                    export::serve_prometheus(
+                        l,
+                        state.metrics.clone(),
+                        core.downgrade(),
+                        stop.clone(),
+                    )
+                    .await;
                 }
             };
             match exporter {
