@@ -36,8 +36,14 @@ pub trait Observer: Send + Sync {
 
 pub(crate) type Slot = std::sync::OnceLock<Arc<dyn Observer>>;
 
+/// Metric labels: (key, value) pairs.
+pub type Labels = Vec<(String, String)>;
+
 /// One metric reading a service reports: name, labels, value.
-pub type Reading = (String, Vec<(String, String)>, f64);
+pub type Reading = (String, Labels, f64);
+
+/// One counter: name, labels, value.
+pub type CounterReading = (String, Labels, u64);
 
 /// A service's gauges, sampled when metrics are read (not on every change).
 pub type GaugeSampler = Arc<dyn Fn() -> crate::BoxFut<Vec<Reading>> + Send + Sync>;
@@ -46,7 +52,7 @@ pub type GaugeSampler = Arc<dyn Fn() -> crate::BoxFut<Vec<Reading>> + Send + Syn
 /// metrics (services never import each other; they all reach the core).
 #[derive(Default)]
 pub struct MetricsRegistry {
-    counters: parking_lot::Mutex<std::collections::BTreeMap<(String, Vec<(String, String)>), u64>>,
+    counters: parking_lot::Mutex<std::collections::BTreeMap<(String, Labels), u64>>,
     samplers: parking_lot::RwLock<Vec<GaugeSampler>>,
 }
 
@@ -70,7 +76,7 @@ impl MetricsRegistry {
     }
 
     /// The counters, sorted by name then labels.
-    pub fn counters(&self) -> Vec<(String, Vec<(String, String)>, u64)> {
+    pub fn counters(&self) -> Vec<CounterReading> {
         self.counters
             .lock()
             .iter()

@@ -71,7 +71,7 @@ type Labelled = (Vec<(String, String)>, f64);
 #[derive(Default)]
 pub struct Reported {
     /// Counters: name (ending in `_total`), labels, value.
-    pub counters: Vec<(String, Vec<(String, String)>, u64)>,
+    pub counters: Vec<iii_core::tap::CounterReading>,
     /// Sampled gauges.
     pub gauges: Vec<Gauge>,
 }
@@ -96,11 +96,12 @@ fn labels_json(labels: &[(String, String)]) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-/// Groups readings by name, keeping first-seen order.
-fn group_by_name<T: Copy>(
-    items: &[(String, Vec<(String, String)>, T)],
-) -> Vec<(&str, Vec<(&[(String, String)], T)>)> {
-    let mut out: Vec<(&str, Vec<(&[(String, String)], T)>)> = Vec::new();
+/// Counters of one name: (labels, value) each.
+type CounterFamily<'a> = (&'a str, Vec<(&'a [(String, String)], u64)>);
+
+/// Groups counters by name, keeping first-seen order.
+fn group_by_name(items: &[iii_core::tap::CounterReading]) -> Vec<CounterFamily<'_>> {
+    let mut out: Vec<CounterFamily<'_>> = Vec::new();
     for (name, labels, v) in items {
         match out.iter_mut().find(|(n, _)| n == name) {
             Some((_, vs)) => vs.push((labels, *v)),
