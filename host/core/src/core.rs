@@ -195,6 +195,8 @@ pub(crate) struct Inner {
     pub invocation_provider: RwLock<Option<InstalledProvider>>,
     /// The observability tap ([`crate::tap`]), once a service installs it.
     pub observer: crate::tap::Slot,
+    /// Counters and gauge samplers services report into ([`crate::tap::MetricsRegistry`]).
+    pub metrics: crate::tap::MetricsRegistry,
 }
 
 /// An HTTP-invoked function's handler as the core registers it.
@@ -261,6 +263,7 @@ impl Core {
                 started_ms: crate::conn::now_ms(),
                 invocation_provider: RwLock::new(None),
                 observer: crate::tap::Slot::new(),
+                metrics: crate::tap::MetricsRegistry::default(),
             }),
         }
     }
@@ -283,6 +286,11 @@ impl Core {
     /// The installed observability tap.
     pub fn observer(&self) -> Option<&Arc<dyn crate::tap::Observer>> {
         self.inner.observer.get()
+    }
+
+    /// The metrics registry services report counters and gauges into.
+    pub fn metrics(&self) -> &crate::tap::MetricsRegistry {
+        &self.inner.metrics
     }
 
     fn observe(

@@ -650,3 +650,108 @@ async fn a_log_flood_stays_within_the_configured_cap() {
         "RSS grew by {growth} KiB during the flood"
     );
 }
+
+#[tokio::test]
+async fn http_responses_and_queue_depth_are_metrics() {
+    let e = obs_engine("}\n  - name: iii-queue\n    config: {");
+    let port = prometheus_port(&e);
+    let mut w = RawWorker::connect_named(&e.url(), "obs-http-queue", None).await;
+    w.register_function("obs::page", json!({})).await;
+    w.send(json!({"type": "registertrigger", "id": "page", "trigger_type": "http", "function_id": "obs::page",
+        "config": {"api_path": "page", "http_method": "GET"}})).await;
+    // A subscriber that takes one delivery and never answers: the rest wait.
+    w.register_function("obs::slow", json!({})).await;
+    w.send(json!({"type": "registertrigger", "id": "slow", "trigger_type": "durable:subscriber", "function_id": "obs::slow",
+        "config": {"topic": "obs-depth", "queue_config": {"concurrency": 1}}})).await;
+    w.sync().await;
+
+    let http_port = e.http_port;
+    let page = tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || http(http_port, "GET", "/page", &[], b""))
+            .await
+            .expect("request")
+    });
+    let inv = w
+        .recv_where(|v| v["type"] == "invokefunction" && v["function_id"] == "obs::page")
+        .await;
+    w.send(json!({"type": "invocationresult", "invocation_id": inv["invocation_id"], "function_id": "obs::page",
+        "result": {"status_code": 201, "body": {"ok": true}}})).await;
+    assert_eq!(page.await.expect("page").0, 201);
+    for _ in 0..2 {
+        let r = tokio::task::spawn_blocking(move || http(http_port, "GET", "/nothing", &[], b""))
+            .await
+            .expect("request");
+        assert_eq!(r.0, 404);
+    }
+    for i in 0..3 {
+        let r = w
+            .call(
+                "iii::durable::publish",
+                json!({"topic": "obs-depth", "data": {"i": i}}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+
+    let value = |m: &Value, name: &str, key: &str, want: &dyn Fn(&str) -> bool| {
+        m["metrics"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["name"] == name && i["labels"][key].as_str().is_some_and(want))
+                .and_then(|i| i["value"].as_f64())
+        })
+    };
+    let m = until(&mut w, "engine::metrics::list", json!({}), |m| {
+        value(m, "iii_queue_depth", "queue", &|q| q.contains("obs-depth")) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        value(&m, "iii_http_responses_total", "status", &|s| s == "201"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "iii_http_responses_total", "status", &|s| s == "404"),
+        Some(2.0),
+        "{m}"
+    );
+    let kinds: Vec<_> = m["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"] == "iii_http_responses_total" || i["name"] == "iii_queue_depth")
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i["kind"].clone()))
+        .collect();
+    assert!(
+        kinds.iter().all(|(n, k)| if n == "iii_queue_depth" {
+            k == "gauge"
+        } else {
+            k == "counter"
+        }),
+        "{kinds:?}"
+    );
+
+    let (status, _, body) =
+        tokio::task::spawn_blocking(move || http(port, "GET", "/metrics", &[], b""))
+            .await
+            .expect("scrape");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("utf-8");
+    assert!(text.contains("# TYPE iii_http_responses counter"), "{text}");
+    assert!(
+        text.contains("iii_http_responses_total{status=\"201\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("iii_http_responses_total{status=\"404\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE iii_queue_depth gauge"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("iii_queue_depth{queue=\"")
+                && l.contains("obs-depth")
+                && l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()) == Some(2.0)),
+        "{text}"
+    );
+}

@@ -510,6 +510,13 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut resp = self.handle_inner(req).await;
+        // Counted only while observability is on (its tap installed), like invocations.
+        if self.engine.observer().is_some() {
+            self.engine.metrics().count(
+                "iii_http_responses_total",
+                &[("status", resp.status().as_str())],
+            );
+        }
         if let Some(o) = self.cors_origin(origin.as_deref()) {
             if let Ok(v) = o.parse() {
                 resp.headers_mut().insert("access-control-allow-origin", v);

@@ -268,6 +268,7 @@ fn logs_request(logs: Vec<LogRecord>) -> ExportLogsServiceRequest {
 pub async fn serve_prometheus(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    core: iii_core::WeakCore,
     stop: CancellationToken,
 ) {
     loop {
@@ -283,17 +284,20 @@ pub async fn serve_prometheus(
             },
         };
         let metrics = metrics.clone();
+        let core = core.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
+                let core = core.clone();
                 async move {
                     let resp = if req.method() != hyper::Method::GET {
                         Response::builder()
                             .status(StatusCode::METHOD_NOT_ALLOWED)
                             .body(Full::new(Bytes::from_static(b"GET only\n")))
                     } else {
-                        match metrics.prometheus_text() {
+                        let reported = super::metrics::Reported::read(core.upgrade()).await;
+                        match metrics.prometheus_text(reported) {
                             Ok(text) => Response::builder()
                                 .header(
                                     "content-type",

@@ -67,6 +67,50 @@ pub type Gauge = (String, Vec<(String, String)>, f64);
 
 type Labelled = (Vec<(String, String)>, f64);
 
+/// What other services reported through the core's metrics registry, read once per request.
+#[derive(Default)]
+pub struct Reported {
+    /// Counters: name (ending in `_total`), labels, value.
+    pub counters: Vec<iii_core::tap::CounterReading>,
+    /// Sampled gauges.
+    pub gauges: Vec<Gauge>,
+}
+
+impl Reported {
+    /// Reads `core`'s registry (each gauge sampler bounded to one second).
+    pub async fn read(core: Option<iii_core::Core>) -> Reported {
+        let Some(core) = core else {
+            return Reported::default();
+        };
+        Reported {
+            counters: core.metrics().counters(),
+            gauges: core.metrics().sample(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+fn labels_json(labels: &[(String, String)]) -> serde_json::Map<String, Value> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
+/// Counters of one name: (labels, value) each.
+type CounterFamily<'a> = (&'a str, Vec<(&'a [(String, String)], u64)>);
+
+/// Groups counters by name, keeping first-seen order.
+fn group_by_name(items: &[iii_core::tap::CounterReading]) -> Vec<CounterFamily<'_>> {
+    let mut out: Vec<CounterFamily<'_>> = Vec::new();
+    for (name, labels, v) in items {
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, vs)) => vs.push((labels, *v)),
+            None => out.push((name, vec![(labels, *v)])),
+        }
+    }
+    out
+}
+
 /// All engine metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -143,7 +187,7 @@ impl Metrics {
     }
 
     /// `engine::metrics::list`.
-    pub fn list(&self) -> Value {
+    pub fn list(&self, ext: &Reported) -> Value {
         let mut out = Vec::new();
         let fns = self.snapshot();
         for (fid, s) in &fns {
@@ -180,20 +224,23 @@ impl Metrics {
             json!({"name": "iii_telemetry_frames_total", "kind": "counter", "labels": {},
             "value": self.telemetry_frames.load(Ordering::Relaxed)}),
         );
-        for (name, labels, v) in self.gauges() {
-            let labels: serde_json::Map<String, Value> = labels
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
-            out.push(json!({"name": name, "kind": "gauge", "labels": labels, "value": v}));
+        for (name, labels, v) in &ext.counters {
+            out.push(
+                json!({"name": name, "kind": "counter", "labels": labels_json(labels), "value": v}),
+            );
+        }
+        for (name, labels, v) in self.gauges().iter().chain(&ext.gauges) {
+            out.push(
+                json!({"name": name, "kind": "gauge", "labels": labels_json(labels), "value": v}),
+            );
         }
         json!({ "metrics": out })
     }
 
     /// The Prometheus text exposition of everything.
-    pub fn prometheus_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+    pub fn prometheus_text(self: &Arc<Self>, ext: Reported) -> Result<String, std::fmt::Error> {
         let mut reg = prometheus_client::registry::Registry::default();
-        reg.register_collector(Box::new(Collector(self.clone())));
+        reg.register_collector(Box::new(Collector(self.clone(), ext)));
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &reg)?;
         Ok(s)
@@ -207,8 +254,13 @@ fn prom_name(n: &str) -> String {
         .collect()
 }
 
-#[derive(Debug)]
-struct Collector(Arc<Metrics>);
+struct Collector(Arc<Metrics>, Reported);
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -285,8 +337,21 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             ConstCounter::new(self.0.telemetry_frames.load(Ordering::Relaxed)).encode(m)?;
         }
+        for (name, values) in group_by_name(&self.1.counters) {
+            // The encoder appends `_total` to a counter's name itself.
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            let mut m = enc.encode_descriptor(base, "Engine counter", None, MetricType::Counter)?;
+            for (labels, v) in values {
+                ConstCounter::new(v).encode(m.encode_family(&labels.to_vec())?)?;
+            }
+        }
         let mut by_name: Vec<(String, Vec<Labelled>)> = Vec::new();
-        for (name, labels, v) in self.0.gauges() {
+        for (name, labels, v) in self
+            .0
+            .gauges()
+            .into_iter()
+            .chain(self.1.gauges.iter().cloned())
+        {
             match by_name.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, vs)) => vs.push((labels, v)),
                 None => by_name.push((name, vec![(labels, v)])),
@@ -315,7 +380,19 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.record("a::b", None, Duration::from_micros(300));
         m.record("a::b", Some("boom"), Duration::from_millis(20));
-        let l = m.list();
+        let ext = Reported {
+            counters: vec![(
+                "iii_http_responses_total".into(),
+                vec![("status".into(), "404".into())],
+                3,
+            )],
+            gauges: vec![(
+                "iii_queue_depth".into(),
+                vec![("queue".into(), "q1".into())],
+                5.0,
+            )],
+        };
+        let l = m.list(&ext);
         let items = l["metrics"].as_array().expect("a list");
         let ok = items
             .iter()
@@ -327,7 +404,20 @@ mod tests {
             .find(|i| i["name"] == "iii_invocation_duration_seconds")
             .expect("histogram");
         assert_eq!(h["count"], 2);
-        let text = m.prometheus_text().expect("encodes");
+        assert!(items.iter().any(|i| i["name"] == "iii_http_responses_total"
+            && i["kind"] == "counter"
+            && i["labels"]["status"] == "404"
+            && i["value"] == 3));
+        assert!(items.iter().any(|i| i["name"] == "iii_queue_depth"
+            && i["kind"] == "gauge"
+            && i["labels"]["queue"] == "q1"
+            && i["value"] == 5.0));
+        let text = m.prometheus_text(ext).expect("encodes");
+        assert!(
+            text.contains("iii_http_responses_total{status=\"404\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("iii_queue_depth{queue=\"q1\"} 5"), "{text}");
         assert!(
             text.contains("iii_invocations_total{function_id=\"a::b\",status=\"error\"} 1"),
             "{text}"

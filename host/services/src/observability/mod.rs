@@ -33,7 +33,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use metrics::Metrics;
+use metrics::{Metrics, Reported};
 use store::{LogQuery, LogRecord, LogStore, SpanRecord, SpanStore, TraceQuery, LEVELS};
 
 const WORKER: &str = "iii-observability";
@@ -739,10 +739,10 @@ impl Prepared for Ready {
         );
         let s = st.clone();
         reg.function(
-            FunctionSpec::typed("engine::metrics::list", "Engine metrics", move |_e: Core, _ctx, _i: NoInput| {
+            FunctionSpec::typed("engine::metrics::list", "Engine metrics", move |e: Core, _ctx, _i: NoInput| {
                 let s = s.clone();
                 async move {
-                    let mut v = s.metrics.list();
+                    let mut v = s.metrics.list(&Reported::read(Some(e)).await);
                     let (n, bytes) = s.logs.usage();
                     if let Some(items) = v["metrics"].as_array_mut() {
                         items.push(json!({"name": "iii_log_records", "kind": "gauge", "labels": {}, "value": n}));
@@ -784,7 +784,7 @@ impl Prepared for Ready {
             .unwrap_or_default()
     }
 
-    fn run(self: Box<Self>, _core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
+    fn run(self: Box<Self>, core: Core, stop: CancellationToken) -> Option<BoxFut<()>> {
         let Ready {
             state, prometheus, ..
         } = *self;
@@ -792,7 +792,13 @@ impl Prepared for Ready {
         Some(Box::pin(async move {
             let serve = async {
                 if let Some(l) = prometheus {
-                    export::serve_prometheus(l, state.metrics.clone(), stop.clone()).await;
+                    export::serve_prometheus(
+                        l,
+                        state.metrics.clone(),
+                        core.downgrade(),
+                        stop.clone(),
+                    )
+                    .await;
                 }
             };
             match exporter {

@@ -266,6 +266,31 @@ impl Prepared for QueueService {
         let sh = self.shared.clone();
         let remote = self.remote.clone();
         sh.set_core(reg.core());
+        // `iii_queue_depth{queue}`: the waiting count of each queue, read from the adapter
+        // when metrics are read.
+        let weak = Arc::downgrade(&sh);
+        reg.core().metrics().add_sampler(Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(sh) = weak.upgrade() else {
+                    return Vec::new();
+                };
+                let Ok(queues) = sh.store.queues().await else {
+                    return Vec::new();
+                };
+                let mut out = Vec::with_capacity(queues.len());
+                for q in queues {
+                    if let Ok(s) = sh.store.stats(&q).await {
+                        out.push((
+                            "iii_queue_depth".to_string(),
+                            vec![("queue".to_string(), q)],
+                            s.waiting as f64,
+                        ));
+                    }
+                }
+                out
+            })
+        }));
         reg.trigger_type(TriggerTypeSpec {
             id: iii_protocol::ids::trigger_types::DURABLE_SUBSCRIBER.into(),
             description: "Durable queue subscriber: every subscribed function gets its own copy of each message published to the topic".into(),
