@@ -253,7 +253,6 @@ pub(crate) async fn load_split_bus(
     }))
 }
 
-
 /// Carries a service's change events to the other engines sharing its backend (state and
 /// stream over Redis): every event is published on `channel` tagged with this engine's
 /// instance id, and the events of other instances are handed to the service's delivery
