@@ -89,10 +89,13 @@ EOF
   : >"$logf"
   # setsid: the registry outlives this script and is not in its process group.
   setsid docker-registry serve "$state/config.yml" >>"$logf" 2>&1 </dev/null &
-  echo $! >"$pidf"
+  local child=$!
+  echo "$child" >"$pidf"
   local addr="" i
   for ((i = 0; i < 200; i++)); do
-    if ! running_pid >/dev/null; then
+    # Liveness by pid, not running_pid: until the forked shell has exec'd the registry its
+    # cmdline is still this script's, which a loaded machine shows for a while.
+    if ! kill -0 "$child" 2>/dev/null || [[ $(cat "/proc/$child/stat" 2>/dev/null | awk '{print $3}') == Z ]]; then
       log "docker-registry exited; its log:"
       cat "$logf" >&2
       rm -f "$pidf"

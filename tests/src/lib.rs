@@ -566,12 +566,60 @@ pub fn run_iii(args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
     if let Some(d) = cwd {
         c.current_dir(d);
     }
-    let out = c.output().expect("run iii");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_bounded(c, RUN_III_LIMIT)
+}
+
+/// How long one `iii` command of a test may run: a command that should exit but serves
+/// forever fails its test instead of eating the suite's budget.
+pub const RUN_III_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `c` to its end or until `limit`, when it is killed and its status is -1 (stderr
+/// then ends with a line saying so). Returns (status, stdout, stderr).
+pub fn run_bounded(mut c: Command, limit: Duration) -> (i32, String, String) {
+    use std::io::Read;
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("run iii");
+    // Through a channel, so that a grandchild still holding the pipe cannot block the test.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            let _ = tx.send(String::from_utf8_lossy(&b).into_owned());
+        });
+        rx
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        match child.try_wait().expect("wait for iii") {
+            Some(st) => break st.code().unwrap_or(-1),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let grace = if code == -1 {
+        Duration::from_secs(5)
+    } else {
+        limit
+    };
+    let (out, mut err) = (
+        out.recv_timeout(grace).unwrap_or_default(),
+        err.recv_timeout(grace).unwrap_or_default(),
+    );
+    if code == -1 {
+        err.push_str(&format!(
+            "\n[test harness: killed after {limit:?} without exiting]\n"
+        ));
+    }
+    (code, out, err)
 }
 
 /// Held by the tests that run an engine on the real default ports (49134, 3111), so that two of
