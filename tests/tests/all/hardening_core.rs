@@ -281,6 +281,11 @@ async fn pending_calls_per_connection_are_bounded() {
     assert_eq!(r["error"]["code"], "too_many_pending_calls", "{r}");
     // Answering one frees a slot: the next call is forwarded again.
     callee.serve_one(|_| json!(1)).await;
+    // The slot is free once the engine has handled the answer, which the caller sees as its
+    // result; sending before that races the callee's socket against the caller's.
+    caller
+        .recv_where(|v| v["type"] == "invocationresult" && v["result"] == json!(1))
+        .await;
     let (id, f) = invoke("silent::f", json!({"again": true}));
     caller.send(f).await;
     let inv = callee
