@@ -95,7 +95,7 @@ EOF
   for ((i = 0; i < 200; i++)); do
     # Liveness by pid, not running_pid: until the forked shell has exec'd the registry its
     # cmdline is still this script's, which a loaded machine shows for a while.
-    if ! kill -0 "$child" 2>/dev/null || [[ $(cat "/proc/$child/stat" 2>/dev/null | awk '{print $3}') == Z ]]; then
+    if ! kill -0 "$child" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$child/stat" 2>/dev/null) == Z ]]; then
       log "docker-registry exited; its log:"
       cat "$logf" >&2
       rm -f "$pidf"

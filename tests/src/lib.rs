@@ -577,9 +577,9 @@ pub const RUN_III_LIMIT: Duration = Duration::from_secs(180);
 /// then ends with a line saying so). Returns (status, stdout, stderr).
 pub fn run_bounded(mut c: Command, limit: Duration) -> (i32, String, String) {
     use std::io::Read;
-    c.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("run iii");
     // Through a channel, so that a grandchild still holding the pipe cannot block the test.
     let drain = |mut r: Box<dyn Read + Send>| {
@@ -593,33 +593,34 @@ pub fn run_bounded(mut c: Command, limit: Duration) -> (i32, String, String) {
     };
     let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
     let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = std::time::Instant::now() + limit;
-    let code = loop {
+    let deadline = Instant::now() + limit;
+    // `None` when the harness killed it; a signal death of its own is a status too.
+    let status = loop {
         match child.try_wait().expect("wait for iii") {
-            Some(st) => break st.code().unwrap_or(-1),
-            None if std::time::Instant::now() >= deadline => {
+            Some(st) => break Some(st),
+            None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break -1;
+                break None;
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let grace = if code == -1 {
-        Duration::from_secs(5)
-    } else {
+    let grace = if status.is_some() {
         limit
+    } else {
+        Duration::from_secs(5)
     };
     let (out, mut err) = (
         out.recv_timeout(grace).unwrap_or_default(),
         err.recv_timeout(grace).unwrap_or_default(),
     );
-    if code == -1 {
+    if status.is_none() {
         err.push_str(&format!(
             "\n[test harness: killed after {limit:?} without exiting]\n"
         ));
     }
-    (code, out, err)
+    (status.and_then(|s| s.code()).unwrap_or(-1), out, err)
 }
 
 /// Held by the tests that run an engine on the real default ports (49134, 3111), so that two of
