@@ -70,10 +70,27 @@ pub async fn writer<S>(
                 if sink.flush().await.is_err() {
                     return;
                 }
+                forget_write_waker(&mut sink);
                 next = rx.recv().await;
             }
         }
     }
+}
+
+/// Leaves a no-op waker where the flush just registered the writer's own.
+///
+/// tokio-tungstenite wakes the sink's last waker whenever the socket becomes readable (a read
+/// may have to write, e.g. a pong). Left in place, every incoming frame would wake this idle
+/// writer as well as the reader: two tasks per event, so the runtime wakes a second worker
+/// thread to take one, and at low concurrency that cross-thread wake-up costs more than the
+/// frame itself. Flushing an empty buffer does no I/O; when the writer next has to wait on the
+/// socket, its own poll registers it again.
+fn forget_write_waker<S>(sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = sink.poll_flush_unpin(&mut cx);
 }
 
 /// Runs one worker session on an upgraded socket until it closes, then cleans up.

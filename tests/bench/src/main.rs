@@ -13,8 +13,10 @@
 //! `iii-bench sandbox` measures sandboxes on the namespace runtime ([`sandbox`]).
 //! `iii-bench reload` measures how long a `config.yaml` edit takes to apply ([`reload`]).
 //! `iii-bench worker` measures `iii worker add`, start → ready and crash restarts ([`worker`]).
+//! `iii-bench calls` breaks a tiny call's cost down per call: CPU, context switches, syscalls ([`calls`]).
 //! `iii-bench validate` measures `validate: enforce` against `off` per call ([`validate`]).
 
+mod calls;
 mod kernel_relay;
 mod policy;
 mod pubcron;
@@ -98,6 +100,10 @@ async fn relay(port: u16) -> Result<()> {
                 if sink.flush().await.is_err() {
                     return;
                 }
+                // As the engine's writer does (`iii_core::session`): leave no waker behind for
+                // tokio-tungstenite to wake on every incoming frame.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let _ = sink.poll_flush_unpin(&mut cx);
             }
         });
         tokio::spawn(async move {
@@ -676,6 +682,9 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("kernel-relay") {
         let port: u16 = args.get(2).context("kernel-relay <port>")?.parse()?;
         return kernel_relay::run(port);
+    }
+    if args.get(1).map(String::as_str) == Some("calls") {
+        return rt.block_on(calls::bench(&args[2..]));
     }
     if args.get(1).map(String::as_str) == Some("queue") {
         return rt.block_on(queue::bench_queue());
