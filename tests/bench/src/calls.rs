@@ -56,24 +56,7 @@ fn parse_variant(s: &str) -> Result<Variant> {
 }
 
 fn start(v: &Variant, port: u16) -> Result<Proc> {
-    let dir = std::env::temp_dir().join(format!("iii-bench-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("config.yaml"),
-        format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n"),
-    )?;
-    let mut cmd = Command::new(&v.bin);
-    cmd.current_dir(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, val) in &v.env {
-        cmd.env(k, val);
-    }
-    Ok(Proc {
-        child: cmd.spawn()?,
-        dir: Some(dir),
-    })
+    crate::start_engine_from(&v.bin, &v.env, port, "")
 }
 
 /// utime and stime in ticks, context switches summed over the process's threads, and minor

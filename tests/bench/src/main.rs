@@ -162,15 +162,21 @@ fn start_engine(port: u16) -> Result<Proc> {
 
 /// `extra` is appended to the `workers:` list.
 fn start_engine_with(port: u16, extra: &str) -> Result<Proc> {
+    start_engine_from(&iii_bin()?, &[], port, extra)
+}
+
+/// [`start_engine_with`] for the engine binary `bin`, with `env` set for it.
+fn start_engine_from(bin: &Path, env: &[(String, String)], port: u16, extra: &str) -> Result<Proc> {
     let dir = std::env::temp_dir().join(format!("iii-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("config.yaml"),
         format!("workers:\n  - name: iii-worker-manager\n    config: {{host: 127.0.0.1, port: {port}}}\n{extra}"),
     )?;
-    let child = Command::new(iii_bin()?)
+    let child = Command::new(bin)
         .current_dir(&dir)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
